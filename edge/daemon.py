@@ -1,0 +1,30 @@
+"""The edge daemon: provisions the site's local streams and heartbeats its regional."""
+
+from fleetbus.daemon import Daemon
+from fleetbus.heartbeat import send_heartbeats
+from fleetbus.provisioning import ensure_stream
+from fleetbus.settings import EdgeSettings
+from schemas import subjects
+from schemas.heartbeat import Tier
+
+from edge.streams import events_stream, inventory_stream
+
+
+async def run(settings: EdgeSettings) -> None:
+    async with Daemon(settings, tier=Tier.EDGE) as daemon:
+        region, edge = settings.region, settings.site
+
+        async def provision() -> None:
+            await ensure_stream(daemon.bus.js, events_stream(region, edge))
+            await ensure_stream(daemon.bus.js, inventory_stream(region, edge))
+
+        async def heartbeat() -> None:
+            await send_heartbeats(
+                daemon.bus, tier=Tier.EDGE, site=edge, region=region,
+                subject=subjects.edge_heartbeat(region, edge),
+                interval=settings.heartbeat_interval, uptime=lambda: daemon.uptime,
+            )
+
+        daemon.on_start(provision)
+        daemon.add_task("heartbeat", heartbeat)
+        await daemon.run()

@@ -1,0 +1,162 @@
+"""The one place fleetbus talks nats-py: connect, publish typed messages, subscribe typed.
+
+A malformed message never reaches a handler: it is counted, logged with its subject and
+dropped (DESIGN §4), so one bad publisher cannot crash a daemon.
+"""
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoServersError
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from fleetbus import log
+from fleetbus.errors import DecodeError, TemporaryError
+from fleetbus.metrics import DaemonMetrics
+from schemas.base import Message
+from schemas.headers import envelope, open_envelope
+
+M = TypeVar("M", bound=Message)
+
+logger = log.get_logger(__name__)
+
+
+class Bus:
+    """A connection to the site's own nats-server, with typed publish and subscribe."""
+
+    def __init__(self, nc: Client, *, source: str, metrics: DaemonMetrics | None = None) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream()
+        self.source = source
+        self.metrics = metrics
+        self.on_close: Callable[[], None] | None = None
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    def jetstream(self, domain: str | None = None, timeout: float = 5.0) -> JetStreamContext:
+        """JetStream of this site (`None`) or of another tier's domain, across leaf links."""
+        return self.nc.jetstream(domain=domain, timeout=timeout) if domain else self.js
+
+    async def publish(self, subject: str, message: Message, *, message_id: str | None = None) -> None:
+        """Core NATS publish (not stored): heartbeats and other best-effort messages."""
+        body, headers = envelope(message, source=self.source, message_id=message_id)
+        await self.nc.publish(subject, body, headers=headers)
+        self._count_out(message)
+
+    async def js_publish(
+        self, subject: str, message: Message, *, message_id: str | None = None
+    ) -> PubAck:
+        """Store `message` in the local stream bound to `subject`; dedupe by `message_id`."""
+        body, headers = envelope(message, source=self.source, message_id=message_id)
+        ack = await self.js.publish(subject, body, headers=headers)
+        self._count_out(message)
+        return ack
+
+    async def subscribe(
+        self, subject: str, cls: type[M], handler: Callable[[M, Msg], Awaitable[None]]
+    ) -> Subscription:
+        """Core subscription delivering decoded `cls` messages; bad ones are counted, logged."""
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                message = open_envelope(cls, msg.data, msg.headers, subject=msg.subject)
+            except DecodeError as exc:
+                if self.metrics:
+                    self.metrics.decode_errors.labels(kind=cls.SCHEMA).inc()
+                logger.warning("dropped undecodable message", subject=exc.subject, reason=exc.reason)
+                return
+            if self.metrics:
+                self.metrics.messages_in.labels(kind=cls.SCHEMA).inc()
+            await handler(message, msg)
+
+        return await self.nc.subscribe(subject, cb=on_message)
+
+    def _count_out(self, message: Message) -> None:
+        if self.metrics:
+            self.metrics.messages_out.labels(kind=message.SCHEMA).inc()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Drain (flush what is pending, finish handlers) within `timeout`, then close."""
+        if self.nc.is_closed:
+            return
+        if self.on_close:
+            self.on_close()
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout)
+        except (TimeoutError, nats.errors.Error):
+            await self.nc.close()
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    source: str,
+    metrics: DaemonMetrics | None = None,
+    attempts: int = 0,
+    **options: Any,
+) -> Bus:
+    """Connect to `url`, retrying with jittered back-off (`attempts=0`: forever).
+
+    After the first connection nats-py reconnects by itself, forever: a site's daemon must
+    outlive restarts of its own server.
+    """
+
+    async def on_error(exc: Exception) -> None:
+        logger.warning("nats error", error=str(exc) or type(exc).__name__)
+
+    async def on_disconnected() -> None:
+        if metrics:
+            metrics.nats_connected.set(0)
+        if not closing:
+            logger.warning("disconnected from nats-server", url=url)
+
+    async def on_reconnected() -> None:
+        if metrics:
+            metrics.nats_connected.set(1)
+        logger.info("reconnected to local nats-server", url=url)
+
+    closing = False
+
+    def mark_closing() -> None:
+        nonlocal closing
+        closing = True
+
+    delay, tried = 0.1, 0
+    while True:
+        tried += 1
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                allow_reconnect=True,
+                error_cb=on_error,
+                disconnected_cb=on_disconnected,
+                reconnected_cb=on_reconnected,
+                **options,
+            )
+        except (NoServersError, OSError, TimeoutError) as exc:
+            if attempts and tried >= attempts:
+                msg = f"cannot connect to {url} after {tried} attempts: {exc}"
+                raise TemporaryError(msg) from exc
+            logger.info("waiting for nats-server", url=url, error=str(exc) or type(exc).__name__)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # back-off with jitter
+            delay = min(delay * 2, 5.0)
+            continue
+        if metrics:
+            metrics.nats_connected.set(1)
+        bus = Bus(nc, source=source, metrics=metrics)
+        bus.on_close = mark_closing
+        return bus

@@ -1,0 +1,206 @@
+"""The `fleetbus` command line.
+
+User errors (bad settings, a missing binary, a taken port, an unwritable directory) print
+one clear message and exit 2, without a traceback; `--debug` (or FLEETBUS_DEBUG=1) shows it.
+"""
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from fleetbus.client import FleetClient
+from fleetbus.devfleet import plan as fleet_plan
+from fleetbus.devfleet import state as fleet_state
+from fleetbus.devfleet import status as fleet_status
+from fleetbus.devfleet.supervisor import DevFleet, run_foreground
+from fleetbus.errors import ConfigError, FleetbusError
+from fleetbus.netutil import free_ports
+from fleetbus.servers import find_binary
+from schemas.export import write_json_schemas
+
+EXIT_USER_ERROR = 2
+
+app = typer.Typer(help="Manage fleets of edge sites over NATS JetStream.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+schema_app = typer.Typer(help="The wire contract.", no_args_is_help=True)
+dev_app = typer.Typer(help="A whole fleet on this machine: real nats-servers and daemons.",
+                      no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+app.add_typer(dev_app, name="dev")
+
+out = Console()
+err = Console(stderr=True)
+
+StateDir = Annotated[Path | None, typer.Option(
+    "--state-dir", help="Dev fleet state directory (default: $FLEETBUS_STATE_DIR or "
+    "~/.local/state/fleetbus/dev).", show_default=False)]
+HubUrl = Annotated[str | None, typer.Option(
+    "--hub", help="Hub nats URL (default: $FLEETBUS_HUB_URL, else the running dev fleet).",
+    show_default=False)]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    if debug:
+        os.environ["FLEETBUS_DEBUG"] = "1"
+
+
+@schema_app.command("export")
+def schema_export(directory: Annotated[Path, typer.Argument(help="Where to write the files.")]) -> None:
+    """Write a JSON Schema file per message type."""
+    try:
+        paths = write_json_schemas(directory)
+    except OSError as exc:
+        msg = f"cannot write schemas to {directory}: {exc.strerror or exc}"
+        raise ConfigError(msg) from exc
+    for path in paths:
+        out.print(f"wrote {path}")
+
+
+def _positive(name: str, value: int, low: int = 1, high: int = 500) -> None:
+    if not low <= value <= high:
+        msg = f"{name} must be between {low} and {high}, got {value}"
+        raise ConfigError(msg)
+
+
+@dev_app.command("up")
+def dev_up(
+    regions: Annotated[int, typer.Option(help="Number of regionals.")] = 2,
+    edges: Annotated[int, typer.Option(help="Edges per region.")] = 3,
+    state_dir: StateDir = None,
+    base_port: Annotated[int | None, typer.Option(
+        help="Use consecutive ports from here instead of free ones.")] = None,
+    heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat period, seconds.")] = 5.0,
+    mqtt: Annotated[bool, typer.Option(help="Give every edge an MQTT listener.")] = False,
+) -> None:
+    """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
+    _positive("--regions", regions, 1, 50)
+    _positive("--edges", edges, 0, 500)
+    if heartbeat_interval <= 0:
+        raise ConfigError(f"--heartbeat-interval must be > 0, got {heartbeat_interval}")
+    find_binary()  # fail now, with the install hint, not after half a fleet started
+    directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
+    running = fleet_state.running_fleet(directory)
+    if running is not None:
+        msg = (f"a dev fleet is already running from {directory} (pid {running.supervisor_pid}); "
+               "stop it with `fleetbus dev down` or use another --state-dir")
+        raise ConfigError(msg)
+    count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt)
+    if base_port is not None:
+        _positive("--base-port", base_port, 1024, 65535 - count)
+        ports = iter(range(base_port, base_port + count))
+    else:
+        ports = iter(free_ports(count))
+    plan = fleet_plan.plan_fleet(directory, regions, edges, ports, mqtt=mqtt)
+    out.print(f"starting dev fleet in {directory}: 1 hub, {regions} region(s) x {edges} edge(s)")
+    fleet = DevFleet(plan, heartbeat_interval=heartbeat_interval, progress=out.print)
+    asyncio.run(run_foreground(fleet, _print_fleet))
+
+
+def _print_fleet(record: fleet_state.FleetRecord) -> None:
+    table = Table(title="dev fleet", title_justify="left")
+    for col in ("site", "tier", "region", "nats", "monitoring", "daemon /healthz /metrics"):
+        table.add_column(col)
+    for s in record.sites:
+        nats_url = s.client_url + (f"  mqtt :{s.mqtt_port}" if s.mqtt_port else "")
+        table.add_row(s.name, s.tier, s.region, nats_url,
+                      s.server_health_url.split("/healthz")[0],
+                      s.daemon_health_url.removesuffix("/healthz"))
+    out.print(table)
+    out.print(f"hub: {record.hub.client_url}   (fleetbus commands find it from {record.state_dir})")
+    out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")
+
+
+@dev_app.command("status")
+def dev_status(
+    state_dir: StateDir = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Health of every site; exit 0 only when every site is healthy."""
+    directory = state_dir or fleet_state.default_state_dir()
+    record = fleet_state.running_fleet(directory)
+    if record is None:
+        if as_json:
+            out.print_json(json.dumps({"running": False, "state_dir": str(directory), "sites": []}))
+        else:
+            err.print(f"no dev fleet running in {directory}")
+        raise typer.Exit(1)
+    health = asyncio.run(fleet_status.check(record))
+    healthy = all(h.ok for h in health)
+    if as_json:
+        print(json.dumps({"running": True, "healthy": healthy, "state_dir": record.state_dir,
+                          "sites": [h.as_dict() for h in health]}, indent=2))
+    else:
+        table = Table(title=f"dev fleet in {record.state_dir}", title_justify="left")
+        for col in ("site", "tier", "region", "nats-server", "daemon", "nats"):
+            table.add_column(col)
+        for h in health:
+            table.add_row(h.site.name, h.site.tier, h.site.region,
+                          "[green]ok[/]" if h.server_ok else "[red]down[/]",
+                          "[green]ok[/]" if h.daemon_ok else "[red]down[/]", h.site.client_url)
+        out.print(table)
+    raise typer.Exit(0 if healthy else 1)
+
+
+@dev_app.command("down")
+def dev_down(
+    state_dir: StateDir = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for a clean stop.")] = 60.0,
+) -> None:
+    """Stop the dev fleet running from the state dir (from any terminal)."""
+    directory = state_dir or fleet_state.default_state_dir()
+    record = fleet_state.FleetRecord.load(directory)
+    if record is None:
+        out.print(f"no dev fleet running in {directory}")
+        return
+    from fleetbus.devfleet.stop import stop_fleet  # noqa: PLC0415 - keeps `dev up` import light
+
+    left = stop_fleet(record, timeout=timeout, progress=out.print)
+    if left:
+        err.print(f"could not stop pids {left}")
+        raise typer.Exit(1)
+    out.print("dev fleet stopped")
+
+
+@app.command("info")
+def info(hub: HubUrl = None, state_dir: StateDir = None) -> None:
+    """Connect to the hub and show its JetStream domain and buckets."""
+
+    async def fetch() -> None:
+        async with await FleetClient.connect(hub, state_dir=state_dir) as fleet:
+            hub_info = await fleet.hub_info()
+        out.print(f"hub {hub_info.url}: JetStream domain {hub_info.domain!r}, "
+                  f"{hub_info.streams} stream(s), {hub_info.storage_bytes} bytes stored")
+        out.print("buckets: " + (", ".join(hub_info.buckets) or "(none)"))
+
+    asyncio.run(fetch())
+
+
+def main() -> None:
+    """Console-script entry: turn user errors into one line and an exit code."""
+    try:
+        # Without standalone mode click returns (not raises) the code of a `typer.Exit`.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except FleetbusError as exc:
+        if os.environ.get("FLEETBUS_DEBUG"):
+            raise
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,177 @@
+"""Daemon lifecycle shared by hub, regional and edge.
+
+    async with Daemon(settings, tier=Tier.EDGE) as d:
+        d.on_start(provision)            # run in order, after connecting
+        d.add_task("heartbeat", beat)    # long-running, named
+        await d.run()
+
+`run()` starts the named tasks and waits for the first of: a task failing, SIGINT/SIGTERM,
+or `request_stop()`. It then cancels the tasks, gives them `shutdown_timeout` seconds to
+finish, drains the NATS connection, and re-raises the first real error. `shutdown()` is
+idempotent and also runs on leaving the `async with`.
+"""
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+from fleetbus import log
+from fleetbus.bus import Bus, connect
+from fleetbus.httpd import HealthServer
+from fleetbus.metrics import DaemonMetrics
+from fleetbus.settings import DaemonSettings
+from schemas.heartbeat import Tier
+
+logger = log.get_logger(__name__)
+
+TaskFactory = Callable[[], Awaitable[None]]
+
+
+class DaemonFailedError(Exception):
+    """Raised by `run()` when a task failed; carries the task name, chains the cause."""
+
+    def __init__(self, task: str, cause: BaseException) -> None:
+        super().__init__(f"task {task!r} failed: {cause!r}")
+        self.task = task
+
+
+class Daemon:
+    def __init__(self, settings: DaemonSettings, *, tier: Tier) -> None:
+        self.settings = settings
+        self.tier = tier
+        self.site = settings.site
+        self.metrics = DaemonMetrics(tier.value, settings.site)
+        self.started_at = time.monotonic()
+        self._bus: Bus | None = None
+        self._factories: dict[str, TaskFactory] = {}
+        self._startup: list[Callable[[], Awaitable[Any]]] = []
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._failed: str | None = None
+        self._closed = False
+        self.http = HealthServer(settings.http_host, settings.http_port,
+                                 self.metrics.registry, self._health)
+
+    @property
+    def bus(self) -> Bus:
+        if self._bus is None:
+            msg = "daemon is not connected; use `async with Daemon(...)`"
+            raise RuntimeError(msg)
+        return self._bus
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def on_start(self, step: Callable[[], Awaitable[Any]]) -> None:
+        """Run `step` after connecting and before the tasks (e.g. provisioning)."""
+        self._startup.append(step)
+
+    def add_task(self, name: str, factory: TaskFactory) -> None:
+        if name in self._factories:
+            msg = f"task {name!r} added twice"
+            raise ValueError(msg)
+        self._factories[name] = factory
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def __aenter__(self) -> Self:
+        await self.http.start()
+        self._bus = await connect(
+            self.settings.nats_url, name=f"fleetbus-{self.tier.value}-{self.site}",
+            source=f"/fleet/{self.tier.value}/{self.site}", metrics=self.metrics,
+        )
+        logger.info("daemon connected", url=self.settings.nats_url, http_port=self.http.port)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.shutdown()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+        try:
+            for step in self._startup:
+                await step()
+            for name, factory in self._factories.items():
+                self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=name)
+            logger.info("daemon running", tasks=sorted(self._tasks))
+            await self._wait_first()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self._cancel_tasks()
+        if self._failed is not None:
+            task = self._tasks[self._failed]
+            cause = task.exception() if task.done() and not task.cancelled() else None
+            raise DaemonFailedError(self._failed, cause or RuntimeError("cancelled")) from cause
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        logger.info("stop requested", signal=sig.name)
+        self._stop.set()
+
+    async def _guard(self, name: str, factory: TaskFactory) -> None:
+        try:
+            await factory()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            self.metrics.task_failures.labels(task=name).inc()
+            logger.exception("task failed", task=name)
+            if self._failed is None:
+                self._failed = name
+            self._stop.set()
+            raise
+
+    async def _wait_first(self) -> None:
+        stop = asyncio.create_task(self._stop.wait(), name="stop-signal")
+        try:
+            # A task that returns normally is done; the daemon runs on until a stop
+            # request or a failure (`_guard` turns a failure into a stop request).
+            pending: set[asyncio.Task[Any]] = set(self._tasks.values())
+            while not self._stop.is_set():
+                _, pending = await asyncio.wait(pending | {stop}, return_when=asyncio.FIRST_COMPLETED)
+                pending.discard(stop)
+        finally:
+            stop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stop
+
+    async def _cancel_tasks(self) -> None:
+        live = [t for t in self._tasks.values() if not t.done()]
+        for task in live:
+            task.cancel()
+        if live:
+            _, stuck = await asyncio.wait(live, timeout=self.settings.shutdown_timeout)
+            for task in stuck:
+                logger.error("task ignored cancellation past the deadline", task=task.get_name())
+
+    async def shutdown(self) -> None:
+        """Stop tasks, drain NATS within the deadline, stop serving health. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        await self._cancel_tasks()
+        if self._bus is not None:
+            await self._bus.close(timeout=self.settings.shutdown_timeout)
+        await self.http.stop()
+        logger.info("daemon stopped")
+
+    def _health(self) -> tuple[bool, dict[str, Any]]:
+        connected = self._bus is not None and self._bus.connected
+        tasks = {name: ("running" if not t.done() else "stopped") for name, t in self._tasks.items()}
+        ok = connected and self._failed is None and not self._stop.is_set()
+        detail = {
+            "tier": self.tier.value, "site": self.site, "nats": "connected" if connected else "down",
+            "tasks": tasks, "uptime_seconds": round(self.uptime, 3),
+        }
+        return ok, detail

@@ -1,0 +1,1 @@
+"""`fleetbus dev`: a whole fleet of real nats-servers and daemons on loopback."""

@@ -1,0 +1,106 @@
+"""The shape of a dev fleet: which sites, which ports, which configs. Pure, no I/O."""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleetbus.natsconf import ServerSpec
+from schemas.heartbeat import Tier
+from schemas.subjects import HUB_DOMAIN
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """One site: its nats-server and the daemon beside it."""
+
+    server: ServerSpec
+    region: str
+    daemon_http_port: int
+    workdir: Path
+
+    @property
+    def name(self) -> str:
+        return self.server.name
+
+    @property
+    def tier(self) -> Tier:
+        return self.server.tier
+
+    @property
+    def daemon_health_url(self) -> str:
+        return f"http://{HOST}:{self.daemon_http_port}/healthz"
+
+    def daemon_settings(self, heartbeat_interval: float) -> dict[str, object]:
+        """What the daemon's TOML settings file holds."""
+        values: dict[str, object] = {
+            "site": self.name,
+            "nats_url": self.server.client_url,
+            "http_port": self.daemon_http_port,
+            "state_dir": str(self.workdir / "daemon"),
+        }
+        if self.tier is Tier.EDGE:
+            values |= {"region": self.region, "heartbeat_interval": heartbeat_interval,
+                       "labels": {"region": self.region, "env": "dev"}}
+        elif self.tier is Tier.REGIONAL:
+            values["heartbeat_interval"] = heartbeat_interval
+        return values
+
+
+@dataclass(frozen=True)
+class FleetPlan:
+    state_dir: Path
+    sites: tuple[SitePlan, ...]
+
+    def by_tier(self, tier: Tier) -> list[SitePlan]:
+        return [s for s in self.sites if s.tier is tier]
+
+    def site(self, name: str) -> SitePlan:
+        for site in self.sites:
+            if site.name == name:
+                return site
+        raise KeyError(name)
+
+
+def region_id(index: int) -> str:
+    return f"r{index}"
+
+
+def edge_id(region: str, index: int) -> str:
+    return f"{region}-e{index}"
+
+
+def ports_needed(regions: int, edges: int, *, mqtt: bool) -> int:
+    per_edge = 3 + (1 if mqtt else 0)  # client, monitoring, daemon http (+ mqtt)
+    return 4 + regions * 4 + regions * edges * per_edge  # hub/regional: + leaf
+
+
+def plan_fleet(
+    state_dir: Path, regions: int, edges: int, ports: Iterator[int], *, mqtt: bool = False
+) -> FleetPlan:
+    """Hub, `regions` regionals and `edges` edges per region, taking ports from `ports`."""
+    sites_dir = state_dir / "sites"
+
+    def site(name: str, tier: Tier, region: str, upstream: tuple[str, ...]) -> SitePlan:
+        workdir = sites_dir / name
+        server = ServerSpec(
+            name=name, tier=tier, host=HOST, store_dir=workdir / "jetstream",
+            client_port=next(ports), http_port=next(ports),
+            leaf_port=None if tier is Tier.EDGE else next(ports),
+            upstream=upstream,
+            mqtt_port=next(ports) if (mqtt and tier is Tier.EDGE) else None,
+        )
+        return SitePlan(server=server, region=region, daemon_http_port=next(ports), workdir=workdir)
+
+    hub = site(HUB_DOMAIN, Tier.HUB, HUB_DOMAIN, ())
+    sites = [hub]
+    for r in range(1, regions + 1):
+        region = region_id(r)
+        regional = site(region, Tier.REGIONAL, region, (hub.server.leaf_url or "",))
+        sites.append(regional)
+        sites.extend(
+            site(edge_id(region, e), Tier.EDGE, region, (regional.server.leaf_url or "",))
+            for e in range(1, edges + 1)
+        )
+    return FleetPlan(state_dir=state_dir, sites=tuple(sites))

@@ -1,0 +1,103 @@
+"""`<state dir>/fleet.json`: how `dev status`, `dev down` and other CLI calls find a dev fleet."""
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fleetbus.errors import ConfigError
+
+STATE_FILE = "fleet.json"
+STATE_DIR_ENV = "FLEETBUS_STATE_DIR"
+
+
+def default_state_dir() -> Path:
+    """$FLEETBUS_STATE_DIR, else $XDG_STATE_HOME/fleetbus/dev, else ~/.local/state/fleetbus/dev."""
+    if env := os.environ.get(STATE_DIR_ENV):
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fleetbus" / "dev"
+
+
+def ensure_writable(state_dir: Path) -> Path:
+    """Create `state_dir` if needed and prove we can write there, or raise `ConfigError`."""
+    probe = state_dir / ".write-probe"
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        msg = (
+            f"state dir {state_dir} is not writable ({exc.strerror or exc}); "
+            f"choose another with --state-dir or {STATE_DIR_ENV}"
+        )
+        raise ConfigError(msg) from exc
+    return state_dir.resolve()
+
+
+@dataclass
+class SiteRecord:
+    name: str
+    tier: str
+    region: str
+    client_url: str
+    server_health_url: str
+    daemon_health_url: str
+    leaf_url: str | None = None
+    mqtt_port: int | None = None
+    server_pid: int | None = None
+    daemon_pid: int | None = None
+
+
+@dataclass
+class FleetRecord:
+    supervisor_pid: int
+    state_dir: str
+    sites: list[SiteRecord] = field(default_factory=list)
+
+    @property
+    def hub(self) -> SiteRecord:
+        return next(s for s in self.sites if s.tier == "hub")
+
+    def save(self) -> None:
+        path = Path(self.state_dir) / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        tmp.replace(path)  # atomic: readers never see half a file
+
+    @classmethod
+    def load(cls, state_dir: Path) -> "FleetRecord | None":
+        try:
+            data = json.loads((state_dir / STATE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            msg = f"cannot read {state_dir / STATE_FILE}: {exc}"
+            raise ConfigError(msg) from exc
+        sites = [SiteRecord(**s) for s in data.pop("sites", [])]
+        return cls(sites=sites, **data)
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        with Path(f"/proc/{pid}/stat").open() as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def running_fleet(state_dir: Path) -> FleetRecord | None:
+    """The fleet recorded in `state_dir` if its supervisor is still alive."""
+    record = FleetRecord.load(state_dir)
+    if record is None or not pid_alive(record.supervisor_pid):
+        return None
+    return record

@@ -1,0 +1,156 @@
+"""Run a dev fleet in the foreground: servers tier by tier, then daemons; stop in reverse.
+
+Start order is hub, regionals, edges (each tier's servers staggered with jitter so many
+edges do not hit one regional at once), then the daemons. Stop order is daemons first (they
+drain into a live server), then edges, regionals, hub. SIGINT/SIGTERM trigger the stop;
+children also die with this process (see `fleetbus.process`).
+"""
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+
+from fleetbus import log
+from fleetbus.devfleet.plan import FleetPlan, SitePlan
+from fleetbus.devfleet.state import FleetRecord, SiteRecord
+from fleetbus.errors import ServerError
+from fleetbus.process import SupervisedProcess
+from fleetbus.servers import NatsServer, check_ports_free
+from fleetbus.settings import DaemonSettings
+from schemas.heartbeat import Tier
+
+logger = log.get_logger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def _toml(values: dict[str, object]) -> str:
+    """Just enough TOML for daemon settings files (strings, numbers, one table)."""
+    lines, tables = [], []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            tables.append(f"\n[{key}]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in value.items()))
+        elif isinstance(value, str):
+            lines.append(f'{key} = "{value}"')
+        else:
+            lines.append(f"{key} = {value}")
+    text = "\n".join(lines) + "\n" + "".join(tables)
+    tomllib.loads(text)  # what we write must read back
+    return text
+
+
+class DevFleet:
+    """The processes of one dev fleet and the order they start and stop in."""
+
+    def __init__(self, plan: FleetPlan, *, heartbeat_interval: float = 5.0,
+                 stagger: float = 0.05, progress: Progress = print) -> None:
+        self.plan = plan
+        self.heartbeat_interval = heartbeat_interval
+        self.stagger = stagger
+        self.progress = progress
+        self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
+        self.daemons = {s.name: self._daemon(s) for s in plan.sites}
+        self._supervisors: list[asyncio.Task[None]] = []
+
+    def _daemon(self, site: SitePlan) -> SupervisedProcess:
+        config = site.workdir / "daemon.toml"
+        env = {**os.environ, "FLEETBUS_LOG_FORMAT": "json"}
+        for name in DaemonSettings.model_fields:  # the TOML file is the whole truth here
+            env.pop(f"FLEETBUS_{name.upper()}", None)
+        return SupervisedProcess(
+            name=f"{site.tier.value} daemon {site.name}",
+            argv=[sys.executable, "-m", site.tier.value, "--config", str(config)],
+            health_url=site.daemon_health_url,
+            log_path=site.workdir / "daemon.log",
+            env=env,
+        )
+
+    def preflight(self) -> None:
+        """Fail before starting anything if a port is taken."""
+        for site in self.plan.sites:
+            check_ports_free(site.server)
+
+    async def start(self) -> None:
+        self.preflight()
+        for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE):
+            await self._start_tier(tier)
+        for site in self.plan.sites:
+            (site.workdir / "daemon.toml").write_text(
+                _toml(site.daemon_settings(self.heartbeat_interval)))
+        began = time.monotonic()
+        await asyncio.gather(*(self._start_staggered(i, self.daemons[s.name])
+                               for i, s in enumerate(self.plan.sites)))
+        self.progress(f"  daemons     {len(self.daemons)} healthy in {time.monotonic() - began:.1f}s")
+        for proc in [*self.servers.values(), *self.daemons.values()]:
+            self._supervisors.append(asyncio.create_task(proc.supervise(), name=f"supervise {proc.name}"))
+
+    async def _start_tier(self, tier: Tier) -> None:
+        sites = self.plan.by_tier(tier)
+        began = time.monotonic()
+        await asyncio.gather(*(self._start_staggered(i, self.servers[s.name]) for i, s in enumerate(sites)))
+        self.progress(f"  {tier.value:<11} {len(sites)} nats-server(s) healthy in {time.monotonic() - began:.1f}s")
+
+    async def _start_staggered(self, index: int, proc: SupervisedProcess) -> None:
+        # Rate limit, not synchronisation: spread connects so a regional is not stormed.
+        await asyncio.sleep(index * self.stagger * random.uniform(0.5, 1.5))
+        await proc.start()
+
+    async def stop(self) -> None:
+        """Daemons, then edge, regional and hub servers. Idempotent."""
+        for task in self._supervisors:
+            task.cancel()
+        await asyncio.gather(*self._supervisors, return_exceptions=True)
+        self._supervisors.clear()
+        await asyncio.gather(*(d.stop() for d in self.daemons.values()))
+        for tier in (Tier.EDGE, Tier.REGIONAL, Tier.HUB):
+            await asyncio.gather(*(self.servers[s.name].stop() for s in self.plan.by_tier(tier)))
+
+    def record(self) -> FleetRecord:
+        sites = [
+            SiteRecord(
+                name=s.name, tier=s.tier.value, region=s.region, client_url=s.server.client_url,
+                server_health_url=s.server.health_url, daemon_health_url=s.daemon_health_url,
+                leaf_url=s.server.leaf_url, mqtt_port=s.server.mqtt_port,
+                server_pid=self.servers[s.name].pid, daemon_pid=self.daemons[s.name].pid,
+            )
+            for s in self.plan.sites
+        ]
+        return FleetRecord(supervisor_pid=os.getpid(), state_dir=str(self.plan.state_dir), sites=sites)
+
+
+async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None]) -> None:
+    """Start `fleet`, record it, call `on_ready`, then wait for SIGINT/SIGTERM and stop it."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    record_path = fleet.plan.state_dir / "fleet.json"
+    try:
+        starting = asyncio.create_task(fleet.start())
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # Ctrl-C during start
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return
+        waiter.cancel()
+        starting.result()  # re-raise a start failure
+        record = fleet.record()
+        record.save()
+        on_ready(record)
+        await stop.wait()
+        fleet.progress("stopping dev fleet ...")
+    except ServerError:
+        fleet.progress("start failed; stopping what was started ...")
+        raise
+    finally:
+        await fleet.stop()
+        record_path.unlink(missing_ok=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        fleet.progress("dev fleet stopped")

@@ -1,0 +1,65 @@
+"""Heartbeats up one tier over core NATS, and the record of who was last heard from.
+
+Heartbeats are not stored: a stale heartbeat means nothing. The receiving side keeps only
+the last one per site in memory; presence (online/stale/offline) is derived from that.
+"""
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from fleetbus.bus import Bus
+from schemas.base import utcnow
+from schemas.heartbeat import Heartbeat, Tier
+
+
+async def send_heartbeats(
+    bus: Bus,
+    *,
+    tier: Tier,
+    site: str,
+    region: str,
+    subject: str,
+    interval: float,
+    uptime: Callable[[], float],
+    clock: Callable[[], datetime] = utcnow,
+) -> None:
+    """Publish a heartbeat now and every `interval` seconds, until cancelled."""
+    seq = 0
+    while True:
+        if bus.connected:
+            beat = Heartbeat(tier=tier, site=site, region=region, seq=seq, sent_at=clock(),
+                             interval_seconds=interval, uptime_seconds=uptime())
+            await bus.publish(subject, beat)
+            seq += 1
+        await asyncio.sleep(interval)  # the heartbeat period itself
+
+
+@dataclass
+class LastHeard:
+    seq: int
+    received_at: datetime
+    sent_at: datetime
+
+
+class HeartbeatLog:
+    """Last heartbeat received per site (receiver's clock), for presence and health."""
+
+    def __init__(self, clock: Callable[[], datetime] = utcnow) -> None:
+        self._clock = clock
+        self._last: dict[str, LastHeard] = {}
+
+    def record(self, beat: Heartbeat) -> LastHeard:
+        heard = LastHeard(seq=beat.seq, received_at=self._clock(), sent_at=beat.sent_at)
+        self._last[beat.site] = heard
+        return heard
+
+    def last(self, site: str) -> LastHeard | None:
+        return self._last.get(site)
+
+    def sites(self) -> list[str]:
+        return sorted(self._last)
+
+    def __len__(self) -> int:
+        return len(self._last)

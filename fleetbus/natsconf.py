@@ -1,0 +1,117 @@
+"""Render a tier's nats-server configuration from settings.
+
+The output is a plain, commented nats-server config file a user can read and adapt; the dev
+fleet, the tests and docker-compose all use what this module renders (one source of truth).
+"""
+
+import json
+from pathlib import PurePath
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from schemas.base import SiteId
+from schemas.heartbeat import Tier
+
+
+class ServerSpec(BaseModel):
+    """Everything that differs between two sites' nats-server configs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: SiteId = Field(description="server_name; also the JetStream domain.")
+    tier: Tier
+    store_dir: PurePath
+    host: str = "127.0.0.1"
+    client_port: int = Field(ge=1, le=65535)
+    http_port: int = Field(ge=1, le=65535, description="Monitoring: /healthz, /varz, /jsz.")
+    leaf_port: int | None = Field(default=None, ge=1, le=65535, description="Accept leaf links.")
+    upstream: tuple[str, ...] = Field(default=(), description="nats-leaf:// URLs of the tier above.")
+    mqtt_port: int | None = Field(default=None, ge=1, le=65535)
+    max_file_store: str = "10G"
+    max_memory_store: str = "256M"
+    # JetStream fsyncs every 2 min by default; keep that default unless an operator opts into
+    # "always" (every write is synced before the ack, slower).
+    sync_interval: str | None = None
+
+    @property
+    def domain(self) -> str:
+        return self.name
+
+    @model_validator(mode="after")
+    def _shape_fits_tier(self) -> "ServerSpec":
+        if self.tier is Tier.HUB and self.upstream:
+            msg = "the hub has no upstream"
+            raise ValueError(msg)
+        if self.tier is not Tier.HUB and not self.upstream:
+            msg = f"a {self.tier.value} server needs an upstream leaf URL"
+            raise ValueError(msg)
+        if self.tier is Tier.EDGE and self.leaf_port is not None:
+            msg = "edges do not accept leaf connections"
+            raise ValueError(msg)
+        if self.tier is not Tier.EDGE and self.mqtt_port is not None:
+            msg = "only edges run an MQTT listener"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def client_url(self) -> str:
+        return f"nats://{self.host}:{self.client_port}"
+
+    @property
+    def leaf_url(self) -> str | None:
+        return None if self.leaf_port is None else f"nats-leaf://{self.host}:{self.leaf_port}"
+
+    @property
+    def health_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}/healthz?js-enabled-only=true"
+
+
+def _q(value: object) -> str:
+    """Quote a value for the nats-server config grammar (a JSON string is valid there)."""
+    return json.dumps(str(value))
+
+
+def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
+    """Config text for `spec`. `listen_host` overrides the bind address (0.0.0.0 in containers)."""
+    bind = listen_host or spec.host
+    lines = [
+        f"# nats-server for fleetbus {spec.tier.value} site {spec.name!r}.",
+        "# Rendered by fleetbus from the site's settings; change those and render again.",
+        f"server_name: {_q(spec.name)}",
+        f"listen: {_q(f'{bind}:{spec.client_port}')}",
+        f"http: {_q(f'{bind}:{spec.http_port}')}",
+        "",
+        "jetstream {",
+        "  # Each site is its own JetStream domain: cross-tier calls use $JS.<domain>.API.",
+        f"  domain: {_q(spec.domain)}",
+        f"  store_dir: {_q(spec.store_dir)}",
+        f"  max_file_store: {spec.max_file_store}",
+        f"  max_memory_store: {spec.max_memory_store}",
+    ]
+    if spec.sync_interval:
+        lines.append(f"  sync_interval: {spec.sync_interval}")
+    lines.append("}")
+    if spec.leaf_port is not None or spec.upstream:
+        lines += ["", "leafnodes {"]
+        if spec.leaf_port is not None:
+            lines += [
+                f"  listen: {_q(f'{bind}:{spec.leaf_port}')}",
+                "  # Leaves must keep using the URL they were given (a proxy, a load balancer):",
+                "  # never gossip this server's own addresses to them.",
+                "  no_advertise: true",
+            ]
+        if spec.upstream:
+            urls = ", ".join(_q(u) for u in spec.upstream)
+            lines += [
+                "  remotes: [",
+                "    {",
+                f"      urls: [{urls}]",
+                "      ignore_discovered_servers: true",
+                "    }",
+                "  ]",
+            ]
+        lines.append("}")
+    if spec.mqtt_port is not None:
+        lines += ["", "# Local devices publish telemetry here.", "mqtt {",
+                  f"  listen: {_q(f'{bind}:{spec.mqtt_port}')}", "}"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,56 @@
+"""Create or update streams and KV buckets idempotently, on every daemon start."""
+
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.errors import BadRequestError, NotFoundError
+
+from fleetbus import log
+
+logger = log.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    """A KV bucket as fleetbus wants it; turned into its stream `KV_<name>`."""
+
+    name: str
+    history: int = 1
+    description: str = ""
+    max_bytes: int = -1
+
+    def config(self) -> KeyValueConfig:
+        return KeyValueConfig(
+            bucket=self.name, history=self.history, description=self.description,
+            max_bytes=self.max_bytes,
+        )
+
+
+async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
+    """Add `config`'s stream, or update it if it exists; return "created"/"updated"."""
+    try:
+        await js.stream_info(config.name or "")
+    except NotFoundError:
+        await js.add_stream(config)
+        logger.info("stream created", stream=config.name)
+        return "created"
+    await js.update_stream(config)
+    return "updated"
+
+
+async def ensure_bucket(js: JetStreamContext, spec: BucketSpec) -> str:
+    """Create the bucket, or update its stream to match `spec` (keeps the data)."""
+    try:
+        await js.create_key_value(spec.config())
+    except BadRequestError as exc:
+        # Exists with another config (e.g. history raised in a newer release): update.
+        logger.info("bucket exists with other settings; updating", bucket=spec.name, error=str(exc))
+        info = await js.stream_info(f"KV_{spec.name}")
+        config = info.config
+        config.max_msgs_per_subject = spec.history
+        config.description = spec.description or config.description
+        config.max_bytes = spec.max_bytes
+        await js.update_stream(config)
+        return "updated"
+    return "ensured"

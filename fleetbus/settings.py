@@ -1,0 +1,112 @@
+"""Daemon settings: one pydantic-settings class per role.
+
+Precedence, highest first: explicit values (CLI flags), `FLEETBUS_*` environment variables,
+the TOML file given with `--config`, defaults. Invalid settings fail at start with a
+`ConfigError` naming the field and the environment variable that sets it.
+"""
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from fleetbus.errors import ConfigError
+from schemas.base import SiteId
+from schemas.subjects import HUB_DOMAIN
+
+ENV_PREFIX = "FLEETBUS_"
+
+
+class DaemonSettings(BaseSettings):
+    """What every daemon needs: who it is, where its local server is, where to expose health."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    site: SiteId = Field(description="This site's id; also its JetStream domain.")
+    nats_url: str = Field(default="nats://127.0.0.1:4222", description="The site's own server.")
+    state_dir: Path = Field(default=Path("state"), description="Where the daemon keeps files.")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=0, ge=0, le=65535, description="/metrics and /healthz; 0 = any.")
+    shutdown_timeout: float = Field(default=10.0, gt=0, description="Graceful shutdown deadline, s.")
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+class HubSettings(DaemonSettings):
+    site: SiteId = HUB_DOMAIN
+
+
+class RegionalSettings(DaemonSettings):
+    heartbeat_interval: float = Field(default=5.0, gt=0, description="Regional -> hub, s.")
+
+    @property
+    def region(self) -> str:
+        return self.site
+
+
+class EdgeSettings(DaemonSettings):
+    region: SiteId = Field(description="Id of the region this edge belongs to.")
+    heartbeat_interval: float = Field(default=5.0, gt=0, description="Edge -> regional, s.")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _distinct_ids(self) -> "EdgeSettings":
+        if self.site == self.region:
+            msg = "site and region must differ (each is a JetStream domain)"
+            raise ValueError(msg)
+        return self
+
+
+S = TypeVar("S", bound=DaemonSettings)
+
+
+def _describe(error: ValidationError, cls: type[DaemonSettings], source: str) -> str:
+    lines = [f"invalid settings for {cls.__name__.removesuffix('Settings').lower()} daemon{source}:"]
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        field = loc[0] if loc else "<settings>"
+        env = f" (env {ENV_PREFIX}{field.upper()})" if field in cls.model_fields else ""
+        where = ".".join(loc) or "<settings>"
+        got = f"; got {item['input']!r}" if item["type"] != "missing" and "input" in item else ""
+        lines.append(f"  {where}{env}: {item['msg']}{got}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S], config: Path | None = None, **explicit: Any) -> S:
+    """Build settings from flags, environment and an optional TOML file; raise `ConfigError`."""
+    if config is not None:
+        try:
+            tomllib.loads(config.read_text())
+        except OSError as exc:
+            msg = f"cannot read settings file {config}: {exc.strerror}"
+            raise ConfigError(msg) from exc
+        except tomllib.TOMLDecodeError as exc:
+            msg = f"settings file {config} is not valid TOML: {exc}"
+            raise ConfigError(msg) from exc
+        bound = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "toml_file": config}})
+    else:
+        bound = cls
+    values = {k: v for k, v in explicit.items() if v is not None}
+    try:
+        return bound(**values)  # type: ignore[no-any-return]
+    except ValidationError as exc:
+        source = f" (file {config})" if config else ""
+        raise ConfigError(_describe(exc, cls, source)) from None

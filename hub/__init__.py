@@ -1,0 +1,1 @@
+"""Hub daemon: the profile authority and the fleet's single place to look."""

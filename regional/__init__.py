@@ -1,0 +1,1 @@
+"""Regional daemon: aggregates a region's edges and heartbeats the hub."""

@@ -1,0 +1,44 @@
+"""The regional daemon: hears its edges' heartbeats and heartbeats the hub."""
+
+from nats.aio.msg import Msg
+
+from fleetbus import log
+from fleetbus.daemon import Daemon
+from fleetbus.heartbeat import HeartbeatLog, send_heartbeats
+from fleetbus.provisioning import BucketSpec, ensure_bucket
+from fleetbus.settings import RegionalSettings
+from schemas import subjects
+from schemas.heartbeat import Heartbeat, Tier
+
+logger = log.get_logger(__name__)
+
+PRESENCE = BucketSpec(subjects.PRESENCE_BUCKET, history=1,
+                      description="Presence state changes of this region's edges.")
+
+
+async def run(settings: RegionalSettings) -> None:
+    async with Daemon(settings, tier=Tier.REGIONAL) as daemon:
+        region = settings.region
+        heard = HeartbeatLog()
+
+        async def on_edge_heartbeat(beat: Heartbeat, msg: Msg) -> None:
+            first = heard.last(beat.site) is None
+            heard.record(beat)
+            if first:
+                logger.info("edge heard", edge=beat.site, seq=beat.seq)
+                daemon.metrics.peers_heard.set(len(heard))
+
+        async def provision() -> None:
+            await ensure_bucket(daemon.bus.js, PRESENCE)
+            await daemon.bus.subscribe(subjects.edge_heartbeats(region), Heartbeat, on_edge_heartbeat)
+
+        async def heartbeat() -> None:
+            await send_heartbeats(
+                daemon.bus, tier=Tier.REGIONAL, site=region, region=region,
+                subject=subjects.regional_heartbeat(region),
+                interval=settings.heartbeat_interval, uptime=lambda: daemon.uptime,
+            )
+
+        daemon.on_start(provision)
+        daemon.add_task("heartbeat", heartbeat)
+        await daemon.run()

@@ -1,0 +1,22 @@
+"""The list of message types: what `schema export` writes and the golden tests cover."""
+
+from schemas.base import Message
+from schemas.enrollment import Enrollment
+from schemas.event import Event
+from schemas.heartbeat import Heartbeat
+from schemas.inventory import InventorySnapshot
+from schemas.override import Override
+from schemas.presence import PresenceChange
+from schemas.profile import Profile
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Profile,
+    Override,
+    InventorySnapshot,
+    Heartbeat,
+    PresenceChange,
+    Event,
+    Enrollment,
+)
+
+BY_SCHEMA_ID: dict[str, type[Message]] = {cls.schema_id(): cls for cls in MESSAGE_TYPES}

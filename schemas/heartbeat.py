@@ -1,0 +1,30 @@
+"""Heartbeats: core NATS, never stored; a stale heartbeat means nothing."""
+
+from datetime import datetime
+from enum import StrEnum
+from typing import ClassVar
+
+from pydantic import Field
+
+from schemas.base import Message, SiteId
+
+
+class Tier(StrEnum):
+    HUB = "hub"
+    REGIONAL = "regional"
+    EDGE = "edge"
+
+
+class Heartbeat(Message):
+    """A site saying it is alive, sent to the tier above every `interval_seconds`."""
+
+    SCHEMA: ClassVar[str] = "fleet.heartbeat"
+
+    tier: Tier
+    site: SiteId
+    region: SiteId
+    seq: int = Field(ge=0, description="Restarts at 0 when the daemon restarts.")
+    sent_at: datetime
+    interval_seconds: float = Field(gt=0)
+    uptime_seconds: float = Field(ge=0)
+    applied_hash: str | None = None

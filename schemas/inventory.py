@@ -1,0 +1,66 @@
+"""Inventory snapshots: what one edge has, as of `observed_at`; only the latest matters."""
+
+from datetime import datetime
+from typing import ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.base import Message, Name, SiteId
+
+
+class HostFacts(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    hostname: str = ""
+    machine_id: str = ""
+    os: str = ""
+    kernel: str = ""
+    cpu_count: int = Field(default=0, ge=0)
+    memory_bytes: int = Field(default=0, ge=0)
+    disk_total_bytes: int = Field(default=0, ge=0)
+    disk_free_bytes: int = Field(default=0, ge=0)
+    boot_time: datetime | None = None
+
+
+class AppliedState(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    desired_hash: str
+    profile_revisions: dict[str, int] = Field(default_factory=dict)
+    applied_at: datetime
+    driver: str
+
+
+class LinkState(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    upstream_connected: bool
+    since: datetime | None = None
+
+
+class StreamBacklog(BaseModel):
+    """How far one of the edge's upstream streams is behind, and what its limits evicted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stream: str
+    pending: int = Field(ge=0)
+    oldest_age_seconds: float = Field(default=0, ge=0)
+    evicted: int = Field(default=0, ge=0)
+
+
+class InventorySnapshot(Message):
+    """What one edge has and how its uplink is doing; only the latest per edge matters."""
+
+    SCHEMA: ClassVar[str] = "fleet.inventory"
+
+    region: SiteId
+    edge: SiteId
+    seq: int = Field(ge=0)
+    observed_at: datetime
+    received_at: datetime | None = Field(default=None, description="Set by the hub.")
+    labels: dict[Name, str] = Field(default_factory=dict)
+    host: HostFacts = Field(default_factory=HostFacts)
+    applied: AppliedState | None = None
+    link: LinkState | None = None
+    backlog: list[StreamBacklog] = Field(default_factory=list)

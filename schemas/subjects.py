@@ -1,0 +1,85 @@
+"""Every subject, stream and bucket name fleetbus uses, built in one place.
+
+Layout (all under `fleet.`):
+
+    fleet.edge.<region>.<edge>.hb               edge heartbeat -> its regional (core NATS)
+    fleet.edge.<region>.<edge>.events.<kind>    edge-local EVENTS stream
+    fleet.edge.<region>.<edge>.inventory        edge-local INVENTORY stream (last value)
+    fleet.edge.<region>.<edge>.cmd.<name>       hub -> edge commands (request/reply)
+    fleet.region.<region>.hb                    regional heartbeat -> hub (core NATS)
+
+Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`), so
+a leaf-link permission can pin an edge to its own subjects; a regional likewise to
+`fleet.region.<region>.>`. Edge-local stream subjects carry the edge's own id, so no other
+domain ever binds a stream to them: upstream tiers get the data by *sourcing* with subject
+transforms, never by listening on the same subject (DESIGN §2, the double-store trap).
+"""
+
+from schemas.base import check_token
+
+PREFIX = "fleet"
+
+# Stream and bucket names (per JetStream domain, so the same name exists on every edge).
+EVENTS_STREAM = "EVENTS"
+INVENTORY_STREAM = "INVENTORY"
+PROFILES_BUCKET = "profiles"
+OVERRIDES_BUCKET = "overrides"
+PRESENCE_BUCKET = "presence"
+
+HUB_DOMAIN = "hub"
+
+
+def _tokens(*parts: str) -> str:
+    for part in parts:
+        check_token(part)
+    return ".".join(parts)
+
+
+def edge_scope(region: str, edge: str) -> str:
+    """Wildcard covering every subject one edge may publish upstream."""
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.>"
+
+
+def edge_heartbeat(region: str, edge: str) -> str:
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.hb"
+
+
+def edge_heartbeats(region: str) -> str:
+    """What a regional subscribes to: the heartbeats of every edge in its region."""
+    return f"{PREFIX}.edge.{_tokens(region)}.*.hb"
+
+
+def edge_event(region: str, edge: str, kind: str) -> str:
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.events.{_tokens(kind)}"
+
+
+def edge_events(region: str, edge: str) -> str:
+    """Subjects of an edge's local EVENTS stream."""
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.events.>"
+
+
+def edge_inventory(region: str, edge: str) -> str:
+    """Subject of an edge's local INVENTORY stream (one message kept per subject)."""
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.inventory"
+
+
+def edge_command(region: str, edge: str, name: str) -> str:
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.cmd.{_tokens(name)}"
+
+
+def region_scope(region: str) -> str:
+    return f"{PREFIX}.region.{_tokens(region)}.>"
+
+
+def regional_heartbeat(region: str) -> str:
+    return f"{PREFIX}.region.{_tokens(region)}.hb"
+
+
+def regional_heartbeats() -> str:
+    """What the hub subscribes to: every regional's heartbeat."""
+    return f"{PREFIX}.region.*.hb"
+
+
+def js_api_prefix(domain: str) -> str:
+    """JetStream API prefix of another tier's domain, e.g. `$JS.hub.API`."""
+    return f"$JS.{_tokens(domain)}.API"
