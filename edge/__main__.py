@@ -1,8 +1,7 @@
 import sys
 
+from edge.daemon import run
 from fleetbus.entry import main
 from fleetbus.settings import EdgeSettings
-
-from edge.daemon import run
 
 sys.exit(main("edge", EdgeSettings, run))

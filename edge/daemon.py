@@ -1,13 +1,12 @@
 """The edge daemon: provisions the site's local streams and heartbeats its regional."""
 
+from edge.streams import events_stream, inventory_stream
 from fleetbus.daemon import Daemon
 from fleetbus.heartbeat import send_heartbeats
 from fleetbus.provisioning import ensure_stream
 from fleetbus.settings import EdgeSettings
 from schemas import subjects
 from schemas.heartbeat import Tier
-
-from edge.streams import events_stream, inventory_stream
 
 
 async def run(settings: EdgeSettings) -> None:
@@ -20,9 +19,13 @@ async def run(settings: EdgeSettings) -> None:
 
         async def heartbeat() -> None:
             await send_heartbeats(
-                daemon.bus, tier=Tier.EDGE, site=edge, region=region,
+                daemon.bus,
+                tier=Tier.EDGE,
+                site=edge,
+                region=region,
                 subject=subjects.edge_heartbeat(region, edge),
-                interval=settings.heartbeat_interval, uptime=lambda: daemon.uptime,
+                interval=settings.heartbeat_interval,
+                uptime=lambda: daemon.uptime,
             )
 
         daemon.on_start(provision)

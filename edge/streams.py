@@ -7,8 +7,9 @@ from schemas import subjects
 DAY = 24 * 3600
 
 
-def events_stream(region: str, edge: str, *, max_age_s: float = 7 * DAY,
-                  max_bytes: int = 256 * 2**20) -> StreamConfig:
+def events_stream(
+    region: str, edge: str, *, max_age_s: float = 7 * DAY, max_bytes: int = 256 * 2**20
+) -> StreamConfig:
     """Every event, at least once; bounded by age and bytes (evictions are counted later)."""
     return StreamConfig(
         name=subjects.EVENTS_STREAM,

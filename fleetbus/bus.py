@@ -25,6 +25,8 @@ from schemas.headers import envelope, open_envelope
 
 M = TypeVar("M", bound=Message)
 
+__all__ = ["Bus", "Msg", "connect"]
+
 logger = log.get_logger(__name__)
 
 
@@ -52,9 +54,7 @@ class Bus:
         await self.nc.publish(subject, body, headers=headers)
         self._count_out(message)
 
-    async def js_publish(
-        self, subject: str, message: Message, *, message_id: str | None = None
-    ) -> PubAck:
+    async def js_publish(self, subject: str, message: Message, *, message_id: str | None = None) -> PubAck:
         """Store `message` in the local stream bound to `subject`; dedupe by `message_id`."""
         body, headers = envelope(message, source=self.source, message_id=message_id)
         ack = await self.js.publish(subject, body, headers=headers)

@@ -28,23 +28,38 @@ from schemas.export import write_json_schemas
 
 EXIT_USER_ERROR = 2
 
-app = typer.Typer(help="Manage fleets of edge sites over NATS JetStream.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="Manage fleets of edge sites over NATS JetStream.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 schema_app = typer.Typer(help="The wire contract.", no_args_is_help=True)
-dev_app = typer.Typer(help="A whole fleet on this machine: real nats-servers and daemons.",
-                      no_args_is_help=True)
+dev_app = typer.Typer(
+    help="A whole fleet on this machine: real nats-servers and daemons.", no_args_is_help=True
+)
 app.add_typer(schema_app, name="schema")
 app.add_typer(dev_app, name="dev")
 
 out = Console()
 err = Console(stderr=True)
 
-StateDir = Annotated[Path | None, typer.Option(
-    "--state-dir", help="Dev fleet state directory (default: $FLEETBUS_STATE_DIR or "
-    "~/.local/state/fleetbus/dev).", show_default=False)]
-HubUrl = Annotated[str | None, typer.Option(
-    "--hub", help="Hub nats URL (default: $FLEETBUS_HUB_URL, else the running dev fleet).",
-    show_default=False)]
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Dev fleet state directory (default: $FLEETBUS_STATE_DIR or ~/.local/state/fleetbus/dev).",
+        show_default=False,
+    ),
+]
+HubUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--hub",
+        help="Hub nats URL (default: $FLEETBUS_HUB_URL, else the running dev fleet).",
+        show_default=False,
+    ),
+]
 
 
 @app.callback()
@@ -76,8 +91,9 @@ def dev_up(
     regions: Annotated[int, typer.Option(help="Number of regionals.")] = 2,
     edges: Annotated[int, typer.Option(help="Edges per region.")] = 3,
     state_dir: StateDir = None,
-    base_port: Annotated[int | None, typer.Option(
-        help="Use consecutive ports from here instead of free ones.")] = None,
+    base_port: Annotated[
+        int | None, typer.Option(help="Use consecutive ports from here instead of free ones.")
+    ] = None,
     heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat period, seconds.")] = 5.0,
     mqtt: Annotated[bool, typer.Option(help="Give every edge an MQTT listener.")] = False,
 ) -> None:
@@ -90,8 +106,10 @@ def dev_up(
     directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
     running = fleet_state.running_fleet(directory)
     if running is not None:
-        msg = (f"a dev fleet is already running from {directory} (pid {running.supervisor_pid}); "
-               "stop it with `fleetbus dev down` or use another --state-dir")
+        msg = (
+            f"a dev fleet is already running from {directory} (pid {running.supervisor_pid}); "
+            "stop it with `fleetbus dev down` or use another --state-dir"
+        )
         raise ConfigError(msg)
     count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt)
     if base_port is not None:
@@ -111,9 +129,14 @@ def _print_fleet(record: fleet_state.FleetRecord) -> None:
         table.add_column(col)
     for s in record.sites:
         nats_url = s.client_url + (f"  mqtt :{s.mqtt_port}" if s.mqtt_port else "")
-        table.add_row(s.name, s.tier, s.region, nats_url,
-                      s.server_health_url.split("/healthz")[0],
-                      s.daemon_health_url.removesuffix("/healthz"))
+        table.add_row(
+            s.name,
+            s.tier,
+            s.region,
+            nats_url,
+            s.server_health_url.split("/healthz")[0],
+            s.daemon_health_url.removesuffix("/healthz"),
+        )
     out.print(table)
     out.print(f"hub: {record.hub.client_url}   (fleetbus commands find it from {record.state_dir})")
     out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")
@@ -136,16 +159,30 @@ def dev_status(
     health = asyncio.run(fleet_status.check(record))
     healthy = all(h.ok for h in health)
     if as_json:
-        print(json.dumps({"running": True, "healthy": healthy, "state_dir": record.state_dir,
-                          "sites": [h.as_dict() for h in health]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "running": True,
+                    "healthy": healthy,
+                    "state_dir": record.state_dir,
+                    "sites": [h.as_dict() for h in health],
+                },
+                indent=2,
+            )
+        )
     else:
         table = Table(title=f"dev fleet in {record.state_dir}", title_justify="left")
         for col in ("site", "tier", "region", "nats-server", "daemon", "nats"):
             table.add_column(col)
         for h in health:
-            table.add_row(h.site.name, h.site.tier, h.site.region,
-                          "[green]ok[/]" if h.server_ok else "[red]down[/]",
-                          "[green]ok[/]" if h.daemon_ok else "[red]down[/]", h.site.client_url)
+            table.add_row(
+                h.site.name,
+                h.site.tier,
+                h.site.region,
+                "[green]ok[/]" if h.server_ok else "[red]down[/]",
+                "[green]ok[/]" if h.daemon_ok else "[red]down[/]",
+                h.site.client_url,
+            )
         out.print(table)
     raise typer.Exit(0 if healthy else 1)
 
@@ -177,8 +214,10 @@ def info(hub: HubUrl = None, state_dir: StateDir = None) -> None:
     async def fetch() -> None:
         async with await FleetClient.connect(hub, state_dir=state_dir) as fleet:
             hub_info = await fleet.hub_info()
-        out.print(f"hub {hub_info.url}: JetStream domain {hub_info.domain!r}, "
-                  f"{hub_info.streams} stream(s), {hub_info.storage_bytes} bytes stored")
+        out.print(
+            f"hub {hub_info.url}: JetStream domain {hub_info.domain!r}, "
+            f"{hub_info.streams} stream(s), {hub_info.storage_bytes} bytes stored"
+        )
         out.print("buckets: " + (", ".join(hub_info.buckets) or "(none)"))
 
     asyncio.run(fetch())

@@ -1,7 +1,7 @@
 """The Python API for people and tools that drive a fleet from outside: `FleetClient`.
 
-    async with await FleetClient.connect() as fleet:   # dev fleet of the default state dir
-        print(await fleet.hub_info())
+async with await FleetClient.connect() as fleet:   # dev fleet of the default state dir
+    print(await fleet.hub_info())
 """
 
 import os
@@ -52,8 +52,9 @@ class FleetClient:
         self.url = url
 
     @classmethod
-    async def connect(cls, hub: str | None = None, *, state_dir: Path | None = None,
-                      attempts: int = 3) -> "FleetClient":
+    async def connect(
+        cls, hub: str | None = None, *, state_dir: Path | None = None, attempts: int = 3
+    ) -> "FleetClient":
         url = resolve_hub_url(hub, state_dir)
         bus = await connect(url, name="fleetbus-client", source="/fleet/client", attempts=attempts)
         return cls(bus, url)
@@ -61,8 +62,9 @@ class FleetClient:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -72,7 +74,17 @@ class FleetClient:
         js = self.bus.jetstream(HUB_DOMAIN)
         account = await js.account_info()
         names = await js.streams_info()
-        buckets = tuple(sorted(s.config.name.removeprefix("KV_") for s in names
-                               if s.config.name and s.config.name.startswith("KV_")))
-        return HubInfo(url=self.url, domain=account.domain, streams=account.streams,
-                       storage_bytes=account.storage, buckets=buckets)
+        buckets = tuple(
+            sorted(
+                s.config.name.removeprefix("KV_")
+                for s in names
+                if s.config.name and s.config.name.startswith("KV_")
+            )
+        )
+        return HubInfo(
+            url=self.url,
+            domain=account.domain,
+            streams=account.streams,
+            storage_bytes=account.storage,
+            buckets=buckets,
+        )

@@ -53,8 +53,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._failed: str | None = None
         self._closed = False
-        self.http = HealthServer(settings.http_host, settings.http_port,
-                                 self.metrics.registry, self._health)
+        self.http = HealthServer(settings.http_host, settings.http_port, self.metrics.registry, self._health)
 
     @property
     def bus(self) -> Bus:
@@ -83,8 +82,10 @@ class Daemon:
     async def __aenter__(self) -> Self:
         await self.http.start()
         self._bus = await connect(
-            self.settings.nats_url, name=f"fleetbus-{self.tier.value}-{self.site}",
-            source=f"/fleet/{self.tier.value}/{self.site}", metrics=self.metrics,
+            self.settings.nats_url,
+            name=f"fleetbus-{self.tier.value}-{self.site}",
+            source=f"/fleet/{self.tier.value}/{self.site}",
+            metrics=self.metrics,
         )
         logger.info("daemon connected", url=self.settings.nats_url, http_port=self.http.port)
         return self
@@ -171,7 +172,10 @@ class Daemon:
         tasks = {name: ("running" if not t.done() else "stopped") for name, t in self._tasks.items()}
         ok = connected and self._failed is None and not self._stop.is_set()
         detail = {
-            "tier": self.tier.value, "site": self.site, "nats": "connected" if connected else "down",
-            "tasks": tasks, "uptime_seconds": round(self.uptime, 3),
+            "tier": self.tier.value,
+            "site": self.site,
+            "nats": "connected" if connected else "down",
+            "tasks": tasks,
+            "uptime_seconds": round(self.uptime, 3),
         }
         return ok, detail

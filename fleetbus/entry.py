@@ -7,9 +7,9 @@ User errors print one clear message and exit 2 without a traceback (`--debug` sh
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from fleetbus import log
 from fleetbus.daemon import DaemonFailedError
@@ -27,12 +27,18 @@ def _parser(prog: str, cls: type[DaemonSettings]) -> argparse.ArgumentParser:
     parser.add_argument("--config", type=Path, help="TOML settings file")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     for name, field in cls.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None,
-                            help=field.description or f"(env FLEETBUS_{name.upper()})")
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            default=None,
+            help=field.description or f"(env FLEETBUS_{name.upper()})",
+        )
     return parser
 
 
-def main(prog: str, cls: type[S], run: Callable[[S], Awaitable[None]], argv: list[str] | None = None) -> int:
+def main(
+    prog: str, cls: type[S], run: Callable[[S], Coroutine[Any, Any, None]], argv: list[str] | None = None
+) -> int:
     args = _parser(prog, cls).parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "debug") and v is not None}
     if "labels" in flags:  # --labels a=b,c=d

@@ -29,8 +29,15 @@ async def send_heartbeats(
     seq = 0
     while True:
         if bus.connected:
-            beat = Heartbeat(tier=tier, site=site, region=region, seq=seq, sent_at=clock(),
-                             interval_seconds=interval, uptime_seconds=uptime())
+            beat = Heartbeat(
+                tier=tier,
+                site=site,
+                region=region,
+                seq=seq,
+                sent_at=clock(),
+                interval_seconds=interval,
+                uptime_seconds=uptime(),
+            )
             await bus.publish(subject, beat)
             seq += 1
         await asyncio.sleep(interval)  # the heartbeat period itself

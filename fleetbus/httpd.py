@@ -34,8 +34,10 @@ class HealthServer:
         try:
             self._server = await asyncio.start_server(self._handle, self.host, self.port)
         except OSError as exc:
-            msg = f"cannot serve /metrics and /healthz on {self.host}:{self.port}: {exc.strerror}; " \
-                  "set another port with FLEETBUS_HTTP_PORT (0 picks a free one)"
+            msg = (
+                f"cannot serve /metrics and /healthz on {self.host}:{self.port}: {exc.strerror}; "
+                "set another port with FLEETBUS_HTTP_PORT (0 picks a free one)"
+            )
             raise ConfigError(msg) from exc
         self.port = self._server.sockets[0].getsockname()[1]
 

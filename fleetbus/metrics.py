@@ -9,20 +9,28 @@ class DaemonMetrics:
     def __init__(self, tier: str, site: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.info = Gauge("fleetbus_daemon_info", "Constant 1, labelled with what runs here.",
-                          ["tier", "site"], registry=r)
+        self.info = Gauge(
+            "fleetbus_daemon_info", "Constant 1, labelled with what runs here.", ["tier", "site"], registry=r
+        )
         self.info.labels(tier=tier, site=site).set(1)
-        self.messages_in = Counter("fleetbus_messages_in_total", "Messages received, by kind.",
-                                   ["kind"], registry=r)
-        self.messages_out = Counter("fleetbus_messages_out_total", "Messages sent, by kind.",
-                                    ["kind"], registry=r)
-        self.decode_errors = Counter("fleetbus_decode_errors_total",
-                                     "Messages dropped because they could not be decoded.",
-                                     ["kind"], registry=r)
-        self.nats_connected = Gauge("fleetbus_nats_connected",
-                                    "1 while connected to the site's own nats-server.", registry=r)
-        self.task_failures = Counter("fleetbus_task_failures_total",
-                                     "Daemon tasks that ended with an error.", ["task"], registry=r)
-        self.peers_heard = Gauge("fleetbus_peers_heard",
-                                 "Sites of the tier below that sent at least one heartbeat.",
-                                 registry=r)
+        self.messages_in = Counter(
+            "fleetbus_messages_in_total", "Messages received, by kind.", ["kind"], registry=r
+        )
+        self.messages_out = Counter(
+            "fleetbus_messages_out_total", "Messages sent, by kind.", ["kind"], registry=r
+        )
+        self.decode_errors = Counter(
+            "fleetbus_decode_errors_total",
+            "Messages dropped because they could not be decoded.",
+            ["kind"],
+            registry=r,
+        )
+        self.nats_connected = Gauge(
+            "fleetbus_nats_connected", "1 while connected to the site's own nats-server.", registry=r
+        )
+        self.task_failures = Counter(
+            "fleetbus_task_failures_total", "Daemon tasks that ended with an error.", ["task"], registry=r
+        )
+        self.peers_heard = Gauge(
+            "fleetbus_peers_heard", "Sites of the tier below that sent at least one heartbeat.", registry=r
+        )

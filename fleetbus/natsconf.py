@@ -112,6 +112,11 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
             ]
         lines.append("}")
     if spec.mqtt_port is not None:
-        lines += ["", "# Local devices publish telemetry here.", "mqtt {",
-                  f"  listen: {_q(f'{bind}:{spec.mqtt_port}')}", "}"]
+        lines += [
+            "",
+            "# Local devices publish telemetry here.",
+            "mqtt {",
+            f"  listen: {_q(f'{bind}:{spec.mqtt_port}')}",
+            "}",
+        ]
     return "\n".join(lines) + "\n"

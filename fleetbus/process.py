@@ -60,8 +60,13 @@ class SupervisedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                env=self.env, start_new_session=True, preexec_fn=_die_with_parent,
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=self.env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         await self.wait_healthy(timeout)
 
@@ -136,4 +141,4 @@ class SupervisedProcess:
                 self.restarts += 1
                 delay = 0.5
             except ServerError as exc:
-                logger.error("restart failed", process=self.name, error=str(exc))
+                logger.error("restart failed", process=self.name, error=str(exc))  # noqa: TRY400

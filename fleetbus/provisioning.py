@@ -22,7 +22,9 @@ class BucketSpec:
 
     def config(self) -> KeyValueConfig:
         return KeyValueConfig(
-            bucket=self.name, history=self.history, description=self.description,
+            bucket=self.name,
+            history=self.history,
+            description=self.description,
             max_bytes=self.max_bytes,
         )
 

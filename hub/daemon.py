@@ -1,8 +1,7 @@
 """The hub daemon: owns the profile and override buckets, hears its regionals."""
 
-from nats.aio.msg import Msg
-
 from fleetbus import log
+from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.provisioning import BucketSpec, ensure_bucket
@@ -22,7 +21,7 @@ async def run(settings: HubSettings) -> None:
     async with Daemon(settings, tier=Tier.HUB) as daemon:
         heard = HeartbeatLog()
 
-        async def on_regional_heartbeat(beat: Heartbeat, msg: Msg) -> None:
+        async def on_regional_heartbeat(beat: Heartbeat, _msg: Msg) -> None:
             if heard.last(beat.site) is None:
                 logger.info("regional heard", region=beat.site, seq=beat.seq)
             heard.record(beat)

@@ -1,8 +1,7 @@
 """The regional daemon: hears its edges' heartbeats and heartbeats the hub."""
 
-from nats.aio.msg import Msg
-
 from fleetbus import log
+from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.heartbeat import HeartbeatLog, send_heartbeats
 from fleetbus.provisioning import BucketSpec, ensure_bucket
@@ -12,8 +11,9 @@ from schemas.heartbeat import Heartbeat, Tier
 
 logger = log.get_logger(__name__)
 
-PRESENCE = BucketSpec(subjects.PRESENCE_BUCKET, history=1,
-                      description="Presence state changes of this region's edges.")
+PRESENCE = BucketSpec(
+    subjects.PRESENCE_BUCKET, history=1, description="Presence state changes of this region's edges."
+)
 
 
 async def run(settings: RegionalSettings) -> None:
@@ -21,7 +21,7 @@ async def run(settings: RegionalSettings) -> None:
         region = settings.region
         heard = HeartbeatLog()
 
-        async def on_edge_heartbeat(beat: Heartbeat, msg: Msg) -> None:
+        async def on_edge_heartbeat(beat: Heartbeat, _msg: Msg) -> None:
             first = heard.last(beat.site) is None
             heard.record(beat)
             if first:
@@ -34,9 +34,13 @@ async def run(settings: RegionalSettings) -> None:
 
         async def heartbeat() -> None:
             await send_heartbeats(
-                daemon.bus, tier=Tier.REGIONAL, site=region, region=region,
+                daemon.bus,
+                tier=Tier.REGIONAL,
+                site=region,
+                region=region,
                 subject=subjects.regional_heartbeat(region),
-                interval=settings.heartbeat_interval, uptime=lambda: daemon.uptime,
+                interval=settings.heartbeat_interval,
+                uptime=lambda: daemon.uptime,
             )
 
         daemon.on_start(provision)

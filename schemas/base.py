@@ -24,7 +24,9 @@ def check_token(value: str) -> str:
 SiteId = Annotated[str, AfterValidator(check_token)]
 """Id of a hub, region or edge: one subject token, unique in the fleet (it is also a domain)."""
 
-Name = Annotated[str, StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+Name = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+]
 """Name of a profile, component or label key: no spaces, no wildcards."""
 
 

@@ -54,9 +54,7 @@ def envelope(
     return encode_body(message, content_type), headers
 
 
-def open_envelope(
-    cls: type[M], body: bytes, headers: Mapping[str, str] | None, *, subject: str
-) -> M:
+def open_envelope(cls: type[M], body: bytes, headers: Mapping[str, str] | None, *, subject: str) -> M:
     """Decode a message of type `cls`; refuse one whose `ce-type` names another type."""
     headers = headers or {}
     ce_type = headers.get(CE_TYPE)

@@ -41,8 +41,11 @@ class SitePlan:
             "state_dir": str(self.workdir / "daemon"),
         }
         if self.tier is Tier.EDGE:
-            values |= {"region": self.region, "heartbeat_interval": heartbeat_interval,
-                       "labels": {"region": self.region, "env": "dev"}}
+            values |= {
+                "region": self.region,
+                "heartbeat_interval": heartbeat_interval,
+                "labels": {"region": self.region, "env": "dev"},
+            }
         elif self.tier is Tier.REGIONAL:
             values["heartbeat_interval"] = heartbeat_interval
         return values
@@ -85,8 +88,12 @@ def plan_fleet(
     def site(name: str, tier: Tier, region: str, upstream: tuple[str, ...]) -> SitePlan:
         workdir = sites_dir / name
         server = ServerSpec(
-            name=name, tier=tier, host=HOST, store_dir=workdir / "jetstream",
-            client_port=next(ports), http_port=next(ports),
+            name=name,
+            tier=tier,
+            host=HOST,
+            store_dir=workdir / "jetstream",
+            client_port=next(ports),
+            http_port=next(ports),
             leaf_port=None if tier is Tier.EDGE else next(ports),
             upstream=upstream,
             mqtt_port=next(ports) if (mqtt and tier is Tier.EDGE) else None,

@@ -22,11 +22,16 @@ class SiteHealth:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "site": self.site.name, "tier": self.site.tier, "region": self.site.region,
-            "healthy": self.ok, "server": "ok" if self.server_ok else "down",
-            "daemon": "ok" if self.daemon_ok else "down", "client_url": self.site.client_url,
+            "site": self.site.name,
+            "tier": self.site.tier,
+            "region": self.site.region,
+            "healthy": self.ok,
+            "server": "ok" if self.server_ok else "down",
+            "daemon": "ok" if self.daemon_ok else "down",
+            "client_url": self.site.client_url,
             "server_health_url": self.site.server_health_url,
-            "daemon_health_url": self.site.daemon_health_url, "daemon_detail": self.daemon_detail,
+            "daemon_health_url": self.site.daemon_health_url,
+            "daemon_detail": self.daemon_detail,
         }
 
 
@@ -44,7 +49,8 @@ async def _probe(url: str) -> tuple[bool, dict[str, Any]]:
 
 async def _site(site: SiteRecord) -> SiteHealth:
     (server_ok, _), (daemon_ok, detail) = await asyncio.gather(
-        _probe(site.server_health_url), _probe(site.daemon_health_url))
+        _probe(site.server_health_url), _probe(site.daemon_health_url)
+    )
     return SiteHealth(site, server_ok, daemon_ok, detail)
 
 

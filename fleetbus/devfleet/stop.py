@@ -1,5 +1,6 @@
 """`fleetbus dev down`: stop a dev fleet from another terminal."""
 
+import contextlib
 import os
 import signal
 import time
@@ -19,10 +20,8 @@ def _wait_gone(pids: list[int], timeout: float) -> list[int]:
 
 def _signal(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def stop_fleet(record: FleetRecord, *, timeout: float, progress: Callable[[str], None]) -> list[int]:
@@ -38,6 +37,6 @@ def stop_fleet(record: FleetRecord, *, timeout: float, progress: Callable[[str],
     # Children die with the supervisor; these are only for a supervisor killed by SIGKILL
     # on a system without PDEATHSIG.
     _signal([p for p in children if pid_alive(p)], signal.SIGTERM)
-    left = _wait_gone(children + [record.supervisor_pid], 10)
+    left = _wait_gone([*children, record.supervisor_pid], 10)
     _signal(left, signal.SIGKILL)
     return _wait_gone(left, 5)

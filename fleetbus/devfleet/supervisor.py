@@ -47,8 +47,14 @@ def _toml(values: dict[str, object]) -> str:
 class DevFleet:
     """The processes of one dev fleet and the order they start and stop in."""
 
-    def __init__(self, plan: FleetPlan, *, heartbeat_interval: float = 5.0,
-                 stagger: float = 0.05, progress: Progress = print) -> None:
+    def __init__(
+        self,
+        plan: FleetPlan,
+        *,
+        heartbeat_interval: float = 5.0,
+        stagger: float = 0.05,
+        progress: Progress = print,
+    ) -> None:
         self.plan = plan
         self.heartbeat_interval = heartbeat_interval
         self.stagger = stagger
@@ -80,11 +86,11 @@ class DevFleet:
         for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE):
             await self._start_tier(tier)
         for site in self.plan.sites:
-            (site.workdir / "daemon.toml").write_text(
-                _toml(site.daemon_settings(self.heartbeat_interval)))
+            (site.workdir / "daemon.toml").write_text(_toml(site.daemon_settings(self.heartbeat_interval)))
         began = time.monotonic()
-        await asyncio.gather(*(self._start_staggered(i, self.daemons[s.name])
-                               for i, s in enumerate(self.plan.sites)))
+        await asyncio.gather(
+            *(self._start_staggered(i, self.daemons[s.name]) for i, s in enumerate(self.plan.sites))
+        )
         self.progress(f"  daemons     {len(self.daemons)} healthy in {time.monotonic() - began:.1f}s")
         for proc in [*self.servers.values(), *self.daemons.values()]:
             self._supervisors.append(asyncio.create_task(proc.supervise(), name=f"supervise {proc.name}"))
@@ -93,7 +99,9 @@ class DevFleet:
         sites = self.plan.by_tier(tier)
         began = time.monotonic()
         await asyncio.gather(*(self._start_staggered(i, self.servers[s.name]) for i, s in enumerate(sites)))
-        self.progress(f"  {tier.value:<11} {len(sites)} nats-server(s) healthy in {time.monotonic() - began:.1f}s")
+        self.progress(
+            f"  {tier.value:<11} {len(sites)} nats-server(s) healthy in {time.monotonic() - began:.1f}s"
+        )
 
     async def _start_staggered(self, index: int, proc: SupervisedProcess) -> None:
         # Rate limit, not synchronisation: spread connects so a regional is not stormed.
@@ -113,10 +121,16 @@ class DevFleet:
     def record(self) -> FleetRecord:
         sites = [
             SiteRecord(
-                name=s.name, tier=s.tier.value, region=s.region, client_url=s.server.client_url,
-                server_health_url=s.server.health_url, daemon_health_url=s.daemon_health_url,
-                leaf_url=s.server.leaf_url, mqtt_port=s.server.mqtt_port,
-                server_pid=self.servers[s.name].pid, daemon_pid=self.daemons[s.name].pid,
+                name=s.name,
+                tier=s.tier.value,
+                region=s.region,
+                client_url=s.server.client_url,
+                server_health_url=s.server.health_url,
+                daemon_health_url=s.daemon_health_url,
+                leaf_url=s.server.leaf_url,
+                mqtt_port=s.server.mqtt_port,
+                server_pid=self.servers[s.name].pid,
+                daemon_pid=self.daemons[s.name].pid,
             )
             for s in self.plan.sites
         ]

@@ -1,0 +1,43 @@
+# Two commands: `make dev` (a whole fleet on this machine) and `make test` (every gate).
+# Both create .venv and install fleetbus into it if needed.
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+ARGS   ?=
+PYTEST_ARGS ?=
+
+.PHONY: dev test lint format types contracts pytest schemas clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+dev: $(STAMP)
+	$(VENV)/bin/fleetbus dev up $(ARGS)
+
+test: lint types contracts pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+types: $(STAMP)
+	$(VENV)/bin/mypy schemas fleetbus hub regional edge
+
+contracts: $(STAMP)
+	$(VENV)/bin/lint-imports
+
+pytest: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+schemas: $(STAMP)
+	$(VENV)/bin/fleetbus schema export docs/schemas
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis test-output

@@ -1,0 +1,58 @@
+"""Fixtures that start real nats-server processes on free ports (never a mocked NATS)."""
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from fleetbus.devfleet.plan import FleetPlan, plan_fleet
+from fleetbus.netutil import free_ports
+from fleetbus.servers import NatsServer
+from schemas.heartbeat import Tier
+
+
+class Chain:
+    """Running servers of a plan, by site name."""
+
+    def __init__(self, plan: FleetPlan) -> None:
+        self.plan = plan
+        self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
+
+    def url(self, site: str) -> str:
+        return self.plan.site(site).server.client_url
+
+    async def start(self) -> None:
+        for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE):
+            for site in self.plan.by_tier(tier):
+                await self.servers[site.name].start()
+
+    async def stop(self) -> None:
+        for server in reversed(list(self.servers.values())):
+            await server.stop()
+
+
+async def start_chain(tmp_path: Path, regions: int, edges: int) -> Chain:
+    ports = iter(free_ports(64))
+    chain = Chain(plan_fleet(tmp_path / "fleet", regions, edges, ports))
+    await chain.start()
+    return chain
+
+
+@pytest.fixture
+async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
+    """hub <- r1 <- (r1-e1, r1-e2): each its own server and JetStream domain."""
+    running = await start_chain(tmp_path, regions=1, edges=2)
+    try:
+        yield running
+    finally:
+        await running.stop()
+
+
+@pytest.fixture
+async def hub_server(tmp_path: Path) -> AsyncIterator[Chain]:
+    """Just a hub server."""
+    running = await start_chain(tmp_path, regions=0, edges=0)
+    try:
+        yield running
+    finally:
+        await running.stop()

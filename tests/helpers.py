@@ -1,0 +1,80 @@
+"""Test helpers: poll until a condition holds (never a bare sleep), run the CLI."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+FLEETBUS = [sys.executable, "-c", "from fleetbus.cli import main; main()"]
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 15.0, what: str = "condition"
+) -> T:
+    """Call `probe` until it returns a truthy value without raising; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = await probe()
+            if result:
+                return result
+        except Exception as exc:  # noqa: BLE001 - the probe may fail until the system is ready
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s (last error: {last!r})")
+        await asyncio.sleep(0.05)  # poll interval
+
+
+def wait_until(probe: Callable[[], object], *, timeout: float = 15.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        time.sleep(0.05)  # poll interval
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETBUS_")}
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*FLEETBUS, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cli_env(),
+        cwd=ROOT,
+        check=False,
+    )
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """PIDs of live (non-zombie) processes whose command line contains `text`."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z" and int(entry.name) != os.getpid():
+            pids.append(int(entry.name))
+    return pids

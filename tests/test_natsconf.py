@@ -1,0 +1,63 @@
+"""Rendered server configs are valid for the real nats-server and carry the known traps' fixes."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fleetbus.devfleet.plan import plan_fleet
+from fleetbus.natsconf import ServerSpec, render
+from fleetbus.servers import find_binary
+from schemas.heartbeat import Tier
+
+
+def test_every_tier_renders_a_config_nats_server_accepts(tmp_path: Path):
+    plan = plan_fleet(tmp_path, regions=1, edges=1, ports=iter(range(20000, 20100)), mqtt=True)
+    assert [s.tier for s in plan.sites] == [Tier.HUB, Tier.REGIONAL, Tier.EDGE]
+    for site in plan.sites:
+        path = tmp_path / f"{site.name}.conf"
+        path.write_text(render(site.server))
+        result = subprocess.run(
+            [str(find_binary()), "-t", "-c", str(path)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert "is valid" in result.stderr + result.stdout
+
+
+def test_config_carries_domain_no_advertise_and_mqtt(tmp_path: Path):
+    plan = plan_fleet(tmp_path, regions=1, edges=1, ports=iter(range(20000, 20100)), mqtt=True)
+    hub, regional, edge = (render(s.server) for s in plan.sites)
+    assert 'domain: "hub"' in hub
+    assert "no_advertise: true" in hub
+    assert "remotes" not in hub
+    assert 'domain: "r1"' in regional
+    assert "no_advertise: true" in regional
+    assert f'urls: ["{plan.sites[0].server.leaf_url}"]' in regional
+    assert 'domain: "r1-e1"' in edge
+    assert "no_advertise" not in edge  # edges accept no leaf links
+    assert "mqtt {" in edge
+    assert "mqtt {" not in regional
+
+
+def test_listen_host_override_for_containers(tmp_path: Path):
+    spec = ServerSpec(
+        name="hub", tier=Tier.HUB, store_dir=tmp_path, client_port=4222, http_port=8222, leaf_port=7422
+    )
+    assert 'listen: "0.0.0.0:4222"' in render(spec, listen_host="0.0.0.0")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"tier": "hub", "upstream": ("nats-leaf://x:1",)}, "the hub has no upstream"),
+        ({"tier": "edge"}, "needs an upstream"),
+        ({"tier": "edge", "upstream": ("nats-leaf://x:1",), "leaf_port": 7422}, "do not accept leaf"),
+        ({"tier": "regional", "upstream": ("nats-leaf://x:1",), "mqtt_port": 1883}, "only edges"),
+        ({"tier": "edge", "upstream": ("nats-leaf://x:1",), "name": "Edge.1"}, "not a valid id"),
+    ],
+)
+def test_impossible_shapes_are_refused(tmp_path: Path, fields, message):
+    base = {"name": "s1", "store_dir": tmp_path, "client_port": 4222, "http_port": 8222}
+    with pytest.raises(ValidationError, match=message):
+        ServerSpec(**(base | fields))
