@@ -26,7 +26,7 @@ async def eventually(
             result = await probe()
             if result:
                 return result
-        except Exception as exc:  # noqa: BLE001 - the probe may fail until the system is ready
+        except Exception as exc:  # the probe may fail until the system is ready
             last = exc
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s (last error: {last!r})")

@@ -47,7 +47,7 @@ def daemon_process(tmp_path: Path, tier: str, site: str, nats_url: str, *extra: 
 
 def metric(text: str, name: str) -> float:
     for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
+        if line.startswith((name + " ", name + "{")):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
