@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetbus.client import FleetClient
+from fleetbus.compose import write_compose
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.devfleet import status as fleet_status
@@ -204,6 +205,20 @@ def dev_down(
         err.print(f"could not stop pids {left}")
         raise typer.Exit(1)
     out.print("dev fleet stopped")
+
+
+@app.command("compose")
+def compose_render(
+    root: Annotated[Path, typer.Option("--root", help="Repository root to write into.")] = Path(),
+) -> None:
+    """Render docker-compose.yml and deploy/compose/*.conf (the container dev fleet)."""
+    try:
+        paths = write_compose(root)
+    except OSError as exc:
+        msg = f"cannot write compose files under {root}: {exc.strerror or exc}"
+        raise ConfigError(msg) from exc
+    for path in paths:
+        out.print(f"wrote {path}")
 
 
 @app.command("info")

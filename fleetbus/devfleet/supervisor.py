@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from fleetbus import log
 from fleetbus.devfleet.plan import FleetPlan, SitePlan
-from fleetbus.devfleet.state import FleetRecord, SiteRecord
+from fleetbus.devfleet.state import STATE_FILE, FleetRecord, SiteRecord
 from fleetbus.errors import ServerError
 from fleetbus.process import SupervisedProcess
 from fleetbus.servers import NatsServer, check_ports_free
@@ -143,7 +143,7 @@ async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    record_path = fleet.plan.state_dir / "fleet.json"
+    record_path = fleet.plan.state_dir / STATE_FILE
     try:
         starting = asyncio.create_task(fleet.start())
         waiter = asyncio.create_task(stop.wait())
