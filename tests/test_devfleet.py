@@ -122,3 +122,33 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
+
+
+def test_make_dev_brings_up_the_default_fleet_and_ctrl_c_leaves_nothing(tmp_path: Path):
+    """The README's first command, as typed: `make dev`, then Ctrl-C in the terminal."""
+    state_dir = tmp_path / "make-dev"
+    make = subprocess.Popen(
+        ["make", "--no-print-directory", "dev", f"ARGS=--state-dir {state_dir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=cli_env(),
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    try:
+        status = wait_healthy(state_dir, make)
+        assert len(status["sites"]) == 9
+        record = FleetRecord.load(state_dir)
+        assert record is not None
+        asyncio.run(all_health_urls_answer(record))
+        pids = [p for s in record.sites for p in (s.server_pid, s.daemon_pid)]
+        os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+        output, _ = make.communicate(timeout=60)
+        assert "dev fleet stopped" in output
+        assert [p for p in [*pids, record.supervisor_pid] if pid_alive(p)] == []
+        assert processes_mentioning(str(state_dir)) == []
+    finally:
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()

@@ -1,0 +1,43 @@
+"""nats-server supervision: a crashed server is restarted and keeps its JetStream data."""
+
+import asyncio
+import os
+import signal
+
+import nats
+import pytest
+
+from fleetbus.devfleet.state import pid_alive
+from tests.helpers import eventually
+
+pytestmark = pytest.mark.slow
+
+
+async def test_supervisor_restarts_a_killed_server_with_its_data(hub_server):
+    server = hub_server.servers["hub"]
+    nc = await nats.connect(hub_server.url("hub"))
+    kv = await nc.jetstream().create_key_value(bucket="survivor")
+    revision = await kv.put("k", b"v")
+    await nc.close()
+
+    supervising = asyncio.create_task(server.supervise())
+    try:
+        first_pid = server.pid
+        assert first_pid is not None
+        os.kill(first_pid, signal.SIGKILL)  # a crash, not a stop
+
+        async def restarted() -> bool:
+            return server.restarts == 1 and server.running and server.pid != first_pid
+
+        await eventually(restarted, timeout=20, what="server restarted after SIGKILL")
+        assert not pid_alive(first_pid)
+        nc = await nats.connect(hub_server.url("hub"))
+        try:
+            entry = await (await nc.jetstream().key_value("survivor")).get("k")
+            assert (entry.value, entry.revision) == (b"v", revision)
+        finally:
+            await nc.close()
+    finally:
+        await server.stop()
+        await asyncio.wait_for(supervising, 10)  # supervise() returns once stopped
+    assert not server.running
