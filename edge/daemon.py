@@ -2,7 +2,6 @@
 
 from edge.streams import events_stream, inventory_stream
 from fleetbus.daemon import Daemon
-from fleetbus.heartbeat import send_heartbeats
 from fleetbus.provisioning import ensure_stream
 from fleetbus.settings import EdgeSettings
 from schemas import subjects
@@ -17,17 +16,8 @@ async def run(settings: EdgeSettings) -> None:
             await ensure_stream(daemon.bus.js, events_stream(region, edge))
             await ensure_stream(daemon.bus.js, inventory_stream(region, edge))
 
-        async def heartbeat() -> None:
-            await send_heartbeats(
-                daemon.bus,
-                tier=Tier.EDGE,
-                site=edge,
-                region=region,
-                subject=subjects.edge_heartbeat(region, edge),
-                interval=settings.heartbeat_interval,
-                uptime=lambda: daemon.uptime,
-            )
-
         daemon.on_start(provision)
-        daemon.add_task("heartbeat", heartbeat)
+        daemon.add_heartbeat(
+            subjects.edge_heartbeat(region, edge), region=region, interval=settings.heartbeat_interval
+        )
         await daemon.run()

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -71,10 +72,14 @@ def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks."
 @schema_app.command("export")
 def schema_export(directory: Annotated[Path, typer.Argument(help="Where to write the files.")]) -> None:
     """Write a JSON Schema file per message type."""
+    _write_files(f"schemas to {directory}", lambda: write_json_schemas(directory))
+
+
+def _write_files(what: str, write: Callable[[], list[Path]]) -> None:
     try:
-        paths = write_json_schemas(directory)
+        paths = write()
     except OSError as exc:
-        msg = f"cannot write schemas to {directory}: {exc.strerror or exc}"
+        msg = f"cannot write {what}: {exc.strerror or exc}"
         raise ConfigError(msg) from exc
     for path in paths:
         out.print(f"wrote {path}")
@@ -212,13 +217,7 @@ def compose_render(
     root: Annotated[Path, typer.Option("--root", help="Repository root to write into.")] = Path(),
 ) -> None:
     """Render docker-compose.yml and deploy/compose/*.conf (the container dev fleet)."""
-    try:
-        paths = write_compose(root)
-    except OSError as exc:
-        msg = f"cannot write compose files under {root}: {exc.strerror or exc}"
-        raise ConfigError(msg) from exc
-    for path in paths:
-        out.print(f"wrote {path}")
+    _write_files(f"compose files under {root}", lambda: write_compose(root))
 
 
 @app.command("info")

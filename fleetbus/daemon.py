@@ -21,6 +21,7 @@ from typing import Any, Self
 
 from fleetbus import log
 from fleetbus.bus import Bus, connect
+from fleetbus.heartbeat import send_heartbeats
 from fleetbus.httpd import HealthServer
 from fleetbus.metrics import DaemonMetrics
 from fleetbus.settings import DaemonSettings
@@ -75,6 +76,22 @@ class Daemon:
             msg = f"task {name!r} added twice"
             raise ValueError(msg)
         self._factories[name] = factory
+
+    def add_heartbeat(self, subject: str, *, region: str, interval: float) -> None:
+        """Heartbeat the tier above on `subject` every `interval` seconds, as this site."""
+
+        async def beat() -> None:
+            await send_heartbeats(
+                self.bus,
+                tier=self.tier,
+                site=self.site,
+                region=region,
+                subject=subject,
+                interval=interval,
+                uptime=lambda: self.uptime,
+            )
+
+        self.add_task("heartbeat", beat)
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -3,7 +3,7 @@
 from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
-from fleetbus.heartbeat import HeartbeatLog, send_heartbeats
+from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.provisioning import BucketSpec, ensure_bucket
 from fleetbus.settings import RegionalSettings
 from schemas import subjects
@@ -32,17 +32,8 @@ async def run(settings: RegionalSettings) -> None:
             await ensure_bucket(daemon.bus.js, PRESENCE)
             await daemon.bus.subscribe(subjects.edge_heartbeats(region), Heartbeat, on_edge_heartbeat)
 
-        async def heartbeat() -> None:
-            await send_heartbeats(
-                daemon.bus,
-                tier=Tier.REGIONAL,
-                site=region,
-                region=region,
-                subject=subjects.regional_heartbeat(region),
-                interval=settings.heartbeat_interval,
-                uptime=lambda: daemon.uptime,
-            )
-
         daemon.on_start(provision)
-        daemon.add_task("heartbeat", heartbeat)
+        daemon.add_heartbeat(
+            subjects.regional_heartbeat(region), region=region, interval=settings.heartbeat_interval
+        )
         await daemon.run()

@@ -1,5 +1,6 @@
 """Fixtures that start real nats-server processes on free ports (never a mocked NATS)."""
 
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,28 +32,26 @@ class Chain:
             await server.stop()
 
 
-async def start_chain(tmp_path: Path, regions: int, edges: int) -> Chain:
+@contextlib.asynccontextmanager
+async def running_chain(tmp_path: Path, regions: int, edges: int) -> AsyncIterator[Chain]:
     ports = iter(free_ports(64))
-    chain = Chain(plan_fleet(tmp_path / "fleet", regions, edges, ports))
-    await chain.start()
-    return chain
+    running = Chain(plan_fleet(tmp_path / "fleet", regions, edges, ports))
+    try:
+        await running.start()
+        yield running
+    finally:
+        await running.stop()
 
 
 @pytest.fixture
 async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
     """hub <- r1 <- (r1-e1, r1-e2): each its own server and JetStream domain."""
-    running = await start_chain(tmp_path, regions=1, edges=2)
-    try:
+    async with running_chain(tmp_path, regions=1, edges=2) as running:
         yield running
-    finally:
-        await running.stop()
 
 
 @pytest.fixture
 async def hub_server(tmp_path: Path) -> AsyncIterator[Chain]:
     """Just a hub server."""
-    running = await start_chain(tmp_path, regions=0, edges=0)
-    try:
+    async with running_chain(tmp_path, regions=0, edges=0) as running:
         yield running
-    finally:
-        await running.stop()

@@ -17,10 +17,10 @@ from tests.helpers import FLEETBUS, ROOT, cli_env, processes_mentioning, run_cli
 pytestmark = pytest.mark.slow
 
 
-def start_up(state_dir: Path, *args: str) -> subprocess.Popen[str]:
+def start_in_group(argv: list[str]) -> subprocess.Popen[str]:
     # Own process group, so the test can send Ctrl-C the way a terminal does (to the group).
     return subprocess.Popen(
-        [*FLEETBUS, "dev", "up", "--state-dir", str(state_dir), *args],
+        argv,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -28,6 +28,10 @@ def start_up(state_dir: Path, *args: str) -> subprocess.Popen[str]:
         cwd=ROOT,
         start_new_session=True,
     )
+
+
+def start_up(state_dir: Path, *args: str) -> subprocess.Popen[str]:
+    return start_in_group([*FLEETBUS, "dev", "up", "--state-dir", str(state_dir), *args])
 
 
 def wait_healthy(state_dir: Path, up: subprocess.Popen[str]) -> dict:
@@ -127,15 +131,7 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
 def test_make_dev_brings_up_the_default_fleet_and_ctrl_c_leaves_nothing(tmp_path: Path):
     """The README's first command, as typed: `make dev`, then Ctrl-C in the terminal."""
     state_dir = tmp_path / "make-dev"
-    make = subprocess.Popen(
-        ["make", "--no-print-directory", "dev", f"ARGS=--state-dir {state_dir}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        start_new_session=True,
-    )
+    make = start_in_group(["make", "--no-print-directory", "dev", f"ARGS=--state-dir {state_dir}"])
     try:
         status = wait_healthy(state_dir, make)
         assert len(status["sites"]) == 9
