@@ -13,6 +13,7 @@ idempotent and also runs on leaving the `async with`.
 
 import asyncio
 import contextlib
+import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +22,7 @@ from typing import Any, Self
 
 from fleetbus import log
 from fleetbus.bus import Bus, connect
+from fleetbus.errors import PermanentError
 from fleetbus.heartbeat import send_heartbeats
 from fleetbus.httpd import HealthServer
 from fleetbus.metrics import DaemonMetrics
@@ -30,6 +32,8 @@ from schemas.heartbeat import Tier
 logger = log.get_logger(__name__)
 
 TaskFactory = Callable[[], Awaitable[None]]
+
+STARTUP_DEADLINE = 60.0  # seconds a startup step may keep failing before the daemon gives up
 
 
 class DaemonFailedError(Exception):
@@ -98,12 +102,16 @@ class Daemon:
 
     async def __aenter__(self) -> Self:
         await self.http.start()
-        self._bus = await connect(
-            self.settings.nats_url,
-            name=f"fleetbus-{self.tier.value}-{self.site}",
-            source=f"/fleet/{self.tier.value}/{self.site}",
-            metrics=self.metrics,
-        )
+        try:
+            self._bus = await connect(
+                self.settings.nats_url,
+                name=f"fleetbus-{self.tier.value}-{self.site}",
+                source=f"/fleet/{self.tier.value}/{self.site}",
+                metrics=self.metrics,
+            )
+        except BaseException:
+            await self.http.stop()  # __aexit__ does not run when __aenter__ fails
+            raise
         logger.info("daemon connected", url=self.settings.nats_url, http_port=self.http.port)
         return self
 
@@ -118,7 +126,7 @@ class Daemon:
             loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             for step in self._startup:
-                await step()
+                await self._start_step(step)
             for name, factory in self._factories.items():
                 self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=name)
             logger.info("daemon running", tasks=sorted(self._tasks))
@@ -131,6 +139,27 @@ class Daemon:
             task = self._tasks[self._failed]
             cause = task.exception() if task.done() and not task.cancelled() else None
             raise DaemonFailedError(self._failed, cause or RuntimeError("cancelled")) from cause
+
+    async def _start_step(self, step: Callable[[], Awaitable[Any]]) -> None:
+        """Run a startup step, retrying transient failures (JetStream still starting after a
+        server restart) with jittered back-off until `STARTUP_DEADLINE`."""
+        name = getattr(step, "__name__", "startup")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_DEADLINE
+        delay = 0.1
+        while True:
+            try:
+                await step()
+            except PermanentError as exc:
+                raise DaemonFailedError(name, exc) from exc
+            except Exception as exc:
+                if loop.time() > deadline or self._stop.is_set():
+                    raise DaemonFailedError(name, exc) from exc
+                logger.warning("startup step failed; retrying", step=name, error=repr(exc))
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # back-off with jitter
+                delay = min(delay * 2, 5.0)
+            else:
+                return
 
     def _on_signal(self, sig: signal.Signals) -> None:
         logger.info("stop requested", signal=sig.name)

@@ -163,3 +163,34 @@ async def test_edges_heartbeat_their_regional_and_provision_idempotently(chain, 
     finally:
         for proc in procs:
             await proc.stop()
+
+
+async def test_a_failing_startup_step_is_retried_then_reported(hub_server, tmp_path, monkeypatch):
+    monkeypatch.setattr("fleetbus.daemon.STARTUP_DEADLINE", 0.5)
+    settings = HubSettings(nats_url=hub_server.url("hub"), state_dir=tmp_path)
+    attempts = []
+
+    async def provision() -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise TimeoutError  # e.g. JetStream not ready yet
+        raise ValueError("still broken")
+
+    async def never_ready() -> None:
+        attempts.append(1)
+        raise TimeoutError
+
+    async with Daemon(settings, tier=Tier.HUB) as daemon:
+        daemon.on_start(provision)
+        with pytest.raises(DaemonFailedError, match="provision") as caught:
+            await daemon.run()
+    # Retried past the transient errors; the deadline then turned the last one into a failure.
+    assert len(attempts) >= 3
+    assert isinstance(caught.value.__cause__, ValueError)
+
+    attempts.clear()
+    async with Daemon(settings, tier=Tier.HUB) as daemon:
+        daemon.on_start(never_ready)
+        with pytest.raises(DaemonFailedError, match="never_ready"):
+            await daemon.run()
+    assert len(attempts) > 1
