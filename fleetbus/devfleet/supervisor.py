@@ -7,6 +7,7 @@ children also die with this process (see `fleetbus.process`).
 """
 
 import asyncio
+import json
 import os
 import random
 import signal
@@ -34,9 +35,11 @@ def _toml(values: dict[str, object]) -> str:
     lines, tables = [], []
     for key, value in values.items():
         if isinstance(value, dict):
-            tables.append(f"\n[{key}]\n" + "".join(f'"{k}" = "{v}"\n' for k, v in value.items()))
+            tables.append(
+                f"\n[{key}]\n" + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in value.items())
+            )
         elif isinstance(value, str):
-            lines.append(f'{key} = "{value}"')
+            lines.append(f"{key} = {json.dumps(value)}")  # a JSON string is a TOML basic string
         else:
             lines.append(f"{key} = {value}")
     text = "\n".join(lines) + "\n" + "".join(tables)
@@ -145,6 +148,9 @@ async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None
         loop.add_signal_handler(sig, stop.set)
     record_path = fleet.plan.state_dir / STATE_FILE
     try:
+        # Recorded before starting, so `dev down` and a second `up` see a fleet that is
+        # still starting; recorded again with the PIDs once everything is healthy.
+        fleet.record().save()
         starting = asyncio.create_task(fleet.start())
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
