@@ -33,12 +33,13 @@ logger = log.get_logger(__name__)
 class Bus:
     """A connection to the site's own nats-server, with typed publish and subscribe."""
 
-    def __init__(self, nc: Client, *, source: str, metrics: DaemonMetrics | None = None) -> None:
+    def __init__(self, nc: Client, *, url: str, source: str, metrics: DaemonMetrics | None = None) -> None:
         self.nc = nc
+        self.url = url
         self.js: JetStreamContext = nc.jetstream()
         self.source = source
         self.metrics = metrics
-        self.on_close: Callable[[], None] | None = None
+        self._closing = False
 
     @property
     def connected(self) -> bool:
@@ -88,12 +89,27 @@ class Bus:
         """Drain (flush what is pending, finish handlers) within `timeout`, then close."""
         if self.nc.is_closed:
             return
-        if self.on_close:
-            self.on_close()
+        self._closing = True
         try:
             await asyncio.wait_for(self.nc.drain(), timeout)
         except (TimeoutError, nats.errors.Error):
             await self.nc.close()
+
+    # nats-py connection callbacks
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.warning("nats error", error=str(exc) or type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        if self.metrics:
+            self.metrics.nats_connected.set(0)
+        if not self._closing:
+            logger.warning("disconnected from nats-server", url=self.url)
+
+    async def _on_reconnected(self) -> None:
+        if self.metrics:
+            self.metrics.nats_connected.set(1)
+        logger.info("reconnected to nats-server", url=self.url)
 
 
 async def connect(
@@ -110,41 +126,22 @@ async def connect(
     After the first connection nats-py reconnects by itself, forever: a site's daemon must
     outlive restarts of its own server.
     """
-
-    async def on_error(exc: Exception) -> None:
-        logger.warning("nats error", error=str(exc) or type(exc).__name__)
-
-    async def on_disconnected() -> None:
-        if metrics:
-            metrics.nats_connected.set(0)
-        if not closing:
-            logger.warning("disconnected from nats-server", url=url)
-
-    async def on_reconnected() -> None:
-        if metrics:
-            metrics.nats_connected.set(1)
-        logger.info("reconnected to local nats-server", url=url)
-
-    closing = False
-
-    def mark_closing() -> None:
-        nonlocal closing
-        closing = True
-
     delay, tried = 0.1, 0
     while True:
         tried += 1
+        bus = Bus(Client(), url=url, source=source, metrics=metrics)
         try:
-            nc = await nats.connect(
+            await bus.nc.connect(
                 url,
                 name=name,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                # Typed int in nats-py but used as seconds: reconnect quickly to the local server.
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 connect_timeout=2,
                 allow_reconnect=True,
-                error_cb=on_error,
-                disconnected_cb=on_disconnected,
-                reconnected_cb=on_reconnected,
+                error_cb=bus._on_error,
+                disconnected_cb=bus._on_disconnected,
+                reconnected_cb=bus._on_reconnected,
                 **options,
             )
         except (NoServersError, OSError, TimeoutError) as exc:
@@ -157,6 +154,4 @@ async def connect(
             continue
         if metrics:
             metrics.nats_connected.set(1)
-        bus = Bus(nc, source=source, metrics=metrics)
-        bus.on_close = mark_closing
         return bus
