@@ -65,8 +65,5 @@ class HeartbeatLog:
     def last(self, site: str) -> LastHeard | None:
         return self._last.get(site)
 
-    def sites(self) -> list[str]:
-        return sorted(self._last)
-
     def __len__(self) -> int:
         return len(self._last)

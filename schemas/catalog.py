@@ -18,5 +18,3 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Event,
     Enrollment,
 )
-
-BY_SCHEMA_ID: dict[str, type[Message]] = {cls.schema_id(): cls for cls in MESSAGE_TYPES}
