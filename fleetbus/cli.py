@@ -162,12 +162,15 @@ def dev_status(
             err.print(f"no dev fleet running in {directory}")
         raise typer.Exit(1)
     health = asyncio.run(fleet_status.check(record))
-    healthy = all(h.ok for h in health)
+    # A fleet still starting is not healthy, even once every site answers: its record is
+    # only complete (PIDs included) when `up` marks it ready.
+    healthy = record.ready and all(h.ok for h in health)
     if as_json:
         print(
             json.dumps(
                 {
                     "running": True,
+                    "ready": record.ready,
                     "healthy": healthy,
                     "state_dir": record.state_dir,
                     "sites": [h.as_dict() for h in health],
@@ -189,6 +192,8 @@ def dev_status(
                 h.site.client_url,
             )
         out.print(table)
+        if not record.ready:
+            out.print("still starting")
     raise typer.Exit(0 if healthy else 1)
 
 

@@ -64,6 +64,7 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
     try:
         status = wait_healthy(state_dir, up)
         assert len(status["sites"]) == 1 + 2 + 2 * 3  # the default: 2 regions x 3 edges
+        assert status["ready"]
         assert all(s["healthy"] for s in status["sites"])
         record = FleetRecord.load(state_dir)
         assert record is not None

@@ -54,6 +54,7 @@ class FleetRecord:
     supervisor_pid: int
     state_dir: str
     sites: list[SiteRecord] = field(default_factory=list)
+    ready: bool = False  # True once every process started and its PID is recorded
 
     @property
     def hub(self) -> SiteRecord:

@@ -121,7 +121,7 @@ class DevFleet:
         for tier in (Tier.EDGE, Tier.REGIONAL, Tier.HUB):
             await asyncio.gather(*(self.servers[s.name].stop() for s in self.plan.by_tier(tier)))
 
-    def record(self) -> FleetRecord:
+    def record(self, *, ready: bool) -> FleetRecord:
         sites = [
             SiteRecord(
                 name=s.name,
@@ -137,7 +137,9 @@ class DevFleet:
             )
             for s in self.plan.sites
         ]
-        return FleetRecord(supervisor_pid=os.getpid(), state_dir=str(self.plan.state_dir), sites=sites)
+        return FleetRecord(
+            supervisor_pid=os.getpid(), state_dir=str(self.plan.state_dir), sites=sites, ready=ready
+        )
 
 
 async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None]) -> None:
@@ -150,7 +152,7 @@ async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None
     try:
         # Recorded before starting, so `dev down` and a second `up` see a fleet that is
         # still starting; recorded again with the PIDs once everything is healthy.
-        fleet.record().save()
+        fleet.record(ready=False).save()
         starting = asyncio.create_task(fleet.start())
         waiter = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -160,7 +162,7 @@ async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None
             return
         waiter.cancel()
         starting.result()  # re-raise a start failure
-        record = fleet.record()
+        record = fleet.record(ready=True)
         record.save()
         on_ready(record)
         await stop.wait()
