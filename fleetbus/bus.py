@@ -5,7 +5,6 @@ dropped (DESIGN §4), so one bad publisher cannot crash a daemon.
 """
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from fleetbus import log
+from fleetbus.backoff import Backoff
 from fleetbus.errors import DecodeError, TemporaryError
 from fleetbus.metrics import DaemonMetrics
 from schemas.base import Message
@@ -126,7 +126,7 @@ async def connect(
     After the first connection nats-py reconnects by itself, forever: a site's daemon must
     outlive restarts of its own server.
     """
-    delay, tried = 0.1, 0
+    backoff, tried = Backoff(0.1, cap=5.0), 0
     while True:
         tried += 1
         bus = Bus(Client(), url=url, source=source, metrics=metrics)
@@ -149,8 +149,7 @@ async def connect(
                 msg = f"cannot connect to {url} after {tried} attempts: {exc}"
                 raise TemporaryError(msg) from exc
             logger.info("waiting for nats-server", url=url, error=str(exc) or type(exc).__name__)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # back-off with jitter
-            delay = min(delay * 2, 5.0)
+            await backoff.wait()
             continue
         if metrics:
             metrics.nats_connected.set(1)

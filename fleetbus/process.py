@@ -8,12 +8,12 @@ supervisor dies, however it dies, so nothing is left behind.
 import asyncio
 import contextlib
 import ctypes
-import random
 import signal
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fleetbus import log
+from fleetbus.backoff import Backoff
 from fleetbus.errors import ServerError
 from fleetbus.netutil import healthy
 
@@ -123,7 +123,7 @@ class SupervisedProcess:
 
     async def supervise(self, max_delay: float = 10.0) -> None:
         """Wait on the process; restart it with jittered back-off if it dies unexpectedly."""
-        delay = 0.5
+        backoff = Backoff(0.5, cap=max_delay)
         while not self._stopping:
             proc = self._proc
             if proc is None:
@@ -134,11 +134,10 @@ class SupervisedProcess:
             if self._proc is not proc:  # restarted by someone else meanwhile
                 continue
             logger.warning("process exited; restarting", process=self.name, code=code)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # back-off with jitter
-            delay = min(delay * 2, max_delay)
+            await backoff.wait()
             try:
                 await self.start()
                 self.restarts += 1
-                delay = 0.5
+                backoff.reset()
             except ServerError as exc:
                 logger.error("restart failed", process=self.name, error=str(exc))  # noqa: TRY400
