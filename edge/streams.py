@@ -1,8 +1,10 @@
-"""The edge's local streams: where events and inventory wait for the uplink."""
+"""The edge's local streams (where events and inventory wait for the uplink) and replicas."""
 
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from fleetbus.replication import replica_bucket, source
 from schemas import subjects
+from schemas.override import OverrideScope
 
 DAY = 24 * 3600
 
@@ -35,3 +37,27 @@ def inventory_stream(region: str, edge: str) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_msgs_per_subject=1,
     )
+
+
+def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
+    """The edge's replicas, sourced from its regional: every profile, and only the overrides
+    for this edge and its groups (another edge's override never reaches it)."""
+    override_keys = [subjects.override_key(OverrideScope.EDGE.value, edge)] + [
+        subjects.override_key(OverrideScope.GROUP.value, g) for g in groups
+    ]
+    return [
+        replica_bucket(
+            subjects.PROFILES_BUCKET,
+            [source(f"KV_{subjects.PROFILES_BUCKET}", region)],
+        ),
+        replica_bucket(
+            subjects.OVERRIDES_BUCKET,
+            [
+                source(
+                    f"KV_{subjects.OVERRIDES_BUCKET}",
+                    region,
+                    filters=[subjects.kv_subject(subjects.OVERRIDES_BUCKET, k) for k in override_keys],
+                )
+            ],
+        ),
+    ]

@@ -16,9 +16,14 @@ class Backoff:
         self.cap = cap
         self.delay = initial
 
-    async def wait(self) -> None:
-        await asyncio.sleep(self.delay * random.uniform(0.5, 1.5))
+    def next_delay(self) -> float:
+        """The jittered delay to wait now; the next one doubles (up to `cap`)."""
+        delay = self.delay * random.uniform(0.5, 1.5)
         self.delay = min(self.delay * 2, self.cap)
+        return delay
+
+    async def wait(self) -> None:
+        await asyncio.sleep(self.next_delay())
 
     def reset(self) -> None:
         self.delay = self.initial

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from fleetbus import cli_fleet
 from fleetbus.client import FleetClient
+from fleetbus.clikit import HubUrl, StateDir, err, out
 from fleetbus.compose import write_compose
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
@@ -41,26 +42,10 @@ dev_app = typer.Typer(
 )
 app.add_typer(schema_app, name="schema")
 app.add_typer(dev_app, name="dev")
-
-out = Console()
-err = Console(stderr=True)
-
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="Dev fleet state directory (default: $FLEETBUS_STATE_DIR or ~/.local/state/fleetbus/dev).",
-        show_default=False,
-    ),
-]
-HubUrl = Annotated[
-    str | None,
-    typer.Option(
-        "--hub",
-        help="Hub nats URL (default: $FLEETBUS_HUB_URL, else the running dev fleet).",
-        show_default=False,
-    ),
-]
+app.add_typer(cli_fleet.profile_app, name="profile")
+app.add_typer(cli_fleet.override_app, name="override")
+app.command("explain")(cli_fleet.explain)
+app.command("status")(cli_fleet.status)
 
 
 @app.callback()

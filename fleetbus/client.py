@@ -1,18 +1,36 @@
 """The Python API for people and tools that drive a fleet from outside: `FleetClient`.
 
-async with await FleetClient.connect() as fleet:   # dev fleet of the default state dir
-    print(await fleet.hub_info())
+    async with await FleetClient.connect() as fleet:   # dev fleet of the default state dir
+        plan = await fleet.profiles.apply(Profile(name="base", ...), actor="me")
+        print(plan.new.revision, plan.diff)
+        for row in await fleet.compliance():
+            print(row.edge, row.state)
+
+`fleet.profiles` and `fleet.overrides` are the hub's profile authority
+(`fleetbus.authority`); `explain()` and `compliance()` compute with the same pure function
+the edges use.
 """
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from nats.js.errors import KeyNotFoundError, NoKeysError
+
+from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore
 from fleetbus.bus import Bus, connect
+from fleetbus.compliance import EdgeCompliance, assess
+from fleetbus.desired import DesiredState, compute, edge_groups
 from fleetbus.devfleet.state import default_state_dir, running_fleet
-from fleetbus.errors import ConfigError
+from fleetbus.errors import ConfigError, DecodeError
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.codec import decode_body
+from schemas.event import Event
 from schemas.subjects import HUB_DOMAIN
 
 HUB_URL_ENV = "FLEETBUS_HUB_URL"
@@ -50,6 +68,9 @@ class FleetClient:
     def __init__(self, bus: Bus, url: str) -> None:
         self.bus = bus
         self.url = url
+        js = bus.jetstream(HUB_DOMAIN)
+        self.profiles = ProfileStore(js)
+        self.overrides = OverrideStore(js)
 
     @classmethod
     async def connect(
@@ -88,3 +109,68 @@ class FleetClient:
             storage_bytes=account.storage,
             buckets=buckets,
         )
+
+    async def reports(self) -> list[Event]:
+        """The last ApplyResult event of every edge that reported (hub bucket `applied`)."""
+        js = self.bus.jetstream(HUB_DOMAIN)
+        kv = await js.key_value(subjects.APPLIED_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        found = []
+        for key in sorted(keys):
+            try:
+                entry = await kv.get(key)
+                found.append(
+                    decode_body(
+                        Event, entry.value or b"", subject=subjects.kv_subject(subjects.APPLIED_BUCKET, key)
+                    )
+                )
+            except (KeyNotFoundError, DecodeError):
+                continue  # gone meanwhile, or a bad event: the edge's next report replaces it
+        return found
+
+    async def report(self, edge: str) -> Event | None:
+        for event in await self.reports():
+            if event.edge == edge:
+                return event
+        return None
+
+    async def explain(
+        self,
+        edge: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        region: str | None = None,
+        now: datetime | None = None,
+    ) -> tuple[DesiredState, Event | None]:
+        """The desired state of `edge` as the hub computes it, with the layer behind each value.
+
+        Labels and groups come from the edge's last report; pass `labels` (and `region`) to
+        explain an edge that has not reported, or a what-if.
+        """
+        report = await self.report(edge)
+        if labels is None:
+            if report is None or report.apply_result is None:
+                msg = (
+                    f"edge {edge!r} has not reported to the hub yet, so its labels are unknown; "
+                    "pass --label KEY=VALUE (and --region) to explain it for given labels"
+                )
+                raise NotFoundError(msg)
+            labels, groups = report.apply_result.labels, report.apply_result.groups
+        else:
+            home = region or (report.region if report else None)
+            groups = edge_groups(home, labels) if home else []
+        profiles = await self.profiles.all()
+        overrides = [o.override for o in await self.overrides.all()]
+        desired = compute(
+            profiles, labels, edge=edge, groups=groups, overrides=overrides, now=now or utcnow()
+        )
+        return desired, report
+
+    async def compliance(self, *, now: datetime | None = None) -> list[EdgeCompliance]:
+        """Per reporting edge: converged / pending / failed (see `fleetbus.compliance`)."""
+        profiles = await self.profiles.all()
+        overrides = [o.override for o in await self.overrides.all()]
+        return assess(profiles, overrides, await self.reports(), now=now or utcnow())

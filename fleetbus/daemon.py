@@ -56,6 +56,7 @@ class Daemon:
         self._startup: list[Callable[[], Awaitable[Any]]] = []
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
+        self._beat_now = asyncio.Event()
         self._failed: str | None = None
         self._closed = False
         self.http = HealthServer(settings.http_host, settings.http_port, self.metrics.registry, self._health)
@@ -93,9 +94,14 @@ class Daemon:
                 subject=subject,
                 interval=interval,
                 uptime=lambda: self.uptime,
+                wake=self._beat_now,
             )
 
         self.add_task("heartbeat", beat)
+
+    def beat_now(self) -> None:
+        """Send the next heartbeat at once (e.g. the link to the tier above is back)."""
+        self._beat_now.set()
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -21,11 +21,13 @@ from typing import Any
 
 from fleetbus.mergepatch import Path, apply_tracked
 from fleetbus.selector import matches
+from schemas.base import TOKEN
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
 
 HASH_PREFIX = "sha256:"
 DEFAULTS = "defaults"
+GROUP_LABEL = "group"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,13 @@ def content_hash(document: Mapping[str, Any]) -> str:
     """Hash of the canonical JSON form: equal documents hash equal, whatever their key order."""
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return HASH_PREFIX + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def edge_groups(region: str, labels: Mapping[str, str]) -> list[str]:
+    """The groups an edge belongs to for overrides: its region, and its `group` label if that
+    is a valid id (a group is a KV key token)."""
+    group = labels.get(GROUP_LABEL, "")
+    return [region, group] if TOKEN.match(group) and group != region else [region]
 
 
 def applicable_overrides(

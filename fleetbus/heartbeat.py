@@ -5,6 +5,7 @@ the last one per site in memory; presence (online/stale/offline) is derived from
 """
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,8 +25,11 @@ async def send_heartbeats(
     interval: float,
     uptime: Callable[[], float],
     clock: Callable[[], datetime] = utcnow,
+    wake: asyncio.Event | None = None,
 ) -> None:
-    """Publish a heartbeat now and every `interval` seconds, until cancelled."""
+    """Publish a heartbeat now and every `interval` seconds, until cancelled; setting `wake`
+    sends the next one at once (a link that just came back announces itself)."""
+    wake = wake or asyncio.Event()
     seq = 0
     while True:
         if bus.connected:
@@ -40,7 +44,9 @@ async def send_heartbeats(
             )
             await bus.publish(subject, beat)
             seq += 1
-        await asyncio.sleep(interval)  # the heartbeat period itself
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval)  # the heartbeat period itself
+        wake.clear()
 
 
 @dataclass
@@ -64,6 +70,13 @@ class HeartbeatLog:
 
     def last(self, site: str) -> LastHeard | None:
         return self._last.get(site)
+
+    def returned(self, beat: Heartbeat) -> bool:
+        """Record `beat`; True if its site had gone silent for more than 2 intervals before
+        it (a link that came back: time to kick that site's sources). False the first time."""
+        before = self._last.get(beat.site)
+        now = self.record(beat).received_at
+        return before is not None and (now - before.received_at).total_seconds() > 2 * beat.interval_seconds
 
     def __len__(self) -> int:
         return len(self._last)

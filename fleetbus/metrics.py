@@ -1,6 +1,6 @@
 """Prometheus metrics every daemon exports. Prefix `fleetbus_`, base units, no per-edge labels."""
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class DaemonMetrics:
@@ -33,4 +33,28 @@ class DaemonMetrics:
         )
         self.peers_heard = Gauge(
             "fleetbus_peers_heard", "Sites of the tier below that sent at least one heartbeat.", registry=r
+        )
+        self.kicks = Counter(
+            "fleetbus_source_kicks_total",
+            "Stream sources restarted because the site at their other end was heard again.",
+            ["stream"],
+            registry=r,
+        )
+        self.upstream_up = Gauge(
+            "fleetbus_upstream_up", "1 while the tier above answers JetStream requests.", registry=r
+        )
+        self.reconciles = Counter(
+            "fleetbus_reconciles_total",
+            "Desired-state applies by the edge, by outcome.",
+            ["status"],
+            registry=r,
+        )
+        self.apply_duration = Histogram(
+            "fleetbus_apply_duration_seconds", "Time the driver took to apply a desired state.", registry=r
+        )
+        self.stream_evicted = Gauge(
+            "fleetbus_stream_evicted_messages",
+            "Messages a stream's limits removed (first sequence - 1), by stream.",
+            ["stream"],
+            registry=r,
         )

@@ -26,6 +26,7 @@ class BucketSpec:
             history=self.history,
             description=self.description,
             max_bytes=self.max_bytes,
+            direct=True,
         )
 
 
@@ -53,6 +54,7 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec) -> str:
         config.max_msgs_per_subject = spec.history
         config.description = spec.description or config.description
         config.max_bytes = spec.max_bytes
+        config.allow_direct = True
         await js.update_stream(config)
         return "updated"
     return "ensured"

@@ -1,11 +1,13 @@
-"""The hub daemon: owns the profile and override buckets, hears its regionals."""
+"""The hub daemon: owns the profile and override buckets, gathers the fleet's events."""
 
 from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.provisioning import BucketSpec, ensure_bucket
+from fleetbus.replication import SourcedStream, from_domain, source
 from fleetbus.settings import HubSettings
+from hub import streams
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
 
@@ -19,17 +21,26 @@ BUCKETS = (
 
 async def run(settings: HubSettings) -> None:
     async with Daemon(settings, tier=Tier.HUB) as daemon:
+        js = daemon.bus.js
         heard = HeartbeatLog()
+        events = SourcedStream(js, streams.events_stream(), daemon.metrics)
+        applied = SourcedStream(js, streams.applied_bucket(), daemon.metrics)
 
         async def on_regional_heartbeat(beat: Heartbeat, _msg: Msg) -> None:
-            if heard.last(beat.site) is None:
+            first = heard.last(beat.site) is None
+            if heard.returned(beat):
+                logger.info("regional heard again", region=beat.site, seq=beat.seq)
+                await events.kick(from_domain(beat.site))
+            elif first:
                 logger.info("regional heard", region=beat.site, seq=beat.seq)
-            heard.record(beat)
-            daemon.metrics.peers_heard.set(len(heard))
+                daemon.metrics.peers_heard.set(len(heard))
+                await events.add(source(subjects.EVENTS_STREAM, beat.site))
 
         async def provision() -> None:
             for bucket in BUCKETS:
-                await ensure_bucket(daemon.bus.js, bucket)
+                await ensure_bucket(js, bucket)
+            await events.ensure(keep_sources=True)
+            await applied.ensure()
             await daemon.bus.subscribe(subjects.regional_heartbeats(), Heartbeat, on_regional_heartbeat)
 
         daemon.on_start(provision)

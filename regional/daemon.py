@@ -1,13 +1,16 @@
-"""The regional daemon: hears its edges' heartbeats and heartbeats the hub."""
+"""The regional daemon: replicas of the hub's buckets, the region's events, edge heartbeats."""
 
 from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.provisioning import BucketSpec, ensure_bucket
+from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain, source
 from fleetbus.settings import RegionalSettings
+from regional import streams
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
+from schemas.subjects import HUB_DOMAIN
 
 logger = log.get_logger(__name__)
 
@@ -19,21 +22,39 @@ PRESENCE = BucketSpec(
 async def run(settings: RegionalSettings) -> None:
     async with Daemon(settings, tier=Tier.REGIONAL) as daemon:
         region = settings.region
+        js = daemon.bus.js
         heard = HeartbeatLog()
+        replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas()]
+        events = SourcedStream(js, streams.events_stream(), daemon.metrics)
 
         async def on_edge_heartbeat(beat: Heartbeat, _msg: Msg) -> None:
             first = heard.last(beat.site) is None
-            heard.record(beat)
-            if first:
+            if heard.returned(beat):
+                logger.info("edge heard again", edge=beat.site, seq=beat.seq)
+                await events.kick(from_domain(beat.site))
+            elif first:
                 logger.info("edge heard", edge=beat.site, seq=beat.seq)
                 daemon.metrics.peers_heard.set(len(heard))
+                await events.add(source(subjects.EVENTS_STREAM, beat.site))
 
         async def provision() -> None:
-            await ensure_bucket(daemon.bus.js, PRESENCE)
+            await ensure_bucket(js, PRESENCE)
+            for replica in replicas:
+                await replica.ensure()
+            await events.ensure(keep_sources=True)
             await daemon.bus.subscribe(subjects.edge_heartbeats(region), Heartbeat, on_edge_heartbeat)
 
+        async def hub_returned() -> None:
+            daemon.beat_now()
+            for replica in replicas:
+                await replica.kick(from_domain(HUB_DOMAIN))
+
+        probe = UpstreamProbe(
+            daemon.bus.jetstream(HUB_DOMAIN, timeout=0.5), HUB_DOMAIN, hub_returned, metrics=daemon.metrics
+        )
         daemon.on_start(provision)
         daemon.add_heartbeat(
             subjects.regional_heartbeat(region), region=region, interval=settings.heartbeat_interval
         )
+        daemon.add_task("upstream-probe", probe.run)
         await daemon.run()

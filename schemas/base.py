@@ -8,11 +8,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints
 
 # One NATS subject token, also valid as a JetStream domain, stream-name part and KV key
 # part: lower-case so ids never differ only by case across tools.
-_TOKEN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+TOKEN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def check_token(value: str) -> str:
-    if not _TOKEN.match(value):
+    if not TOKEN.match(value):
         msg = (
             f"{value!r} is not a valid id: use 1-63 lower-case letters, digits, '-' or '_', "
             "starting with a letter or digit"

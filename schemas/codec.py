@@ -20,9 +20,11 @@ CONTENT_TYPES = (MSGPACK, JSON)
 M = TypeVar("M", bound=Message)
 
 
-def _media_type(content_type: str | None) -> str:
+def _media_type(content_type: str | None, body: bytes = b"") -> str:
+    """The media type a `Content-Type` names; without one (a KV value has no headers), what
+    the body is: a JSON object starts with `{` (after blanks), a msgpack map never does."""
     if not content_type:
-        return MSGPACK
+        return JSON if body.lstrip()[:1] == b"{" else MSGPACK
     return content_type.split(";", 1)[0].strip().lower()
 
 
@@ -58,7 +60,7 @@ def _summarise(error: ValidationError) -> str:
 
 def decode_body(cls: type[M], body: bytes, *, subject: str, content_type: str | None = None) -> M:
     """Read `body` as a `cls`, or raise `DecodeError` naming `subject` and what was wrong."""
-    media = _media_type(content_type)
+    media = _media_type(content_type, body)
     try:
         data = _load(body, media)
     except (ValueError, TypeError, msgpack.UnpackException) as exc:

@@ -43,6 +43,9 @@ class ApplyResult(BaseModel):
     driver: str
     duration_seconds: float = Field(ge=0)
     error: str | None = None
+    # What the edge computed from: lets the hub recompute its desired state (compliance, explain).
+    labels: dict[str, str] = Field(default_factory=dict)
+    groups: list[str] = Field(default_factory=list)
 
 
 class Event(Message):

@@ -25,6 +25,7 @@ INVENTORY_STREAM = "INVENTORY"
 PROFILES_BUCKET = "profiles"
 OVERRIDES_BUCKET = "overrides"
 PRESENCE_BUCKET = "presence"
+APPLIED_BUCKET = "applied"  # hub: last ApplyResult event per edge, filled by sourcing
 
 HUB_DOMAIN = "hub"
 
@@ -58,6 +59,11 @@ def edge_events(region: str, edge: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.events.>"
 
 
+def apply_results(region: str = "*", edge: str = "*") -> str:
+    """ApplyResult events of one edge, or (wildcards) of every edge."""
+    return f"{PREFIX}.edge.{region}.{edge}.events.apply_result"
+
+
 def edge_inventory(region: str, edge: str) -> str:
     """Subject of an edge's local INVENTORY stream (one message kept per subject)."""
     return f"{PREFIX}.edge.{_tokens(region, edge)}.inventory"
@@ -83,3 +89,20 @@ def regional_heartbeats() -> str:
 def js_api_prefix(domain: str) -> str:
     """JetStream API prefix of another tier's domain, e.g. `$JS.hub.API`."""
     return f"$JS.{_tokens(domain)}.API"
+
+
+# KV keys and the subjects under them. Keys are dotted tokens, so a source filter or a
+# watch can select one edge (`edge.<id>`) or one group (`group.<name>`).
+
+
+def kv_subject(bucket: str, key: str = ">") -> str:
+    return f"$KV.{_tokens(bucket)}.{key}"
+
+
+def override_key(scope: str, name: str) -> str:
+    """Key of the override for one edge (`edge.<id>`) or one group (`group.<name>`)."""
+    return _tokens(scope, name)
+
+
+def applied_key(region: str, edge: str) -> str:
+    return _tokens(region, edge)

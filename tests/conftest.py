@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetbus.devfleet.plan import FleetPlan, plan_fleet
+from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
+from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.netutil import free_ports
 from fleetbus.servers import NatsServer
 from schemas.heartbeat import Tier
@@ -54,4 +55,24 @@ async def chain(tmp_path: Path) -> AsyncIterator[Chain]:
 async def hub_server(tmp_path: Path) -> AsyncIterator[Chain]:
     """Just a hub server."""
     async with running_chain(tmp_path, regions=0, edges=0) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(tmp_path: Path, regions: int = 1, edges: int = 2) -> AsyncIterator[DevFleet]:
+    """Servers, a link proxy on every leaf link, and every tier's daemon as a real process."""
+    ports = iter(free_ports(ports_needed(regions, edges, mqtt=False, links=True)))
+    plan = plan_fleet(tmp_path / "fleet", regions, edges, ports, links=True)
+    fleet = DevFleet(plan, heartbeat_interval=1.0, progress=lambda _line: None)
+    try:
+        await fleet.start()
+        yield fleet
+    finally:
+        await fleet.stop()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[DevFleet]:
+    """hub <- r1 <- (r1-e1, r1-e2) with daemons, and a proxy on each leaf link."""
+    async with running_fleet(tmp_path) as running:
         yield running

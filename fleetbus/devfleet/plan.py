@@ -19,6 +19,10 @@ class SitePlan:
     region: str
     daemon_http_port: int
     workdir: Path
+    # With link proxies: the server's upstream URL points at `link_port`, a proxy forwarding
+    # to `link_target` (the upstream's leaf port), so links can be cut and healed.
+    link_port: int | None = None
+    link_target: int | None = None
 
     @property
     def name(self) -> str:
@@ -74,19 +78,35 @@ def edge_id(region: str, index: int) -> str:
     return f"{region}-e{index}"
 
 
-def ports_needed(regions: int, edges: int, *, mqtt: bool) -> int:
-    per_edge = 3 + (1 if mqtt else 0)  # client, monitoring, daemon http (+ mqtt)
-    return 4 + regions * 4 + regions * edges * per_edge  # hub/regional: + leaf
+def ports_needed(regions: int, edges: int, *, mqtt: bool, links: bool = False) -> int:
+    per_edge = 3 + (1 if mqtt else 0) + (1 if links else 0)  # client, monitoring, daemon http
+    per_regional = 4 + (1 if links else 0)  # + leaf
+    return 4 + regions * per_regional + regions * edges * per_edge
 
 
 def plan_fleet(
-    state_dir: Path, regions: int, edges: int, ports: Iterator[int], *, mqtt: bool = False
+    state_dir: Path,
+    regions: int,
+    edges: int,
+    ports: Iterator[int],
+    *,
+    mqtt: bool = False,
+    links: bool = False,
 ) -> FleetPlan:
-    """Hub, `regions` regionals and `edges` edges per region, taking ports from `ports`."""
+    """Hub, `regions` regionals and `edges` edges per region, taking ports from `ports`.
+
+    `links=True` puts a proxy port on every leaf link (see `fleetbus.linkproxy`).
+    """
     sites_dir = state_dir / "sites"
 
-    def site(name: str, tier: Tier, region: str, upstream: tuple[str, ...]) -> SitePlan:
+    def site(name: str, tier: Tier, region: str, upstream_site: SitePlan | None) -> SitePlan:
         workdir = sites_dir / name
+        link_target = upstream_site.server.leaf_port if upstream_site else None
+        link_port = next(ports) if (links and link_target) else None
+        upstream: tuple[str, ...] = ()
+        if upstream_site is not None:
+            leaf_port = link_port or link_target
+            upstream = (f"nats-leaf://{HOST}:{leaf_port}",)
         server = ServerSpec(
             name=name,
             tier=tier,
@@ -98,16 +118,20 @@ def plan_fleet(
             upstream=upstream,
             mqtt_port=next(ports) if (mqtt and tier is Tier.EDGE) else None,
         )
-        return SitePlan(server=server, region=region, daemon_http_port=next(ports), workdir=workdir)
+        return SitePlan(
+            server=server,
+            region=region,
+            daemon_http_port=next(ports),
+            workdir=workdir,
+            link_port=link_port,
+            link_target=link_target if link_port else None,
+        )
 
-    hub = site(HUB_DOMAIN, Tier.HUB, HUB_DOMAIN, ())
+    hub = site(HUB_DOMAIN, Tier.HUB, HUB_DOMAIN, None)
     sites = [hub]
     for r in range(1, regions + 1):
         region = region_id(r)
-        regional = site(region, Tier.REGIONAL, region, (hub.server.leaf_url or "",))
+        regional = site(region, Tier.REGIONAL, region, hub)
         sites.append(regional)
-        sites.extend(
-            site(edge_id(region, e), Tier.EDGE, region, (regional.server.leaf_url or "",))
-            for e in range(1, edges + 1)
-        )
+        sites.extend(site(edge_id(region, e), Tier.EDGE, region, regional) for e in range(1, edges + 1))
     return FleetPlan(state_dir=state_dir, sites=tuple(sites))

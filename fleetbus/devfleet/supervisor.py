@@ -17,9 +17,10 @@ import tomllib
 from collections.abc import Callable
 
 from fleetbus import log
-from fleetbus.devfleet.plan import FleetPlan, SitePlan
+from fleetbus.devfleet.plan import HOST, FleetPlan, SitePlan
 from fleetbus.devfleet.state import STATE_FILE, FleetRecord, SiteRecord
 from fleetbus.errors import ServerError
+from fleetbus.linkproxy import LinkProxy
 from fleetbus.process import SupervisedProcess
 from fleetbus.servers import NatsServer, check_ports_free
 from fleetbus.settings import DaemonSettings
@@ -64,6 +65,12 @@ class DevFleet:
         self.progress = progress
         self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
         self.daemons = {s.name: self._daemon(s) for s in plan.sites}
+        # A proxy on the uplink of every site planned with one (`plan_fleet(links=True)`).
+        self.links = {
+            s.name: LinkProxy(HOST, s.link_port, target=(HOST, s.link_target), name=f"{s.name} uplink")
+            for s in plan.sites
+            if s.link_port is not None and s.link_target is not None
+        }
         self._supervisors: list[asyncio.Task[None]] = []
 
     def _daemon(self, site: SitePlan) -> SupervisedProcess:
@@ -100,6 +107,9 @@ class DevFleet:
 
     async def _start_tier(self, tier: Tier) -> None:
         sites = self.plan.by_tier(tier)
+        for site in sites:
+            if site.name in self.links:
+                await self.links[site.name].start()
         began = time.monotonic()
         await asyncio.gather(*(self._start_staggered(i, self.servers[s.name]) for i, s in enumerate(sites)))
         self.progress(
@@ -120,6 +130,7 @@ class DevFleet:
         await asyncio.gather(*(d.stop() for d in self.daemons.values()))
         for tier in (Tier.EDGE, Tier.REGIONAL, Tier.HUB):
             await asyncio.gather(*(self.servers[s.name].stop() for s in self.plan.by_tier(tier)))
+        await asyncio.gather(*(link.stop() for link in self.links.values()))
 
     def record(self, *, ready: bool) -> FleetRecord:
         sites = [

@@ -1,0 +1,228 @@
+"""The edge reconciler: watch the local replicas, compute the desired state, apply on change.
+
+Inputs are the edge's own replicas of the `profiles` and `overrides` buckets (sourced from its
+regional, so they survive a cut link and a restart), its labels and its groups. Whenever an
+input changes, or an override expires, it recomputes the effective desired state with
+`fleetbus.desired.compute` (the same function the hub uses for `explain` and compliance) and,
+if the content hash or the profile revisions differ from what it last reported, applies it
+through the driver and emits an ApplyResult event into the edge's EVENTS stream.
+
+A value that cannot be decoded is counted and skipped; the last good value of that key stays.
+"""
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from edge.drivers import Driver, DriverError
+from fleetbus import log
+from fleetbus.backoff import Backoff
+from fleetbus.bus import Bus
+from fleetbus.desired import DesiredState, compute
+from fleetbus.errors import DecodeError
+from fleetbus.metrics import DaemonMetrics
+from schemas import subjects
+from schemas.base import Message, utcnow
+from schemas.codec import decode_body
+from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, Severity
+from schemas.override import Override
+from schemas.profile import Profile
+
+logger = log.get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        driver: Driver,
+        region: str,
+        edge: str,
+        labels: Mapping[str, str],
+        groups: Sequence[str],
+        metrics: DaemonMetrics,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.bus, self.driver = bus, driver
+        self.region, self.edge = region, edge
+        self.labels, self.groups = dict(labels), list(groups)
+        self.metrics = metrics
+        self.clock = clock
+        self.profiles: dict[str, Profile] = {}
+        self.overrides: dict[str, Override] = {}
+        self.last: DesiredState | None = None
+        self._reported: tuple[str, dict[str, int]] | None = None
+        self._changed = asyncio.Event()
+        self._retry = Backoff(2.0, cap=60.0)
+
+    async def run(self) -> None:
+        profiles = await self.bus.js.key_value(subjects.PROFILES_BUCKET)
+        overrides = await self.bus.js.key_value(subjects.OVERRIDES_BUCKET)
+        loaded = [asyncio.Event(), asyncio.Event()]
+        watchers = [
+            asyncio.create_task(
+                self._watch(profiles, Profile, self.profiles, loaded[0]), name="watch-profiles"
+            ),
+            asyncio.create_task(
+                self._watch(overrides, Override, self.overrides, loaded[1]), name="watch-overrides"
+            ),
+        ]
+        try:
+            # Apply only once both replicas have delivered what they hold: never a half state.
+            await _first_of([asyncio.create_task(e.wait()) for e in loaded], watchers, all_of=True)
+            await self._loop(watchers)
+        finally:
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+
+    async def _loop(self, watchers: list[asyncio.Task[None]]) -> None:
+        retry_at: float | None = None
+        while True:
+            self._changed.clear()
+            ok = await self.reconcile(force=retry_at is not None and time.monotonic() >= retry_at)
+            retry_at = None if ok else time.monotonic() + self._retry.next_delay()
+            if ok:
+                self._retry.reset()
+            timeout = _earliest(self._next_expiry(), retry_at)
+            changed = asyncio.create_task(self._changed.wait())
+            await _first_of([changed], watchers, timeout=timeout)
+
+    def _next_expiry(self) -> float | None:
+        """Seconds until the next active override expires (it must stop applying then)."""
+        now = self.clock()
+        ends = [o.expires_at for o in self.overrides.values() if o.expires_at and o.expires_at > now]
+        return min(ends).timestamp() - now.timestamp() + time.monotonic() if ends else None
+
+    async def _watch(self, kv: KeyValue, cls: type[M], into: dict[str, M], loaded: asyncio.Event) -> None:
+        watcher = await kv.watchall()
+        try:
+            async for entry in watcher:
+                if entry is None:  # the replica's current values have all been delivered
+                    loaded.set()
+                    continue
+                if entry.operation in (KV_DEL, KV_PURGE):
+                    into.pop(entry.key, None)
+                else:
+                    subject = subjects.kv_subject(entry.bucket, entry.key)
+                    try:
+                        into[entry.key] = decode_body(cls, entry.value or b"", subject=subject)
+                    except DecodeError as exc:
+                        self.metrics.decode_errors.labels(kind=cls.SCHEMA).inc()
+                        logger.warning("skipped undecodable value", subject=exc.subject, reason=exc.reason)
+                        continue
+                    self.metrics.messages_in.labels(kind=cls.SCHEMA).inc()
+                if (entry.delta or 0) == 0:  # coalesce a burst into one reconcile
+                    self._changed.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def desired(self) -> DesiredState:
+        return compute(
+            self.profiles.values(),
+            self.labels,
+            edge=self.edge,
+            groups=self.groups,
+            overrides=self.overrides.values(),
+            now=self.clock(),
+        )
+
+    async def reconcile(self, *, force: bool = False) -> bool:
+        """Apply the desired state if it changed (or `force`); False if the apply failed."""
+        desired = self.desired()
+        self.last = desired
+        key = (desired.hash, desired.profile_revisions)
+        if key == self._reported and not force:
+            return True
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            changed = await self.driver.apply(desired)
+        except DriverError as exc:
+            status, error = ApplyStatus.FAILED, str(exc)
+        else:
+            status = ApplyStatus.APPLIED if changed else ApplyStatus.UNCHANGED
+        duration = time.monotonic() - started
+        self.metrics.reconciles.labels(status=status.value).inc()
+        self.metrics.apply_duration.observe(duration)
+        await self._report(desired, status, duration, error)
+        self._reported = key
+        log_fn = logger.error if error else logger.info
+        log_fn("desired state applied", status=status.value, hash=desired.hash, error=error)
+        return error is None
+
+    async def _report(
+        self, desired: DesiredState, status: ApplyStatus, duration: float, error: str | None
+    ) -> None:
+        event = Event(
+            id=f"{self.edge}-{uuid.uuid4().hex}",
+            kind=EventKind.APPLY_RESULT,
+            region=self.region,
+            edge=self.edge,
+            observed_at=self.clock(),
+            severity=Severity.ERROR if error else Severity.INFO,
+            message=f"{status.value} {desired.hash[:19]}" + (f": {error}" if error else ""),
+            apply_result=ApplyResult(
+                desired_hash=desired.hash,
+                profile_revisions=desired.profile_revisions,
+                status=status,
+                driver=self.driver.name,
+                duration_seconds=duration,
+                error=error,
+                labels=self.labels,
+                groups=self.groups,
+            ),
+        )
+        subject = subjects.edge_event(self.region, self.edge, EventKind.APPLY_RESULT.value)
+        backoff = Backoff(0.1, cap=2.0)
+        while True:  # the local server is restarting at worst; the event must not be lost
+            try:
+                await self.bus.js_publish(subject, event, message_id=event.id)
+            except Exception as exc:
+                logger.warning("cannot store apply result; retrying", error=repr(exc))
+                await backoff.wait()
+            else:
+                return
+
+
+def _earliest(*deadlines: float | None) -> float | None:
+    """Seconds from now to the earliest monotonic deadline given, `None` if there is none."""
+    due = [d for d in deadlines if d is not None]
+    return max(0.0, min(due) - time.monotonic()) if due else None
+
+
+async def _first_of(
+    waits: list[asyncio.Task[Any]],
+    watchers: list[asyncio.Task[None]],
+    *,
+    timeout: float | None = None,
+    all_of: bool = False,
+) -> None:
+    """Wait for `waits` (any, or all with `all_of`) or `timeout`; re-raise a watcher's failure."""
+    pending = set(waits)
+    try:
+        while pending:
+            done, _ = await asyncio.wait(
+                pending | set(watchers), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in watchers:
+                if task in done:
+                    task.result()  # a watcher never ends by itself: raise what ended it
+                    msg = f"{task.get_name()} ended"
+                    raise RuntimeError(msg)
+            pending -= done
+            if not done or not all_of:
+                return
+    finally:
+        for task in pending:
+            task.cancel()

@@ -1,0 +1,294 @@
+"""The hub's profile authority: profiles and overrides in the hub's KV buckets.
+
+A profile's `revision` counts its own versions (1, 2, 3, ...), carried in the stored document
+so every replica and every ApplyResult names the same number (a replica's stream sequences
+differ from the hub's). Writes are compare-and-set on the bucket's last sequence for the key,
+so two concurrent applies never both win, and `--expect-revision` is checked against what
+the hub holds. Values are stored as JSON, readable with any NATS client (`nats kv get`).
+"""
+
+import difflib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import ValidationError
+
+from fleetbus.errors import ConfigError, FleetbusError
+from schemas import subjects
+from schemas.base import Message, utcnow
+from schemas.codec import JSON, decode_body, encode_body
+from schemas.errors import DecodeError, PermanentError
+from schemas.override import Override, OverrideScope, OverrideTarget
+from schemas.profile import Profile
+
+M = TypeVar("M", bound=Message)
+
+# Fields the authority sets; not part of what a user writes or what a diff compares.
+STAMPS = {"revision", "updated_by", "updated_at"}
+
+
+class ConflictError(PermanentError):
+    """A compare-and-set lost: someone else changed the profile first."""
+
+
+class NotFoundError(PermanentError):
+    pass
+
+
+def load_document(path: Path, cls: type[M]) -> M:
+    """Read a YAML or JSON file as a `cls`; errors name the file, the field path and the problem."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        msg = f"{path}: cannot read: {exc.strerror or exc}"
+        raise ConfigError(msg) from exc
+    try:
+        data = yaml.safe_load(text)  # YAML is a superset of JSON
+    except yaml.YAMLError as exc:
+        msg = f"{path}: not valid YAML or JSON: {exc}"
+        raise ConfigError(msg) from exc
+    if not isinstance(data, dict):
+        msg = f"{path}: expected a mapping at the top level, got {type(data).__name__}"
+        raise ConfigError(msg)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{path}: not a valid {cls.SCHEMA.removeprefix('fleet.')}:"]
+        for item in exc.errors():
+            where = ".".join(str(p) for p in item["loc"]) or "<document>"
+            got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
+            lines.append(f"  {where}: {item['msg']}{got}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def content(profile: Profile) -> dict[str, Any]:
+    """What a user wrote: the profile without the authority's stamps."""
+    return profile.model_dump(mode="json", exclude=STAMPS)
+
+
+def render_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def diff(old: Profile | None, new: Profile, *, old_label: str = "current", new_label: str = "new") -> str:
+    """Unified diff of two profiles' content (empty when equal)."""
+    before = render_yaml(content(old)).splitlines(keepends=True) if old else []
+    after = render_yaml(content(new)).splitlines(keepends=True)
+    return "".join(difflib.unified_diff(before, after, fromfile=old_label, tofile=new_label))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What `apply` would do: the profile as it would be stored, and the diff to the current."""
+
+    current: Profile | None
+    new: Profile
+    diff: str
+
+    @property
+    def changed(self) -> bool:
+        return self.current is None or content(self.current) != content(self.new)
+
+
+def _decode(cls: type[M], bucket: str, key: str, value: bytes | None) -> M:
+    return decode_body(cls, value or b"", subject=subjects.kv_subject(bucket, key))
+
+
+class ProfileStore:
+    """Profiles in the hub's `profiles` bucket, keyed by name."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+        self._kv: KeyValue | None = None
+        self.undecodable: list[str] = []  # keys `all()` skipped, with why
+
+    async def kv(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await _bucket(self.js, subjects.PROFILES_BUCKET)
+        return self._kv
+
+    async def _current(self, name: str) -> tuple[Profile | None, int]:
+        """The stored profile and its bucket sequence (0 if absent or deleted)."""
+        kv = await self.kv()
+        try:
+            entry = await kv.get(name)
+        except KeyNotFoundError:
+            return None, 0
+        return _decode(Profile, subjects.PROFILES_BUCKET, name, entry.value), entry.revision or 0
+
+    async def all(self) -> list[Profile]:
+        kv = await self.kv()
+        try:
+            names = await kv.keys()
+        except NoKeysError:
+            return []
+        found = []
+        self.undecodable = []
+        for name in sorted(names):
+            try:
+                profile, _ = await self._current(name)
+            except DecodeError as exc:  # not written by fleetbus; the edges skip it too
+                self.undecodable.append(f"{name}: {exc.reason}")
+                continue
+            if profile is not None:
+                found.append(profile)
+        return sorted(found, key=lambda p: (p.priority, p.name))
+
+    async def history(self, name: str) -> list[Profile]:
+        """Every stored revision still in the bucket's history (oldest first); deletes skipped."""
+        kv = await self.kv()
+        try:
+            entries = await kv.history(name)
+        except NoKeysError:
+            return []
+        return [
+            _decode(Profile, subjects.PROFILES_BUCKET, name, e.value)
+            for e in entries
+            if e.operation not in (KV_DEL, KV_PURGE)
+        ]
+
+    async def get(self, name: str, revision: int | None = None) -> Profile:
+        if revision is None:
+            profile, _ = await self._current(name)
+            if profile is None:
+                msg = f"no profile named {name!r}; `fleetbus profile ls` lists them"
+                raise NotFoundError(msg)
+            return profile
+        history = await self.history(name)
+        for profile in history:
+            if profile.revision == revision:
+                return profile
+        kept = ", ".join(str(p.revision) for p in history) or "none"
+        msg = f"profile {name!r} has no revision {revision} in the hub's history (kept: {kept})"
+        raise NotFoundError(msg)
+
+    async def plan(self, profile: Profile, *, actor: str) -> Plan:
+        current, _ = await self._current(profile.name)
+        last = current.revision or 0 if current else await self._last_revision(profile.name)
+        new = profile.model_copy(update={"revision": last + 1, "updated_by": actor, "updated_at": utcnow()})
+        return Plan(current=current, new=new, diff=diff(current, new))
+
+    async def _last_revision(self, name: str) -> int:
+        """Highest revision ever stored under `name` (a re-created profile continues from it)."""
+        return max((p.revision or 0 for p in await self.history(name)), default=0)
+
+    async def apply(self, profile: Profile, *, actor: str, expect_revision: int | None = None) -> Plan:
+        """Store `profile` as the next revision, unless unchanged. Compare-and-set: raises
+        `ConflictError` if `expect_revision` is not the current one or a writer got in first."""
+        kv = await self.kv()
+        current, sequence = await self._current(profile.name)
+        current_revision = current.revision or 0 if current else 0
+        if expect_revision is not None and expect_revision != current_revision:
+            msg = (
+                f"profile {profile.name!r} is at revision {current_revision}, not {expect_revision}: "
+                "someone changed it; review `fleetbus profile diff` and apply again"
+            )
+            raise ConflictError(msg)
+        plan = await self.plan(profile, actor=actor)
+        if not plan.changed:
+            return plan
+        value = encode_body(plan.new, JSON)
+        try:
+            if sequence:
+                await kv.update(profile.name, value, last=sequence)
+            else:
+                await kv.create(profile.name, value)
+        except KeyWrongLastSequenceError as exc:
+            latest, _ = await self._current(profile.name)
+            now = latest.revision if latest else "deleted"
+            msg = f"profile {profile.name!r} changed while applying (now at revision {now}); apply again"
+            raise ConflictError(msg) from exc
+        return plan
+
+    async def rollback(self, name: str, to: int, *, actor: str) -> Plan:
+        """Apply revision `to`'s content again, as a new revision."""
+        old = await self.get(name, to)
+        return await self.apply(old.model_copy(update=dict.fromkeys(STAMPS)), actor=actor)
+
+    async def delete(self, name: str) -> Profile:
+        profile = await self.get(name)
+        await (await self.kv()).delete(name)
+        return profile
+
+
+@dataclass(frozen=True)
+class StoredOverride:
+    key: str
+    override: Override
+
+
+class OverrideStore:
+    """Overrides in the hub's `overrides` bucket, keyed `edge.<id>` or `group.<name>`."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self.js = js
+
+    async def set(
+        self,
+        scope: OverrideScope,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        owner: str,
+        reason: str,
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> StoredOverride:
+        created = now or utcnow()
+        if expires_at is not None and expires_at <= created:
+            msg = f"--expires {expires_at.isoformat()} is not in the future"
+            raise ConfigError(msg)
+        try:
+            override = Override(
+                target=OverrideTarget(scope=scope, name=name),
+                patch=patch,
+                owner=owner,
+                reason=reason,
+                created_at=created,
+                expires_at=expires_at,
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"invalid override: {exc.errors()[0]['msg']}") from None
+        kv = await _bucket(self.js, subjects.OVERRIDES_BUCKET)
+        key = subjects.override_key(scope.value, name)
+        await kv.put(key, encode_body(override, JSON))
+        return StoredOverride(key, override)
+
+    async def all(self) -> list[StoredOverride]:
+        kv = await _bucket(self.js, subjects.OVERRIDES_BUCKET)
+        try:
+            keys = await kv.keys()
+        except NoKeysError:
+            return []
+        found = []
+        for key in sorted(keys):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:
+                continue
+            found.append(StoredOverride(key, _decode(Override, subjects.OVERRIDES_BUCKET, key, entry.value)))
+        return found
+
+    async def remove(self, scope: OverrideScope, name: str) -> None:
+        kv = await _bucket(self.js, subjects.OVERRIDES_BUCKET)
+        key = subjects.override_key(scope.value, name)
+        try:
+            await kv.get(key)
+        except KeyNotFoundError:
+            msg = f"no override for {scope.value} {name!r}; `fleetbus override ls` lists them"
+            raise NotFoundError(msg) from None
+        await kv.delete(key)
+
+
+async def _bucket(js: JetStreamContext, name: str) -> KeyValue:
+    try:
+        return await js.key_value(name)
+    except BucketNotFoundError as exc:
+        msg = f"the hub has no {name!r} bucket yet: is the hub daemon running? (`fleetbus dev up`)"
+        raise FleetbusError(msg) from exc

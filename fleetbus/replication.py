@@ -1,0 +1,193 @@
+"""Store and forward between tiers: streams built from sources, and kicks when a link returns.
+
+Every upstream flow (events, inventory) and every downstream replica (profiles, overrides) is
+a stream with *sources* in another JetStream domain, never subjects of its own (DESIGN §2):
+
+- a replica bucket is `KV_<bucket>` with no subjects, sourcing the same stream one tier up,
+  optionally filtered (an edge takes all profiles but only its own overrides), so nothing
+  local can write it and `key_value()` reads and watches it like any bucket;
+- an aggregate stream (a regional's EVENTS, the hub's EVENTS) has no subjects either and gains
+  one source per site below it the first time that site is heard from.
+
+After a long outage the server resumes a source only on its own retry back-off (0.3-80 s
+measured); `kick()` removes and re-adds the source, which resumes from the last sequence it
+holds, with no duplicates, in ~0.3 s (`SourcedStream.kick`).
+"""
+
+import asyncio
+import contextlib
+import copy
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    DiscardPolicy,
+    ExternalStream,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
+from nats.js.errors import NotFoundError
+
+from fleetbus import log
+from fleetbus.metrics import DaemonMetrics
+from fleetbus.provisioning import ensure_stream
+from schemas.subjects import js_api_prefix
+
+logger = log.get_logger(__name__)
+
+TIMEOUTS = (NatsError, TimeoutError, asyncio.TimeoutError)
+
+
+def source(stream: str, domain: str, *, filters: Sequence[str] = ()) -> StreamSource:
+    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are)."""
+    transforms = [SubjectTransform(src=f, dest=f) for f in filters] or None
+    return StreamSource(
+        name=stream,
+        external=ExternalStream(api=js_api_prefix(domain)),
+        subject_transforms=transforms,
+    )
+
+
+def source_key(item: StreamSource) -> tuple[str, str]:
+    """What identifies a source within a stream: its name and the API it comes through."""
+    return item.name, item.external.api if item.external else ""
+
+
+def replica_bucket(bucket: str, sources: list[StreamSource], *, history: int = 1) -> StreamConfig:
+    """A read-only replica of `bucket`: `KV_<bucket>` filled only by `sources`."""
+    return StreamConfig(
+        name=f"KV_{bucket}",
+        description=f"Replica of the {bucket!r} bucket one tier up (read-only, sourced).",
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=history,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+        sources=sources,
+    )
+
+
+def aggregate_stream(
+    name: str, description: str, *, max_age_s: float, max_bytes: int, duplicate_window_s: float = 120.0
+) -> StreamConfig:
+    """A stream with no subjects, filled by sources added as the sites below are heard."""
+    return StreamConfig(
+        name=name,
+        description=description,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_s,
+        max_bytes=max_bytes,
+        duplicate_window=duplicate_window_s,
+        allow_direct=True,
+    )
+
+
+class SourcedStream:
+    """One stream whose sources this daemon manages; changes are serialised (read, modify,
+    write of the stream config), so two heartbeats cannot lose each other's source."""
+
+    def __init__(
+        self, js: JetStreamContext, config: StreamConfig, metrics: DaemonMetrics | None = None
+    ) -> None:
+        self.js = js
+        self.config = config
+        self.name = config.name or ""
+        self.metrics = metrics
+        self._lock = asyncio.Lock()
+
+    async def ensure(self, *, keep_sources: bool = False) -> None:
+        """Create or update the stream; `keep_sources` keeps sources gained at run time."""
+        async with self._lock:
+            config = copy.copy(self.config)
+            if keep_sources:
+                with contextlib.suppress(NotFoundError):
+                    info = await self.js.stream_info(self.name)
+                    config.sources = info.config.sources
+            await ensure_stream(self.js, config)
+
+    async def add(self, new: StreamSource) -> bool:
+        """Add `new` unless a source with its name and API is there; True if added."""
+        async with self._lock:
+            config = (await self.js.stream_info(self.name)).config
+            existing = list(config.sources or [])
+            if any(source_key(s) == source_key(new) for s in existing):
+                return False
+            config.sources = [*existing, new]
+            await self.js.update_stream(config)
+        logger.info("source added", stream=self.name, source=new.name, api=source_key(new)[1])
+        return True
+
+    async def kick(self, which: Callable[[StreamSource], bool]) -> int:
+        """Remove the sources `which` selects and add them back, so they resume now rather
+        than on the server's retry back-off. Returns how many were kicked."""
+        async with self._lock:
+            try:
+                config = (await self.js.stream_info(self.name)).config
+            except NotFoundError:
+                return 0
+            sources = list(config.sources or [])
+            kicked = [s for s in sources if which(s)]
+            if not kicked:
+                return 0
+            config.sources = [s for s in sources if not which(s)]
+            await self.js.update_stream(config)
+            config.sources = sources
+            await self.js.update_stream(config)
+        if self.metrics:
+            self.metrics.kicks.labels(stream=self.name).inc(len(kicked))
+        logger.info("sources kicked", stream=self.name, apis=[source_key(s)[1] for s in kicked])
+        return len(kicked)
+
+
+def from_domain(domain: str) -> Callable[[StreamSource], bool]:
+    api = js_api_prefix(domain)
+    return lambda s: s.external is not None and s.external.api == api
+
+
+@dataclass
+class UpstreamProbe:
+    """Asks the upstream domain's JetStream for account info, to learn when a link is back.
+
+    `run()` probes every `interval` seconds (faster while down) and calls `on_return` each time
+    the upstream answers after having failed; `up` is the last outcome.
+    """
+
+    js: JetStreamContext
+    domain: str
+    on_return: Callable[[], Awaitable[None]]
+    interval: float = 2.0
+    down_interval: float = 0.25
+    timeout: float = 0.5
+    metrics: DaemonMetrics | None = None
+    up: bool | None = None
+
+    async def probe(self) -> bool:
+        try:
+            await asyncio.wait_for(self.js.account_info(), self.timeout)
+        except TIMEOUTS:
+            return False
+        return True
+
+    async def run(self) -> None:
+        while True:
+            answered = await self.probe()
+            was = self.up
+            self.up = answered
+            if self.metrics:
+                self.metrics.upstream_up.set(1 if answered else 0)
+            if answered and was is False:
+                logger.info("upstream answers again", domain=self.domain)
+                await self.on_return()
+            elif not answered and was is not False:
+                logger.warning("upstream not answering", domain=self.domain)
+            # The probe period, not a synchronisation: links are watched at this rate.
+            await asyncio.sleep(self.interval if answered else self.down_interval)
