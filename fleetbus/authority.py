@@ -114,13 +114,24 @@ class ProfileStore:
         return self._kv
 
     async def _current(self, name: str) -> tuple[Profile | None, int]:
-        """The stored profile and its bucket sequence (0 if absent or deleted)."""
+        """The stored profile and the bucket sequence of the key's latest entry (0 if absent).
+
+        If the latest value is not a profile (written by something else than fleetbus), the
+        last good revision stands, exactly as on the edges, which skip such values and keep
+        the last good one; the key is listed in `undecodable`.
+        """
         kv = await self.kv()
         try:
             entry = await kv.get(name)
         except KeyNotFoundError:
             return None, 0
-        return _decode(Profile, subjects.PROFILES_BUCKET, name, entry.value), entry.revision or 0
+        sequence = entry.revision or 0
+        try:
+            return _decode(Profile, subjects.PROFILES_BUCKET, name, entry.value), sequence
+        except DecodeError as exc:
+            self.undecodable.append(f"{name}: {exc.reason}")
+        good = await self.history(name, since_delete=True)
+        return (good[-1] if good else None), sequence
 
     async def all(self) -> list[Profile]:
         kv = await self.kv()
@@ -128,30 +139,29 @@ class ProfileStore:
             names = await kv.keys()
         except NoKeysError:
             return []
-        found = []
         self.undecodable = []
-        for name in sorted(names):
-            try:
-                profile, _ = await self._current(name)
-            except DecodeError as exc:  # not written by fleetbus; the edges skip it too
-                self.undecodable.append(f"{name}: {exc.reason}")
-                continue
-            if profile is not None:
-                found.append(profile)
+        found = [p for p in [(await self._current(n))[0] for n in sorted(names)] if p is not None]
         return sorted(found, key=lambda p: (p.priority, p.name))
 
-    async def history(self, name: str) -> list[Profile]:
-        """Every stored revision still in the bucket's history (oldest first); deletes skipped."""
+    async def history(self, name: str, *, since_delete: bool = False) -> list[Profile]:
+        """Every stored revision still in the bucket's history (oldest first); deletes skipped,
+        and with `since_delete` so are the revisions before the last delete."""
         kv = await self.kv()
         try:
             entries = await kv.history(name)
         except NoKeysError:
             return []
-        return [
-            _decode(Profile, subjects.PROFILES_BUCKET, name, e.value)
-            for e in entries
-            if e.operation not in (KV_DEL, KV_PURGE)
-        ]
+        found: list[Profile] = []
+        for entry in entries:
+            if entry.operation in (KV_DEL, KV_PURGE):
+                if since_delete:
+                    found.clear()
+                continue
+            try:
+                found.append(_decode(Profile, subjects.PROFILES_BUCKET, name, entry.value))
+            except DecodeError:
+                continue
+        return found
 
     async def get(self, name: str, revision: int | None = None) -> Profile:
         if revision is None:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -78,3 +79,24 @@ def processes_mentioning(text: str) -> list[int]:
         if text in cmdline and state != "Z" and int(entry.name) != os.getpid():
             pids.append(int(entry.name))
     return pids
+
+
+@dataclass(frozen=True)
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+async def arun_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> CliResult:
+    """`run_cli` without blocking the event loop (tests that host link proxies need it)."""
+    proc = await asyncio.create_subprocess_exec(
+        *FLEETBUS,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env or cli_env(),
+        cwd=ROOT,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+    return CliResult(proc.returncode or 0, stdout.decode(), stderr.decode())
