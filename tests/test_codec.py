@@ -91,3 +91,16 @@ def test_content_type_parameters_are_ignored(message):
     assert (
         decode_body(Heartbeat, body, subject="s", content_type="application/json; charset=utf-8") == message
     )
+
+
+@pytest.mark.parametrize("cls", MESSAGE_TYPES, ids=lambda c: c.SCHEMA)
+@settings(max_examples=20)
+@given(data=st.data())
+def test_without_content_type_the_body_says_what_it_is(cls, data):
+    """KV values carry no headers: JSON (as the hub stores profiles) and msgpack (events
+    sourced into `applied`) must both decode without one."""
+    message = data.draw(BY_TYPE[cls])
+    for content_type in (MSGPACK, JSON):
+        body = encode_body(message, content_type)
+        assert decode_body(cls, body, subject="s") == message
+    assert decode_body(cls, b"\n  " + encode_body(message, JSON), subject="s") == message

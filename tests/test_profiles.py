@@ -181,6 +181,33 @@ async def test_cut_edge_restarts_on_local_state_and_catches_up_after_heal(fleet,
         print(f"\ncut {cut_seconds}s: heal -> e1 converged at the hub in {heal_to_converge:.2f}s")
         assert _read_sync(applied_file)["document"]["components"]["agent"]["version"] == "3.0"
         assert heal_to_converge <= 3.0
+    # Every event e1 stored while cut (and before) reached the hub once: no loss, no duplicate.
+    local = await _event_ids(fleet.plan.site("r1-e1").server.client_url, "r1-e1")
+    await eventually(
+        lambda: _hub_has_exactly(fleet, local), timeout=20, what="e1's events at the hub, once each"
+    )
+
+
+async def _event_ids(url: str, edge: str) -> list[str]:
+    """ce-id of every event in the EVENTS stream of the server at `url` from `edge`."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        info = await js.stream_info(subjects.EVENTS_STREAM)
+        ids = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            msg = await js.get_msg(subjects.EVENTS_STREAM, seq)
+            if msg.subject.startswith(subjects.edge_events("r1", edge).removesuffix(">")):
+                ids.append((msg.headers or {})["ce-id"])
+        return ids
+    finally:
+        await nc.close()
+
+
+async def _hub_has_exactly(fleet: DevFleet, ids: list[str]) -> bool:
+    at_hub = await _event_ids(fleet.plan.site("hub").server.client_url, "r1-e1")
+    assert len(at_hub) == len(set(at_hub)), "an event reached the hub twice"
+    return sorted(at_hub) == sorted(ids)
 
 
 async def _read(path: Path) -> dict[str, object] | None:

@@ -1,0 +1,55 @@
+"""The leaf-link proxy: forwards both ways, cut resets and refuses, heal lets through again."""
+
+import asyncio
+
+import pytest
+
+from fleetbus.linkproxy import LinkProxy
+from fleetbus.netutil import free_ports
+
+
+async def echo_server(port: int) -> asyncio.Server:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    return await asyncio.start_server(echo, "127.0.0.1", port)
+
+
+async def roundtrip(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readexactly(len(payload)), 5)
+    finally:
+        writer.close()
+
+
+async def test_forwards_cuts_and_heals():
+    target, listen = free_ports(2)
+    server = await echo_server(target)
+    proxy = LinkProxy("127.0.0.1", listen, target=("127.0.0.1", target))
+    await proxy.start()
+    try:
+        assert await roundtrip(listen, b"x" * 200_000) == b"x" * 200_000
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        proxy.cut()
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await asyncio.wait_for(reader.readexactly(1), 5)  # the open connection is reset
+        writer.close()
+        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+            await roundtrip(listen, b"refused")  # and new ones are dropped at once
+
+        proxy.heal()
+        assert await roundtrip(listen, b"back") == b"back"
+        assert proxy.connections == 3
+    finally:
+        await proxy.stop()
+        server.close()
+        await server.wait_closed()
