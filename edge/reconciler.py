@@ -104,28 +104,43 @@ class Reconciler:
         return min(ends).timestamp() - now.timestamp() + time.monotonic() if ends else None
 
     async def _watch(self, kv: KeyValue, cls: type[M], into: dict[str, M], loaded: asyncio.Event) -> None:
+        """Keep `into` equal to the bucket; set `loaded` once its current values are in.
+
+        "Loaded" is when the entry with nothing pending after it (`delta == 0`) arrived, or at
+        once if the bucket holds nothing. nats-py's own `None` marker is not used: it can
+        arrive before the values it should follow (seen as `keys()` finding no keys ~1% of
+        the time), which here would apply a half-empty state.
+        """
+        bucket = kv._name
+        info = await self.bus.js.stream_info(f"KV_{bucket}", subjects_filter=subjects.kv_subject(bucket))
+        if not info.state.subjects:
+            loaded.set()
         watcher = await kv.watchall()
         try:
             async for entry in watcher:
-                if entry is None:  # the replica's current values have all been delivered
-                    loaded.set()
+                if entry is None:
                     continue
-                if entry.operation in (KV_DEL, KV_PURGE):
-                    into.pop(entry.key, None)
-                else:
-                    subject = subjects.kv_subject(entry.bucket, entry.key)
-                    try:
-                        into[entry.key] = decode_body(cls, entry.value or b"", subject=subject)
-                    except DecodeError as exc:
-                        self.metrics.decode_errors.labels(kind=cls.SCHEMA).inc()
-                        logger.warning("skipped undecodable value", subject=exc.subject, reason=exc.reason)
-                        continue
-                    self.metrics.messages_in.labels(kind=cls.SCHEMA).inc()
-                if (entry.delta or 0) == 0:  # coalesce a burst into one reconcile
+                self._take(entry, cls, into)
+                if (entry.delta or 0) == 0:  # caught up: reconcile once for the whole burst
+                    loaded.set()
                     self._changed.set()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _take(self, entry: KeyValue.Entry, cls: type[M], into: dict[str, M]) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE):
+            into.pop(entry.key, None)
+            return
+        try:
+            into[entry.key] = decode_body(
+                cls, entry.value or b"", subject=subjects.kv_subject(entry.bucket, entry.key)
+            )
+        except DecodeError as exc:  # keep the last good value of this key
+            self.metrics.decode_errors.labels(kind=cls.SCHEMA).inc()
+            logger.warning("skipped undecodable value", subject=exc.subject, reason=exc.reason)
+            return
+        self.metrics.messages_in.labels(kind=cls.SCHEMA).inc()
 
     def desired(self) -> DesiredState:
         return compute(

@@ -19,9 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from nats.js.errors import KeyNotFoundError, NoKeysError
+from nats.js.errors import KeyNotFoundError
 
-from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore
+from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore, keys
 from fleetbus.bus import Bus, connect
 from fleetbus.compliance import EdgeCompliance, assess
 from fleetbus.desired import DesiredState, compute, edge_groups
@@ -114,12 +114,8 @@ class FleetClient:
         """The last ApplyResult event of every edge that reported (hub bucket `applied`)."""
         js = self.bus.jetstream(HUB_DOMAIN)
         kv = await js.key_value(subjects.APPLIED_BUCKET)
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return []
         found = []
-        for key in sorted(keys):
+        for key in await keys(js, subjects.APPLIED_BUCKET):
             try:
                 entry = await kv.get(key)
                 found.append(
