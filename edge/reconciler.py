@@ -61,6 +61,7 @@ class Reconciler:
         self.overrides: dict[str, Override] = {}
         self.last: DesiredState | None = None
         self._reported: tuple[str, dict[str, int]] | None = None
+        self._reported_ok = True  # whether that last apply succeeded
         self._changed = asyncio.Event()
         self._retry = Backoff(2.0, cap=60.0)
 
@@ -89,10 +90,12 @@ class Reconciler:
         retry_at: float | None = None
         while True:
             self._changed.clear()
-            ok = await self.reconcile(force=retry_at is not None and time.monotonic() >= retry_at)
-            retry_at = None if ok else time.monotonic() + self._retry.next_delay()
-            if ok:
+            due = retry_at is not None and time.monotonic() >= retry_at
+            if await self.reconcile(force=due):
+                retry_at = None
                 self._retry.reset()
+            elif retry_at is None or due:  # schedule the next retry; other wake-ups keep it
+                retry_at = time.monotonic() + self._retry.next_delay()
             timeout = _earliest(self._next_expiry(), retry_at)
             changed = asyncio.create_task(self._changed.wait())
             await _first_of([changed], watchers, timeout=timeout)
@@ -158,7 +161,7 @@ class Reconciler:
         self.last = desired
         key = (desired.hash, desired.profile_revisions)
         if key == self._reported and not force:
-            return True
+            return self._reported_ok  # a failed apply stays failed until its retry
         started = time.monotonic()
         error: str | None = None
         try:
@@ -171,7 +174,7 @@ class Reconciler:
         self.metrics.reconciles.labels(status=status.value).inc()
         self.metrics.apply_duration.observe(duration)
         await self._report(desired, status, duration, error)
-        self._reported = key
+        self._reported, self._reported_ok = key, error is None
         log_fn = logger.error if error else logger.info
         log_fn("desired state applied", status=status.value, hash=desired.hash, error=error)
         return error is None

@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 
 import yaml
 from nats.js import JetStreamContext
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import NotFoundError as NatsNotFoundError
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 from pydantic import ValidationError
 
 from fleetbus.errors import ConfigError, FleetbusError
@@ -143,22 +144,37 @@ class ProfileStore:
     async def history(self, name: str, *, since_delete: bool = False) -> list[Profile]:
         """Every stored revision still in the bucket's history (oldest first); deletes skipped,
         and with `since_delete` so are the revisions before the last delete."""
-        kv = await self.kv()
-        try:
-            entries = await kv.history(name)
-        except NoKeysError:
-            return []
         found: list[Profile] = []
-        for entry in entries:
-            if entry.operation in (KV_DEL, KV_PURGE):
+        for operation, value in await self._entries(name):
+            if operation in (KV_DEL, KV_PURGE):
                 if since_delete:
                     found.clear()
                 continue
             try:
-                found.append(_decode(Profile, subjects.PROFILES_BUCKET, name, entry.value))
+                found.append(_decode(Profile, subjects.PROFILES_BUCKET, name, value))
             except DecodeError:
                 continue
         return found
+
+    async def _entries(self, name: str) -> list[tuple[str | None, bytes]]:
+        """(KV operation, value) of every entry kept for `name`, oldest first.
+
+        Read message by message (`next` by subject), not with `KeyValue.history()`, whose
+        watcher can end before the entries it should deliver (the same nats-py race as
+        `keys()`), which would renumber a profile.
+        """
+        await self.kv()
+        stream = f"KV_{subjects.PROFILES_BUCKET}"
+        subject = subjects.kv_subject(subjects.PROFILES_BUCKET, name)
+        entries: list[tuple[str | None, bytes]] = []
+        seq = 1
+        while True:
+            try:
+                msg = await self.js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except NatsNotFoundError:
+                return entries
+            entries.append(((msg.headers or {}).get(KV_OP), msg.data or b""))
+            seq = (msg.seq or seq) + 1
 
     async def get(self, name: str, revision: int | None = None) -> Profile:
         if revision is None:
