@@ -34,8 +34,10 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from fleetbus import log
+from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.metrics import DaemonMetrics
 from fleetbus.provisioning import ensure_stream
+from schemas.heartbeat import Heartbeat
 from schemas.subjects import js_api_prefix
 
 logger = log.get_logger(__name__)
@@ -125,6 +127,19 @@ class SourcedStream:
             await self.js.update_stream(config)
         logger.info("source added", stream=self.name, source=new.name, api=source_key(new)[1])
         return True
+
+    async def follow(self, heard: HeartbeatLog, beat: Heartbeat) -> bool:
+        """Record `beat`; source this stream from the same-named stream of `beat`'s site the
+        first time it is heard, and kick that source when it is heard again after a silence
+        (its link came back). True the first time."""
+        first = heard.last(beat.site) is None
+        if heard.returned(beat):
+            logger.info("site heard again", site=beat.site, seq=beat.seq)
+            await self.kick(from_domain(beat.site))
+        elif first:
+            logger.info("site heard", site=beat.site, seq=beat.seq)
+            await self.add(source(self.name, beat.site))
+        return first
 
     async def kick(self, which: Callable[[StreamSource], bool]) -> int:
         """Remove the sources `which` selects and add them back, so they resume now rather

@@ -1,17 +1,15 @@
 """The hub daemon: owns the profile and override buckets, gathers the fleet's events."""
 
-from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.provisioning import BucketSpec, ensure_bucket
-from fleetbus.replication import SourcedStream, from_domain, source
+from fleetbus.replication import SourcedStream
 from fleetbus.settings import HubSettings
 from hub import streams
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
 
-logger = log.get_logger(__name__)
 
 BUCKETS = (
     BucketSpec(subjects.PROFILES_BUCKET, history=16, description="Profiles; history = revisions."),
@@ -27,14 +25,8 @@ async def run(settings: HubSettings) -> None:
         applied = SourcedStream(js, streams.applied_bucket(), daemon.metrics)
 
         async def on_regional_heartbeat(beat: Heartbeat, _msg: Msg) -> None:
-            first = heard.last(beat.site) is None
-            if heard.returned(beat):
-                logger.info("regional heard again", region=beat.site, seq=beat.seq)
-                await events.kick(from_domain(beat.site))
-            elif first:
-                logger.info("regional heard", region=beat.site, seq=beat.seq)
+            if await events.follow(heard, beat):
                 daemon.metrics.peers_heard.set(len(heard))
-                await events.add(source(subjects.EVENTS_STREAM, beat.site))
 
         async def provision() -> None:
             for bucket in BUCKETS:

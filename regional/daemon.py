@@ -1,18 +1,16 @@
 """The regional daemon: replicas of the hub's buckets, the region's events, edge heartbeats."""
 
-from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.provisioning import BucketSpec, ensure_bucket
-from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain, source
+from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain
 from fleetbus.settings import RegionalSettings
 from regional import streams
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.subjects import HUB_DOMAIN
 
-logger = log.get_logger(__name__)
 
 PRESENCE = BucketSpec(
     subjects.PRESENCE_BUCKET, history=1, description="Presence state changes of this region's edges."
@@ -28,14 +26,8 @@ async def run(settings: RegionalSettings) -> None:
         events = SourcedStream(js, streams.events_stream(), daemon.metrics)
 
         async def on_edge_heartbeat(beat: Heartbeat, _msg: Msg) -> None:
-            first = heard.last(beat.site) is None
-            if heard.returned(beat):
-                logger.info("edge heard again", edge=beat.site, seq=beat.seq)
-                await events.kick(from_domain(beat.site))
-            elif first:
-                logger.info("edge heard", edge=beat.site, seq=beat.seq)
+            if await events.follow(heard, beat):
                 daemon.metrics.peers_heard.set(len(heard))
-                await events.add(source(subjects.EVENTS_STREAM, beat.site))
 
         async def provision() -> None:
             await ensure_bucket(js, PRESENCE)
