@@ -10,7 +10,6 @@ from hub import streams
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
 
-
 BUCKETS = (
     BucketSpec(subjects.PROFILES_BUCKET, history=16, description="Profiles; history = revisions."),
     BucketSpec(subjects.OVERRIDES_BUCKET, history=16, description="Per-site and per-group overrides."),

@@ -11,7 +11,6 @@ from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.subjects import HUB_DOMAIN
 
-
 PRESENCE = BucketSpec(
     subjects.PRESENCE_BUCKET, history=1, description="Presence state changes of this region's edges."
 )
