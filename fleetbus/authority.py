@@ -42,8 +42,8 @@ class NotFoundError(PermanentError):
     pass
 
 
-def load_document(path: Path, cls: type[M]) -> M:
-    """Read a YAML or JSON file as a `cls`; errors name the file, the field path and the problem."""
+def load_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML or JSON file whose top level is a mapping; errors name the file."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -57,6 +57,12 @@ def load_document(path: Path, cls: type[M]) -> M:
     if not isinstance(data, dict):
         msg = f"{path}: expected a mapping at the top level, got {type(data).__name__}"
         raise ConfigError(msg)
+    return data
+
+
+def load_document(path: Path, cls: type[M]) -> M:
+    """Read a YAML or JSON file as a `cls`; errors name the file, the field path and the problem."""
+    data = load_mapping(path)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from fleetbus.authority import ConflictError, Plan, content, diff, load_document, render_yaml
+from fleetbus.authority import ConflictError, Plan, content, diff, load_document, load_mapping, render_yaml
 from fleetbus.client import FleetClient
 from fleetbus.clikit import HubUrl, StateDir, err, out
 from fleetbus.compliance import State
@@ -283,16 +283,10 @@ def override_set(
 
 
 def _load_patch(file: Path) -> dict[str, Any]:
-    import yaml  # noqa: PLC0415 - only this command reads YAML patches
-
-    try:
-        data = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{file}: cannot read: {exc.strerror or exc}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{file}: not valid YAML or JSON: {exc}") from exc
-    if not isinstance(data, dict) or not data:
-        raise ConfigError(f"{file}: a merge patch must be a non-empty mapping, got {type(data).__name__}")
+    data = load_mapping(file)
+    if not data:
+        msg = f"{file}: a merge patch must be a non-empty mapping"
+        raise ConfigError(msg)
     return data
 
 
