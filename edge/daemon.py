@@ -1,9 +1,11 @@
-"""The edge daemon: local streams and replicas, the reconciler, heartbeats to its regional."""
+"""The edge daemon: local streams and replicas, the reconciler, inventory, heartbeats."""
 
 import asyncio
 
 from edge import streams
 from edge.drivers.local import LocalDriver
+from edge.enrollment import enroll, enrolled_before
+from edge.inventory import BacklogMeter, InventoryPublisher, Uplink
 from edge.reconciler import Reconciler
 from fleetbus.daemon import Daemon
 from fleetbus.desired import edge_groups
@@ -13,8 +15,6 @@ from fleetbus.settings import EdgeSettings
 from schemas import subjects
 from schemas.heartbeat import Tier
 
-LIMITS_INTERVAL = 15.0  # seconds between reads of the local streams' eviction counts
-
 
 async def run(settings: EdgeSettings) -> None:
     async with Daemon(settings, tier=Tier.EDGE) as daemon:
@@ -22,6 +22,9 @@ async def run(settings: EdgeSettings) -> None:
         js = daemon.bus.js
         groups = edge_groups(region, settings.labels)
         replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]
+        enrolled = asyncio.Event()
+        if enrolled_before(settings.state_dir, region):
+            enrolled.set()
 
         async def provision() -> None:
             await ensure_stream(js, streams.events_stream(region, edge))
@@ -31,34 +34,57 @@ async def run(settings: EdgeSettings) -> None:
 
         async def upstream_returned() -> None:
             daemon.beat_now()  # so the regional kicks its sources from us without waiting
+            inventory.poke()
             for replica in replicas:
                 await replica.kick(from_domain(region))
 
-        async def count_evictions() -> None:
-            while True:
-                info = await js.stream_info(subjects.EVENTS_STREAM)
-                daemon.metrics.stream_evicted.labels(stream=subjects.EVENTS_STREAM).set(
-                    max(0, info.state.first_seq - 1)
-                )
-                await asyncio.sleep(LIMITS_INTERVAL)  # a sampling period
+        async def enrollment() -> None:
+            await enroll(
+                daemon.bus, region=region, edge=edge, labels=settings.labels, state_dir=settings.state_dir
+            )
+            enrolled.set()
 
+        driver = LocalDriver(settings.state_dir)
+        probe = UpstreamProbe(
+            daemon.bus.jetstream(region, timeout=0.5), region, upstream_returned, metrics=daemon.metrics
+        )
+        uplinks = [
+            Uplink(subjects.EVENTS_STREAM, subjects.edge_events(region, edge)),
+            Uplink(subjects.INVENTORY_STREAM, subjects.edge_inventory(region, edge), superseded_ok=True),
+        ]
+        inventory = InventoryPublisher(
+            bus=daemon.bus,
+            region=region,
+            edge=edge,
+            labels=settings.labels,
+            driver=driver,
+            probe=probe,
+            meter=BacklogMeter(daemon.bus, region, uplinks),
+            facts_file=settings.facts_file or settings.state_dir / "facts.json",
+            disk_path=settings.state_dir,
+            interval=settings.inventory_interval,
+            scan_interval=settings.inventory_scan_interval,
+            metrics=daemon.metrics,
+        )
         reconciler = Reconciler(
             bus=daemon.bus,
-            driver=LocalDriver(settings.state_dir),
+            driver=driver,
             region=region,
             edge=edge,
             labels=settings.labels,
             groups=groups,
             metrics=daemon.metrics,
-        )
-        probe = UpstreamProbe(
-            daemon.bus.jetstream(region, timeout=0.5), region, upstream_returned, metrics=daemon.metrics
+            on_applied=inventory.poke,
         )
         daemon.on_start(provision)
         daemon.add_heartbeat(
-            subjects.edge_heartbeat(region, edge), region=region, interval=settings.heartbeat_interval
+            subjects.edge_heartbeat(region, edge),
+            region=region,
+            interval=settings.heartbeat_interval,
+            after=enrolled,
         )
+        daemon.add_task("enrollment", enrollment)
         daemon.add_task("reconciler", reconciler.run)
         daemon.add_task("upstream-probe", probe.run)
-        daemon.add_task("evictions", count_evictions)
+        daemon.add_task("inventory", inventory.run)
         await daemon.run()

@@ -51,8 +51,10 @@ class Reconciler:
         groups: Sequence[str],
         metrics: DaemonMetrics,
         clock: Callable[[], datetime] = utcnow,
+        on_applied: Callable[[], None] = lambda: None,
     ) -> None:
         self.bus, self.driver = bus, driver
+        self.on_applied = on_applied  # e.g. the inventory: what is applied changed
         self.region, self.edge = region, edge
         self.labels, self.groups = dict(labels), list(groups)
         self.metrics = metrics
@@ -175,6 +177,8 @@ class Reconciler:
         self.metrics.apply_duration.observe(duration)
         await self._report(desired, status, duration, error)
         self._reported, self._reported_ok = key, error is None
+        if status is ApplyStatus.APPLIED:
+            self.on_applied()
         log_fn = logger.error if error else logger.info
         log_fn("desired state applied", status=status.value, hash=desired.hash, error=error)
         return error is None

@@ -26,7 +26,7 @@ def events_stream(
     )
 
 
-def inventory_stream(region: str, edge: str) -> StreamConfig:
+def inventory_stream(region: str, edge: str, *, max_bytes: int = 16 * 2**20) -> StreamConfig:
     """Last snapshot only: after a long partition only the latest is forwarded."""
     return StreamConfig(
         name=subjects.INVENTORY_STREAM,
@@ -36,6 +36,8 @@ def inventory_stream(region: str, edge: str) -> StreamConfig:
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
         max_msgs_per_subject=1,
+        max_bytes=max_bytes,
+        duplicate_window=120.0,
     )
 
 

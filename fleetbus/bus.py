@@ -62,6 +62,21 @@ class Bus:
         self._count_out(message)
         return ack
 
+    async def request(self, subject: str, message: Message, reply: type[M], *, timeout: float = 2.0) -> M:
+        """Core request/reply: send `message`, decode the answer as `reply` (DecodeError if it
+        is not one; nats-py's TimeoutError/NoRespondersError if nobody answers)."""
+        body, headers = envelope(message, source=self.source)
+        answer = await self.nc.request(subject, body, timeout=timeout, headers=headers)
+        self._count_out(message)
+        return open_envelope(reply, answer.data, answer.headers, subject=subject)
+
+    async def respond(self, msg: Msg, message: Message) -> None:
+        """Answer the request `msg` with `message`."""
+        if msg.reply:
+            body, headers = envelope(message, source=self.source)
+            await self.nc.publish(msg.reply, body, headers=headers)
+            self._count_out(message)
+
     async def subscribe(
         self, subject: str, cls: type[M], handler: Callable[[M, Msg], Awaitable[None]]
     ) -> Subscription:

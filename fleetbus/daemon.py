@@ -82,8 +82,11 @@ class Daemon:
             raise ValueError(msg)
         self._factories[name] = factory
 
-    def add_heartbeat(self, subject: str, *, region: str, interval: float) -> None:
-        """Heartbeat the tier above on `subject` every `interval` seconds, as this site."""
+    def add_heartbeat(
+        self, subject: str, *, region: str, interval: float, after: asyncio.Event | None = None
+    ) -> None:
+        """Heartbeat the tier above on `subject` every `interval` seconds, as this site
+        (starting once `after` is set, if given)."""
 
         async def beat() -> None:
             await send_heartbeats(
@@ -95,6 +98,7 @@ class Daemon:
                 interval=interval,
                 uptime=lambda: self.uptime,
                 wake=self._beat_now,
+                after=after,
             )
 
         self.add_task("heartbeat", beat)
@@ -161,7 +165,7 @@ class Daemon:
             except Exception as exc:
                 if loop.time() > deadline or self._stop.is_set():
                     raise DaemonFailedError(name, exc) from exc
-                logger.warning("startup step failed; retrying", step=name, error=repr(exc))
+                logger.warning("startup step failed; retrying", step=name, error=str(exc) or repr(exc))
                 await backoff.wait()
             else:
                 return

@@ -26,10 +26,14 @@ async def send_heartbeats(
     uptime: Callable[[], float],
     clock: Callable[[], datetime] = utcnow,
     wake: asyncio.Event | None = None,
+    after: asyncio.Event | None = None,
 ) -> None:
     """Publish a heartbeat now and every `interval` seconds, until cancelled; setting `wake`
-    sends the next one at once (a link that just came back announces itself)."""
+    sends the next one at once (a link that just came back announces itself). With `after`,
+    start once that is set (an edge: once its regional has enrolled it)."""
     wake = wake or asyncio.Event()
+    if after is not None:
+        await after.wait()
     seq = 0
     while True:
         if bus.connected:

@@ -58,3 +58,33 @@ class DaemonMetrics:
             ["stream"],
             registry=r,
         )
+        self.stream_lag = Gauge(
+            "fleetbus_stream_source_lag_messages",
+            "Messages the sites below hold that this tier's stream has not sourced yet, by stream.",
+            ["stream"],
+            registry=r,
+        )
+        self.heartbeats_rejected = Counter(
+            "fleetbus_heartbeats_rejected_total",
+            "Heartbeats ignored: from a site not enrolled here, or naming another site or region.",
+            ["reason"],
+            registry=r,
+        )
+        self.enrollments = Counter(
+            "fleetbus_enrollments_total", "Enrollment requests answered, by outcome.", ["outcome"], registry=r
+        )
+        self.presence_writes = Counter(
+            "fleetbus_presence_writes_total",
+            "Presence records written (one per state change, never one per heartbeat), by new state.",
+            ["state"],
+            registry=r,
+        )
+        self.presence_sites = Gauge(
+            "fleetbus_presence_sites", "Sites below this tier, by presence state.", ["state"], registry=r
+        )
+        self.inventory_published = Counter(
+            "fleetbus_inventory_snapshots_total",
+            "Inventory snapshots stored for the uplink, by trigger (changed or interval).",
+            ["trigger"],
+            registry=r,
+        )

@@ -3,10 +3,11 @@
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
 
 from fleetbus import log
+from schemas import subjects
 
 logger = log.get_logger(__name__)
 
@@ -28,6 +29,25 @@ class BucketSpec:
             max_bytes=self.max_bytes,
             direct=True,
         )
+
+
+def scoped_bucket(bucket: str, scope: str, *, history: int = 1, description: str = "") -> StreamConfig:
+    """`KV_<bucket>` taking only the keys under `scope.` (e.g. a regional's `presence` takes
+    `r1.*`). Several domains can then each hold a `bucket` without storing one another's
+    writes (two streams on one subject both store it, DESIGN §2), and the hub can source
+    them all into one bucket. Read and write it with nats-py's KV API as usual."""
+    return StreamConfig(
+        name=f"KV_{bucket}",
+        description=description,
+        subjects=[subjects.kv_subject(bucket, f"{scope}.>")],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.NEW,
+        max_msgs_per_subject=history,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=True,
+    )
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:

@@ -19,6 +19,7 @@ import contextlib
 import copy
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -37,6 +38,7 @@ from fleetbus import log
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.metrics import DaemonMetrics
 from fleetbus.provisioning import ensure_stream
+from schemas.base import utcnow
 from schemas.heartbeat import Heartbeat
 from schemas.subjects import js_api_prefix
 
@@ -45,13 +47,17 @@ logger = log.get_logger(__name__)
 TIMEOUTS = (NatsError, TimeoutError, asyncio.TimeoutError)
 
 
-def source(stream: str, domain: str, *, filters: Sequence[str] = ()) -> StreamSource:
-    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are)."""
-    transforms = [SubjectTransform(src=f, dest=f) for f in filters] or None
+def source(
+    stream: str, domain: str, *, filters: Sequence[str] = (), transforms: Sequence[tuple[str, str]] = ()
+) -> StreamSource:
+    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are)
+    and `transforms` (`(src, dest)`: subjects matching src are stored as dest)."""
+    pairs = [(f, f) for f in filters] + list(transforms)
+    transforms_ = [SubjectTransform(src=src, dest=dest) for src, dest in pairs] or None
     return StreamSource(
         name=stream,
         external=ExternalStream(api=js_api_prefix(domain)),
-        subject_transforms=transforms,
+        subject_transforms=transforms_,
     )
 
 
@@ -77,9 +83,16 @@ def replica_bucket(bucket: str, sources: list[StreamSource], *, history: int = 1
 
 
 def aggregate_stream(
-    name: str, description: str, *, max_age_s: float, max_bytes: int, duplicate_window_s: float = 120.0
+    name: str,
+    description: str,
+    *,
+    max_bytes: int,
+    max_age_s: float = 0.0,
+    per_subject: int = -1,
+    duplicate_window_s: float = 120.0,
 ) -> StreamConfig:
-    """A stream with no subjects, filled by sources added as the sites below are heard."""
+    """A stream with no subjects, filled by sources added as the sites below are heard;
+    explicit limits (age, bytes, messages per subject), since what they evict is counted."""
     return StreamConfig(
         name=name,
         description=description,
@@ -88,6 +101,7 @@ def aggregate_stream(
         discard=DiscardPolicy.OLD,
         max_age=max_age_s,
         max_bytes=max_bytes,
+        max_msgs_per_subject=per_subject,
         duplicate_window=duplicate_window_s,
         allow_direct=True,
     )
@@ -98,12 +112,19 @@ class SourcedStream:
     write of the stream config), so two heartbeats cannot lose each other's source."""
 
     def __init__(
-        self, js: JetStreamContext, config: StreamConfig, metrics: DaemonMetrics | None = None
+        self,
+        js: JetStreamContext,
+        config: StreamConfig,
+        metrics: DaemonMetrics | None = None,
+        *,
+        per_site: Callable[[str], StreamSource] | None = None,
     ) -> None:
         self.js = js
         self.config = config
         self.name = config.name or ""
         self.metrics = metrics
+        # The source to add for a site heard from below (default: its same-named stream).
+        self.per_site = per_site or (lambda site: source(self.name, site))
         self._lock = asyncio.Lock()
 
     async def ensure(self, *, keep_sources: bool = False) -> None:
@@ -128,19 +149,6 @@ class SourcedStream:
         logger.info("source added", stream=self.name, source=new.name, api=source_key(new)[1])
         return True
 
-    async def follow(self, heard: HeartbeatLog, beat: Heartbeat) -> bool:
-        """Record `beat`; source this stream from the same-named stream of `beat`'s site the
-        first time it is heard, and kick that source when it is heard again after a silence
-        (its link came back). True the first time."""
-        first = heard.last(beat.site) is None
-        if heard.returned(beat):
-            logger.info("site heard again", site=beat.site, seq=beat.seq)
-            await self.kick(from_domain(beat.site))
-        elif first:
-            logger.info("site heard", site=beat.site, seq=beat.seq)
-            await self.add(source(self.name, beat.site))
-        return first
-
     async def kick(self, which: Callable[[StreamSource], bool]) -> int:
         """Remove the sources `which` selects and add them back, so they resume now rather
         than on the server's retry back-off. Returns how many were kicked."""
@@ -161,6 +169,52 @@ class SourcedStream:
             self.metrics.kicks.labels(stream=self.name).inc(len(kicked))
         logger.info("sources kicked", stream=self.name, apis=[source_key(s)[1] for s in kicked])
         return len(kicked)
+
+
+class SiteFollower:
+    """Keeps the streams this daemon fills from the sites below it in step with their
+    heartbeats: a site's sources are added the first time it is heard, and kicked when it is
+    heard again after a silence (its link came back)."""
+
+    def __init__(self, streams: Sequence[SourcedStream], heard: HeartbeatLog | None = None) -> None:
+        self.streams = streams
+        self.heard = heard or HeartbeatLog()
+
+    async def follow(self, beat: Heartbeat) -> bool:
+        """Record `beat` and add or kick its site's sources; True the first time it is heard."""
+        first = self.heard.last(beat.site) is None
+        if self.heard.returned(beat):
+            logger.info("site heard again", site=beat.site, seq=beat.seq)
+            for stream in self.streams:
+                await stream.kick(from_domain(beat.site))
+        elif first:
+            logger.info("site heard", site=beat.site, seq=beat.seq)
+            for stream in self.streams:
+                await stream.add(stream.per_site(beat.site))
+        return first
+
+
+async def watch_limits(
+    js: JetStreamContext,
+    streams: Sequence[str],
+    metrics: DaemonMetrics,
+    *,
+    superseded_ok: Sequence[str] = (),
+    interval: float = 15.0,
+) -> None:
+    """Export, per stream, what its limits have evicted (first sequence - 1; streams in
+    `superseded_ok` keep one message per subject, so older ones are replaced, not lost) and
+    how far its sources lag behind the sites below, every `interval` seconds."""
+    while True:
+        for name in streams:
+            try:
+                info = await js.stream_info(name)
+            except (NotFoundError, *TIMEOUTS):
+                continue
+            evicted = 0 if name in superseded_ok else max(0, info.state.first_seq - 1)
+            metrics.stream_evicted.labels(stream=name).set(evicted)
+            metrics.stream_lag.labels(stream=name).set(sum(s.lag or 0 for s in info.sources or []))
+        await asyncio.sleep(interval)  # a sampling period
 
 
 def from_domain(domain: str) -> Callable[[StreamSource], bool]:
@@ -184,6 +238,7 @@ class UpstreamProbe:
     timeout: float = 0.5
     metrics: DaemonMetrics | None = None
     up: bool | None = None
+    changed_at: datetime | None = None  # when `up` last changed
 
     async def probe(self) -> bool:
         try:
@@ -197,6 +252,8 @@ class UpstreamProbe:
             answered = await self.probe()
             was = self.up
             self.up = answered
+            if answered != was:
+                self.changed_at = utcnow()
             if self.metrics:
                 self.metrics.upstream_up.set(1 if answered else 0)
             if answered and was is False:

@@ -52,10 +52,16 @@ class DaemonSettings(BaseSettings):
 
 class HubSettings(DaemonSettings):
     site: SiteId = HUB_DOMAIN
+    region_offline_after: float = Field(
+        default=60.0, gt=0, description="Silence after which a regional is offline (stale after 2 beats), s."
+    )
 
 
 class RegionalSettings(DaemonSettings):
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Regional -> hub, s.")
+    offline_after: float = Field(
+        default=60.0, gt=0, description="Silence after which an edge is offline (stale after 2 beats), s."
+    )
 
     @property
     def region(self) -> str:
@@ -66,6 +72,16 @@ class EdgeSettings(DaemonSettings):
     region: SiteId = Field(description="Id of the region this edge belongs to.")
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Edge -> regional, s.")
     labels: dict[str, str] = Field(default_factory=dict)
+    inventory_interval: float = Field(
+        default=60.0, gt=0, description="Publish an inventory snapshot at least this often, s."
+    )
+    inventory_scan_interval: float = Field(
+        default=5.0, gt=0, description="Look for inventory changes (published at once) this often, s."
+    )
+    facts_file: Path | None = Field(
+        default=None,
+        description="JSON object of site-defined facts for the inventory; default <state_dir>/facts.json.",
+    )
 
     @model_validator(mode="after")
     def _distinct_ids(self) -> "EdgeSettings":

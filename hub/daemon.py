@@ -1,38 +1,82 @@
-"""The hub daemon: owns the profile and override buckets, gathers the fleet's events."""
+"""The hub daemon: owns the profile and override buckets, gathers the fleet's events,
+inventory and presence (by sourcing), and tracks which regionals it can hear."""
 
+from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
-from fleetbus.heartbeat import HeartbeatLog
+from fleetbus.liveness import PresenceBoard
+from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
 from fleetbus.provisioning import BucketSpec, ensure_bucket
-from fleetbus.replication import SourcedStream
+from fleetbus.replication import SiteFollower, SourcedStream, watch_limits
 from fleetbus.settings import HubSettings
 from hub import streams
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
+from schemas.presence import PresenceChange
+
+logger = log.get_logger(__name__)
 
 BUCKETS = (
     BucketSpec(subjects.PROFILES_BUCKET, history=16, description="Profiles; history = revisions."),
     BucketSpec(subjects.OVERRIDES_BUCKET, history=16, description="Per-site and per-group overrides."),
+    BucketSpec(subjects.REGIONS_BUCKET, description="Presence of each regional, as the hub hears it."),
 )
+
+
+def record(change: Transition) -> PresenceChange:
+    return PresenceChange(
+        region=change.site,
+        state=change.state,
+        previous=change.previous,
+        changed_at=change.at,
+        last_seen=change.last_seen,
+        reason=change.reason,
+    )
 
 
 async def run(settings: HubSettings) -> None:
     async with Daemon(settings, tier=Tier.HUB) as daemon:
-        js = daemon.bus.js
-        heard = HeartbeatLog()
-        events = SourcedStream(js, streams.events_stream(), daemon.metrics)
-        applied = SourcedStream(js, streams.applied_bucket(), daemon.metrics)
+        js, metrics = daemon.bus.js, daemon.metrics
+        events = SourcedStream(js, streams.events_stream(), metrics)
+        inventory = SourcedStream(js, streams.inventory_bucket(), metrics, per_site=streams.inventory_source)
+        presence = SourcedStream(js, streams.presence_bucket(), metrics, per_site=streams.presence_source)
+        applied = SourcedStream(js, streams.applied_bucket(), metrics)
+        follower = SiteFollower([events, inventory, presence])
+        regions = PresenceBoard(
+            js,
+            subjects.REGIONS_BUCKET,
+            PresenceTracker(PresencePolicy(offline_after=settings.region_offline_after)),
+            key=lambda region: region,
+            record=record,
+            metrics=metrics,
+        )
 
-        async def on_regional_heartbeat(beat: Heartbeat, _msg: Msg) -> None:
-            if await events.follow(heard, beat):
-                daemon.metrics.peers_heard.set(len(heard))
+        async def on_regional_heartbeat(beat: Heartbeat, msg: Msg) -> None:
+            if msg.subject != subjects.regional_heartbeat(beat.site) or beat.tier != Tier.REGIONAL:
+                metrics.heartbeats_rejected.labels(reason="mismatch").inc()
+                return
+            regions.heard(beat.site, beat.interval_seconds)
+            if await follower.follow(beat):
+                metrics.peers_heard.set(len(follower.heard))
 
         async def provision() -> None:
             for bucket in BUCKETS:
                 await ensure_bucket(js, bucket)
-            await events.ensure(keep_sources=True)
+            for stream in follower.streams:
+                await stream.ensure(keep_sources=True)
             await applied.ensure()
+            await regions.restore()
             await daemon.bus.subscribe(subjects.regional_heartbeats(), Heartbeat, on_regional_heartbeat)
 
+        async def limits() -> None:
+            await watch_limits(
+                js,
+                [s.name for s in [*follower.streams, applied]],
+                metrics,
+                superseded_ok=[inventory.name, presence.name, applied.name],
+            )
+
         daemon.on_start(provision)
+        daemon.add_task("presence", regions.run)
+        daemon.add_task("limits", limits)
         await daemon.run()

@@ -1,7 +1,9 @@
-"""The regional's streams: replicas of the hub's buckets, and the region's event stream."""
+"""The regional's streams: replicas of the hub's buckets, the region's events and inventory,
+its edges' presence and enrollments."""
 
 from nats.js.api import StreamConfig
 
+from fleetbus.provisioning import scoped_bucket
 from fleetbus.replication import aggregate_stream, replica_bucket, source
 from schemas import subjects
 from schemas.subjects import HUB_DOMAIN
@@ -26,3 +28,26 @@ def events_stream(*, max_age_s: float = 7 * DAY, max_bytes: int = 1024 * 2**20) 
         max_age_s=max_age_s,
         max_bytes=max_bytes,
     )
+
+
+def inventory_stream(*, max_bytes: int = 256 * 2**20) -> StreamConfig:
+    """The latest inventory snapshot of each edge (one per subject), sourced from each edge's
+    INVENTORY and sourced in turn by the hub into its `inventory` bucket."""
+    return aggregate_stream(
+        subjects.INVENTORY_STREAM,
+        "Latest inventory snapshot of each of this region's edges; sourced by the hub.",
+        max_bytes=max_bytes,
+        per_subject=1,
+    )
+
+
+def presence_bucket(region: str) -> StreamConfig:
+    """KV `presence`, keys `<region>.<edge>`: one record per state change of an edge."""
+    return scoped_bucket(
+        subjects.PRESENCE_BUCKET, region, description="Presence state changes of this region's edges."
+    )
+
+
+def edges_bucket(region: str) -> StreamConfig:
+    """KV `edges`, keys `<region>.<edge>`: the enrollment of each edge admitted here."""
+    return scoped_bucket(subjects.EDGES_BUCKET, region, description="Edges enrolled in this region.")

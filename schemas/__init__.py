@@ -2,7 +2,7 @@
 
 from schemas.base import Message, SiteId
 from schemas.catalog import MESSAGE_TYPES
-from schemas.enrollment import Enrollment
+from schemas.enrollment import Enrollment, EnrollmentReply
 from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, Severity
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.inventory import InventorySnapshot
@@ -16,6 +16,7 @@ __all__ = [
     "ApplyStatus",
     "Component",
     "Enrollment",
+    "EnrollmentReply",
     "Event",
     "EventKind",
     "Heartbeat",

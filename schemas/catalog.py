@@ -1,7 +1,7 @@
 """The list of message types: what `schema export` writes and the golden tests cover."""
 
 from schemas.base import Message
-from schemas.enrollment import Enrollment
+from schemas.enrollment import Enrollment, EnrollmentReply
 from schemas.event import Event
 from schemas.heartbeat import Heartbeat
 from schemas.inventory import InventorySnapshot
@@ -17,4 +17,5 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     PresenceChange,
     Event,
     Enrollment,
+    EnrollmentReply,
 )

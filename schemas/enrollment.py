@@ -20,3 +20,15 @@ class Enrollment(Message):
     software_version: str = ""
     capabilities: list[str] = Field(default_factory=list)
     requested_at: datetime
+
+
+class EnrollmentReply(Message):
+    """The regional's answer to an `Enrollment`: admitted, or why not."""
+
+    SCHEMA: ClassVar[str] = "fleet.enrollment_reply"
+
+    region: SiteId
+    edge: SiteId
+    accepted: bool
+    reason: str = ""
+    enrolled_at: datetime | None = None

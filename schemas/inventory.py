@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from schemas.base import Message, Name, SiteId
 
@@ -44,9 +44,13 @@ class StreamBacklog(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     stream: str
-    pending: int = Field(ge=0)
-    oldest_age_seconds: float = Field(default=0, ge=0)
-    evicted: int = Field(default=0, ge=0)
+    pending: int = Field(ge=0, description="Stored messages the tier above has not confirmed holding.")
+    oldest_age_seconds: float = Field(default=0, ge=0, description="Age of the oldest pending message.")
+    evicted: int = Field(default=0, ge=0, description="Messages the stream's limits removed, ever.")
+    evicted_unforwarded: int = Field(
+        default=0, ge=0, description="Of those, removed before the tier above had them: lost upstream."
+    )
+    forwarded_seq: int = Field(default=0, ge=0, description="Last sequence the tier above confirmed.")
 
 
 class InventorySnapshot(Message):
@@ -64,3 +68,6 @@ class InventorySnapshot(Message):
     applied: AppliedState | None = None
     link: LinkState | None = None
     backlog: list[StreamBacklog] = Field(default_factory=list)
+    facts: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Site-defined facts (the edge's facts file), as given."
+    )

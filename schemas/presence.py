@@ -1,8 +1,15 @@
-"""Presence changes: written by a regional only when an edge's state changes."""
+"""Presence changes: written only when a site's state changes, never per heartbeat.
+
+A regional writes one per change of one of its edges (`edge` set); the hub writes one per
+change of a regional (`edge` is None). An edge whose regional is not `online` at the hub is
+shown `unreachable`: it may be fine, the hub just cannot see it.
+"""
 
 from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
+
+from pydantic import Field
 
 from schemas.base import Message, SiteId
 
@@ -15,12 +22,12 @@ class PresenceState(StrEnum):
 
 
 class PresenceChange(Message):
-    """One edge moving from one presence state to another, as its regional saw it."""
+    """One site moving from one presence state to another, as the tier above it saw it."""
 
     SCHEMA: ClassVar[str] = "fleet.presence"
 
     region: SiteId
-    edge: SiteId
+    edge: SiteId | None = Field(default=None, description="None: the regional itself, as the hub sees it.")
     state: PresenceState
     previous: PresenceState | None = None
     changed_at: datetime

@@ -7,6 +7,7 @@ Layout (all under `fleet.`):
     fleet.edge.<region>.<edge>.inventory        edge-local INVENTORY stream (last value)
     fleet.edge.<region>.<edge>.cmd.<name>       hub -> edge commands (request/reply)
     fleet.region.<region>.hb                    regional heartbeat -> hub (core NATS)
+    fleet.region.<region>.enroll                edge -> its regional: enrollment (request/reply)
 
 Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`), so
 a leaf-link permission can pin an edge to its own subjects; a regional likewise to
@@ -24,8 +25,11 @@ EVENTS_STREAM = "EVENTS"
 INVENTORY_STREAM = "INVENTORY"
 PROFILES_BUCKET = "profiles"
 OVERRIDES_BUCKET = "overrides"
-PRESENCE_BUCKET = "presence"
+PRESENCE_BUCKET = "presence"  # regional: its edges' presence; hub: every region's, sourced
 APPLIED_BUCKET = "applied"  # hub: last ApplyResult event per edge, filled by sourcing
+INVENTORY_BUCKET = "inventory"  # hub: latest snapshot per edge, filled by sourcing
+REGIONS_BUCKET = "regions"  # hub: presence of each regional, as the hub hears it
+EDGES_BUCKET = "edges"  # regional: the edges enrolled in its region
 
 HUB_DOMAIN = "hub"
 
@@ -43,6 +47,14 @@ def edge_scope(region: str, edge: str) -> str:
 
 def edge_heartbeat(region: str, edge: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.hb"
+
+
+def edge_of(subject: str) -> tuple[str, str] | None:
+    """The (region, edge) an edge subject belongs to; None if it is not one."""
+    parts = subject.split(".")
+    if len(parts) < 4 or parts[0] != PREFIX or parts[1] != "edge":  # fleet.edge.<r>.<e>...
+        return None
+    return parts[2], parts[3]
 
 
 def edge_heartbeats(region: str) -> str:
@@ -69,6 +81,11 @@ def edge_inventory(region: str, edge: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.inventory"
 
 
+def inventories(region: str = "*", edge: str = "*") -> str:
+    """Inventory subjects of one edge, or (wildcards) of every edge."""
+    return f"{PREFIX}.edge.{region}.{edge}.inventory"
+
+
 def edge_command(region: str, edge: str, name: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.cmd.{_tokens(name)}"
 
@@ -79,6 +96,11 @@ def region_scope(region: str) -> str:
 
 def regional_heartbeat(region: str) -> str:
     return f"{PREFIX}.region.{_tokens(region)}.hb"
+
+
+def region_enroll(region: str) -> str:
+    """Where an edge asks its regional to admit it (request/reply)."""
+    return f"{PREFIX}.region.{_tokens(region)}.enroll"
 
 
 def regional_heartbeats() -> str:
@@ -104,5 +126,13 @@ def override_key(scope: str, name: str) -> str:
     return _tokens(scope, name)
 
 
-def applied_key(region: str, edge: str) -> str:
+def edge_key(region: str, edge: str) -> str:
+    """Key of one edge in the hub's per-edge buckets (`inventory`, `presence`, `applied`)."""
     return _tokens(region, edge)
+
+
+def split_edge_key(key: str) -> tuple[str, str]:
+    """`<region>.<edge>` back to its two ids; ValueError if `key` is not one."""
+    region, _, edge = key.partition(".")
+    _tokens(region, edge)
+    return region, edge

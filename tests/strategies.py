@@ -9,6 +9,7 @@ from schemas import (
     ApplyStatus,
     Component,
     Enrollment,
+    EnrollmentReply,
     Event,
     EventKind,
     Heartbeat,
@@ -120,9 +121,18 @@ inventories = st.builds(
     ),
     link=st.none() | st.builds(LinkState, upstream_connected=st.booleans(), since=st.none() | times),
     backlog=st.lists(
-        st.builds(StreamBacklog, stream=names, pending=counts, oldest_age_seconds=floats, evicted=counts),
+        st.builds(
+            StreamBacklog,
+            stream=names,
+            pending=counts,
+            oldest_age_seconds=floats,
+            evicted=counts,
+            evicted_unforwarded=counts,
+            forwarded_seq=counts,
+        ),
         max_size=3,
     ),
+    facts=json_objects,
 )
 heartbeats = st.builds(
     Heartbeat,
@@ -138,7 +148,7 @@ heartbeats = st.builds(
 presences = st.builds(
     PresenceChange,
     region=ids,
-    edge=ids,
+    edge=st.none() | ids,
     state=st.sampled_from(list(PresenceState)),
     previous=st.none() | st.sampled_from(list(PresenceState)),
     changed_at=times,
@@ -186,6 +196,15 @@ enrollments = st.builds(
     requested_at=times,
 )
 
+enrollment_replies = st.builds(
+    EnrollmentReply,
+    region=ids,
+    edge=ids,
+    accepted=st.booleans(),
+    reason=st.text(max_size=20),
+    enrolled_at=st.none() | times,
+)
+
 BY_TYPE = {
     Profile: profiles,
     Override: overrides,
@@ -194,4 +213,5 @@ BY_TYPE = {
     PresenceChange: presences,
     Event: events(),
     Enrollment: enrollments,
+    EnrollmentReply: enrollment_replies,
 }

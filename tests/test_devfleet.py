@@ -77,7 +77,7 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         info = run_cli("info", "--state-dir", str(state_dir))
         assert info.returncode == 0, info.stderr
         assert "domain 'hub'" in info.stdout
-        assert "overrides, profiles" in info.stdout
+        assert "inventory, overrides, presence, profiles, regions" in info.stdout
 
         async def put_probe() -> int:
             nc = await nats.connect(record.hub.client_url)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from fleetbus.desired import DesiredState
 from fleetbus.errors import FleetbusError
+from schemas.inventory import AppliedState
 
 
 class DriverError(FleetbusError):
@@ -19,6 +20,10 @@ class Driver(Protocol):
 
     async def applied_hash(self) -> str | None:
         """Content hash of what is applied now, `None` if nothing is."""
+        ...
+
+    async def applied(self) -> AppliedState | None:
+        """What is applied now, for the inventory; `None` if nothing is."""
         ...
 
     async def apply(self, desired: DesiredState) -> bool:

@@ -11,9 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edge.drivers import DriverError
 from fleetbus.desired import DesiredState
 from schemas.base import utcnow
+from schemas.inventory import AppliedState
 
 APPLIED_FILE = "applied.json"
 
@@ -52,6 +55,20 @@ class LocalDriver:
         record = read_applied(self.path)
         value = record.get("hash") if record else None
         return value if isinstance(value, str) else None
+
+    async def applied(self) -> AppliedState | None:
+        record = read_applied(self.path)
+        if record is None:
+            return None
+        try:
+            return AppliedState(
+                desired_hash=record["hash"],
+                profile_revisions=record.get("profile_revisions", {}),
+                applied_at=record["applied_at"],
+                driver=self.name,
+            )
+        except (KeyError, ValidationError):
+            return None  # not a record this driver wrote; the next apply replaces it
 
     async def apply(self, desired: DesiredState) -> bool:
         if await self.applied_hash() == desired.hash:

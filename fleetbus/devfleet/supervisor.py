@@ -58,9 +58,11 @@ class DevFleet:
         heartbeat_interval: float = 5.0,
         stagger: float = 0.05,
         progress: Progress = print,
+        settings: dict[Tier, dict[str, object]] | None = None,
     ) -> None:
         self.plan = plan
         self.heartbeat_interval = heartbeat_interval
+        self.settings = settings or {}  # extra daemon settings per tier (e.g. presence windows)
         self.stagger = stagger
         self.progress = progress
         self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
@@ -96,7 +98,8 @@ class DevFleet:
         for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE):
             await self._start_tier(tier)
         for site in self.plan.sites:
-            (site.workdir / "daemon.toml").write_text(_toml(site.daemon_settings(self.heartbeat_interval)))
+            values = site.daemon_settings(self.heartbeat_interval) | self.settings.get(site.tier, {})
+            (site.workdir / "daemon.toml").write_text(_toml(values))
         began = time.monotonic()
         await asyncio.gather(
             *(self._start_staggered(i, self.daemons[s.name]) for i, s in enumerate(self.plan.sites))

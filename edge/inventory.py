@@ -1,0 +1,294 @@
+"""The edge's inventory: one snapshot of what the site has and how its uplink is doing.
+
+Collected every `scan_interval` (and at once when poked: an apply finished, the link came
+back), stored in the edge's INVENTORY stream when something material changed, and at least
+every `interval` regardless. That stream keeps one message, so a partition of any length
+forwards only the latest snapshot when it heals.
+
+Backlog is measured against what the regional actually holds: the last message of this
+edge in the regional's copy of a stream carries, in its `Nats-Stream-Source` header, the
+edge-side sequence it came from. Messages after it are pending; messages the edge's limits
+removed before that point was reached never went upstream (`evicted_unforwarded`).
+"""
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.js.errors import NotFoundError
+
+from edge.drivers import Driver
+from fleetbus import log
+from fleetbus.bus import Bus
+from fleetbus.metrics import DaemonMetrics
+from fleetbus.replication import UpstreamProbe
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.inventory import HostFacts, InventorySnapshot, LinkState, StreamBacklog
+
+logger = log.get_logger(__name__)
+
+FAILURES = (NatsError, TimeoutError, asyncio.TimeoutError)
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _boot_time() -> datetime | None:
+    for line in _read("/proc/stat").splitlines():
+        if line.startswith("btime "):
+            return datetime.fromtimestamp(int(line.split()[1]), UTC)
+    return None
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return 0
+
+
+def _os_name() -> str:
+    try:
+        release = platform.freedesktop_os_release()
+    except OSError:
+        return platform.system()
+    return release.get("PRETTY_NAME") or release.get("NAME") or platform.system()
+
+
+def host_facts(disk_path: Path) -> HostFacts:
+    """Facts of the machine this edge runs on; what cannot be read is left empty."""
+    try:
+        disk = shutil.disk_usage(disk_path)
+        disk_total, disk_free = disk.total, disk.free
+    except OSError:
+        disk_total = disk_free = 0
+    uname = os.uname()
+    return HostFacts(
+        hostname=uname.nodename,
+        machine_id=_read("/etc/machine-id").strip(),
+        os=_os_name(),
+        kernel=uname.release,
+        cpu_count=os.cpu_count() or 0,
+        memory_bytes=_memory_bytes(),
+        disk_total_bytes=disk_total,
+        disk_free_bytes=disk_free,
+        boot_time=_boot_time(),
+    )
+
+
+class FactsError(ValueError):
+    """The site's facts file exists but is not a JSON object."""
+
+
+def read_facts(path: Path) -> dict[str, Any]:
+    """The site-defined facts in `path` (a JSON object); {} when there is no such file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        msg = f"cannot read facts file {path}: {exc.strerror}"
+        raise FactsError(msg) from exc
+    try:
+        facts = json.loads(text)
+    except ValueError as exc:
+        msg = f"facts file {path} is not valid JSON: {exc}"
+        raise FactsError(msg) from exc
+    if not isinstance(facts, dict):
+        msg = f"facts file {path} must hold a JSON object, not {type(facts).__name__}"
+        raise FactsError(msg)
+    return facts
+
+
+def material(snapshot: InventorySnapshot) -> str:
+    """Fingerprint of what counts as a change: not the time, sequence, free disk, or how many
+    messages wait upstream (those move all the time and are refreshed every interval), but
+    evictions do count: a loss is reported as soon as it is seen."""
+    data = snapshot.model_dump(mode="json", exclude={"seq", "observed_at", "received_at", "backlog"})
+    data["host"].pop("disk_free_bytes", None)
+    data["evicted"] = {b.stream: (b.evicted, b.evicted_unforwarded) for b in snapshot.backlog}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Uplink:
+    """One of the edge's streams that the regional sources, and what of it is this edge's."""
+
+    stream: str
+    filter: str
+    superseded_ok: bool = False  # one message per subject: older ones are replaced, not lost
+
+
+class BacklogMeter:
+    """How far the regional's copy of each uplink stream is behind the edge's."""
+
+    def __init__(self, bus: Bus, region: str, uplinks: list[Uplink], *, timeout: float = 0.5) -> None:
+        self.bus = bus
+        self.region = region
+        self.uplinks = uplinks
+        self.timeout = timeout
+        self.forwarded: dict[str, int] = {}  # last known, kept while the regional is unreachable
+
+    async def _forwarded(self, uplink: Uplink) -> int | None:
+        """The edge sequence of the newest message of ours the regional holds; None if it
+        cannot be asked now."""
+        request = json.dumps({"last_by_subj": uplink.filter}).encode()
+        subject = f"{subjects.js_api_prefix(self.region)}.DIRECT.GET.{uplink.stream}"
+        try:
+            reply = await self.bus.nc.request(subject, request, timeout=self.timeout)
+        except (NoRespondersError, *FAILURES):
+            return None
+        headers = reply.headers or {}
+        if headers.get("Status") == "404":
+            return 0  # the regional holds nothing of ours (yet, or any more)
+        origin = headers.get("Nats-Stream-Source", "").split()
+        if len(origin) < 2 or not origin[0].startswith(f"{uplink.stream}:") or not origin[1].isdigit():
+            return None
+        return int(origin[1])
+
+    async def measure(self) -> list[StreamBacklog]:
+        found = []
+        for uplink in self.uplinks:
+            try:
+                info = await self.bus.js.stream_info(uplink.stream)
+            except NotFoundError:
+                continue
+            state = info.state
+            answer = await self._forwarded(uplink)
+            if answer is not None and (answer or uplink.stream not in self.forwarded):
+                self.forwarded[uplink.stream] = answer
+            forwarded = min(self.forwarded.get(uplink.stream, 0), state.last_seq)
+            pending = max(0, min(state.messages, state.last_seq - forwarded))
+            removed = 0 if uplink.superseded_ok else max(0, state.first_seq - 1)
+            found.append(
+                StreamBacklog(
+                    stream=uplink.stream,
+                    pending=pending,
+                    oldest_age_seconds=await self._oldest_age(uplink, forwarded) if pending else 0.0,
+                    evicted=removed,
+                    evicted_unforwarded=max(0, min(removed, state.first_seq - 1 - forwarded)),
+                    forwarded_seq=forwarded,
+                )
+            )
+        return found
+
+    async def _oldest_age(self, uplink: Uplink, forwarded: int) -> float:
+        try:
+            oldest = await self.bus.js.get_msg(
+                uplink.stream, seq=forwarded + 1, subject=uplink.filter, next=True
+            )
+        except (NotFoundError, *FAILURES):
+            return 0.0
+        return max(0.0, (utcnow() - oldest.time).total_seconds()) if oldest.time else 0.0
+
+
+class InventoryPublisher:
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        region: str,
+        edge: str,
+        labels: dict[str, str],
+        driver: Driver,
+        probe: UpstreamProbe,
+        meter: BacklogMeter,
+        facts_file: Path,
+        disk_path: Path,
+        interval: float,
+        scan_interval: float,
+        metrics: DaemonMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.bus = bus
+        self.region, self.edge, self.labels = region, edge, labels
+        self.driver, self.probe, self.meter = driver, probe, meter
+        self.facts_file, self.disk_path = facts_file, disk_path
+        self.interval, self.scan_interval = interval, scan_interval
+        self.metrics = metrics
+        self.clock = clock
+        self.seq = 0
+        self.last: InventorySnapshot | None = None
+        self._facts: dict[str, Any] = {}
+        self._facts_error: str | None = None
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        """Something changed (an apply, the link): collect now rather than at the next scan."""
+        self._wake.set()
+
+    def _read_facts(self) -> dict[str, Any]:
+        try:
+            self._facts = read_facts(self.facts_file)
+        except FactsError as exc:
+            if str(exc) != self._facts_error:
+                logger.warning("site facts unreadable; keeping the last good ones", error=str(exc))
+            self._facts_error = str(exc)
+        else:
+            self._facts_error = None
+        return self._facts
+
+    async def collect(self) -> InventorySnapshot:
+        host = await asyncio.to_thread(host_facts, self.disk_path)
+        facts = await asyncio.to_thread(self._read_facts)
+        backlog = await self.meter.measure()
+        if self.metrics:
+            for item in backlog:
+                self.metrics.stream_evicted.labels(stream=item.stream).set(item.evicted)
+                self.metrics.stream_lag.labels(stream=item.stream).set(item.pending)
+        return InventorySnapshot(
+            region=self.region,
+            edge=self.edge,
+            seq=self.seq + 1,
+            observed_at=self.clock(),
+            labels=self.labels,
+            host=host,
+            applied=await self.driver.applied(),
+            link=LinkState(upstream_connected=bool(self.probe.up), since=self.probe.changed_at),
+            backlog=backlog,
+            facts=facts,
+        )
+
+    async def publish(self, snapshot: InventorySnapshot, trigger: str) -> None:
+        subject = subjects.edge_inventory(self.region, self.edge)
+        await self.bus.js_publish(subject, snapshot, message_id=f"{self.edge}-inventory-{snapshot.seq}")
+        self.seq, self.last = snapshot.seq, snapshot
+        if self.metrics:
+            self.metrics.inventory_published.labels(trigger=trigger).inc()
+
+    async def run(self) -> None:
+        info = await self.bus.js.stream_info(subjects.INVENTORY_STREAM)
+        self.seq = info.state.last_seq  # sequences keep rising across restarts
+        fingerprint, sent_at = "", float("-inf")
+        while True:
+            try:
+                snapshot = await self.collect()
+                now = time.monotonic()
+                changed = material(snapshot) != fingerprint
+                if changed or now - sent_at >= self.interval:
+                    await self.publish(snapshot, "changed" if changed else "interval")
+                    fingerprint, sent_at = material(snapshot), now
+            except FAILURES as exc:  # the local server is restarting: try at the next scan
+                logger.warning("cannot collect or store inventory; retrying", error=repr(exc))
+            wait = min(self.scan_interval, max(0.0, sent_at + self.interval - time.monotonic()))
+            with contextlib.suppress(TimeoutError):
+                # The scan period, cut short by poke(): how often the edge looks for changes.
+                await asyncio.wait_for(self._wake.wait(), wait)
+            self._wake.clear()

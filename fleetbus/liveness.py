@@ -1,0 +1,107 @@
+"""Presence on the bus: a `PresenceTracker` fed by heartbeats, writing only its changes to
+a presence bucket (a regional: its edges; the hub: the regionals).
+
+One task (`run`) both times the tracker and writes, so the records of one site are written
+in the order they happened; a restart reads the bucket back and resumes without writing.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+
+from nats.js import JetStreamContext
+
+from fleetbus import kvwatch, log
+from fleetbus.errors import DecodeError
+from fleetbus.metrics import DaemonMetrics
+from fleetbus.presence import PresenceTracker, Transition
+from schemas import subjects
+from schemas.codec import JSON, decode_body, encode_body
+from schemas.presence import PresenceChange, PresenceState
+
+logger = log.get_logger(__name__)
+
+
+class PresenceBoard:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        bucket: str,
+        tracker: PresenceTracker,
+        *,
+        key: Callable[[str], str],
+        record: Callable[[Transition], PresenceChange],
+        metrics: DaemonMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.js = js
+        self.bucket = bucket
+        self.tracker = tracker
+        self.key = key
+        self.record = record
+        self.metrics = metrics
+        self._clock = clock
+        self._queue: deque[Transition] = deque()
+        self._wake = asyncio.Event()
+        self.writes = 0
+
+    async def restore(self, prefix: str = ">") -> int:
+        """Resume the sites recorded under `prefix` in the bucket; returns how many."""
+        restored = 0
+        for item in await kvwatch.current(self.js, self.bucket, prefix):
+            subject = subjects.kv_subject(self.bucket, item.key)
+            try:
+                change = decode_body(PresenceChange, item.value, subject=subject)
+            except DecodeError as exc:
+                logger.warning("unreadable presence record; ignored", subject=subject, reason=exc.reason)
+                continue
+            self.tracker.restore(change.edge or change.region, change.state, change.last_seen)
+            restored += 1
+        self._count()
+        return restored
+
+    def heard(self, site: str, interval: float) -> None:
+        """A heartbeat from `site`: queue the change it makes, if any."""
+        change = self.tracker.heard(site, interval)
+        if change is not None:
+            self._queue.append(change)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Time the tracker and write its changes, until cancelled."""
+        while True:
+            self._queue.extend(self.tracker.tick())
+            while self._queue:
+                await self._write(self._queue[0])
+                self._queue.popleft()
+            deadline = self.tracker.next_deadline()
+            timeout = None if deadline is None else max(0.0, deadline - self._clock())
+            with contextlib.suppress(TimeoutError):
+                # Waits for the next presence deadline or a heartbeat that changed something.
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            self._wake.clear()
+
+    async def _write(self, change: Transition) -> None:
+        record = self.record(change)
+        await self.js.publish(
+            subjects.kv_subject(self.bucket, self.key(change.site)), encode_body(record, JSON)
+        )
+        self.writes += 1
+        logger.info(
+            "presence changed",
+            site=change.site,
+            state=change.state.value,
+            previous=change.previous.value if change.previous else None,
+            reason=change.reason,
+        )
+        if self.metrics:
+            self.metrics.presence_writes.labels(state=change.state.value).inc()
+        self._count()
+
+    def _count(self) -> None:
+        if self.metrics:
+            counts = Counter(state for _, state in self.tracker)
+            for state in (PresenceState.ONLINE, PresenceState.STALE, PresenceState.OFFLINE):
+                self.metrics.presence_sites.labels(state=state.value).set(counts[state])
