@@ -119,11 +119,15 @@ def read_facts(path: Path) -> dict[str, Any]:
 
 def material(snapshot: InventorySnapshot) -> str:
     """Fingerprint of what counts as a change: not the time, sequence, free disk, or how many
-    messages wait upstream (those move all the time and are refreshed every interval), but
-    evictions do count: a loss is reported as soon as it is seen."""
+    messages wait upstream (those move all the time and are refreshed every interval). But a
+    backlog appearing or clearing counts, and so does an eviction: a loss is reported as soon
+    as it is seen. (Not for INVENTORY's own backlog: publishing a snapshot creates it.)"""
     data = snapshot.model_dump(mode="json", exclude={"seq", "observed_at", "received_at", "backlog"})
     data["host"].pop("disk_free_bytes", None)
-    data["evicted"] = {b.stream: (b.evicted, b.evicted_unforwarded) for b in snapshot.backlog}
+    data["backlog"] = {
+        b.stream: (b.evicted, b.evicted_unforwarded, b.pending > 0 and b.stream != subjects.INVENTORY_STREAM)
+        for b in snapshot.backlog
+    }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

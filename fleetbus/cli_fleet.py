@@ -21,7 +21,6 @@ from rich.table import Table
 from fleetbus.authority import ConflictError, Plan, content, diff, load_document, load_mapping, render_yaml
 from fleetbus.client import FleetClient
 from fleetbus.clikit import HubUrl, StateDir, err, out
-from fleetbus.compliance import State
 from fleetbus.errors import ConfigError
 from schemas.base import check_token, utcnow
 from schemas.override import OverrideScope
@@ -221,16 +220,17 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
-def parse_expiry(text: str, now: datetime) -> datetime:
-    """`30m`, `2h`, `7d` from now, or an ISO-8601 time with a zone."""
+def parse_expiry(text: str, now: datetime, *, option: str = "--expires", past: bool = False) -> datetime:
+    """`30m`, `2h`, `7d` from now (`past`: before now), or an ISO-8601 time with a zone."""
     if match := _DURATION.match(text.strip()):
-        return now + timedelta(**{_UNITS[match[2]]: int(match[1])})
+        span = timedelta(**{_UNITS[match[2]]: int(match[1])})
+        return now - span if past else now + span
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         when = None
     if when is None or when.tzinfo is None:
-        msg = f"--expires {text!r}: use a duration (30m, 2h, 7d) or an ISO-8601 time with a zone"
+        msg = f"{option} {text!r}: use a duration (30m, 2h, 7d) or an ISO-8601 time with a zone"
         raise ConfigError(msg)
     return when
 
@@ -364,30 +364,3 @@ def explain(
     for path, value, source in desired.explain():
         table.add_row(path, json.dumps(value), source)
     out.print(table)
-
-
-def status(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir = None) -> None:
-    """Compliance: how many edges run their desired state, and which do not."""
-    rows = _with_client(hub, state_dir, lambda f: f.compliance())
-    if as_json:
-        out.print_json(data={"edges": [r.as_json() for r in rows]})
-        return
-    counts = {s: sum(1 for r in rows if r.state is s) for s in State}
-    converged = counts[State.CONVERGED]
-    out.print(
-        f"{converged}/{len(rows)} converged"
-        + "".join(f", {n} {s.value}" for s, n in counts.items() if n and s is not State.CONVERGED)
-    )
-    behind = [r for r in rows if r.state is not State.CONVERGED]
-    if behind:
-        table = Table("region", "edge", "state", "reported", "desired", "error")
-        for r in behind:
-            table.add_row(
-                r.region,
-                r.edge,
-                r.state.value,
-                (r.reported_hash or "")[:19],
-                (r.desired_hash or "")[:19],
-                r.error or "",
-            )
-        out.print(table)

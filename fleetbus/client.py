@@ -9,29 +9,50 @@
 `fleet.profiles` and `fleet.overrides` are the hub's profile authority
 (`fleetbus.authority`); `explain()` and `compliance()` compute with the same pure function
 the edges use.
+
+Dashboards read the fleet as streams that first yield the current state, then each change:
+
+    async for snap in fleet.watch_inventory(region="r1"):    # InventorySnapshot
+    async for row in fleet.watch_presence():                 # EdgePresence
+    async for event in fleet.watch_events(kinds=["apply_result"]):   # Event
+
+Each is an async generator: leave the loop (or `aclose()` it) to stop its consumer.
 """
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import KeyNotFoundError
 
+from fleetbus import kvwatch, log
 from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore, keys
 from fleetbus.bus import Bus, connect
 from fleetbus.compliance import EdgeCompliance, assess
 from fleetbus.desired import DesiredState, compute, edge_groups
 from fleetbus.devfleet.state import default_state_dir, running_fleet
 from fleetbus.errors import ConfigError, DecodeError
+from fleetbus.kvwatch import KvRecord
+from fleetbus.views import EdgePresence, EdgeStatus, edge_presence, fleet_status
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.codec import decode_body
 from schemas.event import Event
+from schemas.headers import open_envelope
+from schemas.inventory import InventorySnapshot
+from schemas.presence import PresenceChange
 from schemas.subjects import HUB_DOMAIN
+
+logger = log.get_logger(__name__)
 
 HUB_URL_ENV = "FLEETBUS_HUB_URL"
 
@@ -170,3 +191,178 @@ class FleetClient:
         profiles = await self.profiles.all()
         overrides = [o.override for o in await self.overrides.all()]
         return assess(profiles, overrides, await self.reports(), now=now or utcnow())
+
+    # Inventory, presence and events: the hub's live view of the fleet.
+
+    @property
+    def _js(self) -> JetStreamContext:
+        return self.bus.jetstream(HUB_DOMAIN)
+
+    @staticmethod
+    def _snapshot(record: KvRecord) -> InventorySnapshot | None:
+        """A stored snapshot, `received_at` = when the hub stored it; None if undecodable."""
+        subject = subjects.kv_subject(subjects.INVENTORY_BUCKET, record.key)
+        try:
+            snapshot = decode_body(InventorySnapshot, record.value, subject=subject)
+        except DecodeError as exc:
+            logger.warning("undecodable inventory snapshot skipped", subject=subject, reason=exc.reason)
+            return None
+        return snapshot.model_copy(update={"received_at": record.stored_at})
+
+    @staticmethod
+    def _presence_record(bucket: str, record: KvRecord) -> PresenceChange | None:
+        subject = subjects.kv_subject(bucket, record.key)
+        try:
+            return decode_body(PresenceChange, record.value, subject=subject)
+        except DecodeError as exc:
+            logger.warning("undecodable presence record skipped", subject=subject, reason=exc.reason)
+            return None
+
+    @staticmethod
+    def _key(region: str | None, edge: str = "*") -> str:
+        return f"{region or '*'}.{edge}"
+
+    async def inventory(self, region: str | None = None) -> list[InventorySnapshot]:
+        """The latest snapshot of every edge (of `region`), sorted by region and edge."""
+        records = await kvwatch.current(self._js, subjects.INVENTORY_BUCKET, self._key(region))
+        found = [s for r in records if (s := self._snapshot(r)) is not None]
+        return sorted(found, key=lambda s: (s.region, s.edge))
+
+    async def get_inventory(self, edge: str, *, region: str | None = None) -> InventorySnapshot:
+        """The latest snapshot of `edge`; `NotFoundError` if the hub has none."""
+        records = await kvwatch.current(self._js, subjects.INVENTORY_BUCKET, self._key(region, edge))
+        for record in records:
+            if (snapshot := self._snapshot(record)) is not None:
+                return snapshot
+        msg = f"the hub has no inventory for edge {edge!r}" + (f" in region {region!r}" if region else "")
+        raise NotFoundError(msg)
+
+    async def watch_inventory(self, region: str | None = None) -> AsyncGenerator[InventorySnapshot, None]:
+        """Every edge's latest snapshot (of `region`), then each new one as the hub gets it.
+        A snapshot older than one already yielded for its edge (a replayed source) is skipped."""
+        newest: dict[tuple[str, str], datetime] = {}
+        async for record in kvwatch.watch(self._js, subjects.INVENTORY_BUCKET, self._key(region)):
+            if record.deleted or (snapshot := self._snapshot(record)) is None:
+                continue
+            last = newest.get((snapshot.region, snapshot.edge))
+            if last is None or snapshot.observed_at > last:
+                newest[snapshot.region, snapshot.edge] = snapshot.observed_at
+                yield snapshot
+
+    async def regions(self) -> list[PresenceChange]:
+        """Each regional's presence as the hub hears it."""
+        records = await kvwatch.current(self._js, subjects.REGIONS_BUCKET)
+        return [p for r in records if (p := self._presence_record(subjects.REGIONS_BUCKET, r))]
+
+    async def presence(self) -> list[EdgePresence]:
+        """Every edge's presence as shown (`unreachable` behind a region the hub cannot hear)."""
+        regions = {p.region: p for p in await self.regions()}
+        records = await kvwatch.current(self._js, subjects.PRESENCE_BUCKET)
+        edges = [p for r in records if (p := self._presence_record(subjects.PRESENCE_BUCKET, r))]
+        return sorted(
+            (edge_presence(p, regions.get(p.region)) for p in edges if p.edge),
+            key=lambda p: (p.region, p.edge),
+        )
+
+    async def watch_presence(self) -> AsyncGenerator[EdgePresence, None]:
+        """Every edge's presence, then each change: an edge's own, or its region becoming
+        (un)reachable, which changes what is shown for each of its edges."""
+        js = self._js
+        region_records, region_seen = await kvwatch.snapshot(js, subjects.REGIONS_BUCKET)
+        edge_records, edge_seen = await kvwatch.snapshot(js, subjects.PRESENCE_BUCKET)
+        regions: dict[str, PresenceChange] = {}
+        edges: dict[str, PresenceChange] = {}
+        shown: dict[str, EdgePresence] = {}
+
+        def take(bucket: str, record: KvRecord) -> None:
+            if record.deleted or (change := self._presence_record(bucket, record)) is None:
+                return
+            if bucket == subjects.REGIONS_BUCKET:
+                regions[change.region] = change
+            elif change.edge:
+                edges[record.key] = change
+
+        def updates() -> list[EdgePresence]:
+            out = []
+            for key, change in sorted(edges.items()):
+                row = edge_presence(change, regions.get(change.region))
+                if shown.get(key) != row:
+                    shown[key] = row
+                    out.append(row)
+            return out
+
+        for record in region_records:
+            take(subjects.REGIONS_BUCKET, record)
+        for record in edge_records:
+            take(subjects.PRESENCE_BUCKET, record)
+        for row in updates():
+            yield row
+        queue: asyncio.Queue[tuple[str, KvRecord]] = asyncio.Queue()
+
+        async def pump(bucket: str, after: int) -> None:
+            async for record in kvwatch.changes(js, bucket, after=after):
+                await queue.put((bucket, record))
+
+        pumps = [
+            asyncio.create_task(pump(subjects.REGIONS_BUCKET, region_seen)),
+            asyncio.create_task(pump(subjects.PRESENCE_BUCKET, edge_seen)),
+        ]
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait([getter, *pumps], return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    for task in done:
+                        task.result()  # a pump failed: raise its error here
+                    continue
+                take(*getter.result())
+                for row in updates():
+                    yield row
+        finally:
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def watch_events(
+        self,
+        kinds: Iterable[str] | None = None,
+        *,
+        region: str | None = None,
+        since: datetime | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """Events of the fleet (of `kinds`, of `region`): first the latest of each kind from
+        each edge (or, with `since`, every event from then on), then each new one."""
+        wanted = set(kinds or ())
+        policy = DeliverPolicy.BY_START_TIME if since else DeliverPolicy.LAST_PER_SUBJECT
+        config = ConsumerConfig(opt_start_time=since)
+        only = next(iter(wanted)) if len(wanted) == 1 else ">"  # one kind: let the server filter
+        sub = await self._js.subscribe(
+            subjects.events(region or "*", "*", only),
+            stream=subjects.EVENTS_STREAM,
+            ordered_consumer=True,
+            deliver_policy=policy,
+            config=config,
+        )
+        try:
+            async for msg in sub.messages:
+                try:
+                    event = open_envelope(Event, msg.data, msg.headers, subject=msg.subject)
+                except DecodeError as exc:
+                    logger.warning("undecodable event skipped", subject=msg.subject, reason=exc.reason)
+                    continue
+                if not wanted or event.kind in wanted:
+                    yield event
+        finally:
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+    async def status(self, *, now: datetime | None = None) -> list[EdgeStatus]:
+        """One row per edge: presence, compliance, backlog (what `fleetbus status` shows)."""
+        presence = await self.presence()
+        inventory = await self.inventory()
+        known = {(p.region, p.edge) for p in presence} | {(i.region, i.edge) for i in inventory}
+        profiles = await self.profiles.all()
+        overrides = [o.override for o in await self.overrides.all()]
+        compliance = assess(profiles, overrides, await self.reports(), now=now or utcnow(), known=known)
+        return fleet_status(presence, compliance, inventory)

@@ -110,8 +110,11 @@ class SupervisedProcess:
                 proc.kill()
             await proc.wait()
 
-    async def kill(self) -> None:
-        """SIGKILL, as a crash would; `supervise()` then restarts it."""
+    async def kill(self, *, restart: bool = True) -> None:
+        """SIGKILL, as a crash would; `supervise()` then restarts it, unless `restart=False`
+        (the site stays down until `start()`)."""
+        if not restart:
+            self._stopping = True
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()

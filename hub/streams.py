@@ -51,24 +51,16 @@ def applied_bucket(*, max_bytes: int = 256 * 2**20) -> StreamConfig:
 
 def inventory_bucket(*, max_bytes: int = 1 * 2**30) -> StreamConfig:
     """KV `inventory`: per `<region>.<edge>` key, that edge's latest snapshot, sourced from
-    each regional's INVENTORY with a subject transform (`inventory_source`)."""
-    return sourced_bucket(
-        subjects.INVENTORY_BUCKET, "Latest inventory snapshot per edge, sourced.", max_bytes
-    )
+    each regional's INVENTORY (whose subjects already are this bucket's keys)."""
+    description = "Latest inventory snapshot per edge, sourced."
+    return sourced_bucket(subjects.INVENTORY_BUCKET, description, max_bytes)
 
 
 def inventory_source(region: str) -> StreamSource:
-    """Region `region`'s INVENTORY, its subjects rewritten to this bucket's keys; only that
-    region's edges, so a regional cannot write another region's keys."""
-    return source(
-        subjects.INVENTORY_STREAM,
-        region,
-        transforms=[
-            (
-                subjects.inventories(region),
-                subjects.kv_subject(subjects.INVENTORY_BUCKET, f"{region}.{{{{wildcard(1)}}}}"),
-            )
-        ],
+    """Region `region`'s INVENTORY, only that region's keys: a regional cannot write another
+    region's edges."""
+    return replay_from_start(
+        source(subjects.INVENTORY_STREAM, region, filters=[subjects.inventories(region, ">")])
     )
 
 
@@ -81,7 +73,21 @@ def presence_bucket(*, max_bytes: int = 64 * 2**20) -> StreamConfig:
 
 def presence_source(region: str) -> StreamSource:
     bucket = f"KV_{subjects.PRESENCE_BUCKET}"
-    return source(bucket, region, filters=[subjects.kv_subject(subjects.PRESENCE_BUCKET, f"{region}.>")])
+    return replay_from_start(
+        source(bucket, region, filters=[subjects.kv_subject(subjects.PRESENCE_BUCKET, f"{region}.>")])
+    )
+
+
+def replay_from_start(item: StreamSource) -> StreamSource:
+    """Start this source at the origin's first message, always (also when kicked).
+
+    Without it, a source added to a bucket that already holds another region's values
+    sometimes started past the new region's messages (nats-server 2.15.1 logs "Sourcing state
+    is outdated; attempting to recover using backward scan" and then took nothing from that
+    region: about 1 fleet start in 10 here), and a kick did not repair it. Replaying is
+    harmless for these buckets: one value per key, the newest wins."""
+    item.opt_start_seq = 1
+    return item
 
 
 def sourced_bucket(bucket: str, description: str, max_bytes: int) -> StreamConfig:

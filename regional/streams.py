@@ -32,7 +32,8 @@ def events_stream(*, max_age_s: float = 7 * DAY, max_bytes: int = 1024 * 2**20) 
 
 def inventory_stream(*, max_bytes: int = 256 * 2**20) -> StreamConfig:
     """The latest inventory snapshot of each edge (one per subject), sourced from each edge's
-    INVENTORY and sourced in turn by the hub into its `inventory` bucket."""
+    INVENTORY and sourced in turn by the hub into its `inventory` bucket: after a partition of
+    the edge or of the regional, the hub receives only each edge's latest snapshot."""
     return aggregate_stream(
         subjects.INVENTORY_STREAM,
         "Latest inventory snapshot of each of this region's edges; sourced by the hub.",

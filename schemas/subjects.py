@@ -4,16 +4,17 @@ Layout (all under `fleet.`):
 
     fleet.edge.<region>.<edge>.hb               edge heartbeat -> its regional (core NATS)
     fleet.edge.<region>.<edge>.events.<kind>    edge-local EVENTS stream
-    fleet.edge.<region>.<edge>.inventory        edge-local INVENTORY stream (last value)
+    $KV.inventory.<region>.<edge>               edge-local INVENTORY stream (last value)
     fleet.edge.<region>.<edge>.cmd.<name>       hub -> edge commands (request/reply)
     fleet.region.<region>.hb                    regional heartbeat -> hub (core NATS)
     fleet.region.<region>.enroll                edge -> its regional: enrollment (request/reply)
 
-Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`), so
-a leaf-link permission can pin an edge to its own subjects; a regional likewise to
-`fleet.region.<region>.>`. Edge-local stream subjects carry the edge's own id, so no other
-domain ever binds a stream to them: upstream tiers get the data by *sourcing* with subject
-transforms, never by listening on the same subject (DESIGN §2, the double-store trap).
+Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`) or is
+its own inventory key `$KV.inventory.<region>.<edge>`, so a leaf-link permission can pin an
+edge to its own subjects; a regional likewise to `fleet.region.<region>.>`. Edge-local
+stream subjects carry the edge's own id, so no other domain ever binds a stream to them:
+upstream tiers get the data by *sourcing* (filters, and transforms where the hub needs a key),
+never by listening on the same subject (DESIGN §2, the double-store trap).
 """
 
 from schemas.base import check_token
@@ -71,19 +72,27 @@ def edge_events(region: str, edge: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.events.>"
 
 
+def events(region: str = "*", edge: str = "*", kind: str = ">") -> str:
+    """Events of one kind (or all) of one edge, or (wildcards) of every edge."""
+    return f"{PREFIX}.edge.{region}.{edge}.events.{kind}"
+
+
 def apply_results(region: str = "*", edge: str = "*") -> str:
     """ApplyResult events of one edge, or (wildcards) of every edge."""
-    return f"{PREFIX}.edge.{region}.{edge}.events.apply_result"
+    return events(region, edge, "apply_result")
 
 
 def edge_inventory(region: str, edge: str) -> str:
-    """Subject of an edge's local INVENTORY stream (one message kept per subject)."""
-    return f"{PREFIX}.edge.{_tokens(region, edge)}.inventory"
+    """Subject of an edge's local INVENTORY stream (one message kept): the edge's key in the
+    hub's `inventory` bucket, `$KV.inventory.<region>.<edge>`, so the regional and the hub
+    source it with plain filters, no subject transform. It carries the edge's ids like every
+    edge-local subject, so no other domain binds it."""
+    return kv_subject(INVENTORY_BUCKET, _tokens(region, edge))
 
 
 def inventories(region: str = "*", edge: str = "*") -> str:
     """Inventory subjects of one edge, or (wildcards) of every edge."""
-    return f"{PREFIX}.edge.{region}.{edge}.inventory"
+    return kv_subject(INVENTORY_BUCKET, f"{region}.{edge}")
 
 
 def edge_command(region: str, edge: str, name: str) -> str:

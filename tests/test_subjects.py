@@ -14,12 +14,14 @@ def test_every_edge_subject_is_inside_its_scope():
     for subject in (
         subjects.edge_heartbeat("r1", "r1-e1"),
         subjects.edge_event("r1", "r1-e1", "apply_result"),
-        subjects.edge_inventory("r1", "r1-e1"),
         subjects.edge_command("r1", "r1-e1", "ping"),
         subjects.edge_events("r1", "r1-e1"),
     ):
         assert subject.startswith(scope), subject
     assert subjects.regional_heartbeat("r1").startswith(subjects.region_scope("r1").removesuffix(">"))
+    # The one exception: an edge's inventory subject is its key in the hub's bucket, and
+    # still names the edge (so it is still the edge's own).
+    assert subjects.edge_inventory("r1", "r1-e1") == "$KV.inventory.r1.r1-e1"
 
 
 def test_two_edges_never_share_a_local_stream_subject():
