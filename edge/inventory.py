@@ -8,7 +8,8 @@ forwards only the latest snapshot when it heals.
 Backlog is measured against what the regional actually holds: the last message of this
 edge in the regional's copy of a stream carries, in its `Nats-Stream-Source` header, the
 edge-side sequence it came from. Messages after it are pending; messages the edge's limits
-removed before that point was reached never went upstream (`evicted_unforwarded`).
+removed before that point was reached never went upstream (`evicted_unforwarded`, counted
+since the daemon started).
 """
 
 import asyncio
@@ -149,6 +150,8 @@ class BacklogMeter:
         self.uplinks = uplinks
         self.timeout = timeout
         self.forwarded: dict[str, int] = {}  # last known, kept while the regional is unreachable
+        self.lost: dict[str, int] = {}  # evicted before the regional confirmed them, since start
+        self._counted: dict[str, int] = {}  # evictions up to this sequence are accounted for
 
     async def _forwarded(self, uplink: Uplink) -> int | None:
         """The edge sequence of the newest message of ours the regional holds; None if it
@@ -175,23 +178,37 @@ class BacklogMeter:
             except NotFoundError:
                 continue
             state = info.state
+            removed = 0 if uplink.superseded_ok else max(0, state.first_seq - 1)
+            self._count_losses(uplink.stream, removed)
             answer = await self._forwarded(uplink)
             if answer is not None and (answer or uplink.stream not in self.forwarded):
                 self.forwarded[uplink.stream] = answer
             forwarded = min(self.forwarded.get(uplink.stream, 0), state.last_seq)
             pending = max(0, min(state.messages, state.last_seq - forwarded))
-            removed = 0 if uplink.superseded_ok else max(0, state.first_seq - 1)
             found.append(
                 StreamBacklog(
                     stream=uplink.stream,
                     pending=pending,
                     oldest_age_seconds=await self._oldest_age(uplink, forwarded) if pending else 0.0,
                     evicted=removed,
-                    evicted_unforwarded=max(0, min(removed, state.first_seq - 1 - forwarded)),
+                    evicted_unforwarded=self.lost.get(uplink.stream, 0),
                     forwarded_seq=forwarded,
                 )
             )
         return found
+
+    def _count_losses(self, stream: str, removed: int) -> None:
+        """Count messages the limits removed (up to sequence `removed`) beyond the last one the
+        regional had confirmed before this check. Conservative: one forwarded since the
+        previous check but not yet confirmed is counted too. Evictions from before this
+        daemon started are not counted (what was forwarded then is not known)."""
+        if stream not in self._counted:
+            self._counted[stream] = removed
+            return
+        start = max(self.forwarded.get(stream, 0), self._counted[stream])
+        if removed > start:
+            self.lost[stream] = self.lost.get(stream, 0) + removed - start
+            self._counted[stream] = removed
 
     async def _oldest_age(self, uplink: Uplink, forwarded: int) -> float:
         try:

@@ -164,6 +164,10 @@ def daemon_running_at(fleet: DevFleet, site: str) -> datetime:
     return datetime.fromisoformat(running[-1]["timestamp"])
 
 
+def events_backlog(snap: InventorySnapshot) -> StreamBacklog:
+    return next(b for b in snap.backlog if b.stream == subjects.EVENTS_STREAM)
+
+
 def set_facts(fleet: DevFleet, edge: str, facts: dict[str, object]) -> None:
     path = fleet.plan.site(edge).workdir / "daemon" / "facts.json"
     tmp = path.with_suffix(".tmp")
@@ -382,10 +386,13 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
     async with running_fleet(tmp_path, regions=1, edges=1, settings=SETTINGS) as fleet:
         client = await FleetClient.connect(fleet.plan.site("hub").server.client_url)
         try:
-            before = await eventually(
-                lambda: client.get_inventory("r1-e1"), timeout=30, what="r1-e1 at the hub"
-            )
-            forwarded = {b.stream: b.forwarded_seq for b in before.backlog}["EVENTS"]
+
+            async def all_forwarded() -> StreamBacklog | None:
+                backlog = events_backlog(await client.get_inventory("r1-e1"))
+                return backlog if backlog.forwarded_seq >= 1 and backlog.pending == 0 else None
+
+            before = await eventually(all_forwarded, timeout=30, what="r1-e1's apply result forwarded")
+            forwarded = before.forwarded_seq
             fleet.links["r1-e1"].cut()
             nc = await nats.connect(fleet.plan.site("r1-e1").server.client_url)
             try:
@@ -407,9 +414,6 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
             finally:
                 await nc.close()
 
-            def events_backlog(snap: InventorySnapshot) -> StreamBacklog:
-                return next(b for b in snap.backlog if b.stream == subjects.EVENTS_STREAM)
-
             async def evicted_locally() -> InventorySnapshot | None:
                 snap = await edge_latest(fleet, "r1-e1")
                 return snap if events_backlog(snap).evicted_unforwarded else None
@@ -421,6 +425,7 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
             assert local.pending == 3
             assert local.evicted == forwarded + 7
             assert local.evicted_unforwarded == 7
+            assert local.forwarded_seq == forwarded
             assert local.oldest_age_seconds > 0
 
             fleet.links["r1-e1"].heal()
