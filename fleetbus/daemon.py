@@ -58,6 +58,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._beat_now = asyncio.Event()
         self._failed: str | None = None
+        self._running = False  # startup steps done, tasks started: /healthz says ready
         self._closed = False
         self.http = HealthServer(settings.http_host, settings.http_port, self.metrics.registry, self._health)
 
@@ -139,6 +140,7 @@ class Daemon:
                 await self._start_step(step)
             for name, factory in self._factories.items():
                 self._tasks[name] = asyncio.create_task(self._guard(name, factory), name=name)
+            self._running = True
             logger.info("daemon running", tasks=sorted(self._tasks))
             await self._wait_first()
         finally:
@@ -225,7 +227,7 @@ class Daemon:
     def _health(self) -> tuple[bool, dict[str, Any]]:
         connected = self._bus is not None and self._bus.connected
         tasks = {name: ("running" if not t.done() else "stopped") for name, t in self._tasks.items()}
-        ok = connected and self._failed is None and not self._stop.is_set()
+        ok = connected and self._running and self._failed is None and not self._stop.is_set()
         detail = {
             "tier": self.tier.value,
             "site": self.site,
