@@ -47,17 +47,13 @@ logger = log.get_logger(__name__)
 TIMEOUTS = (NatsError, TimeoutError, asyncio.TimeoutError)
 
 
-def source(
-    stream: str, domain: str, *, filters: Sequence[str] = (), transforms: Sequence[tuple[str, str]] = ()
-) -> StreamSource:
-    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are)
-    and `transforms` (`(src, dest)`: subjects matching src are stored as dest)."""
-    pairs = [(f, f) for f in filters] + list(transforms)
-    transforms_ = [SubjectTransform(src=src, dest=dest) for src, dest in pairs] or None
+def source(stream: str, domain: str, *, filters: Sequence[str] = ()) -> StreamSource:
+    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are)."""
+    transforms = [SubjectTransform(src=f, dest=f) for f in filters] or None
     return StreamSource(
         name=stream,
         external=ExternalStream(api=js_api_prefix(domain)),
-        subject_transforms=transforms_,
+        subject_transforms=transforms,
     )
 
 
