@@ -3,7 +3,14 @@
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
 from nats.js.errors import BadRequestError, NotFoundError
 
 from fleetbus import log
@@ -31,23 +38,42 @@ class BucketSpec:
         )
 
 
+def kv_stream(
+    bucket: str,
+    description: str,
+    *,
+    history: int = 1,
+    subjects: list[str] | None = None,
+    sources: list[StreamSource] | None = None,
+    discard: DiscardPolicy = DiscardPolicy.NEW,
+    max_bytes: int | None = None,
+    deny_delete: bool = True,
+) -> StreamConfig:
+    """The stream `KV_<bucket>` as nats-py's KV API reads it, for the buckets nats-py cannot
+    create itself: ones with only some keys as subjects, or filled only by sources."""
+    return StreamConfig(
+        name=f"KV_{bucket}",
+        description=description,
+        subjects=subjects,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=discard,
+        max_msgs_per_subject=history,
+        max_bytes=max_bytes,
+        allow_direct=True,
+        allow_rollup_hdrs=True,
+        deny_delete=deny_delete,
+        sources=sources,
+    )
+
+
 def scoped_bucket(bucket: str, scope: str, *, history: int = 1, description: str = "") -> StreamConfig:
     """`KV_<bucket>` taking only the keys under `scope.` (e.g. a regional's `presence` takes
     `r1.*`). Several domains can then each hold a `bucket` without storing one another's
     writes (two streams on one subject both store it, DESIGN §2), and the hub can source
     them all into one bucket. Read and write it with nats-py's KV API as usual."""
-    return StreamConfig(
-        name=f"KV_{bucket}",
-        description=description,
-        subjects=[subjects.kv_subject(bucket, f"{scope}.>")],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
-        max_msgs_per_subject=history,
-        allow_direct=True,
-        allow_rollup_hdrs=True,
-        deny_delete=True,
-    )
+    scoped = [subjects.kv_subject(bucket, f"{scope}.>")]
+    return kv_stream(bucket, description, history=history, subjects=scoped)
 
 
 async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:

@@ -37,7 +37,7 @@ from nats.js.errors import NotFoundError
 from fleetbus import log
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.metrics import DaemonMetrics
-from fleetbus.provisioning import ensure_stream
+from fleetbus.provisioning import ensure_stream, kv_stream
 from schemas.base import utcnow
 from schemas.heartbeat import Heartbeat
 from schemas.subjects import js_api_prefix
@@ -64,18 +64,8 @@ def source_key(item: StreamSource) -> tuple[str, str]:
 
 def replica_bucket(bucket: str, sources: list[StreamSource], *, history: int = 1) -> StreamConfig:
     """A read-only replica of `bucket`: `KV_<bucket>` filled only by `sources`."""
-    return StreamConfig(
-        name=f"KV_{bucket}",
-        description=f"Replica of the {bucket!r} bucket one tier up (read-only, sourced).",
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.NEW,
-        max_msgs_per_subject=history,
-        allow_direct=True,
-        allow_rollup_hdrs=True,
-        deny_delete=True,
-        sources=sources,
-    )
+    description = f"Replica of the {bucket!r} bucket one tier up (read-only, sourced)."
+    return kv_stream(bucket, description, history=history, sources=sources)
 
 
 def aggregate_stream(

@@ -3,13 +3,12 @@ presence, all filled by sourcing (no Python in those paths)."""
 
 from nats.js.api import (
     DiscardPolicy,
-    RetentionPolicy,
-    StorageType,
     StreamConfig,
     StreamSource,
     SubjectTransform,
 )
 
+from fleetbus.provisioning import kv_stream
 from fleetbus.replication import aggregate_stream, source
 from schemas import subjects
 
@@ -92,14 +91,4 @@ def replay_from_start(item: StreamSource) -> StreamSource:
 
 def sourced_bucket(bucket: str, description: str, max_bytes: int) -> StreamConfig:
     """A hub bucket with no subjects of its own: only its sources write it."""
-    return StreamConfig(
-        name=f"KV_{bucket}",
-        description=description,
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_msgs_per_subject=1,
-        max_bytes=max_bytes,
-        allow_direct=True,
-        allow_rollup_hdrs=True,
-    )
+    return kv_stream(bucket, description, discard=DiscardPolicy.OLD, max_bytes=max_bytes, deny_delete=False)
