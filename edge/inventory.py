@@ -302,10 +302,11 @@ class InventoryPublisher:
             try:
                 snapshot = await self.collect()
                 now = time.monotonic()
-                changed = material(snapshot) != fingerprint
+                current = material(snapshot)
+                changed = current != fingerprint
                 if changed or now - sent_at >= self.interval:
                     await self.publish(snapshot, "changed" if changed else "interval")
-                    fingerprint, sent_at = material(snapshot), now
+                    fingerprint, sent_at = current, now
             except FAILURES as exc:  # the local server is restarting: try at the next scan
                 logger.warning("cannot collect or store inventory; retrying", error=repr(exc))
             wait = min(self.scan_interval, max(0.0, sent_at + self.interval - time.monotonic()))

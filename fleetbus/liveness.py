@@ -25,22 +25,24 @@ logger = log.get_logger(__name__)
 
 
 class PresenceBoard:
+    """Presence of a regional's edges (`region` given: sites are edge ids, keys
+    `<region>.<edge>`) or, at the hub, of the regionals (`region` None: sites are region ids,
+    keys `<region>`, records with `edge` None)."""
+
     def __init__(
         self,
         js: JetStreamContext,
         bucket: str,
         tracker: PresenceTracker,
         *,
-        key: Callable[[str], str],
-        record: Callable[[Transition], PresenceChange],
+        region: str | None = None,
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.js = js
         self.bucket = bucket
         self.tracker = tracker
-        self.key = key
-        self.record = record
+        self.region = region
         self.metrics = metrics
         self._clock = clock
         self._queue: deque[Transition] = deque()
@@ -82,6 +84,20 @@ class PresenceBoard:
                 # Waits for the next presence deadline or a heartbeat that changed something.
                 await asyncio.wait_for(self._wake.wait(), timeout)
             self._wake.clear()
+
+    def record(self, change: Transition) -> PresenceChange:
+        return PresenceChange(
+            region=self.region or change.site,
+            edge=change.site if self.region else None,
+            state=change.state,
+            previous=change.previous,
+            changed_at=change.at,
+            last_seen=change.last_seen,
+            reason=change.reason,
+        )
+
+    def key(self, site: str) -> str:
+        return subjects.edge_key(self.region, site) if self.region else site
 
     async def _write(self, change: Transition) -> None:
         record = self.record(change)

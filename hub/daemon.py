@@ -5,14 +5,13 @@ from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.liveness import PresenceBoard
-from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
+from fleetbus.presence import PresencePolicy, PresenceTracker
 from fleetbus.provisioning import BucketSpec, ensure_bucket
 from fleetbus.replication import SiteFollower, SourcedStream, watch_limits
 from fleetbus.settings import HubSettings
 from hub import streams
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
-from schemas.presence import PresenceChange
 
 logger = log.get_logger(__name__)
 
@@ -21,17 +20,6 @@ BUCKETS = (
     BucketSpec(subjects.OVERRIDES_BUCKET, history=16, description="Per-site and per-group overrides."),
     BucketSpec(subjects.REGIONS_BUCKET, description="Presence of each regional, as the hub hears it."),
 )
-
-
-def record(change: Transition) -> PresenceChange:
-    return PresenceChange(
-        region=change.site,
-        state=change.state,
-        previous=change.previous,
-        changed_at=change.at,
-        last_seen=change.last_seen,
-        reason=change.reason,
-    )
 
 
 async def run(settings: HubSettings) -> None:
@@ -46,8 +34,6 @@ async def run(settings: HubSettings) -> None:
             js,
             subjects.REGIONS_BUCKET,
             PresenceTracker(PresencePolicy(offline_after=settings.region_offline_after)),
-            key=lambda region: region,
-            record=record,
             metrics=metrics,
         )
 

@@ -6,7 +6,7 @@ from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.errors import DecodeError
 from fleetbus.liveness import PresenceBoard
-from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
+from fleetbus.presence import PresencePolicy, PresenceTracker
 from fleetbus.provisioning import ensure_stream
 from fleetbus.replication import SiteFollower, SourcedStream, UpstreamProbe, from_domain, watch_limits
 from fleetbus.settings import RegionalSettings
@@ -16,7 +16,6 @@ from schemas.base import utcnow
 from schemas.codec import JSON, decode_body, encode_body
 from schemas.enrollment import Enrollment, EnrollmentReply
 from schemas.heartbeat import Heartbeat, Tier
-from schemas.presence import PresenceChange
 from schemas.subjects import HUB_DOMAIN
 
 logger = log.get_logger(__name__)
@@ -45,23 +44,11 @@ async def run(settings: RegionalSettings) -> None:
         follower = SiteFollower([events, inventory])
         enrolled: set[str] = set()
 
-        def record(change: Transition) -> PresenceChange:
-            return PresenceChange(
-                region=region,
-                edge=change.site,
-                state=change.state,
-                previous=change.previous,
-                changed_at=change.at,
-                last_seen=change.last_seen,
-                reason=change.reason,
-            )
-
         presence = PresenceBoard(
             js,
             subjects.PRESENCE_BUCKET,
             PresenceTracker(PresencePolicy(offline_after=settings.offline_after)),
-            key=lambda edge: subjects.edge_key(region, edge),
-            record=record,
+            region=region,
             metrics=metrics,
         )
 

@@ -127,13 +127,10 @@ async def hub_equals_edges(fleet: DevFleet, client: FleetClient) -> bool:
         local = await edge_latest(fleet, edge)
         hub = at_hub.get(edge)
         if hub is None or hub.received_at is None:
-            print(f"hub has no {edge}")
             return False
         hub_fields = hub.model_dump(mode="json", exclude={"received_at"})
         local_fields = local.model_dump(mode="json", exclude={"received_at"})
         if hub_fields != local_fields:
-            differ = {k for k in local_fields if local_fields[k] != hub_fields.get(k)}
-            print(f"hub != {edge}: {differ} hub seq {hub.seq} edge seq {local.seq}")
             return False
     return True
 
