@@ -32,10 +32,9 @@ from typing import Self
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
-from nats.js.errors import KeyNotFoundError
 
 from fleetbus import kvwatch, log
-from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore, keys
+from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore
 from fleetbus.bus import Bus, connect
 from fleetbus.compliance import EdgeCompliance, assess
 from fleetbus.desired import DesiredState, compute, edge_groups
@@ -133,19 +132,13 @@ class FleetClient:
 
     async def reports(self) -> list[Event]:
         """The last ApplyResult event of every edge that reported (hub bucket `applied`)."""
-        js = self.bus.jetstream(HUB_DOMAIN)
-        kv = await js.key_value(subjects.APPLIED_BUCKET)
         found = []
-        for key in await keys(js, subjects.APPLIED_BUCKET):
+        for record in await kvwatch.current(self._js, subjects.APPLIED_BUCKET):
+            subject = subjects.kv_subject(subjects.APPLIED_BUCKET, record.key)
             try:
-                entry = await kv.get(key)
-                found.append(
-                    decode_body(
-                        Event, entry.value or b"", subject=subjects.kv_subject(subjects.APPLIED_BUCKET, key)
-                    )
-                )
-            except (KeyNotFoundError, DecodeError):
-                continue  # gone meanwhile, or a bad event: the edge's next report replaces it
+                found.append(decode_body(Event, record.value, subject=subject))
+            except DecodeError:
+                continue  # a bad event: the edge's next report replaces it
         return found
 
     async def report(self, edge: str) -> Event | None:
