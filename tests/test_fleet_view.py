@@ -412,8 +412,9 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
                 await nc.close()
 
             async def evicted_locally() -> InventorySnapshot | None:
+                # A snapshot taken after all 10 were stored (one taken mid-way shows fewer).
                 snap = await edge_latest(fleet, "r1-e1")
-                return snap if events_backlog(snap).evicted_unforwarded else None
+                return snap if events_backlog(snap).evicted == forwarded + 7 else None
 
             local = events_backlog(
                 await eventually(evicted_locally, timeout=10, what="eviction seen at the edge")
