@@ -27,6 +27,7 @@ from fleetbus.bus import Bus
 from fleetbus.desired import DesiredState, compute
 from fleetbus.errors import DecodeError
 from fleetbus.metrics import DaemonMetrics
+from fleetbus.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.base import Message, utcnow
 from schemas.codec import decode_body
@@ -84,9 +85,7 @@ class Reconciler:
             await _first_of([asyncio.create_task(e.wait()) for e in loaded], watchers, all_of=True)
             await self._loop(watchers)
         finally:
-            for task in watchers:
-                task.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            await cancel_and_wait(watchers, timeout=10.0)
 
     async def _loop(self, watchers: list[asyncio.Task[None]]) -> None:
         retry_at: float | None = None

@@ -27,6 +27,7 @@ from fleetbus.heartbeat import send_heartbeats
 from fleetbus.httpd import HealthServer
 from fleetbus.metrics import DaemonMetrics
 from fleetbus.settings import DaemonSettings
+from fleetbus.tasks import cancel_and_wait
 from schemas.heartbeat import Tier
 
 logger = log.get_logger(__name__)
@@ -204,13 +205,9 @@ class Daemon:
                 await stop
 
     async def _cancel_tasks(self) -> None:
-        live = [t for t in self._tasks.values() if not t.done()]
-        for task in live:
-            task.cancel()
-        if live:
-            _, stuck = await asyncio.wait(live, timeout=self.settings.shutdown_timeout)
-            for task in stuck:
-                logger.error("task ignored cancellation past the deadline", task=task.get_name())
+        stuck = await cancel_and_wait(self._tasks.values(), self.settings.shutdown_timeout)
+        for task in stuck:
+            logger.error("task ignored cancellation past the deadline", task=task.get_name())
 
     async def shutdown(self) -> None:
         """Stop tasks, drain NATS within the deadline, stop serving health. Idempotent."""

@@ -17,6 +17,7 @@ from fleetbus.desired import DesiredState
 from fleetbus.errors import ConfigError
 from fleetbus.metrics import DaemonMetrics
 from fleetbus.provisioning import ensure_bucket, ensure_stream
+from fleetbus.tasks import cancel_and_wait
 from hub.daemon import BUCKETS
 from schemas import subjects
 from schemas.codec import decode_body
@@ -180,8 +181,7 @@ async def test_failed_apply_is_reported_retried_and_seen_as_failed_by_compliance
         assert [r.state for r in rows] == [State.PENDING]
         await eventually(lambda: _reported_version(reconciler, "2.0"), what="2.0 applied")
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert not await cancel_and_wait([task], timeout=10)
         await bus.close()
 
 

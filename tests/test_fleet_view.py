@@ -19,6 +19,7 @@ import pytest
 from fleetbus.client import FleetClient
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.netutil import http_get
+from fleetbus.tasks import cancel_and_wait
 from fleetbus.views import EdgePresence
 from schemas import subjects
 from schemas.base import utcnow
@@ -79,8 +80,7 @@ class Recorder:
 
     async def stop(self) -> None:
         if self.task:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
+            assert not await cancel_and_wait([self.task], timeout=10)
 
     async def first(self, match, *, after: float = 0.0, timeout: float = 20.0) -> tuple[float, object]:
         """The first item recorded at or after `after` (monotonic) for which `match` holds."""
