@@ -2,23 +2,42 @@
 
     proxy = LinkProxy("127.0.0.1", 7422, target=("127.0.0.1", 7423))
     await proxy.start()
-    proxy.cut()     # open connections are reset; new ones are closed at once
-    proxy.heal()    # new connections are forwarded again
+    proxy.cut()                 # open connections are reset; new ones are closed at once
+    proxy.shape(delay_ms=200)   # every byte arrives 200 ms later, each way
+    proxy.shape(rate_kbps=64)   # at most 64 KiB/s each way
+    proxy.heal()                # forwarded again, at full speed, no delay
 
 Cutting resets every open connection (what a dropped WAN link looks like to both servers
 once TCP gives up) and refuses service until `heal()`; the servers then reconnect on their
-own schedule, exactly as they would across a real link.
+own schedule, exactly as they would across a real link. Delay and throttle apply to bytes
+read from then on, in both directions, on open and new connections alike.
 """
 
 import asyncio
 import contextlib
 import socket
+import time
+from dataclasses import asdict, dataclass
 
 from fleetbus import log
 
 logger = log.get_logger(__name__)
 
 CHUNK = 64 * 1024
+
+
+@dataclass
+class LinkState:
+    """What a link is doing now, as `dev link` reports it."""
+
+    name: str
+    cut: bool = False
+    delay_ms: float = 0.0  # added to every byte, each way
+    rate_kbps: float = 0.0  # KiB/s each way; 0 = unlimited
+    connections: int = 0  # accepted and forwarded since start
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
 
 
 class LinkProxy:
@@ -30,11 +49,31 @@ class LinkProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._cut = False
+        self.delay = 0.0  # seconds added to every byte, each way
+        self.rate = 0.0  # bytes per second each way; 0 = unlimited
         self.connections = 0  # accepted and forwarded, for tests and `dev link` output
 
     @property
     def is_cut(self) -> bool:
         return self._cut
+
+    def state(self) -> LinkState:
+        return LinkState(self.name, self._cut, self.delay * 1000, self.rate / 1024, self.connections)
+
+    def shape(self, *, delay_ms: float | None = None, rate_kbps: float | None = None) -> None:
+        """Add latency (`delay_ms`, each way) and/or cap throughput (`rate_kbps` KiB/s each
+        way, 0 = unlimited) for bytes from now on; `None` leaves that setting as it is."""
+        if delay_ms is not None:
+            if delay_ms < 0:
+                msg = f"delay must be >= 0 ms, got {delay_ms}"
+                raise ValueError(msg)
+            self.delay = delay_ms / 1000
+        if rate_kbps is not None:
+            if rate_kbps < 0:
+                msg = f"throttle must be >= 0 KiB/s, got {rate_kbps}"
+                raise ValueError(msg)
+            self.rate = rate_kbps * 1024
+        logger.info("link shaped", link=self.name, delay_ms=self.delay * 1000, rate_kbps=self.rate / 1024)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.port, reuse_address=True)
@@ -58,7 +97,9 @@ class LinkProxy:
         logger.info("link cut", link=self.name)
 
     def heal(self) -> None:
+        """Forward again, at full speed and with no added delay."""
         self._cut = False
+        self.delay = self.rate = 0.0
         logger.info("link healed", link=self.name)
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
@@ -82,16 +123,40 @@ class LinkProxy:
             task.add_done_callback(self._pipes.discard)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Copy one direction. With a delay, bytes go through a delay line (stamped on
+        arrival, written when due, order kept) so latency does not cut throughput."""
+        line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        sender = asyncio.create_task(self._send(line, writer))
         try:
-            while chunk := await reader.read(CHUNK):
-                writer.write(chunk)
-                await writer.drain()
+            while not sender.done():
+                # Small reads while throttled, so the rate is smooth rather than bursty.
+                size = CHUNK if not self.rate else max(512, min(CHUNK, int(self.rate / 20)))
+                chunk = await reader.read(size)
+                if not chunk:
+                    break
+                line.put_nowait((time.monotonic() + self.delay, chunk))
+            line.put_nowait((0.0, b""))  # end of stream, after what is in flight
+            await sender
         except (ConnectionError, OSError):
             pass
         finally:
+            sender.cancel()
             self._writers.discard(writer)
             with contextlib.suppress(ConnectionError, OSError):
                 writer.close()
+
+    async def _send(self, line: "asyncio.Queue[tuple[float, bytes]]", writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while True:
+                due, chunk = await line.get()
+                if not chunk:
+                    return
+                if self.rate:  # serialisation time at the simulated bandwidth
+                    due = max(due, time.monotonic()) + len(chunk) / self.rate
+                if (wait := due - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)  # the simulated latency itself
+                writer.write(chunk)
+                await writer.drain()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

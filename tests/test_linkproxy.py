@@ -1,6 +1,7 @@
 """The leaf-link proxy: forwards both ways, cut resets and refuses, heal lets through again."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -49,6 +50,42 @@ async def test_forwards_cuts_and_heals():
         proxy.heal()
         assert await roundtrip(listen, b"back") == b"back"
         assert proxy.connections == 3
+    finally:
+        await proxy.stop()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_delay_adds_latency_each_way_and_throttle_caps_throughput():
+    target, listen = free_ports(2)
+    server = await echo_server(target)
+    proxy = LinkProxy("127.0.0.1", listen, target=("127.0.0.1", target))
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+
+        async def rtt(payload: bytes) -> float:
+            began = time.monotonic()
+            writer.write(payload)
+            await writer.drain()
+            await asyncio.wait_for(reader.readexactly(len(payload)), 30)
+            return time.monotonic() - began
+
+        fast = await rtt(b"p")
+        proxy.shape(delay_ms=150)  # applies to the open connection too
+        slow = await rtt(b"p")
+        assert slow >= 0.3 > fast  # 150 ms each way
+        assert proxy.state().delay_ms == 150
+
+        proxy.shape(delay_ms=0, rate_kbps=64)
+        took = await rtt(b"x" * 32 * 1024)  # 32 KiB each way through a 64 KiB/s link
+        assert took >= 0.45, took
+        proxy.heal()
+        assert proxy.state().rate_kbps == 0
+        assert await rtt(b"x" * 32 * 1024) < 0.25
+        with pytest.raises(ValueError, match="delay must be >= 0"):
+            proxy.shape(delay_ms=-1)
+        writer.close()
     finally:
         await proxy.stop()
         server.close()
