@@ -40,6 +40,11 @@ schema_app = typer.Typer(help="The wire contract.", no_args_is_help=True)
 dev_app = typer.Typer(
     help="A whole fleet on this machine: real nats-servers and daemons.", no_args_is_help=True
 )
+link_app = typer.Typer(
+    help="Fault injection on a running dev fleet's leaf links (SITE = the site whose uplink).",
+    no_args_is_help=True,
+)
+dev_app.add_typer(link_app, name="link")
 app.add_typer(schema_app, name="schema")
 app.add_typer(dev_app, name="dev")
 app.add_typer(cli_fleet.profile_app, name="profile")
@@ -102,13 +107,13 @@ def dev_up(
             "stop it with `fleetbus dev down` or use another --state-dir"
         )
         raise ConfigError(msg)
-    count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt)
+    count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt, links=True)
     if base_port is not None:
         _positive("--base-port", base_port, 1024, 65535 - count)
         ports = iter(range(base_port, base_port + count))
     else:
         ports = iter(free_ports(count))
-    plan = fleet_plan.plan_fleet(directory, regions, edges, ports, mqtt=mqtt)
+    plan = fleet_plan.plan_fleet(directory, regions, edges, ports, mqtt=mqtt, links=True)
     out.print(f"starting dev fleet in {directory}: 1 hub, {regions} region(s) x {edges} edge(s)")
     fleet = DevFleet(plan, heartbeat_interval=heartbeat_interval, progress=out.print)
     asyncio.run(run_foreground(fleet, _print_fleet))
@@ -130,6 +135,7 @@ def _print_fleet(record: fleet_state.FleetRecord) -> None:
         )
     out.print(table)
     out.print(f"hub: {record.hub.client_url}   (fleetbus commands find it from {record.state_dir})")
+    out.print("every leaf link runs through a proxy: `fleetbus dev link cut|heal|delay|throttle SITE`")
     out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")
 
 
@@ -201,6 +207,98 @@ def dev_down(
         err.print(f"could not stop pids {left}")
         raise typer.Exit(1)
     out.print("dev fleet stopped")
+
+
+SiteArg = Annotated[
+    str, typer.Argument(help="Site id (e.g. r1-e1); its uplink is the link. 'all': every link.")
+]
+
+
+def _control(state_dir: Path | None, request: dict[str, object]) -> dict[str, object]:
+    directory = state_dir or fleet_state.default_state_dir()
+    record = fleet_state.running_fleet(directory)
+    if record is None:
+        msg = f"no dev fleet running in {directory}; start one with `fleetbus dev up`"
+        raise ConfigError(msg)
+    from fleetbus.devfleet.control import call  # noqa: PLC0415 - keeps other commands light
+
+    return call(record.control_path, request)
+
+
+def _print_links(reply: dict[str, object]) -> None:
+    table = Table(title="leaf links", title_justify="left")
+    for col in ("uplink of", "state", "delay ms", "throttle KiB/s", "connections"):
+        table.add_column(col)
+    links = reply.get("links")
+    for link in links if isinstance(links, list) else []:
+        table.add_row(
+            str(link["name"]).removesuffix(" uplink"),
+            "[red]cut[/]" if link["cut"] else "[green]up[/]",
+            f"{link['delay_ms']:g}" if link["delay_ms"] else "-",
+            f"{link['rate_kbps']:g}" if link["rate_kbps"] else "-",
+            str(link["connections"]),
+        )
+    out.print(table)
+
+
+@link_app.command("show")
+def link_show(state_dir: StateDir = None) -> None:
+    """Every leaf link of the dev fleet and what is done to it."""
+    _print_links(_control(state_dir, {"op": "links"}))
+
+
+@link_app.command("cut")
+def link_cut(site: SiteArg, state_dir: StateDir = None) -> None:
+    """Drop the link: open connections are reset, new ones refused until `heal`."""
+    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "cut"}))
+
+
+@link_app.command("heal")
+def link_heal(site: SiteArg, state_dir: StateDir = None) -> None:
+    """Let the link through again, with no delay or throttle."""
+    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "heal"}))
+
+
+@link_app.command("delay")
+def link_delay(
+    ms: Annotated[float, typer.Argument(help="Milliseconds added each way (0: none).", min=0)],
+    site: SiteArg,
+    state_dir: StateDir = None,
+) -> None:
+    """Add latency to every byte, each way."""
+    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "delay", "value": ms}))
+
+
+@link_app.command("throttle")
+def link_throttle(
+    kbps: Annotated[float, typer.Argument(help="KiB/s each way (0: unlimited).", min=0)],
+    site: SiteArg,
+    state_dir: StateDir = None,
+) -> None:
+    """Cap the link's bandwidth, each way."""
+    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "throttle", "value": kbps}))
+
+
+ServerOnly = Annotated[bool, typer.Option("--server", help="Only the site's nats-server.")]
+DaemonOnly = Annotated[bool, typer.Option("--daemon", help="Only the site's daemon.")]
+
+
+@dev_app.command("kill")
+def dev_kill(
+    site: SiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
+) -> None:
+    """SIGKILL a site's daemon and nats-server (or one of them); they stay down until `restart`."""
+    reply = _control(state_dir, {"op": "kill", "site": site, "server": server, "daemon": daemon})
+    out.print(f"killed (SIGKILL): {', '.join(map(str, reply['processes']))}")  # type: ignore[call-overload]
+
+
+@dev_app.command("restart")
+def dev_restart(
+    site: SiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
+) -> None:
+    """Start a site's processes again (stopping them first if they run); waits until healthy."""
+    reply = _control(state_dir, {"op": "restart", "site": site, "server": server, "daemon": daemon})
+    out.print(f"restarted and healthy: {', '.join(map(str, reply['processes']))}")  # type: ignore[call-overload]
 
 
 @app.command("compose")

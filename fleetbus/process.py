@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import ctypes
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from fleetbus import log
@@ -28,7 +28,12 @@ def _die_with_parent() -> None:
 
 
 class SupervisedProcess:
-    """`start()` returns once `health_url` answers 200; `supervise()` restarts on crashes."""
+    """`start()` returns once `health_url` answers 200; `supervise()` restarts on crashes.
+
+    A process is either *wanted* (after `start()`) or not (after `stop()` or
+    `kill(restart=False)`); `supervise()` restarts a wanted process that exits and counts
+    that exit in `crashes`, while exits asked for (`stop`, `kill`) are not crashes.
+    """
 
     def __init__(
         self,
@@ -37,15 +42,20 @@ class SupervisedProcess:
         health_url: str,
         log_path: Path,
         env: Mapping[str, str] | None = None,
+        on_start: Callable[["SupervisedProcess"], None] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.health_url = health_url
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
+        self.on_start = on_start  # called after every healthy start (e.g. to record the PID)
         self._proc: asyncio.subprocess.Process | None = None
-        self._stopping = False
-        self.restarts = 0
+        self._wanted = asyncio.Event()
+        self._asked_exit: asyncio.subprocess.Process | None = None  # killed/stopped on purpose
+        self._starting = asyncio.Lock()
+        self.restarts = 0  # restarts after crashes
+        self.crashes = 0  # exits nobody asked for
 
     @property
     def pid(self) -> int | None:
@@ -55,20 +65,29 @@ class SupervisedProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
+    @property
+    def wanted(self) -> bool:
+        return self._wanted.is_set()
+
     async def start(self, timeout: float = 20.0) -> None:
-        self._stopping = False
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-                env=self.env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        await self.wait_healthy(timeout)
+        """Start the process unless it runs; return once it is healthy."""
+        async with self._starting:
+            if not self.running:
+                self.log_path.parent.mkdir(parents=True, exist_ok=True)
+                with self.log_path.open("ab") as log_file:
+                    self._proc = await asyncio.create_subprocess_exec(
+                        *self.argv,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=log_file,
+                        stderr=log_file,
+                        env=self.env,
+                        start_new_session=True,
+                        preexec_fn=_die_with_parent,
+                    )
+            self._wanted.set()  # after the new process exists: `supervise()` waits on that one
+            await self.wait_healthy(timeout)
+        if self.on_start is not None:
+            self.on_start(self)
 
     async def wait_healthy(self, timeout: float) -> None:
         """Poll `health_url` until it answers 200, the process exits, or `timeout` passes."""
@@ -96,10 +115,11 @@ class SupervisedProcess:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, wait up to `timeout`, then SIGKILL. Idempotent."""
-        self._stopping = True
+        self._wanted.clear()
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
+        self._asked_exit = proc
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
         try:
@@ -114,30 +134,37 @@ class SupervisedProcess:
         """SIGKILL, as a crash would; `supervise()` then restarts it, unless `restart=False`
         (the site stays down until `start()`)."""
         if not restart:
-            self._stopping = True
-        if self._proc is not None and self._proc.returncode is None:
+            self._wanted.clear()
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            self._asked_exit = proc
             with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            await self._proc.wait()
+                proc.kill()
+            await proc.wait()
 
     async def restart(self, timeout: float = 20.0) -> None:
         await self.stop()
         await self.start(timeout)
 
     async def supervise(self, max_delay: float = 10.0) -> None:
-        """Wait on the process; restart it with jittered back-off if it dies unexpectedly."""
+        """Until cancelled: wait on the process and restart it, with jittered back-off, when
+        it exits while wanted; while not wanted, wait for the next `start()`."""
         backoff = Backoff(0.5, cap=max_delay)
-        while not self._stopping:
+        while True:
             proc = self._proc
-            if proc is None:
-                return
+            if proc is None or not self.wanted:
+                await self._wanted.wait()
+                continue
             code = await proc.wait()
-            if self._stopping:
-                return
-            if self._proc is not proc:  # restarted by someone else meanwhile
+            if proc is not self._asked_exit:
+                self.crashes += 1
+                logger.warning("process exited unexpectedly", process=self.name, code=code)
+            if not self.wanted or self._proc is not proc:  # stopped, or restarted meanwhile
                 continue
             logger.warning("process exited; restarting", process=self.name, code=code)
             await backoff.wait()
+            if not self.wanted or self._proc is not proc:  # someone else acted meanwhile
+                continue
             try:
                 await self.start()
                 self.restarts += 1

@@ -79,6 +79,7 @@ class NatsServer(SupervisedProcess):
         return self.config_path
 
     async def start(self, timeout: float = 20.0) -> None:
-        check_ports_free(self.spec)
-        self.write_config()
+        if not self.running:
+            check_ports_free(self.spec)
+            self.write_config()
         await super().start(timeout)

@@ -149,3 +149,85 @@ def test_make_dev_brings_up_the_default_fleet_and_ctrl_c_leaves_nothing(tmp_path
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
             make.wait()
+
+
+def leaf_connections(monitoring_url: str) -> int:
+    status, body = asyncio.run(http_get(monitoring_url + "/leafz"))
+    assert status == 200
+    return int(json.loads(body)["leafnodes"])
+
+
+def test_dev_link_kill_restart_from_another_terminal(tmp_path: Path):
+    """Fault controls as a user types them, each checked by its effect on the real fleet."""
+    state_dir = tmp_path / "faults"
+    up = start_up(state_dir, "--regions", "1", "--edges", "1", "--heartbeat-interval", "0.5")
+    sd = ("--state-dir", str(state_dir))
+    try:
+        wait_healthy(state_dir, up)
+        record = FleetRecord.load(state_dir)
+        assert record is not None
+        edge = next(s for s in record.sites if s.name == "r1-e1")
+        edge_monitor = edge.server_health_url.split("/healthz")[0]
+        assert leaf_connections(edge_monitor) == 1
+
+        cut = run_cli("dev", "link", "cut", "r1-e1", *sd)
+        assert cut.returncode == 0, cut.stderr
+        assert "r1-e1" in cut.stdout
+        assert "cut" in cut.stdout
+        wait_until(lambda: leaf_connections(edge_monitor) == 0, what="edge leaf link down")
+        heal = run_cli("dev", "link", "heal", "r1-e1", *sd)
+        assert heal.returncode == 0, heal.stderr
+        wait_until(lambda: leaf_connections(edge_monitor) == 1, timeout=30, what="edge leaf link back")
+
+        shaped = run_cli("dev", "link", "delay", "120", "r1", *sd)
+        assert shaped.returncode == 0, shaped.stderr
+        shaped = run_cli("dev", "link", "throttle", "256", "r1", *sd)
+        assert shaped.returncode == 0, shaped.stderr
+        show = run_cli("dev", "link", "show", *sd)
+        row = next(line for line in show.stdout.splitlines() if line.strip("│ ").startswith("r1 "))
+        assert row.split() == ["│", "r1", "│", "up", "│", "120", "│", "256", "│", "1", "│"], show.stdout
+
+        # Bad input: named, exit 2, nothing changed.
+        for args, message in (
+            (("link", "cut", "hub"), "has no uplink"),
+            (("link", "cut", "r9-e9"), "no site 'r9-e9'"),
+            (("kill", "nowhere"), "no site 'nowhere'"),
+            (("link", "delay", "-5", "r1"), "-5"),
+        ):
+            bad = run_cli("dev", *args, *sd)
+            assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
+            assert message in bad.stderr + bad.stdout, (args, bad.stderr)
+        assert leaf_connections(edge_monitor) == 1
+
+        # kill: SIGKILL, and the site stays down until restart.
+        old_daemon = edge.daemon_pid
+        killed = run_cli("dev", "kill", "r1-e1", "--daemon", *sd)
+        assert killed.returncode == 0, killed.stderr
+        assert not pid_alive(old_daemon)
+        status = json.loads(run_cli("dev", "status", "--json", *sd).stdout)
+        assert [s["site"] for s in status["sites"] if not s["healthy"]] == ["r1-e1"]
+        assert pid_alive(edge.server_pid)  # only the daemon was chosen
+        restarted = run_cli("dev", "restart", "r1-e1", "--daemon", *sd)
+        assert restarted.returncode == 0, restarted.stderr
+        wait_healthy(state_dir, up)
+        edge = next(s for s in FleetRecord.load(state_dir).sites if s.name == "r1-e1")  # type: ignore[union-attr]
+        assert edge.daemon_pid != old_daemon
+        assert pid_alive(edge.daemon_pid)
+
+        # A crash nobody asked for: the supervisor restarts it and fleet.json follows.
+        old_server = edge.server_pid
+        os.kill(old_server, signal.SIGKILL)
+
+        def new_server_pid() -> int | None:
+            site = next(s for s in FleetRecord.load(state_dir).sites if s.name == "r1-e1")  # type: ignore[union-attr]
+            return site.server_pid if site.server_pid != old_server and pid_alive(site.server_pid) else None
+
+        wait_until(new_server_pid, timeout=30, what="restarted server recorded")
+        wait_healthy(state_dir, up)
+        output = ctrl_c(up)
+        assert "dev fleet stopped" in output
+        assert not (state_dir / "control.sock").exists()
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()

@@ -8,6 +8,7 @@ import nats
 import pytest
 
 from fleetbus.devfleet.state import pid_alive
+from fleetbus.tasks import cancel_and_wait
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ async def test_supervisor_restarts_a_killed_server_with_its_data(hub_server):
         os.kill(first_pid, signal.SIGKILL)  # a crash, not a stop
 
         async def restarted() -> bool:
-            return server.restarts == 1 and server.running and server.pid != first_pid
+            return server.restarts == server.crashes == 1 and server.running and server.pid != first_pid
 
         await eventually(restarted, timeout=20, what="server restarted after SIGKILL")
         assert not pid_alive(first_pid)
@@ -37,7 +38,11 @@ async def test_supervisor_restarts_a_killed_server_with_its_data(hub_server):
             assert (entry.value, entry.revision) == (b"v", revision)
         finally:
             await nc.close()
+        await server.kill(restart=False)  # asked for: not a crash, and not restarted
+        assert server.crashes == 1
+        assert not server.running
     finally:
         await server.stop()
-        await asyncio.wait_for(supervising, 10)  # supervise() returns once stopped
+        assert not await cancel_and_wait([supervising], timeout=10)
     assert not server.running
+    assert server.restarts == 1

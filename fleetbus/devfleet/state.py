@@ -55,6 +55,7 @@ class FleetRecord:
     state_dir: str
     sites: list[SiteRecord] = field(default_factory=list)
     ready: bool = False  # True once every process started and its PID is recorded
+    control_path: str | None = None  # unix socket of `dev link|kill|restart` (see control.py)
 
     @property
     def hub(self) -> SiteRecord:

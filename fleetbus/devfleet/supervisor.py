@@ -15,16 +15,21 @@ import sys
 import time
 import tomllib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from fleetbus import log
+from fleetbus.devfleet.control import ControlServer
 from fleetbus.devfleet.plan import HOST, FleetPlan, SitePlan
 from fleetbus.devfleet.state import STATE_FILE, FleetRecord, SiteRecord
-from fleetbus.errors import ServerError
+from fleetbus.errors import ConfigError, ServerError
 from fleetbus.linkproxy import LinkProxy
 from fleetbus.process import SupervisedProcess
 from fleetbus.servers import NatsServer, check_ports_free
 from fleetbus.settings import DaemonSettings
 from schemas.heartbeat import Tier
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 logger = log.get_logger(__name__)
 
@@ -67,6 +72,9 @@ class DevFleet:
         self.progress = progress
         self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
         self.daemons = {s.name: self._daemon(s) for s in plan.sites}
+        self.ready = False  # every process started once; from then on fleet.json is kept current
+        for proc in [*self.servers.values(), *self.daemons.values()]:
+            proc.on_start = self._started
         # A proxy on the uplink of every site planned with one (`plan_fleet(links=True)`).
         self.links = {
             s.name: LinkProxy(HOST, s.link_port, target=(HOST, s.link_target), name=f"{s.name} uplink")
@@ -74,6 +82,7 @@ class DevFleet:
             if s.link_port is not None and s.link_target is not None
         }
         self._supervisors: list[asyncio.Task[None]] = []
+        self.control_path: Path | None = None  # the control socket, while `run_foreground` serves it
 
     def _daemon(self, site: SitePlan) -> SupervisedProcess:
         config = site.workdir / "daemon.toml"
@@ -87,6 +96,11 @@ class DevFleet:
             log_path=site.workdir / "daemon.log",
             env=env,
         )
+
+    def _started(self, _proc: SupervisedProcess) -> None:
+        """A process (re)started: keep fleet.json's PIDs current once the fleet is up."""
+        if self.ready:
+            self.record(ready=True).save()
 
     def preflight(self) -> None:
         """Fail before starting anything if a port is taken."""
@@ -135,6 +149,52 @@ class DevFleet:
             await asyncio.gather(*(self.servers[s.name].stop() for s in self.plan.by_tier(tier)))
         await asyncio.gather(*(link.stop() for link in self.links.values()))
 
+    # Fault controls: the same calls back `fleetbus dev link|kill|restart` and the tests.
+
+    def link(self, site: str) -> LinkProxy:
+        """The proxy on `site`'s uplink (the link to the tier above)."""
+        if site not in self.links:
+            self._site(site)  # an unknown site is named as such
+            known = ", ".join(self.links) or "none (started without link proxies)"
+            msg = f"site {site!r} has no uplink proxy (the hub has no uplink); sites with one: {known}"
+            raise ConfigError(msg)
+        return self.links[site]
+
+    def processes(self, site: str, *, server: bool = True, daemon: bool = True) -> list[SupervisedProcess]:
+        """`site`'s nats-server and/or daemon (both when neither is chosen)."""
+        self._site(site)
+        if not server and not daemon:
+            server = daemon = True
+        return [p for p, chosen in ((self.daemons[site], daemon), (self.servers[site], server)) if chosen]
+
+    async def kill(self, site: str, *, server: bool = True, daemon: bool = True) -> list[str]:
+        """SIGKILL `site`'s processes, as a crash would; they stay down until `restart`."""
+        procs = self.processes(site, server=server, daemon=daemon)
+        for proc in procs:
+            await proc.kill(restart=False)
+        return [p.name for p in procs]
+
+    async def restart(self, site: str, *, server: bool = True, daemon: bool = True) -> list[str]:
+        """Stop (SIGTERM) what runs and start `site`'s processes again: server first."""
+        procs = self.processes(site, server=server, daemon=daemon)
+        for proc in procs:
+            await proc.stop()
+        for proc in reversed(procs):  # the server, then the daemon that uses it
+            await proc.start()
+        return [p.name for p in procs]
+
+    def crashes(self) -> dict[str, int]:
+        """Exits nobody asked for, per process (a kill or a stop is asked for)."""
+        return {p.name: p.crashes for p in [*self.servers.values(), *self.daemons.values()] if p.crashes}
+
+    def _site(self, name: str) -> SitePlan:
+        try:
+            return self.plan.site(name)
+        except KeyError:
+            known = ", ".join(s.name for s in self.plan.sites)
+            msg = f"no site {name!r} in this dev fleet; sites: {known}"
+            raise ConfigError(msg) from None
+
     def record(self, *, ready: bool) -> FleetRecord:
         sites = [
             SiteRecord(
@@ -152,7 +212,11 @@ class DevFleet:
             for s in self.plan.sites
         ]
         return FleetRecord(
-            supervisor_pid=os.getpid(), state_dir=str(self.plan.state_dir), sites=sites, ready=ready
+            supervisor_pid=os.getpid(),
+            state_dir=str(self.plan.state_dir),
+            sites=sites,
+            ready=ready,
+            control_path=str(self.control_path) if self.control_path else None,
         )
 
 
@@ -163,9 +227,12 @@ async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     record_path = fleet.plan.state_dir / STATE_FILE
+    control = ControlServer(fleet)
     try:
+        await control.start()
         # Recorded before starting, so `dev down` and a second `up` see a fleet that is
-        # still starting; recorded again with the PIDs once everything is healthy.
+        # still starting; recorded again with the PIDs once everything is healthy, and on
+        # every restart after that (`DevFleet._started`).
         fleet.record(ready=False).save()
         starting = asyncio.create_task(fleet.start())
         waiter = asyncio.create_task(stop.wait())
@@ -176,6 +243,7 @@ async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None
             return
         waiter.cancel()
         starting.result()  # re-raise a start failure
+        fleet.ready = True
         record = fleet.record(ready=True)
         record.save()
         on_ready(record)
@@ -185,6 +253,7 @@ async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None
         fleet.progress("start failed; stopping what was started ...")
         raise
     finally:
+        await control.stop()
         await fleet.stop()
         record_path.unlink(missing_ok=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
