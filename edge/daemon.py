@@ -33,10 +33,11 @@ async def run(settings: EdgeSettings) -> None:
                 await replica.ensure()
 
         async def upstream_returned() -> None:
-            daemon.beat_now()  # so the regional kicks its sources from us without waiting
             inventory.poke()
-            for replica in replicas:
-                await replica.kick(from_domain(region))
+            if settings.heal_acceleration:
+                daemon.uplink_returned()  # the regional kicks its sources from us on this beat
+                for replica in replicas:
+                    await replica.kick(from_domain(region))
 
         async def enrollment() -> None:
             await enroll(

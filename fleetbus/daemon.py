@@ -58,6 +58,7 @@ class Daemon:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._beat_now = asyncio.Event()
+        self.uplink_returns = 0  # sent in heartbeats: see `uplink_returned()`
         self._failed: str | None = None
         self._running = False  # startup steps done, tasks started: /healthz says ready
         self._closed = False
@@ -101,12 +102,19 @@ class Daemon:
                 uptime=lambda: self.uptime,
                 wake=self._beat_now,
                 after=after,
+                uplink_returns=lambda: self.uplink_returns,
             )
 
         self.add_task("heartbeat", beat)
 
     def beat_now(self) -> None:
-        """Send the next heartbeat at once (e.g. the link to the tier above is back)."""
+        """Send the next heartbeat at once."""
+        self._beat_now.set()
+
+    def uplink_returned(self) -> None:
+        """The link to the tier above is back: say so in a heartbeat sent now, so the tier
+        above kicks this site's sources at once (`HeartbeatLog.returned`)."""
+        self.uplink_returns += 1
         self._beat_now.set()
 
     def request_stop(self) -> None:

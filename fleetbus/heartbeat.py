@@ -27,6 +27,7 @@ async def send_heartbeats(
     clock: Callable[[], datetime] = utcnow,
     wake: asyncio.Event | None = None,
     after: asyncio.Event | None = None,
+    uplink_returns: Callable[[], int] = lambda: 0,
 ) -> None:
     """Publish a heartbeat now and every `interval` seconds, until cancelled; setting `wake`
     sends the next one at once (a link that just came back announces itself). With `after`,
@@ -45,6 +46,7 @@ async def send_heartbeats(
                 sent_at=clock(),
                 interval_seconds=interval,
                 uptime_seconds=uptime(),
+                uplink_returns=uplink_returns(),
             )
             await bus.publish(subject, beat)
             seq += 1
@@ -58,6 +60,7 @@ class LastHeard:
     seq: int
     received_at: datetime
     sent_at: datetime
+    uplink_returns: int = 0
 
 
 class HeartbeatLog:
@@ -68,7 +71,9 @@ class HeartbeatLog:
         self._last: dict[str, LastHeard] = {}
 
     def record(self, beat: Heartbeat) -> LastHeard:
-        heard = LastHeard(seq=beat.seq, received_at=self._clock(), sent_at=beat.sent_at)
+        heard = LastHeard(
+            seq=beat.seq, received_at=self._clock(), sent_at=beat.sent_at, uplink_returns=beat.uplink_returns
+        )
         self._last[beat.site] = heard
         return heard
 
@@ -76,11 +81,15 @@ class HeartbeatLog:
         return self._last.get(site)
 
     def returned(self, beat: Heartbeat) -> bool:
-        """Record `beat`; True if its site had gone silent for more than 2 intervals before
-        it (a link that came back: time to kick that site's sources). False the first time."""
+        """Record `beat`; True if its site's link came back since its last beat (time to kick
+        that site's sources): the site says so (`uplink_returns` changed), or it had gone
+        silent for more than 2 intervals. False the first time."""
         before = self._last.get(beat.site)
         now = self.record(beat).received_at
-        return before is not None and (now - before.received_at).total_seconds() > 2 * beat.interval_seconds
+        if before is None:
+            return False
+        silent = (now - before.received_at).total_seconds() > 2 * beat.interval_seconds
+        return silent or beat.uplink_returns != before.uplink_returns
 
     def __len__(self) -> int:
         return len(self._last)

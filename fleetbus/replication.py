@@ -162,15 +162,18 @@ class SiteFollower:
     heartbeats: a site's sources are added the first time it is heard, and kicked when it is
     heard again after a silence (its link came back)."""
 
-    def __init__(self, streams: Sequence[SourcedStream], heard: HeartbeatLog | None = None) -> None:
+    def __init__(
+        self, streams: Sequence[SourcedStream], heard: HeartbeatLog | None = None, *, kick: bool = True
+    ) -> None:
         self.streams = streams
         self.heard = heard or HeartbeatLog()
+        self.kick = kick  # False: leave catch-up to the server's retry back-off
 
     async def follow(self, beat: Heartbeat) -> bool:
         """Record `beat` and add or kick its site's sources; True the first time it is heard."""
         first = self.heard.last(beat.site) is None
-        if self.heard.returned(beat):
-            logger.info("site heard again", site=beat.site, seq=beat.seq)
+        if self.heard.returned(beat) and self.kick:
+            logger.info("site heard again", site=beat.site, seq=beat.seq, uplink_returns=beat.uplink_returns)
             for stream in self.streams:
                 await stream.kick(from_domain(beat.site))
         elif first:

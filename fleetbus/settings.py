@@ -37,6 +37,13 @@ class DaemonSettings(BaseSettings):
     shutdown_timeout: float = Field(default=10.0, gt=0, description="Graceful shutdown deadline, s.")
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    heal_acceleration: bool = Field(
+        default=True,
+        description=(
+            "Kick sources the moment a link is back (DESIGN §2); false leaves catch-up to "
+            "nats-server's retry back-off (0.3-80 s). Off only to measure what it buys."
+        ),
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -29,7 +29,7 @@ async def run(settings: HubSettings) -> None:
         inventory = SourcedStream(js, streams.inventory_bucket(), metrics, per_site=streams.inventory_source)
         presence = SourcedStream(js, streams.presence_bucket(), metrics, per_site=streams.presence_source)
         applied = SourcedStream(js, streams.applied_bucket(), metrics)
-        follower = SiteFollower([events, inventory, presence])
+        follower = SiteFollower([events, inventory, presence], kick=settings.heal_acceleration)
         regions = PresenceBoard(
             js,
             subjects.REGIONS_BUCKET,

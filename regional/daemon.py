@@ -41,7 +41,7 @@ async def run(settings: RegionalSettings) -> None:
         replicas = [SourcedStream(js, c, metrics) for c in streams.replicas()]
         events = SourcedStream(js, streams.events_stream(), metrics)
         inventory = SourcedStream(js, streams.inventory_stream(), metrics)
-        follower = SiteFollower([events, inventory])
+        follower = SiteFollower([events, inventory], kick=settings.heal_acceleration)
         enrolled: set[str] = set()
 
         presence = PresenceBoard(
@@ -101,9 +101,10 @@ async def run(settings: RegionalSettings) -> None:
             await daemon.bus.subscribe(subjects.edge_heartbeats(region), Heartbeat, on_edge_heartbeat)
 
         async def hub_returned() -> None:
-            daemon.beat_now()
-            for replica in replicas:
-                await replica.kick(from_domain(HUB_DOMAIN))
+            if settings.heal_acceleration:
+                daemon.uplink_returned()  # the hub kicks its sources from this region on this beat
+                for replica in replicas:
+                    await replica.kick(from_domain(HUB_DOMAIN))
 
         async def limits() -> None:
             names = [events.name, inventory.name]

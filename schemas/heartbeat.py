@@ -28,3 +28,12 @@ class Heartbeat(Message):
     interval_seconds: float = Field(gt=0)
     uptime_seconds: float = Field(ge=0)
     applied_hash: str | None = None
+    uplink_returns: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "How often this site's link to the tier above came back (its upstream answered again "
+            "after failing) since the daemon started. The receiver kicks this site's sources when "
+            "it changes, so catch-up starts at once rather than on the server's retry back-off."
+        ),
+    )

@@ -37,15 +37,15 @@ Progress = Callable[[str], None]
 
 
 def _toml(values: dict[str, object]) -> str:
-    """Just enough TOML for daemon settings files (strings, numbers, one table)."""
+    """Just enough TOML for daemon settings files (strings, numbers, booleans, one table)."""
     lines, tables = [], []
     for key, value in values.items():
         if isinstance(value, dict):
             tables.append(
                 f"\n[{key}]\n" + "".join(f"{json.dumps(k)} = {json.dumps(v)}\n" for k, v in value.items())
             )
-        elif isinstance(value, str):
-            lines.append(f"{key} = {json.dumps(value)}")  # a JSON string is a TOML basic string
+        elif isinstance(value, str | bool):
+            lines.append(f"{key} = {json.dumps(value)}")  # JSON strings and booleans are TOML too
         else:
             lines.append(f"{key} = {value}")
     text = "\n".join(lines) + "\n" + "".join(tables)

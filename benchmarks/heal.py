@@ -1,0 +1,197 @@
+"""Heal-to-converge after link cuts, with heal acceleration and without (nats-server alone).
+
+    .venv/bin/python benchmarks/heal.py [--edge-cuts 5,30,120,600] [--region-cuts 5,30,120]
+
+Two real dev fleets run side by side (1 hub, 2 regions; servers and daemons as processes, a TCP
+proxy on every leaf link, heartbeats every 5 s): one with heal acceleration (the default), one
+with `heal_acceleration = false` at every tier, which leaves catch-up to nats-server's own source
+retry back-off: the baseline, measured in the same run.
+
+In each fleet, edge i of r1 has its uplink cut again and again for `--edge-cuts`[i] seconds, and
+r2's uplink (the whole region) is cut in turn for each of `--region-cuts` seconds, until the
+longest edge cut is done. During every cut the hub changes an override of each edge behind the
+link, and an application at each such edge stores an event. Heal-to-converge is the time from
+the heal until the hub shows, for every edge behind the link, an ApplyResult with the hash the
+hub computes for it and that edge's event. Prints per (tier, cut length): samples, p50, p99
+(nearest rank: with fewer than 100 samples that is the maximum) and the ratio. Not a test.
+"""
+
+import argparse
+import asyncio
+import math
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fleetbus import log
+from fleetbus.client import FleetClient
+from fleetbus.devfleet.plan import plan_fleet, ports_needed
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.netutil import free_ports
+from schemas.heartbeat import Tier
+from schemas.override import OverrideScope
+from tests.fleetprobe import applied_hash, emit_event, hub_has_event
+
+POLL = 0.05  # how often the hub's view is read while waiting for convergence
+
+
+@dataclass(frozen=True)
+class Sample:
+    mode: str
+    tier: str
+    cut_s: float
+    converge_s: float | None  # None: not converged within --timeout
+
+
+class Run:
+    def __init__(self, mode: str, fleet: DevFleet, client: FleetClient, timeout: float) -> None:
+        self.mode, self.fleet, self.client, self.timeout = mode, fleet, client, timeout
+        self.samples: list[Sample] = []
+
+    async def cycle(self, tier: str, link_site: str, edges: list[tuple[str, str]], cut_s: float) -> None:
+        link = self.fleet.link(link_site)
+        link.cut()
+        began = time.monotonic()
+        marker = uuid.uuid4().hex[:12]
+        expected, events = {}, {}
+        for region, edge in edges:  # changes that can only arrive once the link is back
+            await self.client.overrides.set(
+                OverrideScope.EDGE, edge, {"config": {"heal": marker}}, owner="heal-bench", reason="benchmark"
+            )
+            expected[edge] = (await self.client.explain(edge))[0].hash
+            url = self.fleet.plan.site(edge).server.client_url
+            event_id = await emit_event(url, region, edge, data={"heal": marker})
+            if event_id is None:
+                msg = f"{edge}'s own stream did not acknowledge an event"
+                raise RuntimeError(msg)
+            events[edge] = event_id
+        await asyncio.sleep(max(0.0, cut_s - (time.monotonic() - began)))  # the cut itself
+        link.heal()
+        healed = time.monotonic()
+        hub_js = self.client._js
+        pending = set(expected)
+        while pending and time.monotonic() - healed < self.timeout:
+            for region, edge in edges:
+                if (
+                    edge in pending
+                    and await applied_hash(self.client, edge) == expected[edge]
+                    and await hub_has_event(hub_js, region, edge, events[edge])
+                ):
+                    pending.discard(edge)
+            if pending:
+                await asyncio.sleep(POLL)  # polling the hub's view
+        took = None if pending else time.monotonic() - healed
+        self.samples.append(Sample(self.mode, tier, cut_s, took))
+        shown = f"{took:.2f}s" if took is not None else f"> {self.timeout:g}s"
+        print(
+            f"  [{self.mode:>3}] {tier:<8} {link_site:<6} cut {cut_s:>5g}s  converged after {shown}",
+            flush=True,
+        )
+
+    async def cycles(
+        self, tier: str, link_site: str, edges: list[tuple[str, str]], cuts: list[float], until: float
+    ) -> None:
+        """Cut `link_site` for each length in `cuts` in turn, over and over, while a cut can
+        still end before `until`; a pause between cuts lets the link settle."""
+        index = 0
+        while time.monotonic() + cuts[index % len(cuts)] <= until:
+            await self.cycle(tier, link_site, edges, cuts[index % len(cuts)])
+            index += 1
+            await asyncio.sleep(2.0)  # settle between cuts
+
+
+async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
+    accelerate = mode == "on"
+    edges_r1 = len(args.edge_cuts)
+    settings = {tier: {"heal_acceleration": accelerate} for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE)}
+    with tempfile.TemporaryDirectory() as tmp:
+        ports = iter(free_ports(ports_needed(2, edges_r1, mqtt=False, links=True)))
+        plan = plan_fleet(Path(tmp), 2, edges_r1, ports, links=True)
+        fleet = DevFleet(plan, heartbeat_interval=args.heartbeat, progress=lambda _l: None, settings=settings)
+        await fleet.start()
+        try:
+            async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+                run = Run(mode, fleet, client, args.timeout)
+                edges = {r: [(r, f"{r}-e{i}") for i in range(1, edges_r1 + 1)] for r in ("r1", "r2")}
+                everyone = [e for pairs in edges.values() for _, e in pairs]
+                deadline = time.monotonic() + 120
+                while len([e for e in everyone if await applied_hash(client, e)]) < len(everyone):
+                    if time.monotonic() > deadline:
+                        msg = "the fleet did not report within 120 s"
+                        raise RuntimeError(msg)
+                    await asyncio.sleep(0.2)  # polling the hub's view
+                print(f"  [{mode:>3}] fleet up: {len(everyone)} edges reporting", flush=True)
+                until = time.monotonic() + max(args.edge_cuts) + 1
+                await asyncio.gather(
+                    *(
+                        run.cycles("edge", edge, [(region, edge)], [cut], until)
+                        for (region, edge), cut in zip(edges["r1"], args.edge_cuts, strict=True)
+                    ),
+                    run.cycles("region", "r2", edges["r2"], args.region_cuts, until),
+                )
+                return run.samples
+        finally:
+            await fleet.stop()
+
+
+def p99(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+
+def report(samples: list[Sample], timeout: float) -> None:
+    groups: dict[tuple[str, float], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
+    for s in samples:
+        groups[(s.tier, s.cut_s)][s.mode].append(s.converge_s)
+    print()
+    head = f"{'n':>3} {'p50':>7} {'p99':>7} {'max':>6}"
+    print(f"{'tier':<7} {'cut':>6} | {'with acceleration':^26} | {'nats-server alone':^26} | p99 ratio")
+    print(f"{'':<7} {'':>6} | {head} | {head} |")
+    for (tier, cut), modes in sorted(groups.items()):
+        cells, p99s = [], {}
+        for mode in ("on", "off"):
+            values = modes.get(mode, [])
+            done = [v for v in values if v is not None]
+            missed = len(values) - len(done)
+            if not done:
+                cells.append(f"{len(values):>3} {'-':>7} {'-':>7} {'-':>6}")
+                continue
+            worst = math.inf if missed else p99(done)
+            p99s[mode] = worst
+            shown = f">{timeout:g}" if missed else f"{worst:.2f}"
+            cells.append(f"{len(values):>3} {statistics.median(done):>7.2f} {shown:>7} {max(done):>6.2f}")
+        ratio = f"x{p99s['off'] / p99s['on']:.1f}" if {"on", "off"} <= p99s.keys() and p99s["on"] else "-"
+        print(f"{tier:<7} {cut:>5g}s | {cells[0]} | {cells[1]} | {ratio}")
+
+
+def seconds_list(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edge-cuts", type=seconds_list, default=[5, 30, 120, 600], help="s, one edge each")
+    parser.add_argument("--region-cuts", type=seconds_list, default=[5, 30, 120], help="s, in turn")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s (every tier)")
+    parser.add_argument("--timeout", type=float, default=200.0, help="give up on one convergence after, s")
+    parser.add_argument("--modes", default="on,off", help="on (accelerated), off (nats-server alone)")
+    args = parser.parse_args()
+    log.configure(level="warning")
+    modes = [m for m in args.modes.split(",") if m]
+    print(
+        f"edge cuts {args.edge_cuts} s (one r1 edge each), region cuts {args.region_cuts} s (r2), "
+        f"heartbeats every {args.heartbeat:g}s; modes {modes}; about {max(args.edge_cuts) / 60:.0f} min"
+    )
+    results = await asyncio.gather(*(run_mode(m, args) for m in modes))
+    report([s for samples in results for s in samples], args.timeout)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

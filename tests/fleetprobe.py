@@ -1,0 +1,90 @@
+"""What the consistency suite and the heal benchmark observe on a real fleet, from outside:
+events an application stores at an edge, what the hub holds, what an edge applied."""
+
+import collections
+import uuid
+
+import nats
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from fleetbus.client import FleetClient
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.event import Event
+from schemas.headers import envelope
+
+PROBE_KIND = "probe"
+
+
+async def emit_event(
+    url: str, region: str, edge: str, *, data: dict[str, object], timeout: float = 2.0
+) -> str | None:
+    """Store one event in `edge`'s own EVENTS stream, as an application at the edge would.
+    Returns its id once the edge's stream acknowledged it; None if it did not (server down)."""
+    event = Event(
+        id=f"{edge}-probe-{uuid.uuid4().hex}",
+        kind=PROBE_KIND,
+        region=region,
+        edge=edge,
+        observed_at=utcnow(),
+        data=data,  # type: ignore[arg-type]
+    )
+    body, headers = envelope(event, source="/probe", message_id=event.id)
+    try:
+        nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0, allow_reconnect=False)
+    except Exception:  # the edge's server is down: nothing was acknowledged
+        return None
+    try:
+        ack = await nc.jetstream(timeout=timeout).publish(
+            subjects.edge_event(region, edge, PROBE_KIND), body, headers=headers
+        )
+    except Exception:  # no ack: the event does not count as stored
+        return None
+    finally:
+        await nc.close()
+    return event.id if ack.seq else None
+
+
+async def stream_ids(
+    js: JetStreamContext, stream: str, *, batch: int = 512
+) -> tuple[collections.Counter[str], int]:
+    """Every stored message's `Nats-Msg-Id` in `stream` (how often each), and the stream's
+    first sequence (> 1 means its limits removed something)."""
+    info = await js.stream_info(stream)
+    ids: collections.Counter[str] = collections.Counter()
+    if info.state.messages == 0:
+        return ids, info.state.first_seq
+    sub = await js.subscribe(
+        ">", stream=stream, ordered_consumer=True, deliver_policy=nats.js.api.DeliverPolicy.ALL
+    )
+    try:
+        seen = 0
+        while seen < info.state.messages:
+            msg = await sub.next_msg(timeout=10)
+            seen += 1
+            ids[(msg.headers or {}).get("Nats-Msg-Id", f"<no id, seq {msg.metadata.sequence.stream}>")] += 1
+            if msg.metadata.sequence.stream >= info.state.last_seq:
+                break
+    finally:
+        await sub.unsubscribe()
+    return ids, info.state.first_seq
+
+
+async def hub_has_event(js: JetStreamContext, region: str, edge: str, event_id: str) -> bool:
+    """Whether the hub's EVENTS holds `event_id` as the last probe event of `edge`."""
+    try:
+        msg = await js.get_msg(
+            subjects.EVENTS_STREAM, subject=subjects.edge_event(region, edge, PROBE_KIND), direct=True
+        )
+    except NotFoundError:
+        return False
+    return (msg.headers or {}).get("Nats-Msg-Id") == event_id
+
+
+async def applied_hash(client: FleetClient, edge: str) -> str | None:
+    """The desired hash in `edge`'s last ApplyResult at the hub, if it applied successfully."""
+    report = await client.report(edge)
+    if report is None or report.apply_result is None or report.apply_result.error:
+        return None
+    return report.apply_result.desired_hash
