@@ -6,8 +6,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
+SEEDS  ?= 20
+STEPS  ?= 120
 
-.PHONY: dev test lint format types contracts pytest schemas clean
+.PHONY: dev test lint format types contracts pytest soak schemas clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +37,10 @@ contracts: $(STAMP)
 
 pytest: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The consistency suite, long: SEEDS random fault schedules of STEPS steps each (tests/consistency.py).
+soak: $(STAMP)
+	$(PY) -m tests.consistency --seeds $(SEEDS) --steps $(STEPS)
 
 schemas: $(STAMP)
 	$(VENV)/bin/fleetbus schema export docs/schemas

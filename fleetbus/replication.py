@@ -159,8 +159,9 @@ class SourcedStream:
 
 class SiteFollower:
     """Keeps the streams this daemon fills from the sites below it in step with their
-    heartbeats: a site's sources are added the first time it is heard, and kicked when it is
-    heard again after a silence (its link came back)."""
+    heartbeats: a site's sources are added the first time it is heard, and kicked when its
+    link came back (`HeartbeatLog.returned`). The first beat after this daemon started also
+    kicks sources that already existed: the link may have come back while it was down."""
 
     def __init__(
         self, streams: Sequence[SourcedStream], heard: HeartbeatLog | None = None, *, kick: bool = True
@@ -178,8 +179,10 @@ class SiteFollower:
                 await stream.kick(from_domain(beat.site))
         elif first:
             logger.info("site heard", site=beat.site, seq=beat.seq)
-            for stream in self.streams:
-                await stream.add(stream.per_site(beat.site))
+            existed = [s for s in self.streams if not await s.add(s.per_site(beat.site))]
+            if self.kick:
+                for stream in existed:
+                    await stream.kick(from_domain(beat.site))
         return first
 
 
@@ -216,7 +219,8 @@ class UpstreamProbe:
     """Asks the upstream domain's JetStream for account info, to learn when a link is back.
 
     `run()` probes every `interval` seconds (faster while down) and calls `on_return` each time
-    the upstream answers after having failed; `up` is the last outcome.
+    the upstream answers after having failed, and on the first answer after start (the link
+    may have come back while this daemon was down); `up` is the last outcome.
     """
 
     js: JetStreamContext
@@ -245,8 +249,8 @@ class UpstreamProbe:
                 self.changed_at = utcnow()
             if self.metrics:
                 self.metrics.upstream_up.set(1 if answered else 0)
-            if answered and was is False:
-                logger.info("upstream answers again", domain=self.domain)
+            if answered and was is not True:
+                logger.info("upstream answers", domain=self.domain, again=was is False)
                 await self.on_return()
             elif not answered and was is not False:
                 logger.warning("upstream not answering", domain=self.domain)

@@ -2,6 +2,7 @@
 events an application stores at an edge, what the hub holds, what an edge applied."""
 
 import collections
+import json
 import uuid
 
 import nats
@@ -9,10 +10,13 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from fleetbus.client import FleetClient
+from fleetbus.devfleet.supervisor import DevFleet
 from schemas import subjects
 from schemas.base import utcnow
+from schemas.codec import decode_body
 from schemas.event import Event
 from schemas.headers import envelope
+from schemas.inventory import InventorySnapshot
 
 PROBE_KIND = "probe"
 
@@ -88,3 +92,41 @@ async def applied_hash(client: FleetClient, edge: str) -> str | None:
     if report is None or report.apply_result is None or report.apply_result.error:
         return None
     return report.apply_result.desired_hash
+
+
+def set_facts(fleet: DevFleet, edge: str, facts: dict[str, object]) -> None:
+    """Replace `edge`'s site facts file (its inventory notices within a scan interval)."""
+    path = fleet.plan.site(edge).workdir / "daemon" / "facts.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(facts))
+    tmp.replace(path)
+
+
+async def edge_latest(fleet: DevFleet, edge: str) -> InventorySnapshot:
+    """The latest snapshot in the edge's own INVENTORY stream, read from its server."""
+    site = fleet.plan.site(edge)
+    nc = await nats.connect(site.server.client_url)
+    try:
+        subject = subjects.edge_inventory(site.region, edge)
+        msg = await nc.jetstream().get_last_msg(subjects.INVENTORY_STREAM, subject)
+        return decode_body(InventorySnapshot, msg.data or b"", subject=subject)
+    finally:
+        await nc.close()
+
+
+async def inventory_differences(fleet: DevFleet, client: FleetClient, edges: list[str]) -> list[str]:
+    """Where the hub's `inventory` bucket differs from each edge's latest snapshot, field by
+    field (empty: it holds exactly those)."""
+    at_hub = {s.edge: s for s in await client.inventory()}
+    found = []
+    for edge in edges:
+        local = (await edge_latest(fleet, edge)).model_dump(mode="json", exclude={"received_at"})
+        hub = at_hub.get(edge)
+        if hub is None or hub.received_at is None:
+            found.append(f"{edge}: no snapshot at the hub")
+            continue
+        held = hub.model_dump(mode="json", exclude={"received_at"})
+        fields = sorted(k for k in local.keys() | held.keys() if local.get(k) != held.get(k))
+        if fields:
+            found.append(f"{edge}: hub differs in {', '.join(fields)}")
+    return found

@@ -23,13 +23,13 @@ from fleetbus.tasks import cancel_and_wait
 from fleetbus.views import EdgePresence
 from schemas import subjects
 from schemas.base import utcnow
-from schemas.codec import decode_body
 from schemas.event import Event
 from schemas.headers import envelope
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.inventory import InventorySnapshot, StreamBacklog
 from schemas.presence import PresenceState
 from tests.conftest import running_fleet
+from tests.fleetprobe import edge_latest, inventory_differences, set_facts
 from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
@@ -108,31 +108,9 @@ async def all_online(client: FleetClient) -> bool:
     return all(rows.get(e) is ONLINE for e in EDGES)
 
 
-async def edge_latest(fleet: DevFleet, edge: str) -> InventorySnapshot:
-    """The latest snapshot in the edge's own INVENTORY stream, read from its server."""
-    site = fleet.plan.site(edge)
-    nc = await nats.connect(site.server.client_url)
-    try:
-        subject = subjects.edge_inventory(site.region, edge)
-        msg = await nc.jetstream().get_last_msg(subjects.INVENTORY_STREAM, subject)
-        return decode_body(InventorySnapshot, msg.data or b"", subject=subject)
-    finally:
-        await nc.close()
-
-
 async def hub_equals_edges(fleet: DevFleet, client: FleetClient) -> bool:
     """The hub's `inventory` bucket holds exactly each edge's latest snapshot, field by field."""
-    at_hub = {s.edge: s for s in await client.inventory()}
-    for edge in EDGES:
-        local = await edge_latest(fleet, edge)
-        hub = at_hub.get(edge)
-        if hub is None or hub.received_at is None:
-            return False
-        hub_fields = hub.model_dump(mode="json", exclude={"received_at"})
-        local_fields = local.model_dump(mode="json", exclude={"received_at"})
-        if hub_fields != local_fields:
-            return False
-    return True
+    return not await inventory_differences(fleet, client, EDGES)
 
 
 async def metric(fleet: DevFleet, site: str, name: str, **labels: str) -> float:
@@ -163,13 +141,6 @@ def daemon_running_at(fleet: DevFleet, site: str) -> datetime:
 
 def events_backlog(snap: InventorySnapshot) -> StreamBacklog:
     return next(b for b in snap.backlog if b.stream == subjects.EVENTS_STREAM)
-
-
-def set_facts(fleet: DevFleet, edge: str, facts: dict[str, object]) -> None:
-    path = fleet.plan.site(edge).workdir / "daemon" / "facts.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(facts))
-    tmp.replace(path)
 
 
 async def test_killed_edge_goes_stale_then_offline_and_comes_back_online(tmp_path):

@@ -1,0 +1,354 @@
+"""The consistency suite: a seeded, random fault schedule over a real fleet, then proof that
+nothing was lost.
+
+    .venv/bin/python -m tests.consistency --seeds 20 --steps 120    # what `make soak` runs
+    .venv/bin/python -m tests.consistency --seed 1234 --steps 40    # replay one seed
+
+A schedule is a pure function of its seed (`make_schedule`): profile changes and overrides at
+the hub, facts changes and events at edges, cuts and heals of any leaf link, SIGKILL and restart
+of any daemon or nats-server, the hub's included, each followed by a random pause. It runs on
+a fleet of 1 hub, 2 regionals and 4 edges (real processes, a TCP proxy on every leaf link).
+Afterwards every link is healed and every process restarted, and `check` must hold within
+`converge_timeout`:
+
+- every edge's applied hash (read from the edge's own driver state) is the desired hash the
+  hub computes for it, and the hub's last report of it says the same;
+- the hub's `inventory` equals every edge's latest snapshot;
+- every event an edge's own stream acknowledged is in the hub's EVENTS exactly once (by id),
+  unless the edge's limits evicted it and that eviction shows in the edge's stream;
+- no process exited that the schedule did not kill.
+
+On failure the seed and the whole schedule are printed so it can be replayed.
+"""
+
+import argparse
+import asyncio
+import contextlib
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from edge.drivers.local import LocalDriver
+from fleetbus import log
+from fleetbus.client import FleetClient
+from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.netutil import free_ports
+from schemas import subjects
+from schemas.heartbeat import Tier
+from schemas.override import OverrideScope
+from schemas.profile import Profile
+from tests.fleetprobe import emit_event, inventory_differences, set_facts, stream_ids
+
+REGIONS, EDGES_PER_REGION = 2, 2
+PROFILES = ("base", "r1-tools", "canary")
+# Settings that make a small fleet react quickly; the logic is the same as in production.
+FLEET_SETTINGS: dict[Tier, dict[str, object]] = {
+    Tier.EDGE: {"inventory_scan_interval": 0.5, "inventory_interval": 30.0},
+    Tier.REGIONAL: {"offline_after": 10.0},
+    Tier.HUB: {"region_offline_after": 10.0},
+}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One action of a schedule, then a pause of `pause` seconds."""
+
+    action: str  # profile | override | unoverride | facts | event | cut | heal | kill | restart
+    site: str = ""
+    arg: str = ""  # a version, "server"/"daemon"/"both", a count, a facts value
+    pause: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.action:<10} {self.site:<6} {self.arg:<8} then {self.pause:.2f}s"
+
+
+@dataclass
+class FleetShape:
+    edges: list[str]
+    uplinks: list[str]  # sites with a link to cut: regionals and edges
+    sites: list[str]
+
+
+def fleet_shape(plan: FleetPlan) -> FleetShape:
+    edges = [s.name for s in plan.by_tier(Tier.EDGE)]
+    return FleetShape(
+        edges=edges,
+        uplinks=[s.name for s in plan.sites if s.tier is not Tier.HUB],
+        sites=[s.name for s in plan.sites],
+    )
+
+
+def make_schedule(seed: int, steps: int, shape: FleetShape) -> list[Step]:
+    """`steps` random steps for `shape`, the same for the same seed. At most two faults are
+    open at a time (more would leave too little of the fleet to exercise); the hub is only
+    written to while its server runs, and events are only stored at edges whose server runs."""
+    rng = random.Random(seed)
+    cut: set[str] = set()
+    down: dict[str, str] = {}  # site -> which of its processes: server | daemon | both
+    schedule: list[Step] = []
+    for _ in range(steps):
+        hub_up = down.get("hub") not in ("server", "both")
+        choices: list[tuple[str, float]] = [("facts", 2.0)]
+        if hub_up:
+            choices += [("profile", 2.0), ("override", 1.5), ("unoverride", 0.5)]
+        if any(down.get(e) not in ("server", "both") for e in shape.edges):
+            choices.append(("event", 3.0))
+        if len(cut) + len(down) < 2:
+            choices += [("cut", 1.5), ("kill", 1.0)]
+        if cut:
+            choices.append(("heal", 1.5))
+        if down:
+            choices.append(("restart", 1.5))
+        action = rng.choices([c for c, _ in choices], weights=[w for _, w in choices])[0]
+        # Mostly short pauses, sometimes long enough for heartbeats to go silent.
+        pause = round(rng.uniform(0.05, 1.5) if rng.random() < 0.85 else rng.uniform(2.0, 8.0), 2)
+        if action == "profile":
+            step = Step(action, "hub", f"{rng.choice(PROFILES)}@{rng.randint(1, 99)}", pause)
+        elif action in ("override", "unoverride"):
+            step = Step(action, rng.choice(shape.edges), str(rng.randint(1, 99)), pause)
+        elif action == "facts":
+            step = Step(action, rng.choice(shape.edges), str(rng.randint(1, 999)), pause)
+        elif action == "event":
+            edges = [e for e in shape.edges if down.get(e) not in ("server", "both")]
+            step = Step(action, rng.choice(edges), str(rng.randint(1, 5)), pause)
+        elif action == "cut":
+            site = rng.choice([s for s in shape.uplinks if s not in cut])
+            cut.add(site)
+            step = Step(action, site, "", pause)
+        elif action == "heal":
+            site = rng.choice(sorted(cut))
+            cut.discard(site)
+            step = Step(action, site, "", pause)
+        elif action == "kill":
+            site = rng.choice([s for s in shape.sites if s not in down])
+            down[site] = rng.choice(("server", "daemon", "both"))
+            step = Step(action, site, down[site], pause)
+        else:  # restart
+            site = rng.choice(sorted(down))
+            step = Step(action, site, down.pop(site), pause)
+        schedule.append(step)
+    return schedule
+
+
+def profile_for(name: str, version: str) -> Profile:
+    selector = {"match_labels": {"region": "r1"}} if name == "r1-tools" else {}
+    if name == "canary":
+        selector = {"match_labels": {"env": "dev"}}
+    return Profile.model_validate(
+        {
+            "name": name,
+            "selector": selector,
+            "priority": PROFILES.index(name),
+            "spec": {"components": [{"name": name, "image": f"reg/{name}", "version": version}]},
+        }
+    )
+
+
+@dataclass
+class Outcome:
+    seed: int
+    schedule: list[Step]
+    faults: int = 0
+    acked: dict[str, set[str]] = field(default_factory=dict)  # edge -> event ids its stream acked
+    converge_s: float | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.converge_s is not None and not self.problems
+
+    def replay_text(self) -> str:
+        head = f"seed {self.seed}: {len(self.schedule)} steps, {self.faults} faults"
+        lines = [f"{head}; replay with --seed {self.seed} --steps {len(self.schedule)}"]
+        lines += [f"  {i:>3}  {step}" for i, step in enumerate(self.schedule)]
+        lines += [f"  problem: {p}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class Runner:
+    def __init__(self, fleet: DevFleet, client: FleetClient, outcome: Outcome) -> None:
+        self.fleet, self.client, self.outcome = fleet, client, outcome
+
+    async def apply(self, step: Step) -> None:
+        fleet, client = self.fleet, self.client
+        if step.action == "profile":
+            name, version = step.arg.split("@")
+            await client.profiles.apply(profile_for(name, version), actor="consistency")
+        elif step.action == "override":
+            await client.overrides.set(
+                OverrideScope.EDGE, step.site, {"config": {"knob": int(step.arg)}}, owner="c", reason="suite"
+            )
+        elif step.action == "unoverride":
+            with contextlib.suppress(Exception):  # nothing to remove is fine
+                await client.overrides.remove(OverrideScope.EDGE, step.site)
+        elif step.action == "facts":
+            set_facts(fleet, step.site, {"rack": int(step.arg)})
+        elif step.action == "event":
+            site = fleet.plan.site(step.site)
+            for i in range(int(step.arg)):
+                event_id = await emit_event(site.server.client_url, site.region, site.name, data={"i": i})
+                if event_id is not None:
+                    self.outcome.acked.setdefault(site.name, set()).add(event_id)
+        elif step.action in ("cut", "heal"):
+            link = fleet.link(step.site)
+            link.cut() if step.action == "cut" else link.heal()
+        elif step.action == "kill":
+            await fleet.kill(step.site, server=step.arg != "daemon", daemon=step.arg != "server")
+        elif step.action == "restart":
+            await fleet.restart(step.site, server=step.arg != "daemon", daemon=step.arg != "server")
+        if step.action in ("cut", "kill"):
+            self.outcome.faults += 1
+
+    async def heal_everything(self) -> None:
+        for link in self.fleet.links.values():
+            link.heal()
+        for site in self.fleet.plan.sites:  # servers first, hub first; then daemons
+            server = self.fleet.servers[site.name]
+            if not server.running:
+                await server.start()
+        for site in self.fleet.plan.sites:
+            daemon = self.fleet.daemons[site.name]
+            if not daemon.running:
+                await daemon.start()
+
+
+async def check(fleet: DevFleet, client: FleetClient, outcome: Outcome) -> list[str]:
+    """What is not (yet) consistent; empty when everything holds."""
+    problems: list[str] = []
+    edges = fleet.plan.by_tier(Tier.EDGE)
+    for site in edges:
+        desired, report = await client.explain(site.name)
+        applied = await LocalDriver(site.workdir / "daemon").applied_hash()
+        if applied != desired.hash:
+            problems.append(f"{site.name}: applied {str(applied)[:19]}, hub wants {desired.hash[:19]}")
+        elif (
+            report is None or report.apply_result is None or report.apply_result.desired_hash != desired.hash
+        ):
+            problems.append(f"{site.name}: hub's last report is not the desired hash yet")
+    problems += await inventory_differences(fleet, client, [s.name for s in edges])
+    hub = await nats.connect(fleet.plan.site("hub").server.client_url)
+    try:
+        at_hub, hub_first = await stream_ids(hub.jetstream(), subjects.EVENTS_STREAM)
+    finally:
+        await hub.close()
+    if hub_first != 1:
+        problems.append(f"hub EVENTS evicted {hub_first - 1} messages")
+    problems += [f"event {i} is at the hub {n} times" for i, n in at_hub.items() if n > 1]
+    for site in edges:
+        nc = await nats.connect(site.server.client_url)
+        try:
+            stored, first = await stream_ids(nc.jetstream(), subjects.EVENTS_STREAM)
+        finally:
+            await nc.close()
+        evicted = first - 1
+        lost_acked = outcome.acked.get(site.name, set()) - stored.keys()
+        if lost_acked and not evicted:
+            problems.append(f"{site.name}: {len(lost_acked)} acknowledged events gone from its own stream")
+        missing = [i for i in stored if at_hub[i] != 1]
+        if missing:
+            problems.append(f"{site.name}: {len(missing)} of {len(stored)} events not at the hub")
+    return problems
+
+
+async def run_seed(
+    seed: int, steps: int, workdir: Path, *, converge_timeout: float = 120.0, progress: Any = print
+) -> Outcome:
+    ports = iter(free_ports(ports_needed(REGIONS, EDGES_PER_REGION, mqtt=False, links=True)))
+    plan = plan_fleet(workdir / f"seed-{seed}", REGIONS, EDGES_PER_REGION, ports, links=True)
+    outcome = Outcome(seed, make_schedule(seed, steps, fleet_shape(plan)))
+    fleet = DevFleet(plan, heartbeat_interval=1.0, progress=lambda _l: None, settings=FLEET_SETTINGS)
+    await fleet.start()
+    try:
+        async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+            runner = Runner(fleet, client, outcome)
+            await _until(lambda: _all_reported(client, plan), 60, "every edge reported before the schedule")
+            for step in outcome.schedule:
+                await runner.apply(step)
+                await asyncio.sleep(step.pause)  # the schedule's own pacing, part of the fault pattern
+            await runner.heal_everything()
+            healed = time.monotonic()
+            last: list[str] = []
+
+            async def consistent() -> bool:
+                nonlocal last
+                last = await check(fleet, client, outcome)
+                return not last
+
+            if await _until(consistent, converge_timeout, None):
+                outcome.converge_s = time.monotonic() - healed
+            outcome.problems = last
+            crashes = fleet.crashes()
+            outcome.problems += [f"{name} exited {n}x without being killed" for name, n in crashes.items()]
+    finally:
+        await fleet.stop()
+    shown = f"{outcome.converge_s:.2f}s" if outcome.converge_s is not None else "never"
+    progress(
+        f"seed {seed}: {len(outcome.schedule)} steps, {outcome.faults} faults, "
+        f"{sum(map(len, outcome.acked.values()))} events acked; converged {shown} after the final heal"
+    )
+    return outcome
+
+
+async def _all_reported(client: FleetClient, plan: FleetPlan) -> bool:
+    return len(await client.reports()) == len(plan.by_tier(Tier.EDGE))
+
+
+async def _until(probe: Any, timeout: float, what: str | None) -> bool:
+    """Poll `probe` until true; on timeout raise (with `what`) or return False."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):  # a probe may fail while servers restart
+            if await probe():
+                return True
+        if time.monotonic() > deadline:
+            if what:
+                msg = f"{what}: not within {timeout:g}s"
+                raise AssertionError(msg)
+            return False
+        await asyncio.sleep(0.1)  # poll interval
+
+
+def seeds_from(args: argparse.Namespace) -> Iterator[int]:
+    if args.seed is not None:
+        yield args.seed
+        return
+    yield from range(args.first_seed, args.first_seed + args.seeds)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=20, help="how many seeds (from --first-seed)")
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=None, help="run only this seed (replay)")
+    parser.add_argument("--steps", type=int, default=120, help="steps per schedule")
+    parser.add_argument("--converge-timeout", type=float, default=180.0)
+    parser.add_argument("--print-schedule", action="store_true", help="print the schedule and exit")
+    args = parser.parse_args()
+    log.configure(level="warning")
+    failed = []
+    with tempfile.TemporaryDirectory(prefix="fleetbus-soak-") as tmp:
+        for seed in seeds_from(args):
+            if args.print_schedule:
+                plan = plan_fleet(Path(tmp), REGIONS, EDGES_PER_REGION, iter(range(20000, 21000)), links=True)
+                print("\n".join(str(s) for s in make_schedule(seed, args.steps, fleet_shape(plan))))
+                continue
+            outcome = await run_seed(seed, args.steps, Path(tmp), converge_timeout=args.converge_timeout)
+            if not outcome.ok:
+                failed.append(outcome)
+                print(outcome.replay_text(), flush=True)
+    if failed:
+        print(f"FAILED seeds: {[o.seed for o in failed]}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
