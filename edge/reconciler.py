@@ -23,7 +23,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from edge.drivers import Driver, DriverError
 from fleetbus import log
 from fleetbus.backoff import Backoff
-from fleetbus.bus import Bus
+from fleetbus.bus import Bus, persist
 from fleetbus.desired import DesiredState, compute
 from fleetbus.errors import DecodeError
 from fleetbus.metrics import DaemonMetrics
@@ -205,15 +205,7 @@ class Reconciler:
             ),
         )
         subject = subjects.edge_event(self.region, self.edge, EventKind.APPLY_RESULT.value)
-        backoff = Backoff(0.1, cap=2.0)
-        while True:  # the local server is restarting at worst; the event must not be lost
-            try:
-                await self.bus.js_publish(subject, event, message_id=event.id)
-            except Exception as exc:
-                logger.warning("cannot store apply result; retrying", error=repr(exc))
-                await backoff.wait()
-            else:
-                return
+        await persist(lambda: self.bus.js_publish(subject, event, message_id=event.id), what="apply result")
 
 
 def _earliest(*deadlines: float | None) -> float | None:

@@ -24,8 +24,9 @@ from schemas.base import Message
 from schemas.headers import envelope, open_envelope
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
-__all__ = ["Bus", "Msg", "connect"]
+__all__ = ["Bus", "Msg", "connect", "persist"]
 
 logger = log.get_logger(__name__)
 
@@ -125,6 +126,19 @@ class Bus:
         if self.metrics:
             self.metrics.nats_connected.set(1)
         logger.info("reconnected to nats-server", url=self.url)
+
+
+async def persist(write: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run `write` (a store into this site's own server) until it succeeds. At worst that
+    server is restarting (its supervisor brings it back), and what is written must not be
+    lost, nor must the daemon die of it: retry with jittered back-off, logging each failure."""
+    backoff = Backoff(0.1, cap=2.0)
+    while True:
+        try:
+            return await write()
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            logger.warning("cannot store; retrying", what=what, error=repr(exc))
+            await backoff.wait()
 
 
 async def connect(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from nats.js import JetStreamContext
 
 from fleetbus import kvwatch, log
+from fleetbus.bus import persist
 from fleetbus.errors import DecodeError
 from fleetbus.metrics import DaemonMetrics
 from fleetbus.presence import PresenceTracker, Transition
@@ -101,9 +102,8 @@ class PresenceBoard:
 
     async def _write(self, change: Transition) -> None:
         record = self.record(change)
-        await self.js.publish(
-            subjects.kv_subject(self.bucket, self.key(change.site)), encode_body(record, JSON)
-        )
+        subject, body = subjects.kv_subject(self.bucket, self.key(change.site)), encode_body(record, JSON)
+        await persist(lambda: self.js.publish(subject, body), what=f"presence of {change.site}")
         self.writes += 1
         logger.info(
             "presence changed",
