@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 PYTEST_ARGS ?=
 SEEDS  ?= 20
-STEPS  ?= 120
+STEPS  ?= 80
 
 .PHONY: dev test lint format types contracts pytest soak schemas clean
 

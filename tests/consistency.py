@@ -1,8 +1,8 @@
 """The consistency suite: a seeded, random fault schedule over a real fleet, then proof that
 nothing was lost.
 
-    .venv/bin/python -m tests.consistency --seeds 20 --steps 120    # what `make soak` runs
-    .venv/bin/python -m tests.consistency --seed 1234 --steps 40    # replay one seed
+    .venv/bin/python -m tests.consistency --seeds 20 --steps 80     # what `make soak` runs
+    .venv/bin/python -m tests.consistency --seed 1234 --steps 80     # replay one seed
 
 A schedule is a pure function of its seed (`make_schedule`): profile changes and overrides at
 the hub, facts changes and events at edges, cuts and heals of any leaf link, SIGKILL and restart
@@ -328,7 +328,7 @@ async def main() -> int:
     parser.add_argument("--seeds", type=int, default=20, help="how many seeds (from --first-seed)")
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, default=None, help="run only this seed (replay)")
-    parser.add_argument("--steps", type=int, default=120, help="steps per schedule")
+    parser.add_argument("--steps", type=int, default=80, help="steps per schedule")
     parser.add_argument("--converge-timeout", type=float, default=180.0)
     parser.add_argument("--print-schedule", action="store_true", help="print the schedule and exit")
     args = parser.parse_args()
