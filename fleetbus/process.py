@@ -42,14 +42,14 @@ class SupervisedProcess:
         health_url: str,
         log_path: Path,
         env: Mapping[str, str] | None = None,
-        on_start: Callable[["SupervisedProcess"], None] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.health_url = health_url
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
-        self.on_start = on_start  # called after every healthy start (e.g. to record the PID)
+        # Called after every healthy start, e.g. to record the new PID.
+        self.on_start: Callable[[SupervisedProcess], None] | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._wanted = asyncio.Event()
         self._asked_exit: asyncio.subprocess.Process | None = None  # killed/stopped on purpose
