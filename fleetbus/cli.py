@@ -288,8 +288,7 @@ def dev_kill(
     site: SiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
 ) -> None:
     """SIGKILL a site's daemon and nats-server (or one of them); they stay down until `restart`."""
-    reply = _control(state_dir, {"op": "kill", "site": site, "server": server, "daemon": daemon})
-    out.print(f"killed (SIGKILL): {', '.join(map(str, reply['processes']))}")  # type: ignore[call-overload]
+    _processes("kill", site, server=server, daemon=daemon, state_dir=state_dir, done="killed (SIGKILL)")
 
 
 @dev_app.command("restart")
@@ -297,8 +296,13 @@ def dev_restart(
     site: SiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
 ) -> None:
     """Start a site's processes again (stopping them first if they run); waits until healthy."""
-    reply = _control(state_dir, {"op": "restart", "site": site, "server": server, "daemon": daemon})
-    out.print(f"restarted and healthy: {', '.join(map(str, reply['processes']))}")  # type: ignore[call-overload]
+    _processes("restart", site, server=server, daemon=daemon, state_dir=state_dir, done="restarted, healthy")
+
+
+def _processes(op: str, site: str, *, server: bool, daemon: bool, state_dir: Path | None, done: str) -> None:
+    reply = _control(state_dir, {"op": op, "site": site, "server": server, "daemon": daemon})
+    names = reply.get("processes")
+    out.print(f"{done}: {', '.join(map(str, names if isinstance(names, list) else []))}")
 
 
 @app.command("compose")
