@@ -38,6 +38,7 @@ from fleetbus.netutil import free_ports
 from schemas.heartbeat import Tier
 from schemas.override import OverrideScope
 from tests.fleetprobe import applied_hash, emit_event, hub_has_event
+from tests.helpers import eventually
 
 POLL = 0.05  # how often the hub's view is read while waiting for convergence
 
@@ -121,12 +122,11 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
                 run = Run(mode, fleet, client, args.timeout)
                 edges = {r: [(r, f"{r}-e{i}") for i in range(1, edges_r1 + 1)] for r in ("r1", "r2")}
                 everyone = [e for pairs in edges.values() for _, e in pairs]
-                deadline = time.monotonic() + 120
-                while len([e for e in everyone if await applied_hash(client, e)]) < len(everyone):
-                    if time.monotonic() > deadline:
-                        msg = "the fleet did not report within 120 s"
-                        raise RuntimeError(msg)
-                    await asyncio.sleep(0.2)  # polling the hub's view
+
+                async def all_reported() -> bool:
+                    return all([await applied_hash(client, e) for e in everyone])
+
+                await eventually(all_reported, timeout=120, what="every edge reporting")
                 print(f"  [{mode:>3}] fleet up: {len(everyone)} edges reporting", flush=True)
                 until = time.monotonic() + max(args.edge_cuts) + 1
                 await asyncio.gather(

@@ -107,10 +107,6 @@ class Daemon:
 
         self.add_task("heartbeat", beat)
 
-    def beat_now(self) -> None:
-        """Send the next heartbeat at once."""
-        self._beat_now.set()
-
     def uplink_returned(self) -> None:
         """The link to the tier above is back: say so in a heartbeat sent now, so the tier
         above kicks this site's sources at once (`HeartbeatLog.returned`)."""

@@ -46,6 +46,7 @@ from schemas.heartbeat import Tier
 from schemas.override import OverrideScope
 from schemas.profile import Profile
 from tests.fleetprobe import emit_event, inventory_differences, set_facts, stream_ids
+from tests.helpers import eventually
 
 REGIONS, EDGES_PER_REGION = 2, 2
 PROFILES = ("base", "r1-tools", "canary")
@@ -269,7 +270,7 @@ async def run_seed(
     try:
         async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
             runner = Runner(fleet, client, outcome)
-            await _until(lambda: _all_reported(client, plan), 60, "every edge reported before the schedule")
+            await eventually(lambda: _all_reported(client, plan), timeout=60, what="every edge reported")
             for step in outcome.schedule:
                 await runner.apply(step)
                 await asyncio.sleep(step.pause)  # the schedule's own pacing, part of the fault pattern
@@ -282,7 +283,8 @@ async def run_seed(
                 last = await check(fleet, client, outcome)
                 return not last
 
-            if await _until(consistent, converge_timeout, None):
+            with contextlib.suppress(AssertionError):  # not converged: `last` says what is left
+                await eventually(consistent, timeout=converge_timeout, what="consistent")
                 outcome.converge_s = time.monotonic() - healed
             outcome.problems = last
             crashes = fleet.crashes()
@@ -299,21 +301,6 @@ async def run_seed(
 
 async def _all_reported(client: FleetClient, plan: FleetPlan) -> bool:
     return len(await client.reports()) == len(plan.by_tier(Tier.EDGE))
-
-
-async def _until(probe: Any, timeout: float, what: str | None) -> bool:
-    """Poll `probe` until true; on timeout raise (with `what`) or return False."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(Exception):  # a probe may fail while servers restart
-            if await probe():
-                return True
-        if time.monotonic() > deadline:
-            if what:
-                msg = f"{what}: not within {timeout:g}s"
-                raise AssertionError(msg)
-            return False
-        await asyncio.sleep(0.1)  # poll interval
 
 
 def seeds_from(args: argparse.Namespace) -> Iterator[int]:

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -29,64 +30,63 @@ async def roundtrip(port: int, payload: bytes) -> bytes:
         writer.close()
 
 
-async def test_forwards_cuts_and_heals():
+@pytest.fixture
+async def proxied() -> AsyncIterator[tuple[LinkProxy, int]]:
+    """An echo server behind a proxy: (the proxy, the port to connect to)."""
     target, listen = free_ports(2)
     server = await echo_server(target)
     proxy = LinkProxy("127.0.0.1", listen, target=("127.0.0.1", target))
     await proxy.start()
     try:
-        assert await roundtrip(listen, b"x" * 200_000) == b"x" * 200_000
-
-        reader, writer = await asyncio.open_connection("127.0.0.1", listen)
-        writer.write(b"ping")
-        assert await reader.readexactly(4) == b"ping"
-        proxy.cut()
-        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-            await asyncio.wait_for(reader.readexactly(1), 5)  # the open connection is reset
-        writer.close()
-        with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
-            await roundtrip(listen, b"refused")  # and new ones are dropped at once
-
-        proxy.heal()
-        assert await roundtrip(listen, b"back") == b"back"
-        assert proxy.connections == 3
+        yield proxy, listen
     finally:
         await proxy.stop()
         server.close()
         await server.wait_closed()
 
 
-async def test_delay_adds_latency_each_way_and_throttle_caps_throughput():
-    target, listen = free_ports(2)
-    server = await echo_server(target)
-    proxy = LinkProxy("127.0.0.1", listen, target=("127.0.0.1", target))
-    await proxy.start()
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+async def test_forwards_cuts_and_heals(proxied):
+    proxy, listen = proxied
+    assert await roundtrip(listen, b"x" * 200_000) == b"x" * 200_000
 
-        async def rtt(payload: bytes) -> float:
-            began = time.monotonic()
-            writer.write(payload)
-            await writer.drain()
-            await asyncio.wait_for(reader.readexactly(len(payload)), 30)
-            return time.monotonic() - began
+    reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+    writer.write(b"ping")
+    assert await reader.readexactly(4) == b"ping"
+    proxy.cut()
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(reader.readexactly(1), 5)  # the open connection is reset
+    writer.close()
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await roundtrip(listen, b"refused")  # and new ones are dropped at once
 
-        fast = await rtt(b"p")
-        proxy.shape(delay_ms=150)  # applies to the open connection too
-        slow = await rtt(b"p")
-        assert slow >= 0.3 > fast  # 150 ms each way
-        assert proxy.state().delay_ms == 150
+    proxy.heal()
+    assert await roundtrip(listen, b"back") == b"back"
+    assert proxy.connections == 3
 
-        proxy.shape(delay_ms=0, rate_kbps=64)
-        took = await rtt(b"x" * 32 * 1024)  # 32 KiB each way through a 64 KiB/s link
-        assert took >= 0.45, took
-        proxy.heal()
-        assert proxy.state().rate_kbps == 0
-        assert await rtt(b"x" * 32 * 1024) < 0.25
-        with pytest.raises(ValueError, match="delay must be >= 0"):
-            proxy.shape(delay_ms=-1)
-        writer.close()
-    finally:
-        await proxy.stop()
-        server.close()
-        await server.wait_closed()
+
+async def test_delay_adds_latency_each_way_and_throttle_caps_throughput(proxied):
+    proxy, listen = proxied
+    reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+
+    async def rtt(payload: bytes) -> float:
+        began = time.monotonic()
+        writer.write(payload)
+        await writer.drain()
+        await asyncio.wait_for(reader.readexactly(len(payload)), 30)
+        return time.monotonic() - began
+
+    fast = await rtt(b"p")
+    proxy.shape(delay_ms=150)  # applies to the open connection too
+    slow = await rtt(b"p")
+    assert slow >= 0.3 > fast  # 150 ms each way
+    assert proxy.state().delay_ms == 150
+
+    proxy.shape(delay_ms=0, rate_kbps=64)
+    took = await rtt(b"x" * 32 * 1024)  # 32 KiB each way through a 64 KiB/s link
+    assert took >= 0.45, took
+    proxy.heal()
+    assert proxy.state().rate_kbps == 0
+    assert await rtt(b"x" * 32 * 1024) < 0.25
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        proxy.shape(delay_ms=-1)
+    writer.close()
