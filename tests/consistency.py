@@ -37,6 +37,7 @@ import nats
 
 from edge.drivers.local import LocalDriver
 from fleetbus import log
+from fleetbus.authority import NotFoundError
 from fleetbus.client import FleetClient
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
@@ -188,7 +189,7 @@ class Runner:
                 OverrideScope.EDGE, step.site, {"config": {"knob": int(step.arg)}}, owner="c", reason="suite"
             )
         elif step.action == "unoverride":
-            with contextlib.suppress(Exception):  # nothing to remove is fine
+            with contextlib.suppress(NotFoundError):  # nothing to remove is fine
                 await client.overrides.remove(OverrideScope.EDGE, step.site)
         elif step.action == "facts":
             set_facts(fleet, step.site, {"rack": int(step.arg)})
