@@ -44,6 +44,7 @@ soak: $(STAMP)
 
 schemas: $(STAMP)
 	$(VENV)/bin/fleetbus schema export docs/schemas
+	$(PY) -m hub.openapi docs/api/openapi.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis test-output

@@ -135,6 +135,8 @@ def _print_fleet(record: fleet_state.FleetRecord) -> None:
         )
     out.print(table)
     out.print(f"hub: {record.hub.client_url}   (fleetbus commands find it from {record.state_dir})")
+    if record.hub.dashboard_url:
+        out.print(f"dashboard: {record.hub.dashboard_url}   (JSON API under /api, schema at /docs)")
     out.print("every leaf link runs through a proxy: `fleetbus dev link cut|heal|delay|throttle SITE`")
     out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")
 

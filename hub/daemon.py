@@ -1,15 +1,19 @@
 """The hub daemon: owns the profile and override buckets, gathers the fleet's events,
 inventory and presence (by sourcing), and tracks which regionals it can hear."""
 
+import socket
+
 from fleetbus import log
 from fleetbus.bus import Msg
+from fleetbus.client import FleetClient
 from fleetbus.daemon import Daemon
 from fleetbus.liveness import PresenceBoard
 from fleetbus.presence import PresencePolicy, PresenceTracker
 from fleetbus.provisioning import BucketSpec, ensure_bucket
 from fleetbus.replication import SiteFollower, SourcedStream, watch_limits
 from fleetbus.settings import HubSettings
-from hub import streams
+from hub import streams, web
+from hub.fleetview import FleetView
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
 
@@ -23,6 +27,16 @@ BUCKETS = (
 
 
 async def run(settings: HubSettings) -> None:
+    # Bound before anything starts, so a taken port fails the start with a clear message.
+    listener = web.bind(settings.dashboard_host, settings.dashboard_port) if settings.dashboard else None
+    try:
+        await _run(settings, listener)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
     async with Daemon(settings, tier=Tier.HUB) as daemon:
         js, metrics = daemon.bus.js, daemon.metrics
         events = SourcedStream(js, streams.events_stream(), metrics)
@@ -65,4 +79,11 @@ async def run(settings: HubSettings) -> None:
         daemon.on_start(provision)
         daemon.add_task("presence", regions.run)
         daemon.add_task("limits", limits)
+        if listener is not None:
+            view = FleetView(FleetClient(daemon.bus, settings.nats_url))
+            app = web.create_app(view)
+            host, port = listener.getsockname()[:2]
+            logger.info("dashboard", url=f"http://{host}:{port}/")
+            daemon.add_task("fleet-view", view.run)
+            daemon.add_task("dashboard", lambda: web.serve(app, listener))
         await daemon.run()

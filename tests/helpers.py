@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import pytest
+
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,3 +102,15 @@ async def arun_cli(*args: str, env: dict[str, str] | None = None, timeout: float
     )
     stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
     return CliResult(proc.returncode or 0, stdout.decode(), stderr.decode())
+
+
+def require_tool(path: str, package: str) -> str:
+    """`path` if it exists; else skip the test, or fail it where CI promises the tool
+    (`FLEETBUS_CI=1`, set by .ci/run, which installs `package`)."""
+    if Path(path).exists():
+        return path
+    hint = f"{path} is missing: install it with `apt-get install {package}`"
+    if os.environ.get("FLEETBUS_CI"):
+        pytest.fail(hint)
+    pytest.skip(hint)
+    return path

@@ -23,3 +23,10 @@ def test_schema_export_writes_one_valid_schema_per_type(tmp_path: Path):
 def test_checked_in_schemas_are_current():
     committed = {p.stem: json.loads(p.read_text()) for p in (ROOT / "docs" / "schemas").glob("*.json")}
     assert committed == json_schemas(), "docs/schemas is stale: run `make schemas` and commit"
+
+
+def test_checked_in_openapi_document_is_current():
+    from hub.openapi import render  # noqa: PLC0415 - hub is a layer above what this file tests
+
+    committed = (ROOT / "docs" / "api" / "openapi.json").read_text()
+    assert committed == render(), "docs/api/openapi.json is stale: run `make schemas` and commit"

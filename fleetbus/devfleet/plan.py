@@ -23,6 +23,11 @@ class SitePlan:
     # to `link_target` (the upstream's leaf port), so links can be cut and healed.
     link_port: int | None = None
     link_target: int | None = None
+    dashboard_port: int | None = None  # the hub's web dashboard
+
+    @property
+    def dashboard_url(self) -> str | None:
+        return f"http://{HOST}:{self.dashboard_port}/" if self.dashboard_port else None
 
     @property
     def name(self) -> str:
@@ -52,6 +57,8 @@ class SitePlan:
             }
         elif self.tier is Tier.REGIONAL:
             values["heartbeat_interval"] = heartbeat_interval
+        elif self.dashboard_port:
+            values["dashboard_port"] = self.dashboard_port
         return values
 
 
@@ -81,7 +88,7 @@ def edge_id(region: str, index: int) -> str:
 def ports_needed(regions: int, edges: int, *, mqtt: bool, links: bool = False) -> int:
     per_edge = 3 + (1 if mqtt else 0) + (1 if links else 0)  # client, monitoring, daemon http
     per_regional = 4 + (1 if links else 0)  # + leaf
-    return 4 + regions * per_regional + regions * edges * per_edge
+    return 5 + regions * per_regional + regions * edges * per_edge  # hub: + dashboard
 
 
 def plan_fleet(
@@ -125,6 +132,7 @@ def plan_fleet(
             workdir=workdir,
             link_port=link_port,
             link_target=link_target if link_port else None,
+            dashboard_port=next(ports) if tier is Tier.HUB else None,
         )
 
     hub = site(HUB_DOMAIN, Tier.HUB, HUB_DOMAIN, None)

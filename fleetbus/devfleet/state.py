@@ -47,6 +47,7 @@ class SiteRecord:
     mqtt_port: int | None = None
     server_pid: int | None = None
     daemon_pid: int | None = None
+    dashboard_url: str | None = None
 
 
 @dataclass

@@ -208,6 +208,7 @@ class DevFleet:
                 mqtt_port=s.server.mqtt_port,
                 server_pid=self.servers[s.name].pid,
                 daemon_pid=self.daemons[s.name].pid,
+                dashboard_url=s.dashboard_url,
             )
             for s in self.plan.sites
         ]

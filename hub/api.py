@@ -1,0 +1,258 @@
+"""What the hub's JSON API answers, built from the `FleetView`. Pure (no I/O).
+
+The models are the API's documented shapes (docs/api/openapi.json is generated from them).
+"""
+
+from collections import Counter
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field, JsonValue
+
+from fleetbus.compliance import State
+from fleetbus.desired import compute, edge_groups
+from hub.fleetview import EdgeView, FleetView
+from schemas.event import Event
+from schemas.inventory import InventorySnapshot
+from schemas.presence import PresenceState
+
+UNKNOWN = "unknown"  # presence of an edge the hub has no presence record for (yet)
+
+
+class PresenceFilter(StrEnum):
+    """Presence as shown: `PresenceState`, or `unknown` before the first record."""
+
+    ONLINE = PresenceState.ONLINE.value
+    STALE = PresenceState.STALE.value
+    OFFLINE = PresenceState.OFFLINE.value
+    UNREACHABLE = PresenceState.UNREACHABLE.value
+    UNKNOWN = UNKNOWN
+
+
+class EdgeRow(BaseModel):
+    """One edge as the fleet page shows it: one tile."""
+
+    region: str
+    edge: str
+    presence: PresenceFilter
+    presence_reason: str = ""
+    presence_since: datetime | None = None
+    last_seen: datetime | None = Field(
+        default=None, description="Latest of: last heartbeat its regional reported, last inventory taken."
+    )
+    compliance: State
+    desired_hash: str | None = None
+    reported_hash: str | None = None
+    reported_status: str | None = None
+    error: str | None = None
+    profile_revisions: dict[str, int] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    backlog_pending: int = Field(default=0, description="Messages waiting on the edge for its uplink.")
+    backlog_lost: int = Field(default=0, description="Messages its limits evicted before they went up.")
+    backlog_oldest_age_seconds: float = 0.0
+    inventory_observed_at: datetime | None = None
+
+
+class EdgeList(BaseModel):
+    total: int = Field(description="Edges matching the filters (before limit/offset).")
+    edges: list[EdgeRow]
+
+
+class ExplainRow(BaseModel):
+    path: str
+    value: JsonValue
+    source: str = Field(description="The layer that set it: `profile NAME@REV` or `override ...`.")
+
+
+class EdgeDetail(BaseModel):
+    edge: EdgeRow
+    inventory: InventorySnapshot | None
+    desired_hash: str | None = Field(description="What the hub computes for it now.")
+    explain: list[ExplainRow]
+    explain_note: str = ""
+    events: list[Event] = Field(description="Its recent events, newest first.")
+
+
+class RegionRow(BaseModel):
+    region: str
+    state: str = Field(description="The regional's presence as the hub hears it.")
+    since: datetime | None = None
+    edges: int
+    presence: dict[str, int] = Field(description="Its edges by presence as shown.")
+    compliance: dict[str, int] = Field(description="Its edges by compliance state.")
+
+
+class Revision(BaseModel):
+    revision: int | None
+    updated_by: str | None
+    updated_at: datetime | None
+
+
+class ProfileRow(BaseModel):
+    name: str
+    revision: int | None
+    priority: int
+    description: str
+    selector: dict[str, Any]
+    updated_by: str | None
+    updated_at: datetime | None
+    running: dict[str, list[str]] = Field(
+        description="Revision (as text; `none` = not running it) -> edges whose last apply used it."
+    )
+    history: list[Revision]
+
+
+class ComplianceSummary(BaseModel):
+    total: int
+    counts: dict[str, int]
+    by_region: dict[str, dict[str, int]]
+    edges: list[dict[str, Any]]
+
+
+def edge_row(fleet: FleetView, view: EdgeView) -> EdgeRow:
+    presence = fleet.presence_of(view)
+    compliance = fleet.compliance_of(view)
+    snap = view.inventory
+    seen = [t for t in (presence.last_seen if presence else None, snap.observed_at if snap else None) if t]
+    backlog = snap.backlog if snap else []
+    return EdgeRow(
+        region=view.region,
+        edge=view.edge,
+        presence=PresenceFilter(presence.state.value) if presence else PresenceFilter.UNKNOWN,
+        presence_reason=presence.reason if presence else "",
+        presence_since=presence.since if presence else None,
+        last_seen=max(seen, default=None),
+        compliance=compliance.state,
+        desired_hash=compliance.desired_hash,
+        reported_hash=compliance.reported_hash,
+        reported_status=compliance.reported_status,
+        error=compliance.error,
+        profile_revisions=compliance.profile_revisions,
+        labels=snap.labels if snap else {},
+        backlog_pending=sum(b.pending for b in backlog),
+        backlog_lost=sum(b.evicted_unforwarded for b in backlog),
+        backlog_oldest_age_seconds=max((b.oldest_age_seconds for b in backlog), default=0.0),
+        inventory_observed_at=snap.observed_at if snap else None,
+    )
+
+
+def matches(
+    row: EdgeRow, *, region: str | None, presence: str | None, compliance: str | None, q: str
+) -> bool:
+    if region and row.region != region:
+        return False
+    if presence and row.presence.value != presence:
+        return False
+    if compliance and row.compliance.value != compliance:
+        return False
+    if q:
+        text = " ".join([row.edge, row.region, *(f"{k}={v}" for k, v in row.labels.items())]).lower()
+        return all(word in text for word in q.lower().split())
+    return True
+
+
+def edge_detail(fleet: FleetView, view: EdgeView) -> EdgeDetail:
+    """Its row, latest inventory, the hub's explanation of its desired state, recent events.
+
+    Labels and groups for `explain` come from its last apply report, else from its inventory.
+    """
+    report = view.report.apply_result if view.report else None
+    if report is not None:
+        labels, groups = report.labels, report.groups
+        note = "labels and groups from its last apply report"
+    elif view.inventory is not None:
+        labels = view.inventory.labels
+        groups = edge_groups(view.region, labels)
+        note = "labels from its inventory (it has not reported an apply yet)"
+    else:
+        labels, groups, note = None, [], "no report and no inventory yet: its labels are unknown"
+    explain: list[ExplainRow] = []
+    desired_hash = None
+    if labels is not None:
+        desired = compute(
+            fleet.profiles.values(),
+            labels,
+            edge=view.edge,
+            groups=groups,
+            overrides=fleet.overrides.values(),
+            now=fleet.clock(),
+        )
+        desired_hash = desired.hash
+        explain = [ExplainRow(path=p, value=v, source=s) for p, v, s in desired.explain()]
+    return EdgeDetail(
+        edge=edge_row(fleet, view),
+        inventory=view.inventory,
+        desired_hash=desired_hash,
+        explain=explain,
+        explain_note=note,
+        events=list(reversed(view.events)),
+    )
+
+
+def regions(fleet: FleetView, rows: list[EdgeRow]) -> list[RegionRow]:
+    names = sorted(set(fleet.regions) | {r.region for r in rows})
+    out = []
+    for name in names:
+        mine = [r for r in rows if r.region == name]
+        record = fleet.regions.get(name)
+        out.append(
+            RegionRow(
+                region=name,
+                state=record.state.value if record else UNKNOWN,
+                since=record.changed_at if record else None,
+                edges=len(mine),
+                presence=dict(Counter(r.presence.value for r in mine)),
+                compliance=dict(Counter(r.compliance.value for r in mine)),
+            )
+        )
+    return out
+
+
+def profiles(fleet: FleetView, history: dict[str, list[Revision]]) -> list[ProfileRow]:
+    out = []
+    for profile in sorted(fleet.profiles.values(), key=lambda p: (p.priority, p.name)):
+        running: dict[str, list[str]] = {}
+        for view in sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge)):
+            if view.report is None or view.report.apply_result is None:
+                continue
+            revision = view.report.apply_result.profile_revisions.get(profile.name)
+            running.setdefault(str(revision) if revision else "none", []).append(view.edge)
+        out.append(
+            ProfileRow(
+                name=profile.name,
+                revision=profile.revision,
+                priority=profile.priority,
+                description=profile.description,
+                selector=profile.selector.model_dump(mode="json", exclude_defaults=True),
+                updated_by=profile.updated_by,
+                updated_at=profile.updated_at,
+                running=running,
+                history=history.get(profile.name, []),
+            )
+        )
+    return out
+
+
+def compliance(rows: list[EdgeRow]) -> ComplianceSummary:
+    by_region: dict[str, Counter[str]] = {}
+    for row in rows:
+        by_region.setdefault(row.region, Counter())[row.compliance.value] += 1
+    return ComplianceSummary(
+        total=len(rows),
+        counts=dict(Counter(r.compliance.value for r in rows)),
+        by_region={k: dict(v) for k, v in sorted(by_region.items())},
+        edges=[
+            {
+                "region": r.region,
+                "edge": r.edge,
+                "state": r.compliance.value,
+                "desired_hash": r.desired_hash,
+                "reported_hash": r.reported_hash,
+                "reported_status": r.reported_status,
+                "error": r.error,
+                "profile_revisions": r.profile_revisions,
+            }
+            for r in rows
+        ],
+    )

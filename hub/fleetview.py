@@ -1,0 +1,229 @@
+"""The hub's live picture of the fleet, kept in memory from its bucket watches.
+
+The dashboard and its JSON API read this, never the buckets per request: with 1,000 edges a
+page load costs a dict walk, not 1,000 KV reads. Each bucket is mirrored by a watch that
+first yields every current value, then each change (`fleetbus.kvwatch`); every change bumps
+`version` and the version of each edge it touches, so a live feed sends only what moved.
+
+Compliance is cached per edge and recomputed when the edge reports, when a profile or
+override changes, or when an override expires (compliance depends on the clock).
+"""
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TypeVar
+
+from fleetbus import kvwatch, log
+from fleetbus.client import FleetClient
+from fleetbus.compliance import EdgeCompliance, State, assess
+from fleetbus.errors import DecodeError
+from fleetbus.kvwatch import KvRecord
+from fleetbus.views import EdgePresence, edge_presence
+from schemas import subjects
+from schemas.base import Message, utcnow
+from schemas.codec import decode_body
+from schemas.event import Event
+from schemas.inventory import InventorySnapshot
+from schemas.override import Override
+from schemas.presence import PresenceChange
+from schemas.profile import Profile
+
+logger = log.get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+RECENT_EVENTS = 500  # the fleet-wide feed
+EDGE_EVENTS = 20  # per edge, for its page
+
+
+@dataclass
+class EdgeView:
+    """Everything the hub holds about one edge."""
+
+    region: str
+    edge: str
+    inventory: InventorySnapshot | None = None
+    presence: PresenceChange | None = None  # the edge's own record, from its regional
+    report: Event | None = None  # its last ApplyResult
+    events: deque[Event] = field(default_factory=lambda: deque(maxlen=EDGE_EVENTS))
+    version: int = 0  # `FleetView.version` when anything shown of it last changed
+
+
+class FleetView:
+    """Mirrors the hub's buckets (inventory, presence, regions, applied, profiles,
+    overrides) and its EVENTS stream; `run()` keeps it current until cancelled."""
+
+    def __init__(self, client: FleetClient, *, clock: Callable[[], datetime] = utcnow) -> None:
+        self.client = client
+        self.clock = clock
+        self.edges: dict[str, EdgeView] = {}
+        self.regions: dict[str, PresenceChange] = {}
+        self.profiles: dict[str, Profile] = {}
+        self.overrides: dict[str, Override] = {}
+        self.events: deque[tuple[int, Event]] = deque(maxlen=RECENT_EVENTS)
+        self.version = 0
+        self.policy_version = 0  # bumped by profile and override changes
+        self.loaded: set[str] = set()  # buckets whose current values are all in
+        self._changed = asyncio.Condition()
+        self._compliance: dict[str, tuple[int, EdgeCompliance]] = {}
+        self._next_expiry: datetime | None = None
+
+    # Reading
+
+    def presence_of(self, view: EdgeView) -> EdgePresence | None:
+        if view.presence is None:
+            return None
+        return edge_presence(view.presence, self.regions.get(view.region))
+
+    def compliance_of(self, view: EdgeView) -> EdgeCompliance:
+        self._expire_overrides()
+        cached = self._compliance.get(view.edge)
+        if cached is not None and cached[0] == self.policy_version:
+            return cached[1]
+        reports = [view.report] if view.report else []
+        rows = assess(
+            self.profiles.values(),
+            self.overrides.values(),
+            reports,
+            now=self.clock(),
+            known=[(view.region, view.edge)],
+        )
+        row = rows[0] if rows else EdgeCompliance(view.region, view.edge, State.UNKNOWN)
+        self._compliance[view.edge] = (self.policy_version, row)
+        return row
+
+    def _expire_overrides(self) -> None:
+        """An override that just expired changes every edge it targeted: treat it as a change."""
+        if self._next_expiry is not None and self.clock() >= self._next_expiry:
+            self._policy_changed()
+
+    def _policy_changed(self) -> None:
+        self.policy_version += 1
+        now = self.clock()
+        pending = [o.expires_at for o in self.overrides.values() if o.expires_at and o.expires_at > now]
+        self._next_expiry = min(pending, default=None)
+        self._bump(*self.edges)
+
+    def find(self, edge: str) -> EdgeView | None:
+        return self.edges.get(edge)
+
+    async def changed_since(self, version: int, timeout: float) -> int:
+        """Wait until `version` is passed (or `timeout` s elapse); return the current version."""
+        async with self._changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait_for(lambda: self.version > version), timeout)
+            return self.version
+
+    # Keeping current
+
+    async def run(self) -> None:
+        """Mirror every bucket and the events feed; returns only by cancellation or error."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._mirror(subjects.REGIONS_BUCKET, PresenceChange, self._on_region))
+            group.create_task(self._mirror(subjects.PRESENCE_BUCKET, PresenceChange, self._on_presence))
+            group.create_task(self._mirror(subjects.INVENTORY_BUCKET, InventorySnapshot, self._on_inventory))
+            group.create_task(self._mirror(subjects.APPLIED_BUCKET, Event, self._on_report))
+            group.create_task(self._mirror(subjects.PROFILES_BUCKET, Profile, self._on_profile))
+            group.create_task(self._mirror(subjects.OVERRIDES_BUCKET, Override, self._on_override))
+            group.create_task(self._follow_events())
+
+    async def _mirror(self, bucket: str, cls: type[M], apply: Callable[[KvRecord, M | None], None]) -> None:
+        records, seen = await kvwatch.snapshot(self.client.bus.jetstream(subjects.HUB_DOMAIN), bucket)
+        for record in records:
+            self._take(bucket, cls, apply, record)
+        self.loaded.add(bucket)
+        await self._notify()
+        js = self.client.bus.jetstream(subjects.HUB_DOMAIN)
+        async for record in kvwatch.changes(js, bucket, after=seen):
+            self._take(bucket, cls, apply, record)
+            await self._notify()
+
+    def _take(
+        self, bucket: str, cls: type[M], apply: Callable[[KvRecord, M | None], None], record: KvRecord
+    ) -> None:
+        if record.deleted:
+            apply(record, None)
+            return
+        try:
+            value = decode_body(cls, record.value, subject=subjects.kv_subject(bucket, record.key))
+        except DecodeError as exc:
+            # Like the edges: an undecodable value is skipped and the last good one stands.
+            logger.warning("undecodable record skipped", bucket=bucket, key=record.key, reason=exc.reason)
+            return
+        apply(record, value)
+
+    def _edge(self, region: str, edge: str) -> EdgeView:
+        view = self.edges.get(edge)
+        if view is None:
+            view = self.edges[edge] = EdgeView(region, edge)
+        view.region = region
+        return view
+
+    def _bump(self, *edges: str) -> None:
+        self.version += 1
+        for edge in edges:
+            if (view := self.edges.get(edge)) is not None:
+                view.version = self.version
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _on_region(self, record: KvRecord, change: PresenceChange | None) -> None:
+        if change is None:
+            self.regions.pop(record.key, None)
+            region = record.key
+        else:
+            self.regions[change.region] = change
+            region = change.region
+        self._bump(*(e for e, v in self.edges.items() if v.region == region))
+
+    def _on_presence(self, _record: KvRecord, change: PresenceChange | None) -> None:
+        if change is not None and change.edge:
+            self._edge(change.region, change.edge).presence = change
+            self._bump(change.edge)
+
+    def _on_inventory(self, record: KvRecord, snap: InventorySnapshot | None) -> None:
+        if snap is None:
+            return
+        view = self._edge(snap.region, snap.edge)
+        if view.inventory is not None and snap.observed_at < view.inventory.observed_at:
+            return  # a replayed older snapshot
+        view.inventory = snap.model_copy(update={"received_at": record.stored_at})
+        self._bump(snap.edge)
+
+    def _on_report(self, _record: KvRecord, event: Event | None) -> None:
+        if event is None or event.apply_result is None:
+            return
+        view = self._edge(event.region, event.edge)
+        view.report = event
+        self._compliance.pop(event.edge, None)
+        self._bump(event.edge)
+
+    def _on_profile(self, record: KvRecord, profile: Profile | None) -> None:
+        if profile is None:
+            self.profiles.pop(record.key, None)
+        else:
+            self.profiles[record.key] = profile
+        self._policy_changed()
+
+    def _on_override(self, record: KvRecord, override: Override | None) -> None:
+        if override is None:
+            self.overrides.pop(record.key, None)
+        else:
+            self.overrides[record.key] = override
+        self._policy_changed()
+
+    async def _follow_events(self) -> None:
+        """The latest event of each kind from each edge, then every new one."""
+        async for event in self.client.watch_events():
+            self._bump()
+            self.events.append((self.version, event))
+            view = self._edge(event.region, event.edge)
+            view.events.append(event)
+            self._bump(event.edge)
+            await self._notify()

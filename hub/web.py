@@ -1,0 +1,242 @@
+"""The hub's web dashboard and read-only JSON API (FastAPI, served by uvicorn in the hub daemon).
+
+    /                     the dashboard (static HTML/CSS/JS, no build step)
+    /api/edges            edges as tiles: presence, compliance, revisions, backlog (filterable)
+    /api/edges/{edge}     one edge: its row, latest inventory, explain, recent events
+    /api/regions          regions: presence and counts of their edges
+    /api/profiles         profiles: revision, history, which edges run which revision
+    /api/compliance       converged / pending / failed / unknown, in all and per region
+    /api/events           the fleet's recent events (newest first)
+    /api/stream           Server-Sent Events: rows that changed, new events
+    /openapi.json, /docs  the API's schema
+
+Everything is answered from the `FleetView` in memory; nothing here writes to the fleet.
+"""
+
+import asyncio
+import contextlib
+import json
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from fleetbus import log
+from fleetbus.compliance import State
+from fleetbus.errors import ConfigError
+from hub import api
+from hub.fleetview import RECENT_EVENTS, FleetView
+from schemas.event import Event, Severity
+
+logger = log.get_logger(__name__)
+
+STATIC = Path(__file__).parent / "static"
+KEEPALIVE = 15.0  # s between SSE comments on a quiet fleet (proxies drop idle streams)
+SSE_PERIOD = 0.25  # s: at most this many batches per second per client, changes coalesced
+
+
+def create_app(fleet: FleetView) -> FastAPI:
+    app = FastAPI(
+        title="fleetbus hub",
+        summary="Read-only view of the fleet: edges, regions, profiles, compliance, events.",
+        version="1",
+    )
+
+    @app.exception_handler(HTTPException)
+    async def clear_errors(_request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_input(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+            + (f" (got {e['input']!r})" if "input" in e else "")
+            for e in exc.errors()
+        ]
+        body = {"error": "; ".join(problems), "status": 422, "detail": jsonable_encoder(exc.errors())}
+        return JSONResponse(body, status_code=422)
+
+    def rows() -> list[api.EdgeRow]:
+        views = sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge))
+        return [api.edge_row(fleet, v) for v in views]
+
+    @app.get("/api/edges", response_model=api.EdgeList, tags=["fleet"])
+    async def list_edges(
+        region: Annotated[str | None, Query(max_length=64, description="Only this region.")] = None,
+        presence: Annotated[api.PresenceFilter | None, Query(description="Only this presence.")] = None,
+        compliance: Annotated[State | None, Query(description="Only this compliance state.")] = None,
+        q: Annotated[str, Query(max_length=200, description="Words to find in id, region, labels.")] = "",
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> api.EdgeList:
+        """Edges, sorted by region and id, filtered; `total` counts before limit/offset."""
+        found = [
+            r
+            for r in rows()
+            if api.matches(
+                r,
+                region=region,
+                presence=presence.value if presence else None,
+                compliance=compliance.value if compliance else None,
+                q=q,
+            )
+        ]
+        return api.EdgeList(total=len(found), edges=found[offset : offset + limit])
+
+    @app.get(
+        "/api/edges/{edge}",
+        response_model=api.EdgeDetail,
+        responses={404: {"description": "No such edge known to the hub."}},
+        tags=["fleet"],
+    )
+    async def get_edge(edge: str) -> api.EdgeDetail:
+        view = fleet.find(edge)
+        if view is None:
+            raise HTTPException(
+                404,
+                f"no edge {edge!r} is known to the hub (it has never reported); GET /api/edges lists them",
+            )
+        return api.edge_detail(fleet, view)
+
+    @app.get("/api/regions", response_model=list[api.RegionRow], tags=["fleet"])
+    async def list_regions() -> list[api.RegionRow]:
+        return api.regions(fleet, rows())
+
+    @app.get("/api/profiles", response_model=list[api.ProfileRow], tags=["profiles"])
+    async def list_profiles() -> list[api.ProfileRow]:
+        history = {}
+        for name in fleet.profiles:
+            kept = await fleet.client.profiles.history(name, since_delete=True)
+            history[name] = [
+                api.Revision(revision=p.revision, updated_by=p.updated_by, updated_at=p.updated_at)
+                for p in reversed(kept)
+            ]
+        return api.profiles(fleet, history)
+
+    @app.get("/api/compliance", response_model=api.ComplianceSummary, tags=["profiles"])
+    async def get_compliance() -> api.ComplianceSummary:
+        return api.compliance(rows())
+
+    @app.get("/api/events", tags=["events"])
+    async def list_events(
+        kind: Annotated[str | None, Query(max_length=64)] = None,
+        region: Annotated[str | None, Query(max_length=64)] = None,
+        edge: Annotated[str | None, Query(max_length=64)] = None,
+        severity: Severity | None = None,
+        limit: Annotated[int, Query(ge=1, le=RECENT_EVENTS)] = 100,
+    ) -> list[Event]:
+        """The most recent events the hub holds in memory (the last of each kind per edge at
+        start, then every new one), newest first."""
+        found = []
+        for _, event in reversed(fleet.events):
+            if (kind and event.kind != kind) or (region and event.region != region):
+                continue
+            if (edge and event.edge != edge) or (severity and event.severity != severity):
+                continue
+            found.append(event)
+            if len(found) >= limit:
+                break
+        return found
+
+    @app.get(
+        "/api/stream",
+        tags=["fleet"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def stream(request: Request) -> StreamingResponse:
+        """Server-Sent Events. `hello` {version} first; then, as things change, `edges`
+        [EdgeRow] (rows that changed), `regions` [RegionRow] and `events` [Event] (new ones),
+        `profiles` {} (profiles or overrides changed: fetch /api/profiles again)."""
+        return StreamingResponse(
+            _feed(fleet, request, rows),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _sse(name: str, data: object) -> str:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+async def _feed(
+    fleet: FleetView, request: Request, rows: Callable[[], list[api.EdgeRow]]
+) -> AsyncIterator[str]:
+    version, policy = fleet.version, fleet.policy_version
+    yield "retry: 2000\n\n"
+    yield _sse("hello", {"version": version})
+    while not await request.is_disconnected():
+        current = await fleet.changed_since(version, KEEPALIVE)
+        if current == version:
+            yield ": keepalive\n\n"
+            continue
+        changed = [v for v in fleet.edges.values() if v.version > version]
+        if changed:
+            edges = [api.edge_row(fleet, v).model_dump(mode="json") for v in changed]
+            yield _sse("edges", edges)
+            yield _sse("regions", [r.model_dump(mode="json") for r in api.regions(fleet, rows())])
+        events = [e.model_dump(mode="json") for v, e in fleet.events if v > version]
+        if events:
+            yield _sse("events", events)
+        if fleet.policy_version != policy:
+            policy = fleet.policy_version
+            yield _sse("profiles", {})
+        version = current
+        await asyncio.sleep(SSE_PERIOD)  # a rate limit: coalesce bursts into one batch
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The dashboard's listening socket, bound now so a taken port fails the start clearly."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        msg = (
+            f"cannot serve the dashboard on {host}:{port}: {exc.strerror}; "
+            "set another port with FLEETBUS_DASHBOARD_PORT (0 picks a free one)"
+        )
+        raise ConfigError(msg) from exc
+    sock.listen(128)
+    sock.setblocking(False)  # noqa: FBT003 - the socket API
+    return sock
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the daemon owns SIGINT/SIGTERM and stops this server by cancelling its task
+
+
+async def serve(app: FastAPI, sock: socket.socket) -> None:
+    """Serve `app` on `sock` until cancelled; then close connections (live streams too)
+    within a second and return."""
+    config = uvicorn.Config(
+        app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=1
+    )
+    server = _Server(config)
+    task = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)  # a repeated cancel must not leave it half shut
+        raise

@@ -1,0 +1,242 @@
+"""Issue 6: the hub's dashboard and JSON API, on a real fleet (servers, daemons, link proxies).
+
+The browser test drives Debian's chromium headless through selenium and saves screenshots
+under test-output/dashboard/.
+"""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fleetbus.client import FleetClient
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.netutil import http_get
+from schemas.profile import Profile
+from tests.conftest import running_fleet
+from tests.helpers import ROOT, eventually, require_tool
+
+pytestmark = pytest.mark.slow
+
+EDGES = ("r1-e1", "r1-e2")
+OUTPUT = ROOT / "test-output" / "dashboard"
+
+
+def dashboard(fleet: DevFleet) -> str:
+    url = fleet.plan.site("hub").dashboard_url
+    assert url, "the dev fleet plans a dashboard port for the hub"
+    return url
+
+
+async def get(fleet: DevFleet, path: str) -> tuple[int, Any]:
+    status, body = await http_get(dashboard(fleet) + path.lstrip("/"), timeout=5)
+    return status, json.loads(body)
+
+
+async def all_online_and_converged(fleet: DevFleet) -> list[dict[str, Any]]:
+    async def probe() -> list[dict[str, Any]] | None:
+        _, body = await get(fleet, "/api/edges")
+        rows = body["edges"]
+        ok = [r["edge"] for r in rows if r["presence"] == "online" and r["compliance"] == "converged"]
+        return rows if sorted(ok) == list(EDGES) else None
+
+    return await eventually(probe, timeout=30, what="every edge online and converged on /api/edges")
+
+
+class Sse:
+    """A raw Server-Sent Events reader on /api/stream (what a browser's EventSource gets)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def next(self) -> tuple[str, Any]:
+        name, data = "message", ""
+        while True:
+            line = (await self.reader.readline()).decode().rstrip("\r\n")
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                data += line.removeprefix("data: ")
+            elif not line and data:
+                return name, json.loads(data)
+
+
+@contextlib.asynccontextmanager
+async def sse(fleet: DevFleet) -> AsyncIterator[Sse]:
+    port = fleet.plan.site("hub").dashboard_port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /api/stream HTTP/1.1\r\nHost: hub\r\nAccept: text/event-stream\r\n\r\n")
+    await writer.drain()
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n", 1)[0], head
+    assert b"text/event-stream" in head, head
+    try:
+        yield Sse(reader, writer)
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def fleet(tmp_path: Path) -> AsyncIterator[DevFleet]:
+    async with running_fleet(tmp_path) as running:
+        yield running
+
+
+async def test_api_answers_from_the_fleet_and_streams_changes(fleet):
+    rows = await all_online_and_converged(fleet)
+    assert {r["region"] for r in rows} == {"r1"}
+
+    # A profile: /api/profiles shows its revision and which edges run it.
+    async with await FleetClient.connect(fleet.plan.site("hub").server.client_url) as client:
+        profile = Profile.model_validate(
+            {
+                "name": "base",
+                "selector": {"match_labels": {"env": "dev"}},
+                "spec": {"config": {"ntp": "pool.ntp.org"}},
+            }
+        )
+        await client.profiles.apply(profile, actor="test")
+
+    async def running_everywhere() -> list[dict[str, Any]] | None:
+        _, body = await get(fleet, "/api/profiles")
+        return body if body and sorted(body[0]["running"].get("1", [])) == list(EDGES) else None
+
+    profiles = await eventually(running_everywhere, timeout=30, what="revision 1 running on both edges")
+    assert profiles[0]["name"] == "base"
+    assert profiles[0]["revision"] == 1
+    assert [h["revision"] for h in profiles[0]["history"]] == [1]
+
+    status, detail = await get(fleet, "/api/edges/r1-e1")
+    assert status == 200
+    assert detail["edge"]["edge"] == "r1-e1"
+    assert detail["inventory"]["edge"] == "r1-e1"
+    assert {"path": "config.ntp", "value": "pool.ntp.org", "source": "profile base@1"} in detail["explain"]
+    assert detail["desired_hash"] == detail["edge"]["desired_hash"]
+    assert any(e["kind"] == "apply_result" for e in detail["events"])
+
+    status, summary = await get(fleet, "/api/compliance")
+    assert status == 200
+    assert (summary["total"], summary["counts"]) == (2, {"converged": 2}), summary
+    status, regions = await get(fleet, "/api/regions")
+    assert [(r["region"], r["state"], r["edges"]) for r in regions] == [("r1", "online", 2)]
+    status, events = await get(fleet, "/api/events?kind=apply_result&edge=r1-e2&limit=5")
+    assert status == 200
+    assert events
+    assert all(e["edge"] == "r1-e2" for e in events)
+    status, filtered = await get(fleet, "/api/edges?presence=online&q=r1-e2")
+    assert [r["edge"] for r in filtered["edges"]] == ["r1-e2"]
+    assert filtered["total"] == 1
+
+    # Live: killing an edge daemon turns its row stale on the stream, unasked.
+    async with sse(fleet) as stream:
+        name, hello = await stream.next()
+        assert name == "hello"
+        assert hello["version"] > 0
+        await fleet.kill("r1-e2", server=False)
+
+        async def stale_on_stream() -> bool:
+            while True:
+                name, data = await stream.next()
+                if name == "edges" and any(
+                    r["edge"] == "r1-e2" and r["presence"] in ("stale", "offline") for r in data
+                ):
+                    return True
+
+        await asyncio.wait_for(stale_on_stream(), 20)
+
+
+async def test_api_errors_are_clear_and_never_500(fleet):
+    await all_online_and_converged(fleet)
+    status, body = await get(fleet, "/api/edges/no-such-edge")
+    assert status == 404
+    assert "no-such-edge" in body["error"], body
+    assert "/api/edges" in body["error"], body
+
+    odd = [
+        "/api/edges?limit=abc",
+        "/api/edges?limit=-1",
+        "/api/edges?limit=99999999999999999999999",
+        "/api/edges?offset=1e3",
+        "/api/edges?presence=sideways",
+        "/api/edges?compliance=%00",
+        "/api/edges?q=%ff%fe%00%C0%AF",
+        "/api/edges?q=" + "x" * 5000,
+        "/api/edges?region=r1&region=r2&limit=1&limit=2",
+        "/api/edges?%%%%=&&&==",
+        "/api/edges?presence=online&compliance=failed&region=%E2%98%83",
+        "/api/edges/%2e%2e%2f%2e%2e",
+        "/api/edges/r1-e1%00",
+        "/api/events?limit=0",
+        "/api/events?severity=loud",
+        "/api/events?limit=5&kind=%F0%9F%92%A5&edge=",
+        "/api/profiles?x[]=1&y[a]=b",
+        "/api/compliance?limit=abc",
+        "/api/regions?%ZZ",
+    ]
+    for path in odd:
+        status, body = await get(fleet, path)
+        assert status < 500, (path, status, body)
+        assert status in (200, 404, 422), (path, status, body)
+        if status == 422:
+            assert body["error"], (path, body)
+    status, body = await get(fleet, "/api/edges?presence=sideways")
+    assert status == 422
+    assert "presence" in body["error"], body
+
+    status, schema = await get(fleet, "/openapi.json")
+    assert status == 200
+    paths = set(schema["paths"])
+    expected = {"/api/edges", "/api/edges/{edge}", "/api/profiles", "/api/compliance", "/api/events"}
+    assert expected <= paths, paths
+
+
+async def test_browser_sees_every_edge_and_a_killed_daemon_turn_stale(fleet):
+    chromium = require_tool("/usr/bin/chromium", "chromium")
+    chromedriver = require_tool("/usr/bin/chromedriver", "chromium-driver")
+    from selenium import webdriver  # noqa: PLC0415 - only this test needs a browser
+    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
+    from selenium.webdriver.common.by import By  # noqa: PLC0415
+
+    await all_online_and_converged(fleet)
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
+        options.add_argument(flag)
+    options.add_argument("--window-size=1280,800")
+    browser = await asyncio.to_thread(webdriver.Chrome, options=options, service=Service(chromedriver))
+    try:
+        await asyncio.to_thread(browser.get, dashboard(fleet))
+
+        def tiles() -> dict[str, str]:
+            found = browser.find_elements(By.CSS_SELECTOR, "a.tile[data-edge]")
+            return {t.get_attribute("data-edge"): t.get_attribute("data-presence") for t in found}
+
+        async def every_edge_shown() -> dict[str, str] | None:
+            shown = await asyncio.to_thread(tiles)
+            return shown if sorted(shown) == list(EDGES) and set(shown.values()) == {"online"} else None
+
+        await eventually(every_edge_shown, timeout=20, what="both edges shown online in the browser")
+        await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "fleet-online.png"))
+        page_id = await asyncio.to_thread(browser.execute_script, "return window.performance.timeOrigin")
+
+        await fleet.kill("r1-e1", server=False)
+
+        async def turned_stale() -> dict[str, str] | None:
+            shown = await asyncio.to_thread(tiles)
+            return shown if shown.get("r1-e1") in ("stale", "offline") else None
+
+        shown = await eventually(turned_stale, timeout=20, what="r1-e1's tile turning stale/offline")
+        assert shown["r1-e2"] == "online", shown
+        # The same page: it changed live, nobody reloaded it.
+        assert (
+            await asyncio.to_thread(browser.execute_script, "return window.performance.timeOrigin") == page_id
+        )
+        await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "fleet-edge-stale.png"))
+        assert (OUTPUT / "fleet-edge-stale.png").stat().st_size > 0
+    finally:
+        await asyncio.to_thread(browser.quit)
