@@ -273,7 +273,8 @@ class InventoryPublisher:
         if self.metrics:
             for item in backlog:
                 self.metrics.stream_evicted.labels(stream=item.stream).set(item.evicted)
-                self.metrics.stream_lag.labels(stream=item.stream).set(item.pending)
+                self.metrics.uplink_backlog.labels(stream=item.stream).set(item.pending)
+                self.metrics.uplink_backlog_age.labels(stream=item.stream).set(item.oldest_age_seconds)
         return InventorySnapshot(
             region=self.region,
             edge=self.edge,

@@ -187,7 +187,6 @@ class Daemon:
         except asyncio.CancelledError:
             raise
         except BaseException:
-            self.metrics.task_failures.labels(task=name).inc()
             logger.exception("task failed", task=name)
             if self._failed is None:
                 self._failed = name

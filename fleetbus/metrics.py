@@ -28,9 +28,6 @@ class DaemonMetrics:
         self.nats_connected = Gauge(
             "fleetbus_nats_connected", "1 while connected to the site's own nats-server.", registry=r
         )
-        self.task_failures = Counter(
-            "fleetbus_task_failures_total", "Daemon tasks that ended with an error.", ["task"], registry=r
-        )
         self.peers_heard = Gauge(
             "fleetbus_peers_heard", "Sites of the tier below that sent at least one heartbeat.", registry=r
         )
@@ -58,10 +55,22 @@ class DaemonMetrics:
             ["stream"],
             registry=r,
         )
-        self.stream_lag = Gauge(
-            "fleetbus_stream_source_lag_messages",
-            "Messages the sites below hold that this tier's stream has not sourced yet, by stream.",
+        self.uplink_backlog = Gauge(
+            "fleetbus_uplink_backlog_messages",
+            "Messages stored here that the tier above has not confirmed holding yet, by stream (edge).",
             ["stream"],
+            registry=r,
+        )
+        self.uplink_backlog_age = Gauge(
+            "fleetbus_uplink_backlog_oldest_age_seconds",
+            "Age of the oldest message waiting for the uplink, by stream (edge); 0 when none waits.",
+            ["stream"],
+            registry=r,
+        )
+        self.link_transitions = Counter(
+            "fleetbus_link_transitions_total",
+            "Times the tier above started (up) or stopped (down) answering.",
+            ["state"],
             registry=r,
         )
         self.heartbeats_rejected = Counter(
@@ -86,5 +95,21 @@ class DaemonMetrics:
             "fleetbus_inventory_snapshots_total",
             "Inventory snapshots stored for the uplink, by trigger (changed or interval).",
             ["trigger"],
+            registry=r,
+        )
+        # The hub only: the fleet as its dashboard shows it.
+        self.fleet_edges = Gauge(
+            "fleetbus_fleet_edges",
+            "Edges the hub knows, by presence as shown and compliance (hub).",
+            ["presence", "compliance"],
+            registry=r,
+        )
+        self.dashboard_streams = Gauge(
+            "fleetbus_dashboard_streams", "Live dashboard feeds (/api/stream) open now (hub).", registry=r
+        )
+        self.api_requests = Counter(
+            "fleetbus_api_requests_total",
+            "HTTP requests to the hub's dashboard and API, by route template and status class.",
+            ["route", "status"],
             registry=r,
         )

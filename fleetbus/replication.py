@@ -195,8 +195,8 @@ async def watch_limits(
     interval: float = 15.0,
 ) -> None:
     """Export, per stream, what its limits have evicted (first sequence - 1; streams in
-    `superseded_ok` keep one message per subject, so older ones are replaced, not lost) and
-    how far its sources lag behind the sites below, every `interval` seconds."""
+    `superseded_ok` keep one message per subject, so older ones are replaced, not lost),
+    every `interval` seconds."""
     while True:
         for name in streams:
             try:
@@ -205,7 +205,6 @@ async def watch_limits(
                 continue
             evicted = 0 if name in superseded_ok else max(0, info.state.first_seq - 1)
             metrics.stream_evicted.labels(stream=name).set(evicted)
-            metrics.stream_lag.labels(stream=name).set(sum(s.lag or 0 for s in info.sources or []))
         await asyncio.sleep(interval)  # a sampling period
 
 
@@ -247,6 +246,8 @@ class UpstreamProbe:
             self.up = answered
             if answered != was:
                 self.changed_at = utcnow()
+                if self.metrics and was is not None:
+                    self.metrics.link_transitions.labels(state="up" if answered else "down").inc()
             if self.metrics:
                 self.metrics.upstream_up.set(1 if answered else 0)
             if answered and was is not True:

@@ -137,6 +137,11 @@ def edge_row(fleet: FleetView, view: EdgeView) -> EdgeRow:
     )
 
 
+def rows(fleet: FleetView) -> list[EdgeRow]:
+    """Every edge's row, sorted by region and id."""
+    return [edge_row(fleet, v) for v in sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge))]
+
+
 def matches(
     row: EdgeRow, *, region: str | None, presence: str | None, compliance: str | None, q: str
 ) -> bool:

@@ -1,18 +1,21 @@
 """The hub daemon: owns the profile and override buckets, gathers the fleet's events,
 inventory and presence (by sourcing), and tracks which regionals it can hear."""
 
+import asyncio
 import socket
+from collections import Counter
 
 from fleetbus import log
 from fleetbus.bus import Msg
 from fleetbus.client import FleetClient
 from fleetbus.daemon import Daemon
 from fleetbus.liveness import PresenceBoard
+from fleetbus.metrics import DaemonMetrics
 from fleetbus.presence import PresencePolicy, PresenceTracker
 from fleetbus.provisioning import BucketSpec, ensure_bucket
 from fleetbus.replication import SiteFollower, SourcedStream, watch_limits
 from fleetbus.settings import HubSettings
-from hub import streams, web
+from hub import api, streams, web
 from hub.fleetview import FleetView
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
@@ -81,9 +84,23 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         daemon.add_task("limits", limits)
         if listener is not None:
             view = FleetView(FleetClient(daemon.bus, settings.nats_url))
-            app = web.create_app(view)
+            app = web.create_app(view, daemon.metrics)
             host, port = listener.getsockname()[:2]
             logger.info("dashboard", url=f"http://{host}:{port}/")
             daemon.add_task("fleet-view", view.run)
+            daemon.add_task("fleet-counts", lambda: export_counts(view, metrics))
             daemon.add_task("dashboard", lambda: web.serve(app, listener))
         await daemon.run()
+
+
+async def export_counts(view: FleetView, metrics: DaemonMetrics, interval: float = 2.0) -> None:
+    """`fleetbus_fleet_edges{presence, compliance}` from the dashboard's view, every `interval` s."""
+    shown: set[tuple[str, str]] = set()
+    while True:
+        counts = Counter((r.presence.value, r.compliance.value) for r in api.rows(view))
+        for presence, compliance in shown - set(counts):
+            metrics.fleet_edges.labels(presence=presence, compliance=compliance).set(0)
+        for (presence, compliance), n in counts.items():
+            metrics.fleet_edges.labels(presence=presence, compliance=compliance).set(n)
+        shown |= set(counts)
+        await asyncio.sleep(interval)  # a sampling period

@@ -6,10 +6,12 @@ A test checks that the committed file is current (`make schemas` regenerates it)
 import json
 import sys
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from hub.fleetview import FleetView
 from hub.web import create_app
+
+if TYPE_CHECKING:
+    from hub.fleetview import FleetView
 
 DEFAULT = Path("docs/api/openapi.json")
 

@@ -27,10 +27,13 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import Counter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetbus import log
 from fleetbus.compliance import State
 from fleetbus.errors import ConfigError
+from fleetbus.metrics import DaemonMetrics
 from hub import api
 from hub.fleetview import RECENT_EVENTS, FleetView
 from schemas.event import Event, Severity
@@ -42,7 +45,7 @@ KEEPALIVE = 15.0  # s between SSE comments on a quiet fleet (proxies drop idle s
 SSE_PERIOD = 0.25  # s: at most this many batches per second per client, changes coalesced
 
 
-def create_app(fleet: FleetView) -> FastAPI:
+def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAPI:
     app = FastAPI(
         title="fleetbus hub",
         summary="Read-only view of the fleet: edges, regions, profiles, compliance, events.",
@@ -64,8 +67,7 @@ def create_app(fleet: FleetView) -> FastAPI:
         return JSONResponse(body, status_code=422)
 
     def rows() -> list[api.EdgeRow]:
-        views = sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge))
-        return [api.edge_row(fleet, v) for v in views]
+        return api.rows(fleet)
 
     @app.get("/api/edges", response_model=api.EdgeList, tags=["fleet"])
     async def list_edges(
@@ -156,7 +158,7 @@ def create_app(fleet: FleetView) -> FastAPI:
         [EdgeRow] (rows that changed), `regions` [RegionRow] and `events` [Event] (new ones),
         `profiles` {} (profiles or overrides changed: fetch /api/profiles again)."""
         return StreamingResponse(
-            _feed(fleet, request, rows),
+            _feed(fleet, request, rows, metrics),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -166,7 +168,34 @@ def create_app(fleet: FleetView) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if metrics is not None:
+        app.add_middleware(_Counted, counter=metrics.api_requests)
     return app
+
+
+class _Counted:
+    """Counts requests by route template (never by edge id) and status class."""
+
+    def __init__(self, app: ASGIApp, counter: Counter) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.counter.labels(route=route, status=f"{status // 100}xx").inc()
 
 
 def _sse(name: str, data: object) -> str:
@@ -174,6 +203,22 @@ def _sse(name: str, data: object) -> str:
 
 
 async def _feed(
+    fleet: FleetView,
+    request: Request,
+    rows: Callable[[], list[api.EdgeRow]],
+    metrics: DaemonMetrics | None,
+) -> AsyncIterator[str]:
+    if metrics is not None:
+        metrics.dashboard_streams.inc()
+    try:
+        async for chunk in _changes(fleet, request, rows):
+            yield chunk
+    finally:
+        if metrics is not None:
+            metrics.dashboard_streams.dec()
+
+
+async def _changes(
     fleet: FleetView, request: Request, rows: Callable[[], list[api.EdgeRow]]
 ) -> AsyncIterator[str]:
     version, policy = fleet.version, fleet.policy_version
