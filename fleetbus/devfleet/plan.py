@@ -1,6 +1,6 @@
 """The shape of a dev fleet: which sites, which ports, which configs. Pure, no I/O."""
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,7 @@ class SitePlan:
     region: str
     daemon_http_port: int
     workdir: Path
+    upstream: str | None = None  # the site whose server this one is a leaf of
     # With link proxies: the server's upstream URL points at `link_port`, a proxy forwarding
     # to `link_target` (the upstream's leaf port), so links can be cut and healed.
     link_port: int | None = None
@@ -99,11 +100,14 @@ def plan_fleet(
     *,
     mqtt: bool = False,
     links: bool = False,
+    edge_counts: Sequence[int] | None = None,
 ) -> FleetPlan:
-    """Hub, `regions` regionals and `edges` edges per region, taking ports from `ports`.
+    """Hub, `regions` regionals and `edges` edges per region (or `edge_counts[i]` in region
+    i + 1), taking ports from `ports`.
 
     `links=True` puts a proxy port on every leaf link (see `fleetbus.linkproxy`).
     """
+    counts = list(edge_counts) if edge_counts is not None else [edges] * regions
     sites_dir = state_dir / "sites"
 
     def site(name: str, tier: Tier, region: str, upstream_site: SitePlan | None) -> SitePlan:
@@ -130,6 +134,7 @@ def plan_fleet(
             region=region,
             daemon_http_port=next(ports),
             workdir=workdir,
+            upstream=upstream_site.name if upstream_site else None,
             link_port=link_port,
             link_target=link_target if link_port else None,
             dashboard_port=next(ports) if tier is Tier.HUB else None,
@@ -137,9 +142,9 @@ def plan_fleet(
 
     hub = site(HUB_DOMAIN, Tier.HUB, HUB_DOMAIN, None)
     sites = [hub]
-    for r in range(1, regions + 1):
+    for r, count in enumerate(counts, start=1):
         region = region_id(r)
         regional = site(region, Tier.REGIONAL, region, hub)
         sites.append(regional)
-        sites.extend(site(edge_id(region, e), Tier.EDGE, region, regional) for e in range(1, edges + 1))
+        sites.extend(site(edge_id(region, e), Tier.EDGE, region, regional) for e in range(1, count + 1))
     return FleetPlan(state_dir=state_dir, sites=tuple(sites))
