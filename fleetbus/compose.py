@@ -226,9 +226,7 @@ def render_compose() -> tuple[str, dict[str, str]]:
         "# from the same code as `fleetbus dev up`: edit that, not this file.\n"
         "# `docker compose up`; with Prometheus and Grafana: `docker compose --profile monitoring up`.\n"
     )
-    body = yaml.safe_dump(
-        {"services": services, "volumes": volumes}, sort_keys=False, width=120
-    )
+    body = yaml.safe_dump({"services": services, "volumes": volumes}, sort_keys=False, width=120)
     return header + body, configs
 
 

@@ -284,7 +284,9 @@ function renderEvents() {
 
 // ---- start -------------------------------------------------------------------------------
 
-for (const id of ["#q", "#f-presence", "#f-compliance", "#f-region"]) $(id).addEventListener("input", () => renderFleet(true));
+for (const id of ["#q", "#f-presence", "#f-compliance", "#f-region"]) {
+  for (const type of ["input", "change"]) $(id).addEventListener(type, () => renderFleet(true));
+}
 $("#filters").addEventListener("submit", (e) => e.preventDefault());
 $("#ev-q").addEventListener("input", renderEvents);
 window.addEventListener("hashchange", route);
