@@ -12,18 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from fleetbus.client import FleetClient
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.netutil import http_get
 from schemas.profile import Profile
+from tests.browser import OUTPUT, chromium
 from tests.conftest import running_fleet
-from tests.helpers import ROOT, eventually, require_tool
+from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
 EDGES = ("r1-e1", "r1-e2")
-OUTPUT = ROOT / "test-output" / "dashboard"
 
 
 def dashboard(fleet: DevFleet) -> str:
@@ -195,21 +196,8 @@ async def test_api_errors_are_clear_and_never_500(fleet):
 
 
 async def test_browser_sees_every_edge_and_a_killed_daemon_turn_stale(fleet):
-    chromium = require_tool("/usr/bin/chromium", "chromium")
-    chromedriver = require_tool("/usr/bin/chromedriver", "chromium-driver")
-    from selenium import webdriver  # noqa: PLC0415 - only this test needs a browser
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
-
     await all_online_and_converged(fleet)
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1280,800")
-    browser = await asyncio.to_thread(webdriver.Chrome, options=options, service=Service(chromedriver))
-    try:
+    async with chromium() as browser:
         await asyncio.to_thread(browser.get, dashboard(fleet))
 
         def tiles() -> dict[str, str]:
@@ -238,5 +226,3 @@ async def test_browser_sees_every_edge_and_a_killed_daemon_turn_stale(fleet):
         )
         await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "fleet-edge-stale.png"))
         assert (OUTPUT / "fleet-edge-stale.png").stat().st_size > 0
-    finally:
-        await asyncio.to_thread(browser.quit)

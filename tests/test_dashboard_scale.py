@@ -9,6 +9,8 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import Select
 
 from fleetbus.desired import compute, edge_groups
 from fleetbus.kvwatch import KvRecord
@@ -21,13 +23,13 @@ from schemas.event import ApplyResult, ApplyStatus, Event
 from schemas.inventory import InventorySnapshot
 from schemas.presence import PresenceChange, PresenceState
 from schemas.profile import Profile
-from tests.helpers import ROOT, eventually, require_tool
+from tests.browser import OUTPUT, chromium
+from tests.helpers import eventually
 
 if TYPE_CHECKING:
     from fleetbus.client import FleetClient
 
 REGIONS, PER_REGION = 4, 250
-OUTPUT = ROOT / "test-output" / "dashboard"
 
 
 def record(key: str) -> KvRecord:
@@ -100,22 +102,9 @@ def test_rows_for_1000_edges_are_computed_once_per_policy_change():
 
 @pytest.mark.slow
 async def test_browser_stays_usable_and_live_with_1000_edges():
-    chromium = require_tool("/usr/bin/chromium", "chromium")
-    chromedriver = require_tool("/usr/bin/chromedriver", "chromium-driver")
-    from selenium import webdriver  # noqa: PLC0415 - only this test needs a browser
-    from selenium.webdriver.chrome.service import Service  # noqa: PLC0415
-    from selenium.webdriver.common.by import By  # noqa: PLC0415
-    from selenium.webdriver.support.ui import Select  # noqa: PLC0415
-
     view = synthetic_fleet()
     (port,) = free_ports(1)
     server = asyncio.create_task(web.serve(web.create_app(view), web.bind("127.0.0.1", port)))
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
-        options.add_argument(flag)
-    options.add_argument("--window-size=1280,900")
-    browser = await asyncio.to_thread(webdriver.Chrome, options=options, service=Service(chromedriver))
 
     def shown() -> dict[str, Any]:
         return browser.execute_script(
@@ -127,41 +116,40 @@ async def test_browser_stays_usable_and_live_with_1000_edges():
         )
 
     try:
-        started = time.monotonic()
-        await asyncio.to_thread(browser.get, f"http://127.0.0.1:{port}/")
+        async with chromium(height=900) as browser:
+            started = time.monotonic()
+            await asyncio.to_thread(browser.get, f"http://127.0.0.1:{port}/")
 
-        async def all_tiles() -> dict[str, Any] | None:
+            async def all_tiles() -> dict[str, Any] | None:
+                state = await asyncio.to_thread(shown)
+                return state if state["tiles"] == REGIONS * PER_REGION else None
+
+            state = await eventually(all_tiles, timeout=30, what="1,000 tiles drawn")
+            print(f"1,000 tiles drawn {time.monotonic() - started:.2f}s after navigation")
+            assert state["regions"] == REGIONS
+            assert state["text"] == 0, "with 1,000 edges tiles are squares, not rows of text"
+            assert state["offline"] == REGIONS * PER_REGION // 10
+            await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "fleet-1000.png"))
+
+            # Live at this size: one edge goes offline at the hub; its tile follows, no reload.
+            view._on_presence(record("r3.r3-e5"), presence("r3", "r3-e5", PresenceState.OFFLINE))
+            await view._notify()
+
+            async def tile_offline() -> bool:
+                return (await asyncio.to_thread(shown))["r3e5"] == "offline"
+
+            await eventually(tile_offline, timeout=10, what="r3-e5's tile turning offline live")
+
+            # Filters: a region and a presence narrow the tiles; the count says how many.
+            def narrow() -> str:
+                Select(browser.find_element(By.ID, "f-region")).select_by_visible_text("r2")
+                Select(browser.find_element(By.ID, "f-presence")).select_by_visible_text("offline")
+                return browser.find_element(By.ID, "shown").text
+
+            text = await asyncio.to_thread(narrow)
+            assert text == f"{PER_REGION // 10} of {REGIONS * PER_REGION} shown", text
             state = await asyncio.to_thread(shown)
-            return state if state["tiles"] == REGIONS * PER_REGION else None
-
-        state = await eventually(all_tiles, timeout=30, what="1,000 tiles drawn")
-        print(f"1,000 tiles drawn {time.monotonic() - started:.2f}s after navigation")
-        assert state["regions"] == REGIONS
-        assert state["text"] == 0, "with 1,000 edges tiles are squares, not rows of text"
-        assert state["offline"] == REGIONS * PER_REGION // 10
-        OUTPUT.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "fleet-1000.png"))
-
-        # Live at this size: one edge goes offline at the hub; its tile follows, no reload.
-        view._on_presence(record("r3.r3-e5"), presence("r3", "r3-e5", PresenceState.OFFLINE))
-        await view._notify()
-
-        async def tile_offline() -> bool:
-            return (await asyncio.to_thread(shown))["r3e5"] == "offline"
-
-        await eventually(tile_offline, timeout=10, what="r3-e5's tile turning offline live")
-
-        # Filters: a region and a presence narrow the tiles; the count says how many.
-        def narrow() -> str:
-            Select(browser.find_element(By.ID, "f-region")).select_by_visible_text("r2")
-            Select(browser.find_element(By.ID, "f-presence")).select_by_visible_text("offline")
-            return browser.find_element(By.ID, "shown").text
-
-        text = await asyncio.to_thread(narrow)
-        assert text == f"{PER_REGION // 10} of {REGIONS * PER_REGION} shown", text
-        state = await asyncio.to_thread(shown)
-        assert state["tiles"] == PER_REGION // 10
-        assert state["text"] == state["tiles"], "a short list is labelled"
+            assert state["tiles"] == PER_REGION // 10
+            assert state["text"] == state["tiles"], "a short list is labelled"
     finally:
-        await asyncio.to_thread(browser.quit)
         await cancel_and_wait([server], 5)
