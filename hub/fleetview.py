@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeVar
 
+from nats.errors import Error as NatsError
+
 from fleetbus import kvwatch, log
+from fleetbus.backoff import Backoff
 from fleetbus.client import FleetClient
 from fleetbus.compliance import EdgeCompliance, State, assess
 from fleetbus.errors import DecodeError
@@ -36,6 +39,7 @@ logger = log.get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
 
+WATCH_FAILURES = (NatsError, TimeoutError, asyncio.TimeoutError)
 RECENT_EVENTS = 500  # the fleet-wide feed
 EDGE_EVENTS = 20  # per edge, for its page
 
@@ -132,15 +136,24 @@ class FleetView:
             group.create_task(self._follow_events())
 
     async def _mirror(self, bucket: str, cls: type[M], apply: Callable[[KvRecord, M | None], None]) -> None:
-        records, seen = await kvwatch.snapshot(self.client.bus.jetstream(subjects.HUB_DOMAIN), bucket)
-        for record in records:
-            self._take(bucket, cls, apply, record)
-        self.loaded.add(bucket)
-        await self._notify()
+        """Current values, then each change; read again from the start of the current values
+        if the watch breaks (the hub's own server restarting), so the view never stops."""
         js = self.client.bus.jetstream(subjects.HUB_DOMAIN)
-        async for record in kvwatch.changes(js, bucket, after=seen):
-            self._take(bucket, cls, apply, record)
-            await self._notify()
+        backoff = Backoff(0.2, cap=5.0)
+        while True:
+            try:
+                records, seen = await kvwatch.snapshot(js, bucket)
+                for record in records:
+                    self._take(bucket, cls, apply, record)
+                self.loaded.add(bucket)
+                await self._notify()
+                backoff.reset()
+                async for record in kvwatch.changes(js, bucket, after=seen):
+                    self._take(bucket, cls, apply, record)
+                    await self._notify()
+            except WATCH_FAILURES as exc:
+                logger.warning("bucket watch broke; reading it again", bucket=bucket, error=repr(exc))
+            await backoff.wait()
 
     def _take(
         self, bucket: str, cls: type[M], apply: Callable[[KvRecord, M | None], None], record: KvRecord
@@ -219,11 +232,23 @@ class FleetView:
         self._policy_changed()
 
     async def _follow_events(self) -> None:
-        """The latest event of each kind from each edge, then every new one."""
-        async for event in self.client.watch_events():
-            self._bump()
-            self.events.append((self.version, event))
-            view = self._edge(event.region, event.edge)
-            view.events.append(event)
-            self._bump(event.edge)
-            await self._notify()
+        """The latest event of each kind from each edge, then every new one; after a broken
+        watch the latest ones come again and are recognised by id."""
+        backoff = Backoff(0.2, cap=5.0)
+        while True:
+            try:
+                async for event in self.client.watch_events():
+                    backoff.reset()
+                    self._take_event(event)
+                    await self._notify()
+            except WATCH_FAILURES as exc:
+                logger.warning("events watch broke; following again", error=repr(exc))
+            await backoff.wait()
+
+    def _take_event(self, event: Event) -> None:
+        view = self._edge(event.region, event.edge)
+        if any(e.id == event.id for e in view.events):
+            return
+        view.events.append(event)
+        self._bump(event.edge)
+        self.events.append((self.version, event))

@@ -226,3 +226,27 @@ async def test_browser_sees_every_edge_and_a_killed_daemon_turn_stale(fleet):
         )
         await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "fleet-edge-stale.png"))
         assert (OUTPUT / "fleet-edge-stale.png").stat().st_size > 0
+
+
+async def test_the_view_keeps_following_after_the_hubs_server_restarts(fleet):
+    await all_online_and_converged(fleet)
+    await fleet.kill("hub", daemon=False)
+    await fleet.restart("hub", daemon=False)
+    async with await FleetClient.connect(fleet.plan.site("hub").server.client_url, attempts=20) as client:
+        profile = Profile.model_validate(
+            {
+                "name": "after-restart",
+                "selector": {"match_labels": {"env": "dev"}},
+                "spec": {"config": {"b": 2}},
+            }
+        )
+        await eventually(lambda: client.profiles.apply(profile, actor="test"), timeout=30, what="apply")
+
+    async def followed() -> bool:
+        _, profiles = await get(fleet, "/api/profiles")
+        _, body = await get(fleet, "/api/edges")
+        running = [r for r in body["edges"] if r["profile_revisions"].get("after-restart") == 1]
+        return any(p["name"] == "after-restart" for p in profiles) and len(running) == len(EDGES)
+
+    await eventually(followed, timeout=30, what="the dashboard following the fleet after the restart")
+    assert fleet.crashes() == {}
