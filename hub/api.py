@@ -239,25 +239,16 @@ def profiles(fleet: FleetView, history: dict[str, list[Revision]]) -> list[Profi
     return out
 
 
-def compliance(rows: list[EdgeRow]) -> ComplianceSummary:
+def compliance(fleet: FleetView) -> ComplianceSummary:
+    """Every edge's compliance in the `fleetbus status --json` shape (`EdgeCompliance.as_json`)."""
+    views = sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge))
+    rows = [fleet.compliance_of(v) for v in views]
     by_region: dict[str, Counter[str]] = {}
     for row in rows:
-        by_region.setdefault(row.region, Counter())[row.compliance.value] += 1
+        by_region.setdefault(row.region, Counter())[row.state.value] += 1
     return ComplianceSummary(
         total=len(rows),
-        counts=dict(Counter(r.compliance.value for r in rows)),
+        counts=dict(Counter(r.state.value for r in rows)),
         by_region={k: dict(v) for k, v in sorted(by_region.items())},
-        edges=[
-            {
-                "region": r.region,
-                "edge": r.edge,
-                "state": r.compliance.value,
-                "desired_hash": r.desired_hash,
-                "reported_hash": r.reported_hash,
-                "reported_status": r.reported_status,
-                "error": r.error,
-                "profile_revisions": r.profile_revisions,
-            }
-            for r in rows
-        ],
+        edges=[r.as_json() for r in rows],
     )

@@ -71,7 +71,6 @@ class FleetView:
         self.events: deque[tuple[int, Event]] = deque(maxlen=RECENT_EVENTS)
         self.version = 0
         self.policy_version = 0  # bumped by profile and override changes
-        self.loaded: set[str] = set()  # buckets whose current values are all in
         self._changed = asyncio.Condition()
         self._compliance: dict[str, tuple[int, EdgeCompliance]] = {}
         self._next_expiry: datetime | None = None
@@ -112,9 +111,6 @@ class FleetView:
         self._next_expiry = min(pending, default=None)
         self._bump(*self.edges)
 
-    def find(self, edge: str) -> EdgeView | None:
-        return self.edges.get(edge)
-
     async def changed_since(self, version: int, timeout: float) -> int:
         """Wait until `version` is passed (or `timeout` s elapse); return the current version."""
         async with self._changed:
@@ -145,7 +141,6 @@ class FleetView:
                 records, seen = await kvwatch.snapshot(js, bucket)
                 for record in records:
                     self._take(bucket, cls, apply, record)
-                self.loaded.add(bucket)
                 await self._notify()
                 backoff.reset()
                 async for record in kvwatch.changes(js, bucket, after=seen):

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -66,9 +66,6 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         body = {"error": "; ".join(problems), "status": 422, "detail": jsonable_encoder(exc.errors())}
         return JSONResponse(body, status_code=422)
 
-    def rows() -> list[api.EdgeRow]:
-        return api.rows(fleet)
-
     @app.get("/api/edges", response_model=api.EdgeList, tags=["fleet"])
     async def list_edges(
         region: Annotated[str | None, Query(max_length=64, description="Only this region.")] = None,
@@ -81,7 +78,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         """Edges, sorted by region and id, filtered; `total` counts before limit/offset."""
         found = [
             r
-            for r in rows()
+            for r in api.rows(fleet)
             if api.matches(
                 r,
                 region=region,
@@ -99,7 +96,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         tags=["fleet"],
     )
     async def get_edge(edge: str) -> api.EdgeDetail:
-        view = fleet.find(edge)
+        view = fleet.edges.get(edge)
         if view is None:
             raise HTTPException(
                 404,
@@ -109,7 +106,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
 
     @app.get("/api/regions", response_model=list[api.RegionRow], tags=["fleet"])
     async def list_regions() -> list[api.RegionRow]:
-        return api.regions(fleet, rows())
+        return api.regions(fleet, api.rows(fleet))
 
     @app.get("/api/profiles", response_model=list[api.ProfileRow], tags=["profiles"])
     async def list_profiles() -> list[api.ProfileRow]:
@@ -124,7 +121,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
 
     @app.get("/api/compliance", response_model=api.ComplianceSummary, tags=["profiles"])
     async def get_compliance() -> api.ComplianceSummary:
-        return api.compliance(rows())
+        return api.compliance(fleet)
 
     @app.get("/api/events", tags=["events"])
     async def list_events(
@@ -158,7 +155,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         [EdgeRow] (rows that changed), `regions` [RegionRow] and `events` [Event] (new ones),
         `profiles` {} (profiles or overrides changed: fetch /api/profiles again)."""
         return StreamingResponse(
-            _feed(fleet, request, rows, metrics),
+            _feed(fleet, request, metrics),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -205,22 +202,19 @@ def _sse(name: str, data: object) -> str:
 async def _feed(
     fleet: FleetView,
     request: Request,
-    rows: Callable[[], list[api.EdgeRow]],
     metrics: DaemonMetrics | None,
 ) -> AsyncIterator[str]:
     if metrics is not None:
         metrics.dashboard_streams.inc()
     try:
-        async for chunk in _changes(fleet, request, rows):
+        async for chunk in _changes(fleet, request):
             yield chunk
     finally:
         if metrics is not None:
             metrics.dashboard_streams.dec()
 
 
-async def _changes(
-    fleet: FleetView, request: Request, rows: Callable[[], list[api.EdgeRow]]
-) -> AsyncIterator[str]:
+async def _changes(fleet: FleetView, request: Request) -> AsyncIterator[str]:
     version, policy = fleet.version, fleet.policy_version
     yield "retry: 2000\n\n"
     yield _sse("hello", {"version": version})
@@ -233,7 +227,7 @@ async def _changes(
         if changed:
             edges = [api.edge_row(fleet, v).model_dump(mode="json") for v in changed]
             yield _sse("edges", edges)
-            yield _sse("regions", [r.model_dump(mode="json") for r in api.regions(fleet, rows())])
+            yield _sse("regions", [r.model_dump(mode="json") for r in api.regions(fleet, api.rows(fleet))])
         events = [e.model_dump(mode="json") for v, e in fleet.events if v > version]
         if events:
             yield _sse("events", events)

@@ -113,4 +113,3 @@ def require_tool(path: str, package: str) -> str:
     if os.environ.get("FLEETBUS_CI"):
         pytest.fail(hint)
     pytest.skip(hint)
-    return path

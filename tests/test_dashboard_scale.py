@@ -95,7 +95,7 @@ def test_rows_for_1000_edges_are_computed_once_per_policy_change():
     print(f"1,000 rows: {cold * 1000:.0f} ms with compliance computed, {warm * 1000:.0f} ms cached")
     assert rows == again
     assert len(rows) == REGIONS * PER_REGION
-    counts = api.compliance(rows).counts
+    counts = api.compliance(view).counts
     pending = sum(1 for e in range(1, PER_REGION + 1) if e % 7 == 0) * REGIONS
     assert counts == {"pending": pending, "converged": REGIONS * PER_REGION - pending}
 
