@@ -32,6 +32,9 @@ class ServerSpec(BaseModel):
     # JetStream fsyncs every 2 min by default; keep that default unless an operator opts into
     # "always" (every write is synced before the ack, slower).
     sync_interval: str | None = None
+    # nats-server 2.15 caps consumers per stream at 1,000 by default; a regional's replicas
+    # have one consumer per edge sourcing them (and per thin edge watching them).
+    max_consumers_per_stream: int = 100_000
 
     @property
     def domain(self) -> str:
@@ -90,7 +93,11 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
     ]
     if spec.sync_interval:
         lines.append(f"  sync_interval: {spec.sync_interval}")
-    lines.append("}")
+    lines += [
+        "  # Per stream (nats-server 2.15 defaults to 1,000): one per edge sourcing a replica.",
+        f"  limits {{ default_max_consumers: {spec.max_consumers_per_stream} }}",
+        "}",
+    ]
     if spec.leaf_port is not None or spec.upstream:
         lines += ["", "leafnodes {"]
         if spec.leaf_port is not None:
