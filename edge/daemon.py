@@ -5,12 +5,12 @@ import asyncio
 from edge import streams
 from edge.drivers.local import LocalDriver
 from edge.enrollment import enroll, enrolled_before
-from edge.inventory import BacklogMeter, InventoryPublisher, Uplink
+from edge.inventory import BacklogMeter, InventoryPublisher, Uplink, host_facts
 from edge.reconciler import Reconciler
 from fleetbus.daemon import Daemon
 from fleetbus.desired import edge_groups
 from fleetbus.provisioning import ensure_stream
-from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain
+from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
 from fleetbus.settings import EdgeSettings
 from schemas import subjects
 from schemas.heartbeat import Tier
@@ -62,7 +62,7 @@ async def run(settings: EdgeSettings) -> None:
             probe=probe,
             meter=BacklogMeter(daemon.bus, region, uplinks),
             facts_file=settings.facts_file or settings.state_dir / "facts.json",
-            disk_path=settings.state_dir,
+            host=lambda: asyncio.to_thread(host_facts, settings.state_dir),
             interval=settings.inventory_interval,
             scan_interval=settings.inventory_scan_interval,
             metrics=daemon.metrics,
@@ -87,5 +87,6 @@ async def run(settings: EdgeSettings) -> None:
         daemon.add_task("enrollment", enrollment)
         daemon.add_task("reconciler", reconciler.run)
         daemon.add_task("upstream-probe", probe.run)
+        daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))
         daemon.add_task("inventory", inventory.run)
         await daemon.run()

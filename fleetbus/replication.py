@@ -6,8 +6,9 @@ a stream with *sources* in another JetStream domain, never subjects of its own (
 - a replica bucket is `KV_<bucket>` with no subjects, sourcing the same stream one tier up,
   optionally filtered (an edge takes all profiles but only its own overrides), so nothing
   local can write it and `key_value()` reads and watches it like any bucket;
-- an aggregate stream (a regional's EVENTS, the hub's EVENTS) has no subjects either and gains
-  one source per site below it the first time that site is heard from.
+- an aggregate stream (a regional's EVENTS, the hub's EVENTS) gains one source per site below
+  it the first time that site is heard from; a regional's also binds one subject of its own
+  for thin edges, which have no stream to source (`aggregate_stream(direct=...)`).
 
 After a long outage the server resumes a source only on its own retry back-off (0.3-80 s
 measured); `kick()` removes and re-adds the source, which resumes from the last sequence it
@@ -76,12 +77,18 @@ def aggregate_stream(
     max_age_s: float = 0.0,
     per_subject: int = -1,
     duplicate_window_s: float = 120.0,
+    direct: tuple[str, str] | None = None,
 ) -> StreamConfig:
-    """A stream with no subjects, filled by sources added as the sites below are heard;
-    explicit limits (age, bytes, messages per subject), since what they evict is counted."""
+    """A stream filled by sources added as the sites below are heard; explicit limits (age,
+    bytes, messages per subject), since what they evict is counted. `direct` = (subject,
+    stored as): the one subject it binds itself, for sites below that have no stream to
+    source (thin edges), rewritten on the way in to the subject their data would have come
+    with by sourcing."""
     return StreamConfig(
         name=name,
         description=description,
+        subjects=[direct[0]] if direct else None,
+        subject_transform=SubjectTransform(src=direct[0], dest=direct[1]) if direct else None,
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,
@@ -156,6 +163,33 @@ class SourcedStream:
         logger.info("sources kicked", stream=self.name, apis=[source_key(s)[1] for s in kicked])
         return len(kicked)
 
+    async def failing(self) -> set[str]:
+        """Names of the sources whose last attempt failed (e.g. the stream they source did
+        not exist yet: a tier started before the one above had provisioned)."""
+        try:
+            info = await self.js.stream_info(self.name)
+        except (NotFoundError, *TIMEOUTS):
+            return set()
+        return {s.name for s in info.sources or [] if s.error}
+
+
+async def repair_sources(
+    streams: Sequence[SourcedStream], probe: "UpstreamProbe", *, interval: float = 5.0
+) -> None:
+    """While the upstream answers, kick every source of `streams` that reports an error, so it
+    is retried now rather than on the server's back-off. Seen at every fleet start: a replica
+    created before the bucket above existed kept failing for ~6 s after that bucket appeared,
+    and the first profile change waited for it. Meant for streams with one source per name
+    (replicas): sources are picked by name."""
+    while True:
+        if probe.up:
+            for stream in streams:
+                failing = await stream.failing()
+                if failing:
+                    logger.info("kicking failing sources", stream=stream.name, sources=sorted(failing))
+                    await stream.kick(lambda s, names=failing: s.name in names)  # type: ignore[misc]
+        await asyncio.sleep(interval)  # a check period
+
 
 class SiteFollower:
     """Keeps the streams this daemon fills from the sites below it in step with their
@@ -171,9 +205,12 @@ class SiteFollower:
         self.kick = kick  # False: leave catch-up to the server's retry back-off
 
     async def follow(self, beat: Heartbeat) -> bool:
-        """Record `beat` and add or kick its site's sources; True the first time it is heard."""
+        """Record `beat` and add or kick its site's sources; True the first time it is heard.
+        A thin site has no sources: it publishes into these streams itself."""
         first = self.heard.last(beat.site) is None
-        if self.heard.returned(beat) and self.kick:
+        if beat.thin:
+            self.heard.record(beat)
+        elif self.heard.returned(beat) and self.kick:
             logger.info("site heard again", site=beat.site, seq=beat.seq, uplink_returns=beat.uplink_returns)
             for stream in self.streams:
                 await stream.kick(from_domain(beat.site))

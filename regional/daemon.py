@@ -8,7 +8,14 @@ from fleetbus.errors import DecodeError
 from fleetbus.liveness import PresenceBoard
 from fleetbus.presence import PresencePolicy, PresenceTracker
 from fleetbus.provisioning import ensure_stream
-from fleetbus.replication import SiteFollower, SourcedStream, UpstreamProbe, from_domain, watch_limits
+from fleetbus.replication import (
+    SiteFollower,
+    SourcedStream,
+    UpstreamProbe,
+    from_domain,
+    repair_sources,
+    watch_limits,
+)
 from fleetbus.settings import RegionalSettings
 from regional import streams
 from schemas import subjects
@@ -39,8 +46,8 @@ async def run(settings: RegionalSettings) -> None:
         region = settings.region
         js, metrics = daemon.bus.js, daemon.metrics
         replicas = [SourcedStream(js, c, metrics) for c in streams.replicas()]
-        events = SourcedStream(js, streams.events_stream(), metrics)
-        inventory = SourcedStream(js, streams.inventory_stream(), metrics)
+        events = SourcedStream(js, streams.events_stream(region), metrics)
+        inventory = SourcedStream(js, streams.inventory_stream(region), metrics)
         follower = SiteFollower([events, inventory], kick=settings.heal_acceleration)
         enrolled: set[str] = set()
 
@@ -118,6 +125,7 @@ async def run(settings: RegionalSettings) -> None:
             subjects.regional_heartbeat(region), region=region, interval=settings.heartbeat_interval
         )
         daemon.add_task("upstream-probe", probe.run)
+        daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))
         daemon.add_task("presence", presence.run)
         daemon.add_task("limits", limits)
         await daemon.run()
