@@ -20,11 +20,11 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
@@ -34,7 +34,6 @@ from edge.drivers import Driver
 from fleetbus import log
 from fleetbus.bus import Bus
 from fleetbus.metrics import DaemonMetrics
-from fleetbus.replication import UpstreamProbe
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.inventory import HostFacts, InventorySnapshot, LinkState, StreamBacklog
@@ -220,7 +219,21 @@ class BacklogMeter:
         return max(0.0, (utcnow() - oldest.time).total_seconds()) if oldest.time else 0.0
 
 
+class LinkView(Protocol):
+    """What the inventory says about the uplink (`UpstreamProbe` on a full edge)."""
+
+    @property
+    def up(self) -> bool | None: ...
+
+    @property
+    def changed_at(self) -> datetime | None: ...
+
+
 class InventoryPublisher:
+    """Collects and publishes one edge's snapshots. A full edge stores them in its own
+    INVENTORY (the defaults); a thin edge passes its outbox `subject` in the regional's
+    INVENTORY, no `meter` (it has no backlog of its own) and `first_seq` read from there."""
+
     def __init__(
         self,
         *,
@@ -229,22 +242,26 @@ class InventoryPublisher:
         edge: str,
         labels: dict[str, str],
         driver: Driver,
-        probe: UpstreamProbe,
-        meter: BacklogMeter,
-        facts_file: Path,
-        disk_path: Path,
+        probe: LinkView,
+        meter: BacklogMeter | None,
+        facts_file: Path | None,
+        host: Callable[[], Awaitable[HostFacts]],
         interval: float,
         scan_interval: float,
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
+        subject: str | None = None,
+        first_seq: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.bus = bus
         self.region, self.edge, self.labels = region, edge, labels
         self.driver, self.probe, self.meter = driver, probe, meter
-        self.facts_file, self.disk_path = facts_file, disk_path
+        self.facts_file, self.host = facts_file, host
         self.interval, self.scan_interval = interval, scan_interval
         self.metrics = metrics
         self.clock = clock
+        self.subject = subject or subjects.edge_inventory(region, edge)
+        self.first_seq = first_seq or self._local_last_seq
         self.seq = 0
         self.last: InventorySnapshot | None = None
         self._facts: dict[str, Any] = {}
@@ -256,6 +273,8 @@ class InventoryPublisher:
         self._wake.set()
 
     def _read_facts(self) -> dict[str, Any]:
+        if self.facts_file is None:
+            return {}
         try:
             self._facts = read_facts(self.facts_file)
         except FactsError as exc:
@@ -267,9 +286,9 @@ class InventoryPublisher:
         return self._facts
 
     async def collect(self) -> InventorySnapshot:
-        host = await asyncio.to_thread(host_facts, self.disk_path)
-        facts = await asyncio.to_thread(self._read_facts)
-        backlog = await self.meter.measure()
+        host = await self.host()
+        facts = await asyncio.to_thread(self._read_facts) if self.facts_file else {}
+        backlog = await self.meter.measure() if self.meter else []
         if self.metrics:
             for item in backlog:
                 self.metrics.stream_evicted.labels(stream=item.stream).set(item.evicted)
@@ -289,15 +308,16 @@ class InventoryPublisher:
         )
 
     async def publish(self, snapshot: InventorySnapshot, trigger: str) -> None:
-        subject = subjects.edge_inventory(self.region, self.edge)
-        await self.bus.js_publish(subject, snapshot, message_id=f"{self.edge}-inventory-{snapshot.seq}")
+        await self.bus.js_publish(self.subject, snapshot, message_id=f"{self.edge}-inventory-{snapshot.seq}")
         self.seq, self.last = snapshot.seq, snapshot
         if self.metrics:
             self.metrics.inventory_published.labels(trigger=trigger).inc()
 
+    async def _local_last_seq(self) -> int:
+        return (await self.bus.js.stream_info(subjects.INVENTORY_STREAM)).state.last_seq
+
     async def run(self) -> None:
-        info = await self.bus.js.stream_info(subjects.INVENTORY_STREAM)
-        self.seq = info.state.last_seq  # sequences keep rising across restarts
+        self.seq = await self.first_seq()  # sequences keep rising across restarts (dedupe ids)
         fingerprint, sent_at = "", float("-inf")
         while True:
             try:

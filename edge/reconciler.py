@@ -1,7 +1,8 @@
 """The edge reconciler: watch the local replicas, compute the desired state, apply on change.
 
 Inputs are the edge's own replicas of the `profiles` and `overrides` buckets (sourced from its
-regional, so they survive a cut link and a restart), its labels and its groups. Whenever an
+regional, so they survive a cut link and a restart), mirrored by `DesiredInputs`, its labels
+and its groups. Whenever an
 input changes, or an override expires, it recomputes the effective desired state with
 `fleetbus.desired.compute` (the same function the hub uses for `explain` and compliance) and,
 if the content hash or the profile revisions differ from what it last reported, applies it
@@ -14,7 +15,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -32,43 +33,39 @@ from schemas import subjects
 from schemas.base import Message, utcnow
 from schemas.codec import decode_body
 from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, Severity
-from schemas.override import Override
+from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
 
 logger = log.get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
 
+Changed = Collection[tuple[str, str]]  # the (bucket, key) pairs one burst of changes touched
 
-class Reconciler:
-    def __init__(
-        self,
-        *,
-        bus: Bus,
-        driver: Driver,
-        region: str,
-        edge: str,
-        labels: Mapping[str, str],
-        groups: Sequence[str],
-        metrics: DaemonMetrics,
-        clock: Callable[[], datetime] = utcnow,
-        on_applied: Callable[[], None] = lambda: None,
-    ) -> None:
-        self.bus, self.driver = bus, driver
-        self.on_applied = on_applied  # e.g. the inventory: what is applied changed
-        self.region, self.edge = region, edge
-        self.labels, self.groups = dict(labels), list(groups)
-        self.metrics = metrics
-        self.clock = clock
+
+class DesiredInputs:
+    """Profiles and overrides, mirrored from this site's buckets with one watch each.
+
+    `run()` keeps `profiles` and `overrides` equal to the buckets and sets `loaded` once both
+    delivered what they held. Listeners then hear, after each burst of changes (never in the
+    middle of one: a half-updated state must not be applied), which keys it touched; they hear
+    `()` once when loaded. A value that cannot be decoded is counted and skipped; the last
+    good value of that key stays. A full edge's reconciler owns one; the hollow edges of a
+    process share one (`edge.hollow`).
+    """
+
+    def __init__(self, bus: Bus, metrics: DaemonMetrics) -> None:
+        self.bus, self.metrics = bus, metrics
         self.profiles: dict[str, Profile] = {}
         self.overrides: dict[str, Override] = {}
-        self.last: DesiredState | None = None
-        self._reported: tuple[str, dict[str, int]] | None = None
-        self._reported_ok = True  # whether that last apply succeeded
-        self._changed = asyncio.Event()
-        self._retry = Backoff(2.0, cap=60.0)
+        self.loaded = asyncio.Event()
+        self._listeners: list[Callable[[Changed], None]] = []
+
+    def listen(self, listener: Callable[[Changed], None]) -> None:
+        self._listeners.append(listener)
 
     async def run(self) -> None:
+        """Watch both buckets until cancelled; raise what ended a watch."""
         profiles = await self.bus.js.key_value(subjects.PROFILES_BUCKET)
         overrides = await self.bus.js.key_value(subjects.OVERRIDES_BUCKET)
         loaded = [asyncio.Event(), asyncio.Event()]
@@ -81,31 +78,17 @@ class Reconciler:
             ),
         ]
         try:
-            # Apply only once both replicas have delivered what they hold: never a half state.
+            # Loaded only once both have delivered what they hold: never a half state.
             await _first_of([asyncio.create_task(e.wait()) for e in loaded], watchers, all_of=True)
-            await self._loop(watchers)
+            self.loaded.set()
+            self._tell(())
+            await _first_of([asyncio.create_task(asyncio.Event().wait())], watchers)
         finally:
             await cancel_and_wait(watchers, timeout=10.0)
 
-    async def _loop(self, watchers: list[asyncio.Task[None]]) -> None:
-        retry_at: float | None = None
-        while True:
-            self._changed.clear()
-            due = retry_at is not None and time.monotonic() >= retry_at
-            if await self.reconcile(force=due):
-                retry_at = None
-                self._retry.reset()
-            elif retry_at is None or due:  # schedule the next retry; other wake-ups keep it
-                retry_at = time.monotonic() + self._retry.next_delay()
-            timeout = _earliest(self._next_expiry(), retry_at)
-            changed = asyncio.create_task(self._changed.wait())
-            await _first_of([changed], watchers, timeout=timeout)
-
-    def _next_expiry(self) -> float | None:
-        """Seconds until the next active override expires (it must stop applying then)."""
-        now = self.clock()
-        ends = [o.expires_at for o in self.overrides.values() if o.expires_at and o.expires_at > now]
-        return min(ends).timestamp() - now.timestamp() + time.monotonic() if ends else None
+    def _tell(self, changed: Changed) -> None:
+        for listener in self._listeners:
+            listener(changed)
 
     async def _watch(self, kv: KeyValue, cls: type[M], into: dict[str, M], loaded: asyncio.Event) -> None:
         """Keep `into` equal to the bucket; set `loaded` once its current values are in.
@@ -120,14 +103,18 @@ class Reconciler:
         if not info.state.subjects:
             loaded.set()
         watcher = await kv.watchall()
+        burst: set[tuple[str, str]] = set()
         try:
             async for entry in watcher:
                 if entry is None:
                     continue
                 self._take(entry, cls, into)
-                if (entry.delta or 0) == 0:  # caught up: reconcile once for the whole burst
+                burst.add((bucket, entry.key))
+                if (entry.delta or 0) == 0:  # caught up: one notice for the whole burst
                     loaded.set()
-                    self._changed.set()
+                    if self.loaded.is_set():
+                        self._tell(burst)
+                    burst = set()
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
@@ -145,6 +132,107 @@ class Reconciler:
             logger.warning("skipped undecodable value", subject=exc.subject, reason=exc.reason)
             return
         self.metrics.messages_in.labels(kind=cls.SCHEMA).inc()
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        driver: Driver,
+        region: str,
+        edge: str,
+        labels: Mapping[str, str],
+        groups: Sequence[str],
+        metrics: DaemonMetrics,
+        clock: Callable[[], datetime] = utcnow,
+        on_applied: Callable[[], None] = lambda: None,
+        inputs: DesiredInputs | None = None,
+        event_subject: Callable[[str], str] | None = None,
+    ) -> None:
+        self.bus, self.driver = bus, driver
+        self.on_applied = on_applied  # e.g. the inventory: what is applied changed
+        self.region, self.edge = region, edge
+        self.labels, self.groups = dict(labels), list(groups)
+        self.metrics = metrics
+        self.clock = clock
+        # Its own mirror of the site's replicas (a full edge: the replica of `overrides`
+        # holds only this edge's), or one shared by many edges, which `run()` does not run.
+        self.own_inputs = inputs is None
+        self.inputs = inputs or DesiredInputs(bus, metrics)
+        self.inputs.listen(self._heard)
+        self._mine = {
+            (subjects.OVERRIDES_BUCKET, subjects.override_key(OverrideScope.EDGE.value, edge)),
+            *(
+                (subjects.OVERRIDES_BUCKET, subjects.override_key(OverrideScope.GROUP.value, g))
+                for g in groups
+            ),
+        }
+        # Where ApplyResults go: the edge's own EVENTS (a full edge) or its outbox subject in
+        # the regional's EVENTS (a thin edge).
+        self.event_subject = event_subject or (lambda kind: subjects.edge_event(region, edge, kind))
+        self.last: DesiredState | None = None
+        self._reported: tuple[str, dict[str, int]] | None = None
+        self._reported_ok = True  # whether that last apply succeeded
+        self._changed = asyncio.Event()
+        self._retry = Backoff(2.0, cap=60.0)
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        return self.inputs.profiles
+
+    @property
+    def overrides(self) -> dict[str, Override]:
+        return self.inputs.overrides
+
+    def _heard(self, changed: Changed) -> None:
+        """Inputs changed: wake up if a profile or one of this edge's overrides did (or at load)."""
+        if self.own_inputs or not changed:
+            self._changed.set()
+            return
+        for bucket, key in changed:
+            if bucket == subjects.PROFILES_BUCKET or (bucket, key) in self._mine:
+                self._changed.set()
+                return
+
+    async def run(self) -> None:
+        if not self.own_inputs:
+            await self.inputs.loaded.wait()
+            await self._loop([])
+            return
+        feeding = asyncio.create_task(self.inputs.run(), name="desired-inputs")
+        try:
+            await _first_of([asyncio.create_task(self.inputs.loaded.wait())], [feeding])
+            await self._loop([feeding])
+        finally:
+            await cancel_and_wait([feeding], timeout=10.0)
+
+    async def _loop(self, watchers: list[asyncio.Task[None]]) -> None:
+        retry_at: float | None = None
+        while True:
+            self._changed.clear()
+            due = retry_at is not None and time.monotonic() >= retry_at
+            if await self.reconcile(force=due):
+                retry_at = None
+                self._retry.reset()
+            elif retry_at is None or due:  # schedule the next retry; other wake-ups keep it
+                retry_at = time.monotonic() + self._retry.next_delay()
+            timeout = _earliest(self._next_expiry(), retry_at)
+            changed = asyncio.create_task(self._changed.wait())
+            await _first_of([changed], watchers, timeout=timeout)
+
+    def _next_expiry(self) -> float | None:
+        """Seconds until the next active override of this edge expires (it must stop
+        applying then)."""
+        now = self.clock()
+        ends = [
+            o.expires_at
+            for key, o in self.overrides.items()
+            if o.expires_at
+            and o.expires_at > now
+            and (self.own_inputs or (subjects.OVERRIDES_BUCKET, key) in self._mine)
+        ]
+        return min(ends).timestamp() - now.timestamp() + time.monotonic() if ends else None
 
     def desired(self) -> DesiredState:
         return compute(
@@ -204,7 +292,7 @@ class Reconciler:
                 groups=self.groups,
             ),
         )
-        subject = subjects.edge_event(self.region, self.edge, EventKind.APPLY_RESULT.value)
+        subject = self.event_subject(EventKind.APPLY_RESULT.value)
         await persist(lambda: self.bus.js_publish(subject, event, message_id=event.id), what="apply result")
 
 

@@ -6,7 +6,7 @@ dropped (DESIGN §4), so one bad publisher cannot crash a daemon.
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
 from nats.aio.client import Client
@@ -20,8 +20,11 @@ from fleetbus import log
 from fleetbus.backoff import Backoff
 from fleetbus.errors import DecodeError, TemporaryError
 from fleetbus.metrics import DaemonMetrics
-from schemas.base import Message
+from schemas.base import Message, utcnow
 from schemas.headers import envelope, open_envelope
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -40,11 +43,22 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream()
         self.source = source
         self.metrics = metrics
+        self.changed_at: datetime | None = None  # when `connected` last changed
         self._closing = False
 
     @property
     def connected(self) -> bool:
         return bool(self.nc.is_connected)
+
+    @property
+    def up(self) -> bool:
+        """The same as `connected`: for a thin edge, its link to the regional is this connection."""
+        return self.connected
+
+    def sharing(self, source: str) -> "Bus":
+        """Another sender (CloudEvents `source`) on this same connection: many hollow edges
+        share one. Connection callbacks and `changed_at` stay with this one."""
+        return Bus(self.nc, url=self.url, source=source, metrics=self.metrics)
 
     def jetstream(self, domain: str | None = None, timeout: float = 5.0) -> JetStreamContext:
         """JetStream of this site (`None`) or of another tier's domain, across leaf links."""
@@ -117,12 +131,14 @@ class Bus:
         logger.warning("nats error", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
+        self.changed_at = utcnow()
         if self.metrics:
             self.metrics.nats_connected.set(0)
         if not self._closing:
             logger.warning("disconnected from nats-server", url=self.url)
 
     async def _on_reconnected(self) -> None:
+        self.changed_at = utcnow()
         if self.metrics:
             self.metrics.nats_connected.set(1)
         logger.info("reconnected to nats-server", url=self.url)
@@ -180,6 +196,7 @@ async def connect(
             logger.info("waiting for nats-server", url=url, error=str(exc) or type(exc).__name__)
             await backoff.wait()
             continue
+        bus.changed_at = utcnow()
         if metrics:
             metrics.nats_connected.set(1)
         return bus

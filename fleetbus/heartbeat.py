@@ -28,6 +28,7 @@ async def send_heartbeats(
     wake: asyncio.Event | None = None,
     after: asyncio.Event | None = None,
     uplink_returns: Callable[[], int] = lambda: 0,
+    thin: bool = False,
 ) -> None:
     """Publish a heartbeat now and every `interval` seconds, until cancelled; setting `wake`
     sends the next one at once (a link that just came back announces itself). With `after`,
@@ -47,6 +48,7 @@ async def send_heartbeats(
                 interval_seconds=interval,
                 uptime_seconds=uptime(),
                 uplink_returns=uplink_returns(),
+                thin=thin,
             )
             await bus.publish(subject, beat)
             seq += 1

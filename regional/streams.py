@@ -19,18 +19,20 @@ def replicas() -> list[StreamConfig]:
     ]
 
 
-def events_stream(*, max_age_s: float = 7 * DAY, max_bytes: int = 1024 * 2**20) -> StreamConfig:
+def events_stream(region: str, *, max_age_s: float = 7 * DAY, max_bytes: int = 1024 * 2**20) -> StreamConfig:
     """Events of every edge of the region, sourced from each edge's EVENTS (one source per
-    edge, added when the edge is first heard) and sourced in turn by the hub."""
+    edge, added when the edge is first heard) or published here by thin edges, and sourced in
+    turn by the hub."""
     return aggregate_stream(
         subjects.EVENTS_STREAM,
         "Events of this region's edges, sourced from each edge; sourced by the hub.",
         max_age_s=max_age_s,
         max_bytes=max_bytes,
+        direct=subjects.thin_events_transform(region),
     )
 
 
-def inventory_stream(*, max_bytes: int = 256 * 2**20) -> StreamConfig:
+def inventory_stream(region: str, *, max_bytes: int = 256 * 2**20) -> StreamConfig:
     """The latest inventory snapshot of each edge (one per subject), sourced from each edge's
     INVENTORY and sourced in turn by the hub into its `inventory` bucket: after a partition of
     the edge or of the regional, the hub receives only each edge's latest snapshot."""
@@ -39,6 +41,7 @@ def inventory_stream(*, max_bytes: int = 256 * 2**20) -> StreamConfig:
         "Latest inventory snapshot of each of this region's edges; sourced by the hub.",
         max_bytes=max_bytes,
         per_subject=1,
+        direct=subjects.thin_inventory_transform(region),
     )
 
 

@@ -37,3 +37,10 @@ class Heartbeat(Message):
             "it changes, so catch-up starts at once rather than on the server's retry back-off."
         ),
     )
+    thin: bool = Field(
+        default=False,
+        description=(
+            "A thin edge: no nats-server of its own, it publishes into its regional's streams "
+            "directly, so the regional has no sources to add or kick for it."
+        ),
+    )

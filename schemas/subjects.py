@@ -6,6 +6,8 @@ Layout (all under `fleet.`):
     fleet.edge.<region>.<edge>.events.<kind>    edge-local EVENTS stream
     $KV.inventory.<region>.<edge>               edge-local INVENTORY stream (last value)
     fleet.edge.<region>.<edge>.cmd.<name>       hub -> edge commands (request/reply)
+    fleet.edge.<region>.<edge>.outbox.events.<kind>  a thin edge's events -> regional EVENTS
+    fleet.edge.<region>.<edge>.outbox.inventory      a thin edge's inventory -> regional INVENTORY
     fleet.region.<region>.hb                    regional heartbeat -> hub (core NATS)
     fleet.region.<region>.enroll                edge -> its regional: enrollment (request/reply)
 
@@ -93,6 +95,35 @@ def edge_inventory(region: str, edge: str) -> str:
 def inventories(region: str = "*", edge: str = "*") -> str:
     """Inventory subjects of one edge, or (wildcards) of every edge."""
     return kv_subject(INVENTORY_BUCKET, f"{region}.{edge}")
+
+
+# Thin edges (no nats-server of their own, DESIGN §2) publish straight into their regional's
+# EVENTS and INVENTORY streams, which bind these subjects and rewrite them on the way in
+# (a stream subject transform) to the subjects a full edge's messages arrive with by sourcing.
+
+
+def thin_event(region: str, edge: str, kind: str) -> str:
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.outbox.events.{_tokens(kind)}"
+
+
+def thin_inventory(region: str, edge: str) -> str:
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.outbox.inventory"
+
+
+def thin_events_transform(region: str) -> tuple[str, str]:
+    """(bound subject, stored subject) of the thin edges' events in a regional's EVENTS."""
+    return (
+        f"{PREFIX}.edge.{_tokens(region)}.*.outbox.events.>",
+        f"{PREFIX}.edge.{region}.{{{{wildcard(1)}}}}.events.>",
+    )
+
+
+def thin_inventory_transform(region: str) -> tuple[str, str]:
+    """(bound subject, stored subject) of the thin edges' snapshots in a regional's INVENTORY."""
+    return (
+        f"{PREFIX}.edge.{_tokens(region)}.*.outbox.inventory",
+        kv_subject(INVENTORY_BUCKET, f"{region}.{{{{wildcard(1)}}}}"),
+    )
 
 
 def edge_command(region: str, edge: str, name: str) -> str:
