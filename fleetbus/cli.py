@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fleetbus import cli_fleet, cli_view
+from fleetbus import cli_fleet, cli_sim, cli_view
 from fleetbus.client import FleetClient
 from fleetbus.clikit import HubUrl, StateDir, err, out
 from fleetbus.compose import write_compose
@@ -52,6 +52,7 @@ app.add_typer(cli_fleet.override_app, name="override")
 app.command("explain")(cli_fleet.explain)
 app.command("status")(cli_view.status)
 app.add_typer(cli_view.watch_app, name="watch")
+app.command("sim")(cli_sim.sim)
 
 
 @app.callback()

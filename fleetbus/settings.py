@@ -101,6 +101,23 @@ class EdgeSettings(DaemonSettings):
         return self
 
 
+class HollowSettings(DaemonSettings):
+    """One process of hollow edges (`python -m edge.hollow`, started by `fleetbus sim`): thin
+    clients of the regional at `nats_url`, named `<region>-h<n>` for n = first .. first+edges-1."""
+
+    region: SiteId = Field(description="The region the hollow edges belong to (its regional's server).")
+    edges: int = Field(default=100, ge=0, le=20000, description="How many hollow edges this process runs.")
+    first: int = Field(default=1, ge=1, description="Number of the first hollow edge (ids <region>-h<n>).")
+    edges_per_connection: int = Field(
+        default=100, ge=1, le=5000, description="Hollow edges sharing one NATS connection."
+    )
+    start_rate: float = Field(default=200.0, gt=0, description="Hollow edges started per second.")
+    heartbeat_interval: float = Field(default=5.0, gt=0, description="Edge -> regional, s.")
+    inventory_interval: float = Field(default=60.0, gt=0, description="Inventory at least this often, s.")
+    inventory_scan_interval: float = Field(default=5.0, gt=0, description="Look for changes this often, s.")
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels of every hollow edge.")
+
+
 S = TypeVar("S", bound=DaemonSettings)
 
 

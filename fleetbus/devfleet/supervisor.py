@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from fleetbus import log
 from fleetbus.devfleet.control import ControlServer
+from fleetbus.devfleet.hollow import HollowPlan
 from fleetbus.devfleet.plan import HOST, FleetPlan, SitePlan
 from fleetbus.devfleet.state import STATE_FILE, FleetRecord, SiteRecord
 from fleetbus.errors import ConfigError, ServerError
@@ -64,16 +65,24 @@ class DevFleet:
         stagger: float = 0.05,
         progress: Progress = print,
         settings: dict[Tier, dict[str, object]] | None = None,
+        hollow: list[HollowPlan] | None = None,
+        hollow_settings: dict[str, object] | None = None,
     ) -> None:
         self.plan = plan
+        self.hollow_plan = hollow or []  # `fleetbus sim`: hollow-edge processes per regional
+        self.hollow_settings = hollow_settings or {}
         self.heartbeat_interval = heartbeat_interval
         self.settings = settings or {}  # extra daemon settings per tier (e.g. presence windows)
         self.stagger = stagger
         self.progress = progress
         self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
         self.daemons = {s.name: self._daemon(s) for s in plan.sites}
+        self.hollow = {
+            h.name: self._process(f"hollow edges {h.name}", "edge.hollow", h.workdir, h.health_url)
+            for h in self.hollow_plan
+        }
         self.ready = False  # every process started once; from then on fleet.json is kept current
-        for proc in [*self.servers.values(), *self.daemons.values()]:
+        for proc in self._processes():
             proc.on_start = self._started
         # A proxy on the uplink of every site planned with one (`plan_fleet(links=True)`).
         self.links = {
@@ -85,15 +94,19 @@ class DevFleet:
         self.control_path: Path | None = None  # the control socket, while `run_foreground` serves it
 
     def _daemon(self, site: SitePlan) -> SupervisedProcess:
-        config = site.workdir / "daemon.toml"
+        name = f"{site.tier.value} daemon {site.name}"
+        return self._process(name, site.tier.value, site.workdir, site.daemon_health_url)
+
+    def _process(self, name: str, module: str, workdir: "Path", health_url: str) -> SupervisedProcess:
+        """`python -m module` with the settings in `workdir`/daemon.toml."""
         env = {**os.environ, "FLEETBUS_LOG_FORMAT": "json"}
-        for name in DaemonSettings.model_fields:  # the TOML file is the whole truth here
-            env.pop(f"FLEETBUS_{name.upper()}", None)
+        for field in DaemonSettings.model_fields:  # the TOML file is the whole truth here
+            env.pop(f"FLEETBUS_{field.upper()}", None)
         return SupervisedProcess(
-            name=f"{site.tier.value} daemon {site.name}",
-            argv=[sys.executable, "-m", site.tier.value, "--config", str(config)],
-            health_url=site.daemon_health_url,
-            log_path=site.workdir / "daemon.log",
+            name=name,
+            argv=[sys.executable, "-m", module, "--config", str(workdir / "daemon.toml")],
+            health_url=health_url,
+            log_path=workdir / "daemon.log",
             env=env,
         )
 
@@ -119,8 +132,27 @@ class DevFleet:
             *(self._start_staggered(i, self.daemons[s.name]) for i, s in enumerate(self.plan.sites))
         )
         self.progress(f"  daemons     {len(self.daemons)} healthy in {time.monotonic() - began:.1f}s")
-        for proc in [*self.servers.values(), *self.daemons.values()]:
+        if self.hollow_plan:
+            await self._start_hollow()
+        for proc in self._processes():
             self._supervisors.append(asyncio.create_task(proc.supervise(), name=f"supervise {proc.name}"))
+
+    def _processes(self) -> list[SupervisedProcess]:
+        return [*self.servers.values(), *self.daemons.values(), *self.hollow.values()]
+
+    async def _start_hollow(self) -> None:
+        """One process per regional; each starts its edges at its own rate after this."""
+        began = time.monotonic()
+        for plan in self.hollow_plan:
+            plan.workdir.mkdir(parents=True, exist_ok=True)
+            values = plan.settings(self.heartbeat_interval, **self.hollow_settings)
+            (plan.workdir / "daemon.toml").write_text(_toml(values))
+        await asyncio.gather(*(p.start() for p in self.hollow.values()))
+        count = sum(h.edges for h in self.hollow_plan)
+        self.progress(
+            f"  hollow      {len(self.hollow)} process(es) for {count} edges healthy in "
+            f"{time.monotonic() - began:.1f}s (edges keep starting in the background)"
+        )
 
     async def _start_tier(self, tier: Tier) -> None:
         sites = self.plan.by_tier(tier)
@@ -144,7 +176,7 @@ class DevFleet:
             task.cancel()
         await asyncio.gather(*self._supervisors, return_exceptions=True)
         self._supervisors.clear()
-        await asyncio.gather(*(d.stop() for d in self.daemons.values()))
+        await asyncio.gather(*(p.stop() for p in [*self.hollow.values(), *self.daemons.values()]))
         for tier in (Tier.EDGE, Tier.REGIONAL, Tier.HUB):
             await asyncio.gather(*(self.servers[s.name].stop() for s in self.plan.by_tier(tier)))
         await asyncio.gather(*(link.stop() for link in self.links.values()))
@@ -185,7 +217,7 @@ class DevFleet:
 
     def crashes(self) -> dict[str, int]:
         """Exits nobody asked for, per process (a kill or a stop is asked for)."""
-        return {p.name: p.crashes for p in [*self.servers.values(), *self.daemons.values()] if p.crashes}
+        return {p.name: p.crashes for p in self._processes() if p.crashes}
 
     def _site(self, name: str) -> SitePlan:
         try:

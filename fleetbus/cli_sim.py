@@ -1,0 +1,106 @@
+"""`fleetbus sim`: a hub, R regionals and N hollow edges on this machine, for scale runs."""
+
+import asyncio
+import contextlib
+import time
+from typing import Annotated
+
+import typer
+
+from fleetbus.client import FleetClient
+from fleetbus.clikit import StateDir, out
+from fleetbus.devfleet import plan as fleet_plan
+from fleetbus.devfleet import state as fleet_state
+from fleetbus.devfleet.hollow import plan_hollow
+from fleetbus.devfleet.supervisor import DevFleet, run_foreground
+from fleetbus.errors import ConfigError
+from fleetbus.netutil import free_ports
+from fleetbus.servers import find_binary
+from schemas.presence import PresenceState
+
+PROGRESS_PERIOD = 5.0  # s between "edges online" lines while the fleet fills up
+
+
+def _check(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        msg = f"{name} must be between {low:g} and {high:g}, got {value:g}"
+        raise ConfigError(msg)
+
+
+def sim(
+    regions: Annotated[int, typer.Option(help="Number of regionals (real servers and daemons).")] = 4,
+    edges: Annotated[int, typer.Option(help="Hollow edges in all, spread evenly over the regions.")] = 1000,
+    state_dir: StateDir = None,
+    heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat period of every site, s.")] = 5.0,
+    edges_per_connection: Annotated[
+        int, typer.Option(help="Hollow edges sharing one NATS connection.")
+    ] = 100,
+    start_rate: Annotated[float, typer.Option(help="Hollow edges started per second, per region.")] = 200.0,
+) -> None:
+    """Run a hub, regionals and hollow edges (thin clients of the regionals doing every
+    edge's real per-edge work, no workloads) until Ctrl-C; `fleetbus status` and the
+    dashboard see every hollow edge."""
+    _check("--regions", regions, 1, 50)
+    _check("--edges", edges, 1, 20000)
+    _check("--heartbeat-interval", heartbeat_interval, 0.1, 3600)
+    _check("--edges-per-connection", edges_per_connection, 1, 5000)
+    _check("--start-rate", start_rate, 1, 10000)
+    find_binary()
+    directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
+    running = fleet_state.running_fleet(directory)
+    if running is not None:
+        msg = (
+            f"a fleet is already running from {directory} (pid {running.supervisor_pid}); "
+            "stop it with `fleetbus dev down` or use another --state-dir"
+        )
+        raise ConfigError(msg)
+    ports = iter(free_ports(fleet_plan.ports_needed(regions, 0, mqtt=False, links=True) + regions))
+    plan = fleet_plan.plan_fleet(directory, regions, 0, ports, links=True)
+    hollow = plan_hollow(plan, edges, ports)
+    out.print(f"starting simulation in {directory}: 1 hub, {regions} regional(s), {edges} hollow edges")
+    fleet = DevFleet(
+        plan,
+        heartbeat_interval=heartbeat_interval,
+        progress=out.print,
+        hollow=hollow,
+        hollow_settings={"edges_per_connection": edges_per_connection, "start_rate": start_rate},
+    )
+    asyncio.run(_run(fleet, edges))
+
+
+async def _run(fleet: DevFleet, edges: int) -> None:
+    hub_url = fleet.plan.site("hub").server.client_url
+    ready = asyncio.Event()
+
+    def on_ready(record: fleet_state.FleetRecord) -> None:
+        out.print(f"hub: {record.hub.client_url}   (fleetbus commands find it from {record.state_dir})")
+        if record.hub.dashboard_url:
+            out.print(f"dashboard: {record.hub.dashboard_url}")
+        for plan in fleet.hollow_plan:
+            out.print(
+                f"  {plan.name}: {plan.region}-h{plan.first}..{plan.region}-h{plan.first + plan.edges - 1}"
+                f"  health {plan.health_url}  log {plan.workdir / 'daemon.log'}"
+            )
+        out.print("Ctrl-C (or `fleetbus dev down`) stops everything")
+        ready.set()
+
+    counting = asyncio.create_task(_count_online(hub_url, edges, ready))
+    try:
+        await run_foreground(fleet, on_ready)
+    finally:
+        counting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await counting
+
+
+async def _count_online(hub_url: str, edges: int, ready: asyncio.Event) -> None:
+    """Say how many edges the hub sees online until all are (progress, not a gate)."""
+    await ready.wait()
+    began = time.monotonic()
+    async with await FleetClient.connect(hub_url) as client:
+        while True:
+            online = sum(p.state is PresenceState.ONLINE for p in await client.presence())
+            out.print(f"  hub sees {online}/{edges} hollow edges online ({time.monotonic() - began:.0f}s)")
+            if online >= edges:
+                return
+            await asyncio.sleep(PROGRESS_PERIOD)  # a progress report period
