@@ -1,0 +1,204 @@
+"""Profile fan-out: from `profile apply` at the hub until the hub holds every edge's ApplyResult.
+
+    .venv/bin/python benchmarks/fanout.py [--hollow 100,1000,5000] [--real 13] [--rounds 3]
+
+For each N in `--hollow`, a fresh fleet (hub and 4 regionals as real servers and daemons, N
+hollow edges spread over them, `fleetbus sim`'s processes) starts and fills: every edge has
+reported an ApplyResult to the hub. Then, `--rounds` times, a profile that selects every edge
+is changed at the hub, and the hub's `applied` bucket is watched until each edge's ApplyResult
+carries the new revision; per edge, the time from the apply call to that arrival is a sample.
+The same with `--real` real edges per region (each its own nats-server and edge daemon, behind
+two leaf hops). Prints p50/p99/max per fleet.
+
+While the fleet of `--idle-at` hollow edges is otherwise idle, the CPU of the hub's and the
+regionals' servers and daemons is measured over `--idle-window` seconds, once per heartbeat
+interval in `--beats`: heartbeats stop at the regionals, so the hub's CPU should not move.
+Not a test: numbers, appended to benchmarks/RESULTS.md.
+"""
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from nats.js.api import DeliverPolicy
+
+from benchmarks.common import CpuWindow, append_results, summary, table
+from fleetbus import log
+from fleetbus.client import FleetClient
+from fleetbus.devfleet.hollow import plan_hollow
+from fleetbus.devfleet.plan import plan_fleet, ports_needed
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.netutil import free_ports
+from schemas import subjects
+from schemas.codec import decode_body
+from schemas.event import Event
+from schemas.heartbeat import Tier
+from schemas.profile import Profile, ProfileSpec
+
+REGIONS = 4
+PROFILE = "fanout-bench"
+
+
+async def until_all_reported(client: FleetClient, edges: int, timeout: float) -> float:
+    """Seconds until the hub's `applied` bucket holds an ApplyResult of every edge."""
+    began = time.monotonic()
+    while True:
+        info = await client._js.stream_info(f"KV_{subjects.APPLIED_BUCKET}")
+        if info.state.messages >= edges:
+            return time.monotonic() - began
+        if time.monotonic() - began > timeout:
+            msg = f"only {info.state.messages} of {edges} edges reported within {timeout:g}s"
+            raise RuntimeError(msg)
+        await asyncio.sleep(0.5)  # polling the hub while the fleet fills
+
+
+async def fan_out(client: FleetClient, edges: int, round_no: int, timeout: float) -> list[float]:
+    """Apply a new revision; per edge, seconds until the hub holds its ApplyResult for it."""
+    sub = await client._js.subscribe(
+        subjects.kv_subject(subjects.APPLIED_BUCKET),
+        stream=f"KV_{subjects.APPLIED_BUCKET}",
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.NEW,
+    )
+    try:
+        began = time.monotonic()
+        plan = await client.profiles.apply(
+            Profile(name=PROFILE, spec=ProfileSpec(config={"round": round_no})), actor="fanout-bench"
+        )
+        revision = plan.new.revision if plan.new else None
+        arrived: dict[str, float] = {}
+        while len(arrived) < edges:
+            left = timeout - (time.monotonic() - began)
+            if left <= 0:
+                break
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except TimeoutError:
+                break
+            event = decode_body(Event, msg.data, subject=msg.subject)
+            result = event.apply_result
+            if result and result.profile_revisions.get(PROFILE) == revision and event.edge not in arrived:
+                arrived[event.edge] = time.monotonic() - began
+        if len(arrived) < edges:
+            print(f"    round {round_no}: only {len(arrived)}/{edges} within {timeout:g}s", flush=True)
+        return list(arrived.values()) + [float("inf")] * (edges - len(arrived))
+    finally:
+        await sub.unsubscribe()
+
+
+def tier_pids(fleet: DevFleet) -> dict[str, int]:
+    """PIDs of the hub's and every regional's server and daemon, and the hollow processes."""
+    pids: dict[str, list[int]] = {}
+    for site in fleet.plan.sites:
+        if site.tier is Tier.EDGE:
+            continue
+        for what, proc in (("server", fleet.servers[site.name]), ("daemon", fleet.daemons[site.name])):
+            if proc.pid:
+                pids.setdefault(f"{site.tier.value} {what}", []).append(proc.pid)
+    for proc in fleet.hollow.values():
+        if proc.pid:
+            pids.setdefault("hollow edges", []).append(proc.pid)
+    return {f"{name} #{i}": pid for name, group in pids.items() for i, pid in enumerate(group, 1)}
+
+
+async def idle_cpu(fleet: DevFleet, window: float) -> dict[str, float]:
+    """% of one core per role (regionals and hollow processes: their sum) over `window`."""
+    pids = tier_pids(fleet)
+    cpu = CpuWindow(pids)
+    cpu.start()
+    await asyncio.sleep(window)  # the measurement window itself
+    per_process = cpu.stop()
+    roles: dict[str, float] = {}
+    for name, value in per_process.items():
+        role = name.split(" #")[0]
+        roles[role] = roles.get(role, 0.0) + value
+    return roles
+
+
+async def run_fleet(
+    label: str, edges_per_region: int, hollow: int, args: argparse.Namespace, *, beat: float, rounds: int
+) -> tuple[list[float], float, dict[str, float] | None]:
+    with tempfile.TemporaryDirectory() as tmp:
+        ports = iter(free_ports(ports_needed(REGIONS, edges_per_region, mqtt=False) + REGIONS))
+        plan = plan_fleet(Path(tmp), REGIONS, edges_per_region, ports)
+        fleet = DevFleet(
+            plan,
+            heartbeat_interval=beat,
+            progress=lambda _line: None,
+            hollow=plan_hollow(plan, hollow, ports) if hollow else None,
+            hollow_settings={"log_level": "warning", "start_rate": args.start_rate},
+            settings={Tier.EDGE: {"log_level": "warning"}},
+        )
+        edges = hollow or REGIONS * edges_per_region
+        began = time.monotonic()
+        await fleet.start()
+        try:
+            async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+                await until_all_reported(client, edges, args.timeout)
+                up = time.monotonic() - began
+                print(f"  {label}: {edges} edges reporting {up:.0f}s after start", flush=True)
+                samples: list[float] = []
+                for round_no in range(1, rounds + 1):
+                    took = await fan_out(client, edges, round_no, args.timeout)
+                    samples += took
+                    p50, p99, top = summary(took)
+                    print(f"    round {round_no}: p50 {p50:.2f}s p99 {p99:.2f}s max {top:.2f}s", flush=True)
+                cpu = await idle_cpu(fleet, args.idle_window) if hollow == args.idle_at else None
+                return samples, up, cpu
+        finally:
+            await fleet.stop()
+
+
+def numbers(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hollow", type=numbers, default=[100, 1000, 5000], help="hollow edges per fleet")
+    parser.add_argument("--real", type=int, default=13, help="real edges per region (0: skip)")
+    parser.add_argument("--rounds", type=int, default=3, help="profile changes per fleet")
+    parser.add_argument("--timeout", type=float, default=120.0, help="give up on one fan-out after, s")
+    parser.add_argument("--start-rate", type=float, default=250.0, help="hollow edges started/s per region")
+    parser.add_argument("--idle-at", type=int, default=1000, help="hollow fleet whose idle CPU is measured")
+    parser.add_argument("--idle-window", type=float, default=20.0, help="idle CPU window, s")
+    parser.add_argument("--beats", default="5,1", help="heartbeat intervals (s) for the idle CPU runs")
+    args = parser.parse_args()
+    log.configure(level="warning")
+    beats = [float(b) for b in args.beats.split(",") if b]
+    rows, cpu_rows = [], []
+    fleets = [(f"{n} hollow", 0, n) for n in args.hollow]
+    if args.real:
+        fleets.append((f"{REGIONS * args.real} real", args.real, 0))
+    for label, per_region, hollow in fleets:
+        samples, filled, cpu = await run_fleet(
+            label, per_region, hollow, args, beat=beats[0], rounds=args.rounds
+        )
+        p50, p99, top = summary(samples)
+        shown = lambda v: f"{v:.2f}" if v != float("inf") else "lost"  # noqa: E731
+        rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), f"{filled:.1f}"])
+        if cpu is not None:
+            cpu_rows.append((beats[0], cpu))
+            for beat in beats[1:]:
+                _, _, more = await run_fleet(label, 0, hollow, args, beat=beat, rounds=0)
+                if more is not None:
+                    cpu_rows.append((beat, more))
+    lines = [f"Profile fan-out over {REGIONS} regionals, {args.rounds} profile changes per fleet:", ""]
+    lines += table(["edges", "samples", "p50 s", "p99 s", "max s", "all reporting, s after start"], rows)
+    if cpu_rows:
+        roles = list(cpu_rows[0][1])
+        lines += ["", f"Idle CPU (% of one core, summed per role) with {args.idle_at} hollow edges:", ""]
+        lines += table(
+            ["edge heartbeat", *roles],
+            [[f"{beat:g} s", *(f"{cpu[r]:.1f}" for r in roles)] for beat, cpu in cpu_rows],
+        )
+    append_results("Profile fan-out", lines)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
