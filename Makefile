@@ -1,4 +1,4 @@
-# Two commands: `make dev` (a whole fleet on this machine) and `make test` (every gate).
+# `make dev` (a whole fleet on this machine), `make test` (every gate), `make bench` (numbers).
 # Both create .venv and install fleetbus into it if needed.
 VENV   ?= .venv
 PYTHON ?= python3
@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 SEEDS  ?= 20
 STEPS  ?= 80
 
-.PHONY: dev test lint format types contracts pytest soak schemas clean
+.PHONY: dev test lint format types contracts pytest soak bench schemas clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,14 @@ pytest: $(STAMP)
 # The consistency suite, long: SEEDS random fault schedules of STEPS steps each (tests/consistency.py).
 soak: $(STAMP)
 	$(PY) -m tests.consistency --seeds $(SEEDS) --steps $(STEPS)
+
+# Benchmarks (not tests: numbers, never a gate), appended to benchmarks/RESULTS.md; ~13 min.
+bench: $(STAMP)
+	$(PY) benchmarks/codec.py
+	$(PY) benchmarks/ingest.py
+	$(PY) benchmarks/footprint.py
+	$(PY) benchmarks/fanout.py
+	$(PY) benchmarks/heal.py
 
 schemas: $(STAMP)
 	$(VENV)/bin/fleetbus schema export docs/schemas

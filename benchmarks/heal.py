@@ -1,6 +1,6 @@
 """Heal-to-converge after link cuts, with heal acceleration and without (nats-server alone).
 
-    .venv/bin/python benchmarks/heal.py [--edge-cuts 5,30,120,600] [--region-cuts 5,30,120]
+    .venv/bin/python benchmarks/heal.py [--edge-cuts 5,60,300] [--region-cuts 5,60]
 
 Two real dev fleets run side by side (1 hub, 2 regions; servers and daemons as processes, a TCP
 proxy on every leaf link, heartbeats every 5 s): one with heal acceleration (the default), one
@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import append_results
 from fleetbus import log
 from fleetbus.client import FleetClient
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
@@ -146,14 +147,18 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-def report(samples: list[Sample], timeout: float) -> None:
+def report(samples: list[Sample], timeout: float) -> list[str]:
     groups: dict[tuple[str, float], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         groups[(s.tier, s.cut_s)][s.mode].append(s.converge_s)
-    print()
     head = f"{'n':>3} {'p50':>7} {'p99':>7} {'max':>6}"
-    print(f"{'tier':<7} {'cut':>6} | {'with acceleration':^26} | {'nats-server alone':^26} | p99 ratio")
-    print(f"{'':<7} {'':>6} | {head} | {head} |")
+    lines = [
+        "Heal-to-converge (s from heal until the hub shows every edge behind the link converged):",
+        "",
+        "```",
+        f"{'tier':<7} {'cut':>6} | {'with acceleration':^26} | {'nats-server alone':^26} | p99 ratio",
+        f"{'':<7} {'':>6} | {head} | {head} |",
+    ]
     for (tier, cut), modes in sorted(groups.items()):
         cells, p99s = [], {}
         for mode in ("on", "off"):
@@ -168,7 +173,8 @@ def report(samples: list[Sample], timeout: float) -> None:
             shown = f">{timeout:g}" if missed else f"{worst:.2f}"
             cells.append(f"{len(values):>3} {statistics.median(done):>7.2f} {shown:>7} {max(done):>6.2f}")
         ratio = f"x{p99s['off'] / p99s['on']:.1f}" if {"on", "off"} <= p99s.keys() and p99s["on"] else "-"
-        print(f"{tier:<7} {cut:>5g}s | {cells[0]} | {cells[1]} | {ratio}")
+        lines.append(f"{tier:<7} {cut:>5g}s | {cells[0]} | {cells[1]} | {ratio}")
+    return [*lines, "```"]
 
 
 def seconds_list(text: str) -> list[float]:
@@ -177,8 +183,8 @@ def seconds_list(text: str) -> list[float]:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--edge-cuts", type=seconds_list, default=[5, 30, 120, 600], help="s, one edge each")
-    parser.add_argument("--region-cuts", type=seconds_list, default=[5, 30, 120], help="s, in turn")
+    parser.add_argument("--edge-cuts", type=seconds_list, default=[5, 60, 300], help="s, one edge each")
+    parser.add_argument("--region-cuts", type=seconds_list, default=[5, 60], help="s, in turn")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s (every tier)")
     parser.add_argument("--timeout", type=float, default=200.0, help="give up on one convergence after, s")
     parser.add_argument("--modes", default="on,off", help="on (accelerated), off (nats-server alone)")
@@ -190,7 +196,7 @@ async def main() -> None:
         f"heartbeats every {args.heartbeat:g}s; modes {modes}; about {max(args.edge_cuts) / 60:.0f} min"
     )
     results = await asyncio.gather(*(run_mode(m, args) for m in modes))
-    report([s for samples in results for s in samples], args.timeout)
+    append_results("Heal", report([s for samples in results for s in samples], args.timeout))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,108 @@
+"""Footprint of one edge: RSS and idle CPU of its daemon and of its nats-server.
+
+    .venv/bin/python benchmarks/footprint.py [--edges 3] [--settle 20] [--window 30]
+
+A real dev fleet (hub, one regional, `--edges` edges; servers and daemons as processes,
+default intervals: heartbeat 5 s, inventory scan 5 s). Once every edge reports to the hub
+and `--settle` seconds have passed, each edge daemon's and edge server's RSS is read and its
+CPU measured over `--window` seconds; the table shows the mean and the worst edge. Baseline in
+the same run: a bare nats-server with JetStream and nothing in it. Not a test: numbers,
+appended to benchmarks/RESULTS.md.
+"""
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import CpuWindow, append_results, rss_bytes, table
+from fleetbus import log
+from fleetbus.client import FleetClient
+from fleetbus.devfleet.plan import plan_fleet, ports_needed
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.natsconf import ServerSpec
+from fleetbus.netutil import free_ports
+from fleetbus.servers import NatsServer
+from schemas.heartbeat import Tier
+
+MB = 2**20
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edges", type=int, default=3, help="edges in the fleet")
+    parser.add_argument("--settle", type=float, default=20.0, help="s after every edge reports")
+    parser.add_argument("--window", type=float, default=30.0, help="CPU window, s")
+    args = parser.parse_args()
+    log.configure(level="warning")
+    with tempfile.TemporaryDirectory() as tmp:
+        ports = iter(free_ports(ports_needed(1, args.edges, mqtt=False) + 2))
+        plan = plan_fleet(Path(tmp), 1, args.edges, ports)
+        bare = NatsServer(
+            ServerSpec(
+                name="bare",
+                tier=Tier.EDGE,
+                host="127.0.0.1",
+                store_dir=Path(tmp) / "bare",
+                client_port=next(ports),
+                http_port=next(ports),
+            ),
+            Path(tmp) / "bare",
+        )
+        fleet = DevFleet(plan, progress=lambda _line: None)
+        await fleet.start()
+        await bare.start()
+        try:
+            edges = [s.name for s in plan.by_tier(Tier.EDGE)]
+            async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+                deadline = time.monotonic() + 120
+                while {r.edge for r in await client.reports()} < set(edges):
+                    if time.monotonic() > deadline:
+                        msg = "not every edge reported within 120 s"
+                        raise RuntimeError(msg)
+                    await asyncio.sleep(0.5)  # polling the hub while the fleet starts
+            await asyncio.sleep(args.settle)  # let start-up work finish: idle is what is measured
+            pids = {f"daemon {e}": fleet.daemons[e].pid for e in edges}
+            pids |= {f"server {e}": fleet.servers[e].pid for e in edges}
+            pids["bare"] = bare.pid
+            known = {name: pid for name, pid in pids.items() if pid}
+            cpu = CpuWindow(known)
+            cpu.start()
+            await asyncio.sleep(args.window)  # the measurement window itself
+            used = cpu.stop()
+            rss = {name: rss_bytes(pid) for name, pid in known.items()}
+        finally:
+            await bare.stop()
+            await fleet.stop()
+    rows = []
+    for role, label in (("daemon", "edge daemon"), ("server", "edge nats-server")):
+        names = [n for n in known if n.startswith(role)]
+        mean_rss = sum(rss[n] for n in names) / len(names) / MB
+        mean_cpu = sum(used[n] for n in names) / len(names)
+        rows.append(
+            [
+                label,
+                f"{mean_rss:.1f}",
+                f"{max(rss[n] for n in names) / MB:.1f}",
+                f"{mean_cpu:.2f}",
+                f"{max(used[n] for n in names):.2f}",
+            ]
+        )
+    rows.append(
+        ["bare nats-server (JetStream, empty)", f"{rss['bare'] / MB:.1f}", "", f"{used['bare']:.2f}", ""]
+    )
+    title = f"Edge footprint, {len(edges)} idle edges (5 s beats and scans), CPU over {args.window:g} s:"
+    lines = [
+        title,
+        "",
+        *table(["process", "RSS MB", "worst", "CPU % of a core", "worst"], rows),
+    ]
+    append_results("Edge footprint", lines)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
