@@ -2,11 +2,11 @@
 
 Inputs are the edge's own replicas of the `profiles` and `overrides` buckets (sourced from its
 regional, so they survive a cut link and a restart), mirrored by `DesiredInputs`, its labels
-and its groups. Whenever an
-input changes, or an override expires, it recomputes the effective desired state with
-`fleetbus.desired.compute` (the same function the hub uses for `explain` and compliance) and,
-if the content hash or the profile revisions differ from what it last reported, applies it
-through the driver and emits an ApplyResult event into the edge's EVENTS stream.
+and its groups. Whenever an input changes, or an override expires, it recomputes the
+effective desired state with `fleetbus.desired.compute` (the same function the hub uses for
+`explain` and compliance) and, if the content hash or the profile revisions differ from what
+it last reported, applies it through the driver and emits an ApplyResult event into the
+edge's EVENTS stream (a thin edge: into its outbox subject, `edge.hollow`).
 
 A value that cannot be decoded is counted and skipped; the last good value of that key stays.
 """
@@ -82,7 +82,8 @@ class DesiredInputs:
             await _first_of([asyncio.create_task(e.wait()) for e in loaded], watchers, all_of=True)
             self.loaded.set()
             self._tell(())
-            await _first_of([asyncio.create_task(asyncio.Event().wait())], watchers)
+            forever = asyncio.create_task(asyncio.Event().wait())
+            await _first_of([forever], watchers)  # returns only by raising what ended a watch
         finally:
             await cancel_and_wait(watchers, timeout=10.0)
 
