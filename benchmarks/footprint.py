@@ -45,7 +45,7 @@ async def main() -> None:
         bare = NatsServer(
             ServerSpec(
                 name="bare",
-                tier=Tier.EDGE,
+                tier=Tier.HUB,  # no upstream, nothing in it: a bare server with JetStream
                 host="127.0.0.1",
                 store_dir=Path(tmp) / "bare",
                 client_port=next(ports),
