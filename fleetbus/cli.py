@@ -101,13 +101,7 @@ def dev_up(
         raise ConfigError(f"--heartbeat-interval must be > 0, got {heartbeat_interval}")
     find_binary()  # fail now, with the install hint, not after half a fleet started
     directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
-    running = fleet_state.running_fleet(directory)
-    if running is not None:
-        msg = (
-            f"a dev fleet is already running from {directory} (pid {running.supervisor_pid}); "
-            "stop it with `fleetbus dev down` or use another --state-dir"
-        )
-        raise ConfigError(msg)
+    fleet_state.refuse_if_running(directory)
     count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt, links=True)
     if base_port is not None:
         _positive("--base-port", base_port, 1024, 65535 - count)

@@ -47,13 +47,7 @@ def sim(
     _check("--start-rate", start_rate, 1, 10000)
     find_binary()
     directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
-    running = fleet_state.running_fleet(directory)
-    if running is not None:
-        msg = (
-            f"a fleet is already running from {directory} (pid {running.supervisor_pid}); "
-            "stop it with `fleetbus dev down` or use another --state-dir"
-        )
-        raise ConfigError(msg)
+    fleet_state.refuse_if_running(directory)
     ports = iter(free_ports(fleet_plan.ports_needed(regions, 0, mqtt=False, links=True) + regions))
     plan = fleet_plan.plan_fleet(directory, regions, 0, ports, links=True)
     hollow = plan_hollow(plan, edges, ports)

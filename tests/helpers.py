@@ -47,6 +47,15 @@ def wait_until(probe: Callable[[], object], *, timeout: float = 15.0, what: str 
         time.sleep(0.05)  # poll interval
 
 
+def start_in_group(argv: list[str]) -> subprocess.Popen[str]:
+    """A CLI process in its own process group, so a test can send Ctrl-C the way a terminal
+    does (to the group)."""
+    return subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=cli_env(), cwd=ROOT,
+        start_new_session=True,
+    )  # fmt: skip
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETBUS_")}
     env.update(extra)

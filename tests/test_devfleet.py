@@ -12,22 +12,9 @@ import pytest
 
 from fleetbus.devfleet.state import FleetRecord, pid_alive
 from fleetbus.netutil import http_get
-from tests.helpers import FLEETBUS, ROOT, cli_env, processes_mentioning, run_cli, wait_until
+from tests.helpers import FLEETBUS, processes_mentioning, run_cli, start_in_group, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def start_in_group(argv: list[str]) -> subprocess.Popen[str]:
-    # Own process group, so the test can send Ctrl-C the way a terminal does (to the group).
-    return subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        start_new_session=True,
-    )
 
 
 def start_up(state_dir: Path, *args: str) -> subprocess.Popen[str]:

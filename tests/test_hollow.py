@@ -4,7 +4,6 @@ starts them; and `fleetbus sim` itself, as a user runs it."""
 import json
 import os
 import signal
-import subprocess
 from pathlib import Path
 
 import nats
@@ -20,7 +19,7 @@ from schemas.event import ApplyStatus
 from schemas.override import OverrideScope
 from schemas.presence import PresenceState
 from schemas.profile import Profile, ProfileSpec
-from tests.helpers import FLEETBUS, ROOT, cli_env, eventually, processes_mentioning, run_cli, wait_until
+from tests.helpers import FLEETBUS, eventually, processes_mentioning, run_cli, start_in_group, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -101,16 +100,20 @@ async def test_hollow_edges_enroll_heartbeat_apply_and_report_like_edges(hollow_
 
 def test_sim_runs_until_ctrl_c_and_status_sees_every_hollow_edge(tmp_path: Path):
     state_dir = tmp_path / "sim"
-    sim = subprocess.Popen(
-        [*FLEETBUS, "sim", "--regions", "2", "--edges", "24", "--state-dir", str(state_dir),
-         "--heartbeat-interval", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=cli_env(),
-        cwd=ROOT,
-        start_new_session=True,
-    )  # fmt: skip
+    sim = start_in_group(
+        [
+            *FLEETBUS,
+            "sim",
+            "--regions",
+            "2",
+            "--edges",
+            "24",
+            "--state-dir",
+            str(state_dir),
+            "--heartbeat-interval",
+            "1",
+        ]
+    )
     try:
 
         def everyone_online() -> list | None:

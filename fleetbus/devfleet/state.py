@@ -98,6 +98,17 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
+def refuse_if_running(directory: Path) -> None:
+    """`ConfigError` if a fleet (dev or sim) already runs from `directory`."""
+    running = running_fleet(directory)
+    if running is not None:
+        msg = (
+            f"a fleet is already running from {directory} (pid {running.supervisor_pid}); "
+            "stop it with `fleetbus dev down` or use another --state-dir"
+        )
+        raise ConfigError(msg)
+
+
 def running_fleet(state_dir: Path) -> FleetRecord | None:
     """The fleet recorded in `state_dir` if its supervisor is still alive."""
     record = FleetRecord.load(state_dir)
