@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fleetbus import cli_fleet, cli_sim, cli_view
 from fleetbus.client import FleetClient
-from fleetbus.clikit import HubUrl, StateDir, err, out
+from fleetbus.clikit import HubUrl, StateDir, check_range, err, out
 from fleetbus.compose import write_compose
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
@@ -77,12 +77,6 @@ def _write_files(what: str, write: Callable[[], list[Path]]) -> None:
         out.print(f"wrote {path}")
 
 
-def _positive(name: str, value: int, low: int = 1, high: int = 500) -> None:
-    if not low <= value <= high:
-        msg = f"{name} must be between {low} and {high}, got {value}"
-        raise ConfigError(msg)
-
-
 @dev_app.command("up")
 def dev_up(
     regions: Annotated[int, typer.Option(help="Number of regionals.")] = 2,
@@ -95,8 +89,8 @@ def dev_up(
     mqtt: Annotated[bool, typer.Option(help="Give every edge an MQTT listener.")] = False,
 ) -> None:
     """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
-    _positive("--regions", regions, 1, 50)
-    _positive("--edges", edges, 0, 500)
+    check_range("--regions", regions, 1, 50)
+    check_range("--edges", edges, 0, 500)
     if heartbeat_interval <= 0:
         raise ConfigError(f"--heartbeat-interval must be > 0, got {heartbeat_interval}")
     find_binary()  # fail now, with the install hint, not after half a fleet started
@@ -104,7 +98,7 @@ def dev_up(
     fleet_state.refuse_if_running(directory)
     count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt, links=True)
     if base_port is not None:
-        _positive("--base-port", base_port, 1024, 65535 - count)
+        check_range("--base-port", base_port, 1024, 65535 - count)
         ports = iter(range(base_port, base_port + count))
     else:
         ports = iter(free_ports(count))

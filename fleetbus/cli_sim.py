@@ -8,23 +8,16 @@ from typing import Annotated
 import typer
 
 from fleetbus.client import FleetClient
-from fleetbus.clikit import StateDir, out
+from fleetbus.clikit import StateDir, check_range, out
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.devfleet.hollow import plan_hollow
 from fleetbus.devfleet.supervisor import DevFleet, run_foreground
-from fleetbus.errors import ConfigError
 from fleetbus.netutil import free_ports
 from fleetbus.servers import find_binary
 from schemas.presence import PresenceState
 
 PROGRESS_PERIOD = 5.0  # s between "edges online" lines while the fleet fills up
-
-
-def _check(name: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        msg = f"{name} must be between {low:g} and {high:g}, got {value:g}"
-        raise ConfigError(msg)
 
 
 def sim(
@@ -40,11 +33,11 @@ def sim(
     """Run a hub, regionals and hollow edges (thin clients of the regionals doing every
     edge's real per-edge work, no workloads) until Ctrl-C; `fleetbus status` and the
     dashboard see every hollow edge."""
-    _check("--regions", regions, 1, 50)
-    _check("--edges", edges, 1, 20000)
-    _check("--heartbeat-interval", heartbeat_interval, 0.1, 3600)
-    _check("--edges-per-connection", edges_per_connection, 1, 5000)
-    _check("--start-rate", start_rate, 1, 10000)
+    check_range("--regions", regions, 1, 50)
+    check_range("--edges", edges, 1, 20000)
+    check_range("--heartbeat-interval", heartbeat_interval, 0.1, 3600)
+    check_range("--edges-per-connection", edges_per_connection, 1, 5000)
+    check_range("--start-rate", start_rate, 1, 10000)
     find_binary()
     directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
     fleet_state.refuse_if_running(directory)

@@ -6,6 +6,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fleetbus.errors import ConfigError
+
 out = Console()
 err = Console(stderr=True)
 
@@ -25,3 +27,10 @@ HubUrl = Annotated[
         show_default=False,
     ),
 ]
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """`ConfigError` naming the option unless `low <= value <= high`."""
+    if not low <= value <= high:
+        msg = f"{name} must be between {low} and {high}, got {value}"
+        raise ConfigError(msg)
