@@ -272,11 +272,9 @@ class InventoryPublisher:
         """Something changed (an apply, the link): collect now rather than at the next scan."""
         self._wake.set()
 
-    def _read_facts(self) -> dict[str, Any]:
-        if self.facts_file is None:
-            return {}
+    def _read_facts(self, path: Path) -> dict[str, Any]:
         try:
-            self._facts = read_facts(self.facts_file)
+            self._facts = read_facts(path)
         except FactsError as exc:
             if str(exc) != self._facts_error:
                 logger.warning("site facts unreadable; keeping the last good ones", error=str(exc))
@@ -287,7 +285,7 @@ class InventoryPublisher:
 
     async def collect(self) -> InventorySnapshot:
         host = await self.host()
-        facts = await asyncio.to_thread(self._read_facts) if self.facts_file else {}
+        facts = await asyncio.to_thread(self._read_facts, self.facts_file) if self.facts_file else {}
         backlog = await self.meter.measure() if self.meter else []
         if self.metrics:
             for item in backlog:

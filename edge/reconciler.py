@@ -187,14 +187,10 @@ class Reconciler:
         return self.inputs.overrides
 
     def _heard(self, changed: Changed) -> None:
-        """Inputs changed: wake up if a profile or one of this edge's overrides did (or at load)."""
-        if self.own_inputs or not changed:
+        """Inputs changed: wake up if a profile or one of this edge's overrides did (or at load).
+        (A full edge's replica holds no other overrides; a shared mirror holds the region's.)"""
+        if not changed or any(b == subjects.PROFILES_BUCKET or (b, k) in self._mine for b, k in changed):
             self._changed.set()
-            return
-        for bucket, key in changed:
-            if bucket == subjects.PROFILES_BUCKET or (bucket, key) in self._mine:
-                self._changed.set()
-                return
 
     async def run(self) -> None:
         if not self.own_inputs:
@@ -229,9 +225,7 @@ class Reconciler:
         ends = [
             o.expires_at
             for key, o in self.overrides.items()
-            if o.expires_at
-            and o.expires_at > now
-            and (self.own_inputs or (subjects.OVERRIDES_BUCKET, key) in self._mine)
+            if o.expires_at and o.expires_at > now and (subjects.OVERRIDES_BUCKET, key) in self._mine
         ]
         return min(ends).timestamp() - now.timestamp() + time.monotonic() if ends else None
 
