@@ -39,22 +39,16 @@ from schemas.codec import decode_body
 from schemas.event import Event
 from schemas.heartbeat import Tier
 from schemas.profile import Profile, ProfileSpec
+from tests.helpers import eventually
 
 REGIONS = 4
 PROFILE = "fanout-bench"
 
 
-async def until_all_reported(client: FleetClient, edges: int, timeout: float) -> float:
-    """Seconds until the hub's `applied` bucket holds an ApplyResult of every edge."""
-    began = time.monotonic()
-    while True:
-        info = await client._js.stream_info(f"KV_{subjects.APPLIED_BUCKET}")
-        if info.state.messages >= edges:
-            return time.monotonic() - began
-        if time.monotonic() - began > timeout:
-            msg = f"only {info.state.messages} of {edges} edges reported within {timeout:g}s"
-            raise RuntimeError(msg)
-        await asyncio.sleep(0.5)  # polling the hub while the fleet fills
+async def all_reported(client: FleetClient, edges: int) -> bool:
+    """Whether the hub's `applied` bucket holds an ApplyResult of every edge."""
+    info = await client._js.stream_info(f"KV_{subjects.APPLIED_BUCKET}")
+    return info.state.messages >= edges
 
 
 async def fan_out(client: FleetClient, edges: int, round_no: int, timeout: float) -> list[float]:
@@ -139,7 +133,9 @@ async def run_fleet(
         await fleet.start()
         try:
             async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
-                await until_all_reported(client, edges, args.timeout)
+                await eventually(
+                    lambda: all_reported(client, edges), timeout=args.timeout, what=f"{edges} edges reporting"
+                )
                 up = time.monotonic() - began
                 print(f"  {label}: {edges} edges reporting {up:.0f}s after start", flush=True)
                 samples: list[float] = []

@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -28,6 +27,7 @@ from fleetbus.natsconf import ServerSpec
 from fleetbus.netutil import free_ports
 from fleetbus.servers import NatsServer
 from schemas.heartbeat import Tier
+from tests.helpers import eventually
 
 MB = 2**20
 
@@ -59,12 +59,11 @@ async def main() -> None:
         try:
             edges = [s.name for s in plan.by_tier(Tier.EDGE)]
             async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
-                deadline = time.monotonic() + 120
-                while {r.edge for r in await client.reports()} < set(edges):
-                    if time.monotonic() > deadline:
-                        msg = "not every edge reported within 120 s"
-                        raise RuntimeError(msg)
-                    await asyncio.sleep(0.5)  # polling the hub while the fleet starts
+
+                async def all_reported() -> bool:
+                    return {r.edge for r in await client.reports()} >= set(edges)
+
+                await eventually(all_reported, timeout=120, what="every edge reporting")
             await asyncio.sleep(args.settle)  # let start-up work finish: idle is what is measured
             pids = {f"daemon {e}": fleet.daemons[e].pid for e in edges}
             pids |= {f"server {e}": fleet.servers[e].pid for e in edges}

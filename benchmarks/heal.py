@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import append_results
+from benchmarks.common import append_results, nearest_rank
 from fleetbus import log
 from fleetbus.client import FleetClient
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
@@ -142,11 +142,6 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
             await fleet.stop()
 
 
-def p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
-
-
 def report(samples: list[Sample], timeout: float) -> list[str]:
     groups: dict[tuple[str, float], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
@@ -168,7 +163,7 @@ def report(samples: list[Sample], timeout: float) -> list[str]:
             if not done:
                 cells.append(f"{len(values):>3} {'-':>7} {'-':>7} {'-':>6}")
                 continue
-            worst = math.inf if missed else p99(done)
+            worst = math.inf if missed else nearest_rank(done, 0.99)
             p99s[mode] = worst
             shown = f">{timeout:g}" if missed else f"{worst:.2f}"
             cells.append(f"{len(values):>3} {statistics.median(done):>7.2f} {shown:>7} {max(done):>6.2f}")
