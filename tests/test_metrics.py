@@ -180,6 +180,11 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
         # The dashboard: a request is counted by its route template; a live feed is a gauge.
         dashboard = fleet.plan.site(hub).dashboard_url
 
+        async def hub_knows_edge() -> bool:  # until then the request below is a 404
+            status, _ = await http_get(f"{dashboard}api/edges/{edge}")
+            return status == 200
+
+        await eventually(hub_knows_edge, timeout=20, what="the hub's dashboard knows the edge")
         await m.moves(
             "fleetbus_api_requests_total",
             hub,
