@@ -13,7 +13,7 @@ STEPS  ?= 80
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,k8s]'
 	@touch $(STAMP)
 
 dev: $(STAMP)

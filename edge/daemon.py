@@ -1,14 +1,18 @@
 """The edge daemon: local streams and replicas, the reconciler, inventory, heartbeats."""
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 from edge import streams
+from edge.drivers import Driver
 from edge.drivers.local import LocalDriver
 from edge.enrollment import enroll, enrolled_before
 from edge.inventory import BacklogMeter, InventoryPublisher, Uplink, host_facts
 from edge.reconciler import Reconciler
 from fleetbus.daemon import Daemon
 from fleetbus.desired import edge_groups
+from fleetbus.errors import ConfigError
 from fleetbus.provisioning import ensure_stream
 from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
 from fleetbus.settings import EdgeSettings
@@ -17,7 +21,7 @@ from schemas.heartbeat import Tier
 
 
 async def run(settings: EdgeSettings) -> None:
-    async with Daemon(settings, tier=Tier.EDGE) as daemon:
+    async with _driver(settings) as driver, Daemon(settings, tier=Tier.EDGE) as daemon:
         region, edge = settings.region, settings.site
         js = daemon.bus.js
         groups = edge_groups(region, settings.labels)
@@ -45,7 +49,6 @@ async def run(settings: EdgeSettings) -> None:
             )
             enrolled.set()
 
-        driver = LocalDriver(settings.state_dir)
         probe = UpstreamProbe(
             daemon.bus.jetstream(region, timeout=0.5), region, upstream_returned, metrics=daemon.metrics
         )
@@ -66,6 +69,7 @@ async def run(settings: EdgeSettings) -> None:
             interval=settings.inventory_interval,
             scan_interval=settings.inventory_scan_interval,
             metrics=daemon.metrics,
+            cluster=getattr(driver, "inventory", None),
         )
         reconciler = Reconciler(
             bus=daemon.bus,
@@ -86,7 +90,39 @@ async def run(settings: EdgeSettings) -> None:
         )
         daemon.add_task("enrollment", enrollment)
         daemon.add_task("reconciler", reconciler.run)
+        if watch_drift := getattr(driver, "watch_drift", None):
+            daemon.add_task(
+                "drift", lambda: watch_drift(settings.kube_drift_interval, reconciler.report_drift)
+            )
         daemon.add_task("upstream-probe", probe.run)
         daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))
         daemon.add_task("inventory", inventory.run)
         await daemon.run()
+
+
+@contextlib.asynccontextmanager
+async def _driver(settings: EdgeSettings) -> AsyncIterator[Driver]:
+    """The driver the settings name; the kubernetes one holds an API client until the end."""
+    if settings.driver == "local":
+        yield LocalDriver(settings.state_dir)
+        return
+    try:
+        from edge.drivers import kubernetes  # noqa: PLC0415 - an optional dependency
+    except ImportError as exc:
+        msg = f"driver kubernetes needs kubernetes-asyncio ({exc}): pip install 'fleetbus[k8s]'"
+        raise ConfigError(msg) from exc
+    api = await kubernetes.connect(
+        kubeconfig=settings.kubeconfig,
+        context=settings.kube_context,
+        in_cluster=settings.kube_in_cluster,
+        timeout=settings.kube_request_timeout,
+    )
+    try:
+        yield kubernetes.KubernetesDriver(
+            api,
+            site=settings.site,
+            state_dir=settings.state_dir,
+            rollout_timeout=settings.kube_rollout_timeout,
+        )
+    finally:
+        await api.close()

@@ -36,7 +36,7 @@ from fleetbus.bus import Bus
 from fleetbus.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import utcnow
-from schemas.inventory import HostFacts, InventorySnapshot, LinkState, StreamBacklog
+from schemas.inventory import HostFacts, InventorySnapshot, KubernetesInventory, LinkState, StreamBacklog
 
 logger = log.get_logger(__name__)
 
@@ -124,6 +124,8 @@ def material(snapshot: InventorySnapshot) -> str:
     as it is seen. (Not for INVENTORY's own backlog: publishing a snapshot creates it.)"""
     data = snapshot.model_dump(mode="json", exclude={"seq", "observed_at", "received_at", "backlog"})
     data["host"].pop("disk_free_bytes", None)
+    if data.get("kubernetes"):
+        data["kubernetes"].pop("read_at", None)
     data["backlog"] = {
         b.stream: (b.evicted, b.evicted_unforwarded, b.pending > 0 and b.stream != subjects.INVENTORY_STREAM)
         for b in snapshot.backlog
@@ -252,6 +254,7 @@ class InventoryPublisher:
         clock: Callable[[], datetime] = utcnow,
         subject: str | None = None,
         first_seq: Callable[[], Awaitable[int]] | None = None,
+        cluster: Callable[[], Awaitable[KubernetesInventory]] | None = None,
     ) -> None:
         self.bus = bus
         self.region, self.edge, self.labels = region, edge, labels
@@ -262,6 +265,7 @@ class InventoryPublisher:
         self.clock = clock
         self.subject = subject or subjects.edge_inventory(region, edge)
         self.first_seq = first_seq or self._local_last_seq
+        self.cluster = cluster  # the site's Kubernetes cluster, with the kubernetes driver
         self.seq = 0
         self.last: InventorySnapshot | None = None
         self._facts: dict[str, Any] = {}
@@ -303,6 +307,7 @@ class InventoryPublisher:
             link=LinkState(upstream_connected=bool(self.probe.up), since=self.probe.changed_at),
             backlog=backlog,
             facts=facts,
+            kubernetes=await self.cluster() if self.cluster else None,
         )
 
     async def publish(self, snapshot: InventorySnapshot, trigger: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from edge.drivers import Driver, DriverError
+from edge.drivers import Drift, Driver, DriverError
 from fleetbus import log
 from fleetbus.backoff import Backoff
 from fleetbus.bus import Bus, persist
@@ -32,7 +32,7 @@ from fleetbus.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.base import Message, utcnow
 from schemas.codec import decode_body
-from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, Severity
+from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, ObjectResult, Severity
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
 
@@ -249,15 +249,16 @@ class Reconciler:
         started = time.monotonic()
         error: str | None = None
         try:
-            changed = await self.driver.apply(desired)
+            applied = await self.driver.apply(desired)
         except DriverError as exc:
-            status, error = ApplyStatus.FAILED, str(exc)
+            status, error, objects = ApplyStatus.FAILED, str(exc), exc.objects
         else:
-            status = ApplyStatus.APPLIED if changed else ApplyStatus.UNCHANGED
+            status = ApplyStatus.APPLIED if applied.changed else ApplyStatus.UNCHANGED
+            objects = applied.objects
         duration = time.monotonic() - started
         self.metrics.reconciles.labels(status=status.value).inc()
         self.metrics.apply_duration.observe(duration)
-        await self._report(desired, status, duration, error)
+        await self._report(desired, status, duration, error, objects)
         self._reported, self._reported_ok = key, error is None
         if status is ApplyStatus.APPLIED:
             self.on_applied()
@@ -266,7 +267,12 @@ class Reconciler:
         return error is None
 
     async def _report(
-        self, desired: DesiredState, status: ApplyStatus, duration: float, error: str | None
+        self,
+        desired: DesiredState,
+        status: ApplyStatus,
+        duration: float,
+        error: str | None,
+        objects: list[ObjectResult],
     ) -> None:
         event = Event(
             id=f"{self.edge}-{uuid.uuid4().hex}",
@@ -285,10 +291,32 @@ class Reconciler:
                 error=error,
                 labels=self.labels,
                 groups=self.groups,
+                objects=objects,
             ),
         )
-        subject = self.event_subject(EventKind.APPLY_RESULT.value)
-        await persist(lambda: self.bus.js_publish(subject, event, message_id=event.id), what="apply result")
+        await self._emit(event, "apply result")
+
+    async def report_drift(self, drift: Drift) -> None:
+        """One drift finding of the driver, as a `drift` event (`edge.drivers.Drift`)."""
+        fields = ", ".join(drift.fields)
+        event = Event(
+            id=f"{self.edge}-{uuid.uuid4().hex}",
+            kind=EventKind.DRIFT,
+            region=self.region,
+            edge=self.edge,
+            observed_at=self.clock(),
+            severity=Severity.ERROR if drift.error else Severity.WARNING,
+            message=f"drift in {drift.object}: {fields} ({drift.action})"
+            + (f": {drift.error}" if drift.error else ""),
+            data=drift.as_data(),
+        )
+        self.metrics.drift.labels(action=drift.action).inc()
+        logger.warning("drift", object=drift.object, fields=fields, action=drift.action, error=drift.error)
+        await self._emit(event, "drift event")
+
+    async def _emit(self, event: Event, what: str) -> None:
+        subject = self.event_subject(event.kind)
+        await persist(lambda: self.bus.js_publish(subject, event, message_id=event.id), what=what)
 
 
 def _earliest(*deadlines: float | None) -> float | None:

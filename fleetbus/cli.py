@@ -320,6 +320,25 @@ def info(hub: HubUrl = None, state_dir: StateDir = None) -> None:
     asyncio.run(fetch())
 
 
+def _daemon_command(role: str) -> None:
+    """`fleetbus hub|regional|edge [FLAGS]`: run that daemon (`python -m <role>`) in this process."""
+
+    def command(ctx: typer.Context) -> None:
+        # exec, not import: the daemons sit above this package, and the process becomes the
+        # daemon (signals, exit code) as a container entry point expects.
+        os.execv(sys.executable, [sys.executable, "-m", role, *ctx.args])  # noqa: S606
+
+    command.__doc__ = f"Run the {role} daemon; every setting is a flag (--help lists them)."
+    app.command(
+        role,
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+    )(command)
+
+
+for _role in ("hub", "regional", "edge"):
+    _daemon_command(_role)
+
+
 def main() -> None:
     """Console-script entry: turn user errors into one line and an exit code."""
     try:

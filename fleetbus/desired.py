@@ -7,9 +7,11 @@ compliance all share.
       = a document, its content hash, the profile revisions and overrides it came from,
         and for every value the layer that set it.
 
-The document's shape: `{"components": {name: {"image", "version", "config"}}, "config": {}}`;
+The document's shape: `{"components": {name: {"image", "version", "config", ...}}, "config": {}}`;
 components are keyed by name so a higher-priority profile can change one component's version
-without restating the others.
+without restating the others. A component carries only the fields its profiles set (so adding
+a field to the schema does not change existing hashes); its profile's `drift_policy` and
+`namespace` are copied into it when the profile sets them.
 """
 
 import hashlib
@@ -23,7 +25,7 @@ from fleetbus.mergepatch import Path, apply_tracked
 from fleetbus.selector import matches
 from schemas.base import TOKEN
 from schemas.override import Override, OverrideScope
-from schemas.profile import Profile
+from schemas.profile import Component, Profile, ProfileSpec
 
 HASH_PREFIX = "sha256:"
 DEFAULTS = "defaults"
@@ -37,6 +39,10 @@ class DesiredState:
     profile_revisions: dict[str, int]
     overrides: tuple[str, ...]
     provenance: dict[Path, str] = field(compare=False)
+    # Component name -> the profile that introduced it (the lowest in merge order that lists
+    # it): where a driver puts a component whose namespace no layer set, so an overlay that
+    # changes its version does not move it. Components only an override adds have none.
+    origins: dict[str, str] = field(default_factory=dict, compare=False)
 
     def explain(self) -> list[tuple[str, Any, str]]:
         """(dotted path, value, layer that set it) for every value, sorted by path."""
@@ -49,11 +55,23 @@ class DesiredState:
         return rows
 
 
+_OPTIONAL_FIELDS = ("image", "version", "replicas", "env", "ports", "resources", "manifests", "namespace")
+
+
+def component_layer(component: Component, spec: ProfileSpec) -> dict[str, Any]:
+    layer: dict[str, Any] = {"config": dict(component.config)}
+    dumped = component.model_dump(mode="json", include=set(_OPTIONAL_FIELDS), exclude_none=True)
+    layer |= {key: value for key, value in dumped.items() if value not in ({}, [])}
+    if "namespace" not in layer and spec.namespace:
+        layer["namespace"] = spec.namespace
+    if spec.drift_policy is not None:
+        layer["drift_policy"] = spec.drift_policy.value
+    return layer
+
+
 def profile_layer(profile: Profile) -> dict[str, Any]:
     spec = profile.spec
-    components = {
-        c.name: {"image": c.image, "version": c.version, "config": dict(c.config)} for c in spec.components
-    }
+    components = {c.name: component_layer(c, spec) for c in spec.components}
     return {"components": components, "config": dict(spec.config)}
 
 
@@ -109,6 +127,10 @@ def compute(
     """The effective desired state of `edge`; pure: same inputs, same result and hash."""
     chosen = sorted((p for p in profiles if matches(p.selector, labels)), key=lambda p: (p.priority, p.name))
     provenance: dict[Path, str] = {}
+    origins: dict[str, str] = {}
+    for profile in chosen:
+        for component in profile.spec.components:
+            origins.setdefault(component.name, profile.name)
     document: Any = apply_tracked(
         {}, {"components": {}, "config": {}}, source=DEFAULTS, provenance=provenance
     )
@@ -127,4 +149,10 @@ def compute(
         profile_revisions={p.name: p.revision or 0 for p in chosen},
         overrides=tuple(override_source(o) for o in applied),
         provenance=provenance,
+        origins={name: origins[name] for name in _component_names(document) if name in origins},
     )
+
+
+def _component_names(document: Mapping[str, Any]) -> list[str]:
+    components = document.get("components")
+    return list(components) if isinstance(components, Mapping) else []

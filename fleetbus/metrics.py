@@ -46,6 +46,13 @@ class DaemonMetrics:
             ["status"],
             registry=r,
         )
+        self.drift = Counter(
+            "fleetbus_drift_total",
+            "Live objects found differing from what the edge applied, by action "
+            "(reported, corrected, correction_failed).",
+            ["action"],
+            registry=r,
+        )
         self.apply_duration = Histogram(
             "fleetbus_apply_duration_seconds", "Time the driver took to apply a desired state.", registry=r
         )

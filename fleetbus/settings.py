@@ -92,6 +92,34 @@ class EdgeSettings(DaemonSettings):
         default=None,
         description="JSON object of site-defined facts for the inventory; default <state_dir>/facts.json.",
     )
+    driver: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="How profiles are applied: local (a JSON file in state_dir), kubernetes (a cluster).",
+    )
+    kubeconfig: Path | None = Field(
+        default=None,
+        description="kubernetes driver: kubeconfig file; default: in a pod its service account, "
+        "else $KUBECONFIG or ~/.kube/config.",
+    )
+    kube_context: str | None = Field(
+        default=None, description="kubernetes driver: kubeconfig context to use."
+    )
+    kube_in_cluster: bool | None = Field(
+        default=None, description="kubernetes driver: use the pod's service account (default: when in a pod)."
+    )
+    kube_rollout_timeout: float = Field(
+        default=120.0,
+        gt=0,
+        description="kubernetes driver: how long Deployments may take to become available, s.",
+    )
+    kube_drift_interval: float = Field(
+        default=60.0,
+        gt=0,
+        description="kubernetes driver: compare live objects with the applied ones this often, s.",
+    )
+    kube_request_timeout: float = Field(
+        default=10.0, gt=0, description="kubernetes driver: timeout of one API request, s."
+    )
 
     @model_validator(mode="after")
     def _distinct_ids(self) -> "EdgeSettings":

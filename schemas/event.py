@@ -32,6 +32,28 @@ class ApplyStatus(StrEnum):
     FAILED = "failed"
 
 
+class ObjectOutcome(StrEnum):
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+    PRUNED = "pruned"
+    FAILED = "failed"
+
+
+class ObjectResult(BaseModel):
+    """What an apply did to one object a driver manages (Kubernetes: one API object)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None = None
+    component: str | None = None
+    outcome: ObjectOutcome
+    message: str | None = Field(default=None, description="Why it failed, in the API's words.")
+
+
 class ApplyResult(BaseModel):
     """What happened when an edge applied its effective desired state."""
 
@@ -46,6 +68,9 @@ class ApplyResult(BaseModel):
     # What the edge computed from: lets the hub recompute its desired state (compliance, explain).
     labels: dict[str, str] = Field(default_factory=dict)
     groups: list[str] = Field(default_factory=list)
+    objects: list[ObjectResult] = Field(
+        default_factory=list, description="Per object, for drivers that manage objects (kubernetes)."
+    )
 
 
 class Event(Message):

@@ -53,6 +53,50 @@ class StreamBacklog(BaseModel):
     forwarded_seq: int = Field(default=0, ge=0, description="Last sequence the tier above confirmed.")
 
 
+class KubeNode(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    ready: bool
+    capacity: dict[str, str] = Field(
+        default_factory=dict, description="cpu, memory, pods as the API gives them."
+    )
+    allocatable: dict[str, str] = Field(default_factory=dict)
+    kubelet_version: str = ""
+    os_image: str = ""
+    architecture: str = ""
+
+
+class OwnedDeployment(BaseModel):
+    """A Deployment the kubernetes driver applied (label app.kubernetes.io/managed-by=fleetbus)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    namespace: str
+    name: str
+    component: str | None = None
+    desired_replicas: int = Field(ge=0)
+    ready_replicas: int = Field(default=0, ge=0)
+    available: bool = False
+
+
+class KubernetesInventory(BaseModel):
+    """The site's cluster as the kubernetes driver sees it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    server: str = Field(description="The API server's address.")
+    nodes: list[KubeNode] = Field(default_factory=list)
+    pods: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="Pod count by namespace, then by phase (Running, Pending, ...)."
+    )
+    deployments: list[OwnedDeployment] = Field(default_factory=list)
+    error: str | None = Field(
+        default=None, description="Why the API could not be read; the rest is then the last good reading."
+    )
+    read_at: datetime | None = Field(default=None, description="When the rest was read from the API.")
+
+
 class InventorySnapshot(Message):
     """What one edge has and how its uplink is doing; only the latest per edge matters."""
 
@@ -70,4 +114,7 @@ class InventorySnapshot(Message):
     backlog: list[StreamBacklog] = Field(default_factory=list)
     facts: dict[str, JsonValue] = Field(
         default_factory=dict, description="Site-defined facts (the edge's facts file), as given."
+    )
+    kubernetes: KubernetesInventory | None = Field(
+        default=None, description="Nodes and workloads, when the edge runs the kubernetes driver."
     )

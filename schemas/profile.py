@@ -2,9 +2,17 @@
 
 from datetime import datetime
 from enum import StrEnum
-from typing import ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    model_validator,
+)
 
 from schemas.base import Message, Name
 
@@ -46,22 +54,106 @@ class LabelSelector(BaseModel):
     match_expressions: list[LabelRequirement] = Field(default_factory=list)
 
 
+Namespace = Annotated[str, StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+"""A Kubernetes namespace name (an RFC 1123 label)."""
+
+
+class DriftPolicy(StrEnum):
+    """What a driver does when the live state differs from what it applied."""
+
+    REPORT = "report"
+    CORRECT = "correct"
+
+
+class Port(BaseModel):
+    """A port a short-form component listens on; given as a number or as an object."""
+
+    model_config = ConfigDict(extra="allow")
+
+    port: int = Field(ge=1, le=65535)
+    name: (
+        Annotated[str, StringConstraints(max_length=15, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")] | None
+    ) = None
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
+    target_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_number(cls, value: Any) -> Any:
+        return {"port": value} if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class Resources(BaseModel):
+    """Kubernetes resource requests and limits, quantities as Kubernetes writes them ("250m", "128Mi")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: dict[str, str | int | float] = Field(default_factory=dict)
+    limits: dict[str, str | int | float] = Field(default_factory=dict)
+
+
 class Component(BaseModel):
-    """One deployable thing on a site: an image at a version, with config values."""
+    """One deployable thing on a site.
+
+    Either the short form, an `image` at a `version` (with optional `replicas`, `env`,
+    `ports`, `resources` for drivers that run workloads), or `manifests`: a list of
+    Kubernetes objects applied as given. `config` values go to the component either way.
+    """
 
     model_config = ConfigDict(extra="allow")
 
     name: Name
-    image: str = Field(min_length=1)
-    version: str = Field(min_length=1)
+    image: str | None = Field(default=None, min_length=1)
+    version: str | None = Field(default=None, min_length=1)
     config: dict[str, JsonValue] = Field(default_factory=dict)
+    replicas: int | None = Field(default=None, ge=0)
+    env: dict[Annotated[str, StringConstraints(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")], str] = Field(
+        default_factory=dict
+    )
+    ports: list[Port] = Field(default_factory=list)
+    resources: Resources | None = None
+    manifests: list[dict[str, JsonValue]] = Field(default_factory=list)
+    namespace: Namespace | None = Field(
+        default=None, description="Kubernetes namespace; default fleetbus-<profile>."
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> "Component":
+        if self.manifests:
+            if self.image or self.version:
+                msg = "give either manifests or image/version, not both"
+                raise ValueError(msg)
+            for i, manifest in enumerate(self.manifests):
+                metadata = manifest.get("metadata")
+                if not isinstance(manifest.get("apiVersion"), str) or not isinstance(
+                    manifest.get("kind"), str
+                ):
+                    msg = f"manifests[{i}] needs apiVersion and kind"
+                    raise ValueError(msg)  # noqa: TRY004 - pydantic reports ValueErrors, not TypeErrors
+                if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+                    msg = f"manifests[{i}] needs metadata.name"
+                    raise ValueError(msg)  # noqa: TRY004 - as above
+        elif not (self.image and self.version):
+            missing = " and ".join(f for f in ("image", "version") if not getattr(self, f))
+            msg = f"{missing} required: give image and version (the short form) or manifests"
+            raise ValueError(msg)
+        return self
 
 
 class ProfileSpec(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     components: list[Component] = Field(default_factory=list)
     config: dict[str, JsonValue] = Field(default_factory=dict)
+    drift_policy: DriftPolicy | None = Field(
+        default=None,
+        validation_alias=AliasChoices("drift_policy", "driftPolicy"),
+        description="report (the default): drift is an event; correct: also re-apply.",
+    )
+    namespace: Namespace | None = Field(
+        default=None,
+        description="Kubernetes namespace of this profile's components; default fleetbus-<name>.",
+    )
 
     @model_validator(mode="after")
     def _component_names_unique(self) -> "ProfileSpec":

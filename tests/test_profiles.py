@@ -267,7 +267,7 @@ async def test_bad_input_is_refused_and_publishes_nothing(fleet, tmp_path):
     assert result.returncode == 2
     assert str(path) in result.stderr
     assert "priority" in result.stderr
-    assert "spec.components.0.version: Field required" in result.stderr
+    assert "spec.components.0: Value error, version required" in result.stderr
     assert "Traceback" not in result.stderr
     async with await client_for(fleet) as client:
         assert await client.profiles.all() == []

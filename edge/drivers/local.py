@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from edge.drivers import DriverError
+from edge.drivers import Applied, DriverError
 from fleetbus.desired import DesiredState
 from schemas.base import utcnow
 from schemas.inventory import AppliedState
@@ -30,7 +30,7 @@ def read_applied(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("w") as f:
@@ -70,9 +70,9 @@ class LocalDriver:
         except (KeyError, ValidationError):
             return None  # not a record this driver wrote; the next apply replaces it
 
-    async def apply(self, desired: DesiredState) -> bool:
+    async def apply(self, desired: DesiredState) -> Applied:
         if await self.applied_hash() == desired.hash:
-            return False
+            return Applied(changed=False)
         record = {
             "hash": desired.hash,
             "profile_revisions": desired.profile_revisions,
@@ -81,8 +81,8 @@ class LocalDriver:
             "document": desired.document,
         }
         try:
-            await asyncio.to_thread(_write_atomic, self.path, json.dumps(record, indent=2, sort_keys=True))
+            await asyncio.to_thread(write_atomic, self.path, json.dumps(record, indent=2, sort_keys=True))
         except OSError as exc:
             msg = f"cannot write {self.path}: {exc.strerror or exc}"
             raise DriverError(msg) from exc
-        return True
+        return Applied(changed=True)

@@ -5,6 +5,7 @@ For hollow edges (`fleetbus sim`): every step of reconciling runs (desired state
 keyed by content hash: the same state again is `unchanged`.
 """
 
+from edge.drivers import Applied
 from fleetbus.desired import DesiredState
 from schemas.base import utcnow
 from schemas.inventory import AppliedState
@@ -22,13 +23,13 @@ class NullDriver:
     async def applied(self) -> AppliedState | None:
         return self.state
 
-    async def apply(self, desired: DesiredState) -> bool:
+    async def apply(self, desired: DesiredState) -> Applied:
         if self.state is not None and self.state.desired_hash == desired.hash:
-            return False
+            return Applied(changed=False)
         self.state = AppliedState(
             desired_hash=desired.hash,
             profile_revisions=desired.profile_revisions,
             applied_at=utcnow(),
             driver=self.name,
         )
-        return True
+        return Applied(changed=True)
