@@ -138,6 +138,11 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 ],
             ),
             (
+                "Drift found (kubernetes driver), by action",
+                "short",
+                [(f"sum by (action) (increase(fleetbus_drift_total[{WINDOW}]))", "{{action}}")],
+            ),
+            (
                 "Inventory snapshots per second, by trigger",
                 "ops",
                 [(f"sum by (trigger) (rate(fleetbus_inventory_snapshots_total[{WINDOW}]))", "{{trigger}}")],

@@ -2,6 +2,8 @@
 and an edge daemon with `--driver kubernetes` in a real fleet (real nats-servers)."""
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from edge.drivers import DriverError
 from edge.drivers.kubernetes import KubeApi, KubernetesDriver, UnreachableError, connect
@@ -25,12 +28,14 @@ from edge.drivers.manifests import (
 from fleetbus.client import FleetClient
 from fleetbus.desired import DesiredState, compute
 from fleetbus.errors import ConfigError
+from fleetbus.netutil import http_get
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.heartbeat import Tier
 from schemas.profile import Profile
 from tests.conftest import running_fleet
 from tests.helpers import eventually
 from tests.kubeapi import KubeStandIn
+from tests.test_metrics import KUBERNETES_DRIVER_ONLY
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
 SITE = "r1-e1"
@@ -479,8 +484,64 @@ async def test_edge_daemon_with_the_kubernetes_driver_in_a_fleet(tmp_path, stand
             web = standin.get("apps/v1", "Deployment", "fleetbus-shop", "web")
             assert web is not None
             assert web["spec"]["replicas"] == 2
+            assert "fleetbus_drift_total" in KUBERNETES_DRIVER_ONLY
+            port = fleet.plan.site(SITE).daemon_http_port
+            _, body = await http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+            drift_counts = [
+                s.value
+                for family in text_string_to_metric_families(body.decode())
+                for s in family.samples
+                if s.name == "fleetbus_drift_total" and s.labels.get("action") == "corrected"
+            ]
+            assert drift_counts
+            assert drift_counts[0] >= 1
+
+            # The API server goes away: the edge retries, reports failed, keeps running.
+            edge = fleet.daemons[SITE]
+            pid = edge.pid
+            await standin.stop()
+            await client.profiles.apply(
+                profile.model_copy(update={"spec": profile.spec.model_copy(update={"components": [
+                    profile.spec.components[0].model_copy(update={"version": "1.28"})
+                ]})}),
+                actor="test",
+            )  # fmt: skip
+
+            async def status(wanted: str) -> Any:
+                report = await client.report(SITE)
+                result = report.apply_result if report else None
+                return result if result and result.status.value == wanted else None
+
+            failed = await eventually(lambda: status("failed"), timeout=30, what="a failed ApplyResult")
+            assert "unreachable" in (failed.error or "")
+            assert "(tried 3 times)" in (failed.error or "")
+            assert edge.running
+            assert edge.pid == pid  # no crash, no restart
+            stale = (await client.get_inventory(SITE)).kubernetes
+            assert stale is not None
+            assert sorted(n.name for n in stale.nodes) == ["edge-node-1", "edge-node-2"]  # the last reading
+
+            await standin.start()  # back: the edge's own retry applies the new revision
+            done = await eventually(
+                lambda: status("applied"), timeout=90, what="the apply after the API returned"
+            )
+            assert outcomes(done.objects)["Deployment fleetbus-shop/web"] == "configured"
+            assert outcomes(done.objects)["Deployment fleetbus-shop/redis"] == "pruned"
         finally:
             await client.close()
+
+
+def test_edge_refuses_an_unreadable_kubeconfig_before_starting(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "edge", "--site", "r1-e1", "--region", "r1", "--driver", "kubernetes",
+            "--kubeconfig", str(tmp_path / "missing"), "--state-dir", str(tmp_path),
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "cannot load the Kubernetes client configuration from the kubeconfig" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def fleet_client(fleet: Any) -> FleetClient:

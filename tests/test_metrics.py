@@ -36,6 +36,10 @@ SETTINGS: dict[Tier, dict[str, object]] = {
 }
 
 
+# Need an edge with the kubernetes driver: tests/test_kubernetes.py checks that they move.
+KUBERNETES_DRIVER_ONLY = {"fleetbus_drift_total"}
+
+
 def documented() -> set[str]:
     readme = (ROOT / "README.md").read_text()
     table = readme[readme.index("| metric | type | labels | on | moves when |") :]
@@ -343,9 +347,10 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
         await m.until(edge, "server back", lambda s: s.value("fleetbus_nats_connected") == 1, timeout=30)
         m.moved["fleetbus_nats_connected"] = "edge: 0 while its nats-server is down, 1 after"
 
-        assert set(m.moved) == documented(), (
-            f"documented but not checked: {sorted(documented() - set(m.moved))}; "
-            f"checked but not documented: {sorted(set(m.moved) - documented())}"
+        expected = documented() - KUBERNETES_DRIVER_ONLY
+        assert set(m.moved) == expected, (
+            f"documented but not checked: {sorted(expected - set(m.moved))}; "
+            f"checked but not documented: {sorted(set(m.moved) - expected)}"
         )
         for metric, why in sorted(m.moved.items()):
             print(f"{metric}: {why}")
