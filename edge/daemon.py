@@ -5,7 +5,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from edge import streams
-from edge.drivers import Driver
+from edge.drivers import ClusterDriver, Driver
 from edge.drivers.local import LocalDriver
 from edge.enrollment import enroll, enrolled_before
 from edge.inventory import BacklogMeter, InventoryPublisher, Uplink, host_facts
@@ -25,6 +25,7 @@ async def run(settings: EdgeSettings) -> None:
         region, edge = settings.region, settings.site
         js = daemon.bus.js
         groups = edge_groups(region, settings.labels)
+        cluster = driver if isinstance(driver, ClusterDriver) else None  # nodes, workloads, drift
         replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]
         enrolled = asyncio.Event()
         if enrolled_before(settings.state_dir, region):
@@ -69,7 +70,7 @@ async def run(settings: EdgeSettings) -> None:
             interval=settings.inventory_interval,
             scan_interval=settings.inventory_scan_interval,
             metrics=daemon.metrics,
-            cluster=getattr(driver, "inventory", None),
+            cluster=cluster.inventory if cluster else None,
         )
         reconciler = Reconciler(
             bus=daemon.bus,
@@ -90,10 +91,9 @@ async def run(settings: EdgeSettings) -> None:
         )
         daemon.add_task("enrollment", enrollment)
         daemon.add_task("reconciler", reconciler.run)
-        if watch_drift := getattr(driver, "watch_drift", None):
-            daemon.add_task(
-                "drift", lambda: watch_drift(settings.kube_drift_interval, reconciler.report_drift)
-            )
+        if cluster:
+            watch = cluster.watch_drift
+            daemon.add_task("drift", lambda: watch(settings.kube_drift_interval, reconciler.report_drift))
         daemon.add_task("upstream-probe", probe.run)
         daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))
         daemon.add_task("inventory", inventory.run)

@@ -274,14 +274,10 @@ class Reconciler:
         error: str | None,
         objects: list[ObjectResult],
     ) -> None:
-        event = Event(
-            id=f"{self.edge}-{uuid.uuid4().hex}",
-            kind=EventKind.APPLY_RESULT,
-            region=self.region,
-            edge=self.edge,
-            observed_at=self.clock(),
-            severity=Severity.ERROR if error else Severity.INFO,
-            message=f"{status.value} {desired.hash[:19]}" + (f": {error}" if error else ""),
+        await self._emit(
+            EventKind.APPLY_RESULT,
+            Severity.ERROR if error else Severity.INFO,
+            f"{status.value} {desired.hash[:19]}" + (f": {error}" if error else ""),
             apply_result=ApplyResult(
                 desired_hash=desired.hash,
                 profile_revisions=desired.profile_revisions,
@@ -294,29 +290,36 @@ class Reconciler:
                 objects=objects,
             ),
         )
-        await self._emit(event, "apply result")
 
     async def report_drift(self, drift: Drift) -> None:
         """One drift finding of the driver, as a `drift` event (`edge.drivers.Drift`)."""
         fields = ", ".join(drift.fields)
-        event = Event(
-            id=f"{self.edge}-{uuid.uuid4().hex}",
-            kind=EventKind.DRIFT,
-            region=self.region,
-            edge=self.edge,
-            observed_at=self.clock(),
-            severity=Severity.ERROR if drift.error else Severity.WARNING,
-            message=f"drift in {drift.object}: {fields} ({drift.action})"
+        self.metrics.drift.labels(action=drift.action).inc()
+        logger.warning("drift", object=drift.object, fields=fields, action=drift.action, error=drift.error)
+        await self._emit(
+            EventKind.DRIFT,
+            Severity.ERROR if drift.error else Severity.WARNING,
+            f"drift in {drift.object}: {fields} ({drift.action})"
             + (f": {drift.error}" if drift.error else ""),
             data=drift.as_data(),
         )
-        self.metrics.drift.labels(action=drift.action).inc()
-        logger.warning("drift", object=drift.object, fields=fields, action=drift.action, error=drift.error)
-        await self._emit(event, "drift event")
 
-    async def _emit(self, event: Event, what: str) -> None:
-        subject = self.event_subject(event.kind)
-        await persist(lambda: self.bus.js_publish(subject, event, message_id=event.id), what=what)
+    async def _emit(self, kind: EventKind, severity: Severity, message: str, **body: Any) -> None:
+        """Store one event of this edge (at least once: retried until acknowledged)."""
+        event = Event(
+            id=f"{self.edge}-{uuid.uuid4().hex}",
+            kind=kind,
+            region=self.region,
+            edge=self.edge,
+            observed_at=self.clock(),
+            severity=severity,
+            message=message,
+            **body,
+        )
+        subject = self.event_subject(kind.value)
+        await persist(
+            lambda: self.bus.js_publish(subject, event, message_id=event.id), what=f"{kind.value} event"
+        )
 
 
 def _earliest(*deadlines: float | None) -> float | None:

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 import nats
 import pytest
 
-from edge.drivers import DriverError
+from edge.drivers import Applied, DriverError
 from edge.reconciler import Reconciler
 from edge.streams import events_stream
 from fleetbus.authority import ConflictError, NotFoundError, OverrideStore, ProfileStore, load_document
@@ -101,7 +101,7 @@ def test_load_document_names_file_field_and_problem(tmp_path):
         load_document(path, Profile)
     text = str(caught.value)
     assert str(path) in text
-    assert "spec.components.0.version: Field required" in text
+    assert "spec.components.0: Value error, version required" in text
     assert "priority: Input should be a valid integer" in text
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
@@ -129,15 +129,15 @@ class FlakyDriver:
         self.failing = True
         self.hash: str | None = None
 
-    async def applied_hash(self) -> str | None:
-        return self.hash
+    async def applied(self) -> None:
+        return None
 
-    async def apply(self, desired: DesiredState) -> bool:
+    async def apply(self, desired: DesiredState) -> Applied:
         if self.failing:
             msg = "target unreachable"
             raise DriverError(msg)
         changed, self.hash = self.hash != desired.hash, desired.hash
-        return changed
+        return Applied(changed=changed)
 
 
 async def test_failed_apply_is_reported_retried_and_seen_as_failed_by_compliance(hub_server):

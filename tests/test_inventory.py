@@ -14,7 +14,7 @@ from fleetbus.views import edge_presence
 from regional.daemon import heartbeat_problem
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
-from schemas.inventory import InventorySnapshot, StreamBacklog
+from schemas.inventory import InventorySnapshot, KubernetesInventory, StreamBacklog
 from schemas.presence import PresenceChange, PresenceState
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -46,6 +46,12 @@ def test_material_ignores_what_moves_all_the_time_but_not_what_matters():
     assert material(snapshot(backlog=lost)) != material(snapshot(backlog=waiting[:1]))
     assert material(snapshot(facts={"rack": "b7"})) != before
     assert material(snapshot(labels={"env": "prod"})) != before
+    cluster = KubernetesInventory(server="https://k", pods={"kube-system": {"Running": 3}}, read_at=T0)
+    assert material(snapshot(kubernetes=cluster)) != before
+    reread = cluster.model_copy(update={"read_at": datetime.now(UTC)})
+    assert material(snapshot(kubernetes=reread)) == material(snapshot(kubernetes=cluster))
+    more_pods = cluster.model_copy(update={"pods": {"kube-system": {"Running": 4}}})
+    assert material(snapshot(kubernetes=more_pods)) != material(snapshot(kubernetes=cluster))
 
 
 def test_facts_file(tmp_path):

@@ -4,13 +4,14 @@ A driver is idempotent: applying the state it already holds is a no-op that repo
 `unchanged`. Drivers that manage objects (kubernetes) also say what happened to each one.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from fleetbus.desired import DesiredState
 from fleetbus.errors import FleetbusError
 from schemas.event import ObjectResult
-from schemas.inventory import AppliedState
+from schemas.inventory import AppliedState, KubernetesInventory
 
 
 class DriverError(FleetbusError):
@@ -58,4 +59,17 @@ class Driver(Protocol):
 
     async def apply(self, desired: DesiredState) -> Applied:
         """Make `desired` the applied state. Raises `DriverError`."""
+        ...
+
+
+@runtime_checkable
+class ClusterDriver(Driver, Protocol):
+    """A driver for a cluster that can drift and has nodes and workloads (kubernetes)."""
+
+    async def inventory(self) -> KubernetesInventory:
+        """The cluster, for the edge's inventory."""
+        ...
+
+    async def watch_drift(self, interval: float, report: Callable[[Drift], Awaitable[None]]) -> None:
+        """Look for drift every `interval` seconds until cancelled; `report` each finding."""
         ...

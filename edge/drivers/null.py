@@ -17,9 +17,6 @@ class NullDriver:
     def __init__(self) -> None:
         self.state: AppliedState | None = None
 
-    async def applied_hash(self) -> str | None:
-        return self.state.desired_hash if self.state else None
-
     async def applied(self) -> AppliedState | None:
         return self.state
 
