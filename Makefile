@@ -13,7 +13,7 @@ STEPS  ?= 80
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,k8s]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,k8s,mqtt]'
 	@touch $(STAMP)
 
 dev: $(STAMP)

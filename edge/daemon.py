@@ -5,6 +5,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from edge import streams
+from edge.devices import DeviceGateway, DeviceRegistry
 from edge.drivers import ClusterDriver, Driver
 from edge.drivers.local import LocalDriver
 from edge.enrollment import enroll, enrolled_before
@@ -26,6 +27,11 @@ async def run(settings: EdgeSettings) -> None:
         js = daemon.bus.js
         groups = edge_groups(region, settings.labels)
         cluster = driver if isinstance(driver, ClusterDriver) else None  # nodes, workloads, drift
+        registry = DeviceRegistry(
+            offline_after=settings.device_offline_after,
+            max_payload=settings.device_max_payload,
+            metrics=daemon.metrics,
+        )
         replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]
         enrolled = asyncio.Event()
         if enrolled_before(settings.state_dir, region):
@@ -71,6 +77,7 @@ async def run(settings: EdgeSettings) -> None:
             scan_interval=settings.inventory_scan_interval,
             metrics=daemon.metrics,
             cluster=cluster.inventory if cluster else None,
+            devices=registry.records,
         )
         reconciler = Reconciler(
             bus=daemon.bus,
@@ -83,6 +90,10 @@ async def run(settings: EdgeSettings) -> None:
             on_applied=inventory.poke,
         )
         daemon.on_start(provision)
+        daemon.on_start(DeviceGateway(daemon.bus, registry, region=region, edge=edge).start)
+        if settings.mqtt_bridge_url:
+            bridge_url, topics = settings.mqtt_bridge_url, settings.mqtt_bridge_topics
+            daemon.add_task("mqtt-bridge", lambda: _bridge(bridge_url, topics, registry, edge))
         daemon.add_heartbeat(
             subjects.edge_heartbeat(region, edge),
             region=region,
@@ -126,3 +137,12 @@ async def _driver(settings: EdgeSettings) -> AsyncIterator[Driver]:
         )
     finally:
         await api.close()
+
+
+async def _bridge(url: str, topics: list[str], registry: DeviceRegistry, edge: str) -> None:
+    try:
+        from edge import mqttbridge  # noqa: PLC0415 - an optional dependency
+    except ImportError as exc:
+        msg = f"mqtt_bridge_url needs aiomqtt ({exc}): pip install 'fleetbus[mqtt]'"
+        raise ConfigError(msg) from exc
+    await mqttbridge.run(url, topics, registry, client_id=f"fleetbus-{edge}")

@@ -36,6 +36,7 @@ from fleetbus.bus import Bus
 from fleetbus.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import utcnow
+from schemas.device import DeviceRecord
 from schemas.inventory import HostFacts, InventorySnapshot, KubernetesInventory, LinkState, StreamBacklog
 
 logger = log.get_logger(__name__)
@@ -126,6 +127,8 @@ def material(snapshot: InventorySnapshot) -> str:
     data["host"].pop("disk_free_bytes", None)
     if data.get("kubernetes"):
         data["kubernetes"].pop("read_at", None)
+    # Devices: which exist, online or not, their status; not counters and readings.
+    data["devices"] = [(d.id, d.online, d.last_status) for d in snapshot.devices]
     data["backlog"] = {
         b.stream: (b.evicted, b.evicted_unforwarded, b.pending > 0 and b.stream != subjects.INVENTORY_STREAM)
         for b in snapshot.backlog
@@ -255,6 +258,7 @@ class InventoryPublisher:
         subject: str | None = None,
         first_seq: Callable[[], Awaitable[int]] | None = None,
         cluster: Callable[[], Awaitable[KubernetesInventory]] | None = None,
+        devices: Callable[[], list[DeviceRecord]] | None = None,
     ) -> None:
         self.bus = bus
         self.region, self.edge, self.labels = region, edge, labels
@@ -266,6 +270,7 @@ class InventoryPublisher:
         self.subject = subject or subjects.edge_inventory(region, edge)
         self.first_seq = first_seq or self._local_last_seq
         self.cluster = cluster  # the site's Kubernetes cluster, with the kubernetes driver
+        self.devices = devices  # the device registry
         self.seq = 0
         self.last: InventorySnapshot | None = None
         self._facts: dict[str, Any] = {}
@@ -308,6 +313,7 @@ class InventoryPublisher:
             backlog=backlog,
             facts=facts,
             kubernetes=await self.cluster() if self.cluster else None,
+            devices=self.devices() if self.devices else [],
         )
 
     async def publish(self, snapshot: InventorySnapshot, trigger: str) -> None:

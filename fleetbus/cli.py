@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fleetbus import cli_fleet, cli_sim, cli_view
+from fleetbus import cli_device, cli_fleet, cli_sim, cli_view
 from fleetbus.client import FleetClient
 from fleetbus.clikit import HubUrl, StateDir, check_range, err, out
 from fleetbus.compose import write_compose
@@ -53,6 +53,7 @@ app.command("explain")(cli_fleet.explain)
 app.command("status")(cli_view.status)
 app.add_typer(cli_view.watch_app, name="watch")
 app.command("sim")(cli_sim.sim)
+app.add_typer(cli_device.device_app, name="device")
 
 
 @app.callback()
@@ -86,7 +87,7 @@ def dev_up(
         int | None, typer.Option(help="Use consecutive ports from here instead of free ones.")
     ] = None,
     heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat period, seconds.")] = 5.0,
-    mqtt: Annotated[bool, typer.Option(help="Give every edge an MQTT listener.")] = False,
+    mqtt: Annotated[bool, typer.Option(help="Give every edge an MQTT listener for its devices.")] = True,
 ) -> None:
     """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
     check_range("--regions", regions, 1, 50)

@@ -30,8 +30,11 @@ from types import TracebackType
 from typing import Self
 
 from nats.errors import Error as NatsError
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import JsonValue
 
 from fleetbus import kvwatch, log
 from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore
@@ -39,12 +42,13 @@ from fleetbus.bus import Bus, connect
 from fleetbus.compliance import EdgeCompliance, assess
 from fleetbus.desired import DesiredState, compute, edge_groups
 from fleetbus.devfleet.state import default_state_dir, running_fleet
-from fleetbus.errors import ConfigError, DecodeError
+from fleetbus.errors import ConfigError, DecodeError, EdgeUnreachableError
 from fleetbus.kvwatch import KvRecord
 from fleetbus.views import EdgePresence, EdgeStatus, edge_presence, fleet_status
 from schemas import subjects
-from schemas.base import utcnow
+from schemas.base import check_token, utcnow
 from schemas.codec import decode_body
+from schemas.device import DeviceCommand, DeviceCommandReply
 from schemas.event import Event
 from schemas.headers import open_envelope
 from schemas.inventory import InventorySnapshot
@@ -229,6 +233,35 @@ class FleetClient:
                 return snapshot
         msg = f"the hub has no inventory for edge {edge!r}" + (f" in region {region!r}" if region else "")
         raise NotFoundError(msg)
+
+    async def send_device_command(
+        self,
+        edge: str,
+        device: str,
+        payload: JsonValue,
+        *,
+        region: str | None = None,
+        sent_by: str = "",
+        timeout: float = 5.0,
+    ) -> DeviceCommandReply:
+        """Ask `edge` to publish `payload` on `devices/<device>/cmd` (its MQTT devices get it).
+        `EdgeUnreachableError` if the edge does not answer (offline, or a link down): commands
+        are not queued, a late command to a device can do more harm than none."""
+        check_token(device)
+        if region is None:
+            region = (await self.get_inventory(edge)).region
+        command = DeviceCommand(
+            region=region, edge=edge, device=device, payload=payload, sent_by=sent_by, sent_at=utcnow()
+        )
+        subject = subjects.edge_command(region, edge, "device")
+        try:
+            return await self.bus.request(subject, command, DeviceCommandReply, timeout=timeout)
+        except (NoRespondersError, NatsTimeoutError) as exc:
+            msg = (
+                f"edge {edge!r} did not answer within {timeout:g} s: it is offline or its link is down; "
+                "the command was not delivered (commands go to online edges only)"
+            )
+            raise EdgeUnreachableError(msg) from exc
 
     async def watch_inventory(self, region: str | None = None) -> AsyncGenerator[InventorySnapshot, None]:
         """Every edge's latest snapshot (of `region`), then each new one as the hub gets it.

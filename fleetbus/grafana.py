@@ -143,6 +143,17 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 [(f"sum by (action) (increase(fleetbus_drift_total[{WINDOW}]))", "{{action}}")],
             ),
             (
+                "Device messages per second: accepted by channel, rejected by reason",
+                "ops",
+                [
+                    (f"sum by (channel) (rate(fleetbus_device_messages_total[{WINDOW}]))", "{{channel}}"),
+                    (
+                        f"sum by (reason) (rate(fleetbus_device_messages_rejected_total[{WINDOW}]))",
+                        "rejected {{reason}}",
+                    ),
+                ],
+            ),
+            (
                 "Inventory snapshots per second, by trigger",
                 "ops",
                 [(f"sum by (trigger) (rate(fleetbus_inventory_snapshots_total[{WINDOW}]))", "{{trigger}}")],

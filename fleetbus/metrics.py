@@ -53,6 +53,18 @@ class DaemonMetrics:
             ["action"],
             registry=r,
         )
+        self.device_messages = Counter(
+            "fleetbus_device_messages_total",
+            "Device messages the edge accepted, by channel (telemetry, status) and source (mqtt, bridge).",
+            ["channel", "source"],
+            registry=r,
+        )
+        self.device_rejected = Counter(
+            "fleetbus_device_messages_rejected_total",
+            "Device messages the edge skipped, by reason (not_json, wrong_type, too_large, bad_device_id).",
+            ["reason"],
+            registry=r,
+        )
         self.apply_duration = Histogram(
             "fleetbus_apply_duration_seconds", "Time the driver took to apply a desired state.", registry=r
         )

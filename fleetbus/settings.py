@@ -121,6 +121,21 @@ class EdgeSettings(DaemonSettings):
         default=10.0, gt=0, description="kubernetes driver: timeout of one API request, s."
     )
 
+    device_offline_after: float = Field(
+        default=60.0, gt=0, description="A device not heard for this long is offline, s."
+    )
+    device_max_payload: int = Field(
+        default=65536, ge=1, description="Device messages larger than this are rejected (counted), bytes."
+    )
+    mqtt_bridge_url: str | None = Field(
+        default=None,
+        description="A site MQTT broker to take devices from as well, e.g. mqtt://10.0.0.5:1883.",
+    )
+    mqtt_bridge_topics: list[str] = Field(
+        default_factory=lambda: ["devices/+/telemetry", "devices/+/status"],
+        description="Topics the bridge subscribes to on the site broker.",
+    )
+
     @model_validator(mode="after")
     def _distinct_ids(self) -> "EdgeSettings":
         if self.site == self.region:

@@ -1,6 +1,7 @@
 """The list of message types: what `schema export` writes and the golden tests cover."""
 
 from schemas.base import Message
+from schemas.device import DeviceCommand, DeviceCommandReply
 from schemas.enrollment import Enrollment, EnrollmentReply
 from schemas.event import Event
 from schemas.heartbeat import Heartbeat
@@ -18,4 +19,6 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Event,
     Enrollment,
     EnrollmentReply,
+    DeviceCommand,
+    DeviceCommandReply,
 )

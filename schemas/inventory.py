@@ -6,6 +6,7 @@ from typing import ClassVar
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from schemas.base import Message, Name, SiteId
+from schemas.device import DeviceRecord
 
 
 class HostFacts(BaseModel):
@@ -118,3 +119,4 @@ class InventorySnapshot(Message):
     kubernetes: KubernetesInventory | None = Field(
         default=None, description="Nodes and workloads, when the edge runs the kubernetes driver."
     )
+    devices: list[DeviceRecord] = Field(default_factory=list, description="Devices the edge has heard.")

@@ -130,6 +130,15 @@ def edge_command(region: str, edge: str, name: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.cmd.{_tokens(name)}"
 
 
+DEVICE_TELEMETRY = "devices.*.telemetry"  # MQTT devices/<id>/telemetry on the edge's server
+DEVICE_STATUS = "devices.*.status"
+
+
+def device_command_topic(device: str) -> str:
+    """Where a device's MQTT client receives commands (`devices/<id>/cmd`), as a NATS subject."""
+    return f"devices.{_tokens(device)}.cmd"
+
+
 def region_scope(region: str) -> str:
     return f"{PREFIX}.region.{_tokens(region)}.>"
 

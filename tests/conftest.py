@@ -60,11 +60,16 @@ async def hub_server(tmp_path: Path) -> AsyncIterator[Chain]:
 
 @contextlib.asynccontextmanager
 async def running_fleet(
-    tmp_path: Path, regions: int = 1, edges: int = 2, settings: dict[Tier, dict[str, object]] | None = None
+    tmp_path: Path,
+    regions: int = 1,
+    edges: int = 2,
+    settings: dict[Tier, dict[str, object]] | None = None,
+    *,
+    mqtt: bool = False,
 ) -> AsyncIterator[DevFleet]:
     """Servers, a link proxy on every leaf link, and every tier's daemon as a real process."""
-    ports = iter(free_ports(ports_needed(regions, edges, mqtt=False, links=True)))
-    plan = plan_fleet(tmp_path / "fleet", regions, edges, ports, links=True)
+    ports = iter(free_ports(ports_needed(regions, edges, mqtt=mqtt, links=True)))
+    plan = plan_fleet(tmp_path / "fleet", regions, edges, ports, mqtt=mqtt, links=True)
     fleet = DevFleet(plan, heartbeat_interval=1.0, progress=lambda _line: None, settings=settings)
     try:
         await fleet.start()

@@ -25,6 +25,7 @@ from schemas import (
     Severity,
     Tier,
 )
+from schemas.device import DeviceCommand, DeviceCommandReply
 from schemas.inventory import AppliedState, HostFacts, LinkState, StreamBacklog
 from schemas.profile import LabelRequirement, SelectorOperator
 
@@ -205,6 +206,26 @@ enrollment_replies = st.builds(
     enrolled_at=st.none() | times,
 )
 
+device_commands = st.builds(
+    DeviceCommand,
+    region=ids,
+    edge=ids,
+    device=ids,
+    payload=json_objects,
+    sent_by=st.text(max_size=10),
+    sent_at=times,
+)
+
+device_command_replies = st.builds(
+    DeviceCommandReply,
+    edge=ids,
+    device=ids,
+    delivered=st.booleans(),
+    device_known=st.booleans(),
+    device_online=st.booleans(),
+    reason=st.text(max_size=20),
+)
+
 BY_TYPE = {
     Profile: profiles,
     Override: overrides,
@@ -214,4 +235,6 @@ BY_TYPE = {
     Event: events(),
     Enrollment: enrollments,
     EnrollmentReply: enrollment_replies,
+    DeviceCommand: device_commands,
+    DeviceCommandReply: device_command_replies,
 }

@@ -35,7 +35,7 @@ from schemas.profile import Profile
 from tests.conftest import running_fleet
 from tests.helpers import eventually
 from tests.kubeapi import KubeStandIn
-from tests.test_metrics import KUBERNETES_DRIVER_ONLY
+from tests.test_metrics import CHECKED_ELSEWHERE
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
 SITE = "r1-e1"
@@ -484,7 +484,7 @@ async def test_edge_daemon_with_the_kubernetes_driver_in_a_fleet(tmp_path, stand
             web = standin.get("apps/v1", "Deployment", "fleetbus-shop", "web")
             assert web is not None
             assert web["spec"]["replicas"] == 2
-            assert "fleetbus_drift_total" in KUBERNETES_DRIVER_ONLY
+            assert "fleetbus_drift_total" in CHECKED_ELSEWHERE
             port = fleet.plan.site(SITE).daemon_http_port
             _, body = await http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
             drift_counts = [

@@ -1,0 +1,184 @@
+"""Devices at the edge: the registry of every device heard, MQTT ingest, commands from the hub.
+
+Devices publish over MQTT to the edge's own nats-server (its MQTT listener) or to a site
+broker the edge bridges (`edge.mqttbridge`):
+
+    devices/<device-id>/telemetry   a JSON object of scalar fields  -> NATS devices.<id>.telemetry
+    devices/<device-id>/status      a JSON object (e.g. {"state": "ok"}) -> devices.<id>.status
+    devices/<device-id>/cmd         commands from the hub, to the device
+
+The registry keeps, per device, first/last seen, a message count, the last status, the last
+value of each telemetry field, and online/offline (heard within `offline_after`); the
+inventory carries it to the hub, so raw telemetry never crosses the WAN. A message that is
+not JSON, of the wrong shape, larger than `max_payload`, or from a device id that is not a
+token is counted (`fleetbus_device_messages_rejected_total{reason}`) and skipped.
+"""
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from fleetbus import log
+from fleetbus.bus import Bus
+from fleetbus.metrics import DaemonMetrics
+from schemas import subjects
+from schemas.base import TOKEN, utcnow
+from schemas.device import DeviceCommand, DeviceCommandReply, DeviceRecord
+
+logger = log.get_logger(__name__)
+
+CHANNELS = ("telemetry", "status")
+MAX_FIELDS = 32  # telemetry fields and status keys kept per device
+
+
+@dataclass
+class _Device:
+    first_seen: datetime
+    last_seen: datetime
+    source: str
+    messages: int = 0
+    last_status: dict[str, Any] | None = None
+    last_telemetry: dict[str, Any] = field(default_factory=dict)
+
+
+class DeviceRegistry:
+    def __init__(
+        self,
+        *,
+        offline_after: float,
+        max_payload: int,
+        metrics: DaemonMetrics | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.offline_after, self.max_payload = offline_after, max_payload
+        self.metrics, self.clock = metrics, clock
+        self.devices: dict[str, _Device] = {}
+
+    def take(self, device: str, channel: str, payload: bytes, *, source: str = "mqtt") -> bool:
+        """Record one message; False (counted, logged) if it is rejected."""
+        body, reason = self._parse(device, channel, payload)
+        if reason is not None:
+            if self.metrics:
+                self.metrics.device_rejected.labels(reason=reason).inc()
+            logger.debug("device message rejected", device=device[:64], channel=channel, reason=reason)
+            return False
+        now = self.clock()
+        known = self.devices.get(device)
+        if known is None:
+            known = self.devices[device] = _Device(first_seen=now, last_seen=now, source=source)
+            logger.info("new device", device=device, source=source)
+        known.last_seen, known.source = now, source
+        known.messages += 1
+        if channel == "status":
+            known.last_status = dict(list(body.items())[:MAX_FIELDS])
+        else:
+            merged = known.last_telemetry | body
+            known.last_telemetry = dict(list(merged.items())[:MAX_FIELDS])
+        if self.metrics:
+            self.metrics.device_messages.labels(channel=channel, source=source).inc()
+        return True
+
+    def _parse(self, device: str, channel: str, payload: bytes) -> tuple[Any, str | None]:
+        """The decoded body, or why the message is rejected."""
+        if not TOKEN.match(device):
+            return None, "bad_device_id"
+        if channel not in CHANNELS:
+            return None, "unknown_channel"
+        if len(payload) > self.max_payload:
+            return None, "too_large"
+        try:
+            body = json.loads(payload)
+        except ValueError:
+            return None, "not_json"
+        return body, _check_shape(channel, body)
+
+    def online(self, device: str) -> bool:
+        known = self.devices.get(device)
+        return known is not None and (self.clock() - known.last_seen).total_seconds() < self.offline_after
+
+    def records(self) -> list[DeviceRecord]:
+        return [
+            DeviceRecord(
+                id=device,
+                online=self.online(device),
+                first_seen=d.first_seen,
+                last_seen=d.last_seen,
+                messages=d.messages,
+                last_status=d.last_status,
+                last_telemetry=d.last_telemetry,
+                source="bridge" if d.source == "bridge" else "mqtt",
+            )
+            for device, d in sorted(self.devices.items())
+        ]
+
+
+def _check_shape(channel: str, body: Any) -> str | None:
+    if not isinstance(body, dict):
+        return "wrong_type"
+    if channel == "telemetry":
+        for value in body.values():
+            if not (value is None or isinstance(value, str | bool | int | float)):
+                return "wrong_type"  # telemetry fields are scalars
+            if isinstance(value, float) and not math.isfinite(value):
+                return "wrong_type"
+    return None
+
+
+def device_of(subject: str) -> tuple[str, str] | None:
+    """(device id, channel) of `devices.<id>.<channel>`; None for anything else."""
+    parts = subject.split(".")
+    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "devices" else None
+
+
+class DeviceGateway:
+    """The edge daemon's side of devices: ingest from its server's MQTT listener, and commands."""
+
+    def __init__(self, bus: Bus, registry: DeviceRegistry, *, region: str, edge: str) -> None:
+        self.bus, self.registry = bus, registry
+        self.region, self.edge = region, edge
+
+    async def start(self) -> None:
+        """Subscribe (a restarted connection resubscribes by itself)."""
+
+        async def on_device(msg: Msg) -> None:
+            found = device_of(msg.subject)
+            if found is None:  # devices/<a>/<b>/...: not a topic of the contract
+                if self.registry.metrics:
+                    self.registry.metrics.device_rejected.labels(reason="bad_topic").inc()
+                return
+            self.registry.take(*found, msg.data)
+
+        for subject in (subjects.DEVICE_TELEMETRY, subjects.DEVICE_STATUS, "devices.*.*.>"):
+            await self.bus.nc.subscribe(subject, cb=on_device)
+        await self.bus.subscribe(
+            subjects.edge_command(self.region, self.edge, "device"), DeviceCommand, self._command
+        )
+
+    async def _command(self, command: DeviceCommand, msg: Msg) -> None:
+        """Publish the command's payload on the device's command topic; say what happened."""
+        registry = self.registry
+        known, online = command.device in registry.devices, registry.online(command.device)
+        try:
+            await self.bus.nc.publish(
+                subjects.device_command_topic(command.device), json.dumps(command.payload).encode()
+            )
+            await self.bus.nc.flush(timeout=2)
+        except Exception as exc:  # the local server is restarting: say so to the sender
+            reply = DeviceCommandReply(
+                edge=self.edge, device=command.device, delivered=False, device_known=known, reason=repr(exc)
+            )
+        else:
+            reply = DeviceCommandReply(
+                edge=self.edge,
+                device=command.device,
+                delivered=True,
+                device_known=known,
+                device_online=online,
+            )
+            logger.info("device command delivered", device=command.device, sent_by=command.sent_by)
+        await self.bus.respond(msg, reply)
