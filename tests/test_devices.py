@@ -13,16 +13,15 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from edge.devices import DeviceRegistry
 from fleetbus.client import FleetClient
 from fleetbus.errors import EdgeUnreachableError
-from fleetbus.netutil import free_ports, http_get
+from fleetbus.netutil import free_ports
 from schemas.heartbeat import Tier
 from tests.conftest import running_fleet
 from tests.helpers import arun_cli, eventually, require_tool
-from tests.test_metrics import CHECKED_ELSEWHERE
+from tests.test_metrics import CHECKED_ELSEWHERE, Metrics
 
 T0 = datetime(2026, 11, 21, tzinfo=UTC)
 EDGE = "r1-e1"
@@ -65,15 +64,6 @@ def test_registry_keeps_what_devices_report_and_rejects_the_rest():
     assert record.online
     clock.now = T0 + timedelta(seconds=40)  # 30 s after it was last heard
     assert not registry.records()[0].online
-
-
-def scrape_value(body: bytes, name: str, **labels: str) -> float:
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(body.decode())
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
 
 
 async def device_record(client: FleetClient, device: str, **wanted: Any) -> Any:
@@ -128,22 +118,20 @@ async def test_devices_on_the_edge_mqtt_listener_reach_the_hub_and_take_commands
             await device.publish("devices/sensor-1/telemetry", json.dumps({"temp": [1, 2]}), qos=1)
             await device.publish("devices/sensor-1/telemetry", b"x" * (1024 * 1024 - 200), qos=1)
             await device.publish("devices/bad.id/telemetry", json.dumps({"temp": 1}), qos=1)
-            port = fleet.plan.site(EDGE).daemon_http_port
+            metrics = Metrics(fleet)
 
             async def rejected() -> dict[str, float] | None:
-                _, body = await http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
+                scrape = await metrics.scrape(EDGE)
                 counts = {
-                    reason: scrape_value(body, "fleetbus_device_messages_rejected_total", reason=reason)
+                    reason: scrape.value("fleetbus_device_messages_rejected_total", reason=reason)
                     for reason in ("not_json", "wrong_type", "too_large", "bad_device_id")
                 }
                 return counts if all(counts.values()) else None
 
             counts = await eventually(rejected, timeout=20, what="malformed messages counted")
             assert counts == {"not_json": 1, "wrong_type": 1, "too_large": 1, "bad_device_id": 1}
-            _, body = await http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-            assert (
-                scrape_value(body, "fleetbus_device_messages_total", channel="telemetry", source="mqtt") == 1
-            )
+            scrape = await metrics.scrape(EDGE)
+            assert scrape.value("fleetbus_device_messages_total", channel="telemetry", source="mqtt") == 1
             assert {
                 "fleetbus_device_messages_total",
                 "fleetbus_device_messages_rejected_total",

@@ -11,7 +11,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from edge.drivers import DriverError
 from edge.drivers.kubernetes import KubeApi, KubernetesDriver, UnreachableError, connect
@@ -28,14 +27,13 @@ from edge.drivers.manifests import (
 from fleetbus.client import FleetClient
 from fleetbus.desired import DesiredState, compute
 from fleetbus.errors import ConfigError
-from fleetbus.netutil import http_get
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.heartbeat import Tier
 from schemas.profile import Profile
 from tests.conftest import running_fleet
 from tests.helpers import eventually
 from tests.kubeapi import KubeStandIn
-from tests.test_metrics import CHECKED_ELSEWHERE
+from tests.test_metrics import CHECKED_ELSEWHERE, Metrics
 
 NOW = datetime(2026, 11, 21, tzinfo=UTC)
 SITE = "r1-e1"
@@ -485,16 +483,8 @@ async def test_edge_daemon_with_the_kubernetes_driver_in_a_fleet(tmp_path, stand
             assert web is not None
             assert web["spec"]["replicas"] == 2
             assert "fleetbus_drift_total" in CHECKED_ELSEWHERE
-            port = fleet.plan.site(SITE).daemon_http_port
-            _, body = await http_get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-            drift_counts = [
-                s.value
-                for family in text_string_to_metric_families(body.decode())
-                for s in family.samples
-                if s.name == "fleetbus_drift_total" and s.labels.get("action") == "corrected"
-            ]
-            assert drift_counts
-            assert drift_counts[0] >= 1
+            scrape = await Metrics(fleet).scrape(SITE)
+            assert scrape.value("fleetbus_drift_total", action="corrected") >= 1
 
             # The API server goes away: the edge retries, reports failed, keeps running.
             edge = fleet.daemons[SITE]

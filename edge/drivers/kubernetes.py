@@ -304,10 +304,8 @@ class KubernetesDriver:
                 continue
             results.append(await self._prune(ref, component))
         results = await self._wait_available(results)
-        applied_ok = {(r.kind, r.namespace, r.name) for r in results if r.outcome is not ObjectOutcome.FAILED}
-        self._objects = [
-            o for o in rendering.objects if (o.ref.kind, o.ref.namespace, o.ref.name) in applied_ok
-        ]
+        applied_ok = {Ref.of_result(r) for r in results if r.outcome is not ObjectOutcome.FAILED}
+        self._objects = [o for o in rendering.objects if o.ref in applied_ok]
         self._kinds = kinds
         changed = any(
             r.outcome in (ObjectOutcome.CREATED, ObjectOutcome.CONFIGURED, ObjectOutcome.PRUNED)
@@ -401,7 +399,7 @@ class KubernetesDriver:
 
     async def _rollout(self, result: ObjectResult) -> ObjectResult:
         """`result`, or a failure if the Deployment is not available within the timeout."""
-        ref = Ref(result.api_version, result.kind, result.namespace, result.name)
+        ref = Ref.of_result(result)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.rollout_timeout
         poll = Backoff(0.2, cap=2.0)

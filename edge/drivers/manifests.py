@@ -88,6 +88,10 @@ class Ref:
         )
 
     @classmethod
+    def of_result(cls, result: ObjectResult) -> "Ref":
+        return cls(result.api_version, result.kind, result.namespace, result.name)
+
+    @classmethod
     def of(cls, body: Mapping[str, Any]) -> "Ref":
         metadata = body.get("metadata") or {}
         return cls(
