@@ -11,6 +11,8 @@ from edge.drivers.local import LocalDriver
 from edge.enrollment import enroll, enrolled_before
 from edge.inventory import BacklogMeter, InventoryPublisher, Uplink, host_facts
 from edge.reconciler import Reconciler
+from edge.telemetry import TelemetryForwarder
+from fleetbus.bus import persist
 from fleetbus.daemon import Daemon
 from fleetbus.desired import edge_groups
 from fleetbus.errors import ConfigError
@@ -18,6 +20,7 @@ from fleetbus.provisioning import ensure_stream
 from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
 from fleetbus.settings import EdgeSettings
 from schemas import subjects
+from schemas.event import Event, EventKind
 from schemas.heartbeat import Tier
 
 
@@ -45,6 +48,7 @@ async def run(settings: EdgeSettings) -> None:
 
         async def upstream_returned() -> None:
             inventory.poke()
+            telemetry.poke()
             if settings.heal_acceleration:
                 daemon.uplink_returned()  # the regional kicks its sources from us on this beat
                 for replica in replicas:
@@ -79,6 +83,24 @@ async def run(settings: EdgeSettings) -> None:
             cluster=cluster.inventory if cluster else None,
             devices=registry.records,
         )
+        telemetry_subject = subjects.edge_event(region, edge, EventKind.TELEMETRY.value)
+
+        async def store_telemetry(event: Event) -> None:
+            await persist(
+                lambda: daemon.bus.js_publish(telemetry_subject, event, message_id=event.id),
+                what="telemetry event",
+            )
+
+        telemetry = TelemetryForwarder(
+            store_telemetry,
+            region=region,
+            edge=edge,
+            link=probe,
+            max_rate=settings.telemetry_max_rate,
+            max_backlog=settings.telemetry_max_backlog,
+            metrics=daemon.metrics,
+        )
+        registry.listeners.append(telemetry.offer)
         reconciler = Reconciler(
             bus=daemon.bus,
             driver=driver,
@@ -88,6 +110,7 @@ async def run(settings: EdgeSettings) -> None:
             groups=groups,
             metrics=daemon.metrics,
             on_applied=inventory.poke,
+            on_desired=lambda desired: telemetry.configure(desired.document),
         )
         daemon.on_start(provision)
         daemon.on_start(DeviceGateway(daemon.bus, registry, region=region, edge=edge).start)
@@ -108,6 +131,7 @@ async def run(settings: EdgeSettings) -> None:
         daemon.add_task("upstream-probe", probe.run)
         daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))
         daemon.add_task("inventory", inventory.run)
+        daemon.add_task("telemetry", telemetry.run)
         await daemon.run()
 
 

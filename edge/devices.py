@@ -58,6 +58,8 @@ class DeviceRegistry:
         self.offline_after, self.max_payload = offline_after, max_payload
         self.metrics, self.clock = metrics, clock
         self.devices: dict[str, _Device] = {}
+        # Told of every accepted message (device, channel, body, when): the telemetry forwarder.
+        self.listeners: list[Callable[[str, str, dict[str, Any], datetime], None]] = []
 
     def take(self, device: str, channel: str, payload: bytes, *, source: str = "mqtt") -> bool:
         """Record one message; False (counted, logged) if it is rejected."""
@@ -81,6 +83,8 @@ class DeviceRegistry:
             known.last_telemetry = dict(list(merged.items())[:MAX_FIELDS])
         if self.metrics:
             self.metrics.device_messages.labels(channel=channel, source=source).inc()
+        for listener in self.listeners:
+            listener(device, channel, body, now)
         return True
 
     def _parse(self, device: str, channel: str, payload: bytes) -> tuple[Any, str | None]:

@@ -148,11 +148,13 @@ class Reconciler:
         metrics: DaemonMetrics,
         clock: Callable[[], datetime] = utcnow,
         on_applied: Callable[[], None] = lambda: None,
+        on_desired: Callable[[DesiredState], None] = lambda _: None,
         inputs: DesiredInputs | None = None,
         event_subject: Callable[[str], str] | None = None,
     ) -> None:
         self.bus, self.driver = bus, driver
         self.on_applied = on_applied  # e.g. the inventory: what is applied changed
+        self.on_desired = on_desired  # e.g. the telemetry forwarder: each computed desired state
         self.region, self.edge = region, edge
         self.labels, self.groups = dict(labels), list(groups)
         self.metrics = metrics
@@ -243,6 +245,7 @@ class Reconciler:
         """Apply the desired state if it changed (or `force`); False if the apply failed."""
         desired = self.desired()
         self.last = desired
+        self.on_desired(desired)
         key = (desired.hash, desired.profile_revisions)
         if key == self._reported and not force:
             return self._reported_ok  # a failed apply stays failed until its retry

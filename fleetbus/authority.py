@@ -68,7 +68,8 @@ def load_document(path: Path, cls: type[M]) -> M:
     except ValidationError as exc:
         lines = [f"{path}: not a valid {cls.SCHEMA.removeprefix('fleet.')}:"]
         for item in exc.errors():
-            where = ".".join(str(p) for p in item["loc"]) or "<document>"
+            # A dict key's own error ends its path with "[key]": the key is the place.
+            where = ".".join(str(p) for p in item["loc"] if p not in ("[key]", "")) or "<document>"
             got = f" (got {item['input']!r})" if item["type"] != "missing" else ""
             lines.append(f"  {where}: {item['msg']}{got}")
         raise ConfigError("\n".join(lines)) from None

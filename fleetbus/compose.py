@@ -1,6 +1,6 @@
 """docker-compose.yml and its nats-server configs, rendered from the same code as `dev up`.
 
-`fleetbus compose render` writes them; a test checks the committed files are current, so the
+`fleetbus compose` writes them; a test checks the committed files are current, so the
 container fleet and the dev fleet cannot drift apart.
 """
 

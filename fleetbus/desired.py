@@ -11,7 +11,9 @@ The document's shape: `{"components": {name: {"image", "version", "config", ...}
 components are keyed by name so a higher-priority profile can change one component's version
 without restating the others. A component carries only the fields its profiles set (so adding
 a field to the schema does not change existing hashes); its profile's `drift_policy` and
-`namespace` are copied into it when the profile sets them.
+`namespace` are copied into it when the profile sets them. `telemetry` (device readings to
+forward, keyed by topic filter, so a higher layer can change one rule's interval) appears only
+when a layer sets it.
 """
 
 import hashlib
@@ -72,7 +74,12 @@ def component_layer(component: Component, spec: ProfileSpec) -> dict[str, Any]:
 def profile_layer(profile: Profile) -> dict[str, Any]:
     spec = profile.spec
     components = {c.name: component_layer(c, spec) for c in spec.components}
-    return {"components": components, "config": dict(spec.config)}
+    layer: dict[str, Any] = {"components": components, "config": dict(spec.config)}
+    if spec.telemetry:  # only when set: profiles without it keep their hashes
+        layer["telemetry"] = {
+            topic: rule.model_dump(mode="json", exclude_unset=True) for topic, rule in spec.telemetry.items()
+        }
+    return layer
 
 
 def profile_source(profile: Profile) -> str:

@@ -154,6 +154,17 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 ],
             ),
             (
+                "Device telemetry upstream per second: forwarded by mode, dropped by reason",
+                "ops",
+                [
+                    (f"sum by (mode) (rate(fleetbus_telemetry_forwarded_total[{WINDOW}]))", "{{mode}}"),
+                    (
+                        f"sum by (reason) (rate(fleetbus_telemetry_dropped_total[{WINDOW}]))",
+                        "dropped {{reason}}",
+                    ),
+                ],
+            ),
+            (
                 "Inventory snapshots per second, by trigger",
                 "ops",
                 [(f"sum by (trigger) (rate(fleetbus_inventory_snapshots_total[{WINDOW}]))", "{{trigger}}")],

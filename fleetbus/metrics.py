@@ -65,6 +65,19 @@ class DaemonMetrics:
             ["reason"],
             registry=r,
         )
+        self.telemetry_forwarded = Counter(
+            "fleetbus_telemetry_forwarded_total",
+            "Device readings the edge forwarded upstream as telemetry events, by mode (sample, last).",
+            ["mode"],
+            registry=r,
+        )
+        self.telemetry_dropped = Counter(
+            "fleetbus_telemetry_dropped_total",
+            "Device readings a telemetry rule selected but the edge's limits dropped, by reason "
+            "(rate, backlog).",
+            ["reason"],
+            registry=r,
+        )
         self.apply_duration = Histogram(
             "fleetbus_apply_duration_seconds", "Time the driver took to apply a desired state.", registry=r
         )

@@ -127,6 +127,16 @@ class EdgeSettings(DaemonSettings):
     device_max_payload: int = Field(
         default=65536, ge=1, description="Device messages larger than this are rejected (counted), bytes."
     )
+    telemetry_max_rate: float = Field(
+        default=20.0,
+        gt=0,
+        description="Device readings forwarded upstream per second at most, all rules together.",
+    )
+    telemetry_max_backlog: int = Field(
+        default=10000,
+        ge=0,
+        description="Sampled readings stored at the edge while the uplink is down; more are dropped.",
+    )
     mqtt_bridge_url: str | None = Field(
         default=None,
         description="A site MQTT broker to take devices from as well, e.g. mqtt://10.0.0.5:1883.",

@@ -18,6 +18,7 @@ class EventKind(StrEnum):
     DRIFT = "drift"
     ALERT = "alert"
     AUDIT = "audit"
+    TELEMETRY = "telemetry"  # device readings a profile's telemetry rules forward (data: device, values)
 
 
 class Severity(StrEnum):

@@ -1,10 +1,12 @@
 """Profiles: named, versioned desired state for the sites whose labels match a selector."""
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     BaseModel,
     ConfigDict,
@@ -140,6 +142,49 @@ class Component(BaseModel):
         return self
 
 
+class ForwardMode(StrEnum):
+    """How a telemetry rule forwards a device's readings upstream."""
+
+    SAMPLE = "sample"  # one reading per device per interval; every one kept until forwarded
+    LAST = "last"  # the latest reading per device, at most once per interval; superseded ones never leave
+
+
+# An MQTT topic filter within the device contract: devices/<device id or +>/<channel or +>,
+# or ending in # (devices/#, devices/<id>/#).
+_DEVICE_FILTER = re.compile(r"^devices/(#|([a-z0-9][a-z0-9_-]{0,62}|\+)/(telemetry|status|\+|#))$")
+
+
+class TelemetryRule(BaseModel):
+    """Which device readings an edge forwards upstream (as `telemetry` events), and how often."""
+
+    model_config = ConfigDict(extra="allow")
+
+    mode: ForwardMode = ForwardMode.SAMPLE
+    interval: float = Field(
+        default=60.0,
+        ge=1.0,
+        le=86400.0,
+        description="Seconds: at most one reading per device per interval leaves the edge.",
+    )
+    fields: list[str] = Field(
+        default_factory=list, description="Forward only these fields of a reading; all when empty."
+    )
+
+
+def check_device_filter(topic: str) -> str:
+    """`topic` if it is an MQTT filter over the device topics; ValueError saying why not."""
+    if not _DEVICE_FILTER.match(topic):
+        msg = (
+            f"telemetry topic {topic!r} is not a device topic filter: use devices/<device id or +>/"
+            "<telemetry, status or +>, or devices/#, or devices/<device id>/#"
+        )
+        raise ValueError(msg)
+    return topic
+
+
+DeviceTopicFilter = Annotated[str, AfterValidator(check_device_filter)]
+
+
 class ProfileSpec(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
@@ -153,6 +198,10 @@ class ProfileSpec(BaseModel):
     namespace: Namespace | None = Field(
         default=None,
         description="Kubernetes namespace of this profile's components; default fleetbus-<name>.",
+    )
+    telemetry: dict[DeviceTopicFilter, TelemetryRule] = Field(
+        default_factory=dict,
+        description="Device readings to forward upstream, by MQTT topic filter (devices/+/telemetry).",
     )
 
     @model_validator(mode="after")

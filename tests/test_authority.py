@@ -103,6 +103,12 @@ def test_load_document_names_file_field_and_problem(tmp_path):
     assert str(path) in text
     assert "spec.components.0: Value error, version required" in text
     assert "priority: Input should be a valid integer" in text
+    path.write_text("name: cold\nspec:\n  telemetry:\n    sensors/+/temp: {mode: often}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_document(path, Profile)
+    text = str(caught.value)
+    assert "  spec.telemetry.sensors/+/temp: Value error, telemetry topic 'sensors/+/temp' is not" in text
+    assert "  spec.telemetry.sensors/+/temp.mode: Input should be 'sample' or 'last'" in text
     path.write_text("- a list\n")
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_document(path, Profile)

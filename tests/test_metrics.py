@@ -36,12 +36,14 @@ SETTINGS: dict[Tier, dict[str, object]] = {
 }
 
 
-# Checked where what moves them runs: the kubernetes driver (tests/test_kubernetes.py) and
-# MQTT devices (tests/test_devices.py).
+# Checked where what moves them runs: the kubernetes driver (tests/test_kubernetes.py), MQTT
+# devices (tests/test_devices.py) and their telemetry (tests/test_telemetry.py).
 CHECKED_ELSEWHERE = {
     "fleetbus_drift_total",
     "fleetbus_device_messages_total",
     "fleetbus_device_messages_rejected_total",
+    "fleetbus_telemetry_forwarded_total",
+    "fleetbus_telemetry_dropped_total",
 }
 
 
