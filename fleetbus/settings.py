@@ -128,7 +128,7 @@ class EdgeSettings(DaemonSettings):
         default=65536, ge=1, description="Device messages larger than this are rejected (counted), bytes."
     )
     telemetry_max_rate: float = Field(
-        default=20.0,
+        default=5.0,
         gt=0,
         description="Device readings forwarded upstream per second at most, all rules together.",
     )

@@ -29,7 +29,7 @@ from fleetbus.views import EdgePresence, edge_presence
 from schemas import subjects
 from schemas.base import Message, utcnow
 from schemas.codec import decode_body
-from schemas.event import Event
+from schemas.event import Event, EventKind
 from schemas.inventory import InventorySnapshot
 from schemas.override import Override
 from schemas.presence import PresenceChange
@@ -241,6 +241,8 @@ class FleetView:
             await backoff.wait()
 
     def _take_event(self, event: Event) -> None:
+        if event.kind == EventKind.TELEMETRY:
+            return  # device readings are data, not the fleet's event feed (they would crowd it out)
         view = self._edge(event.region, event.edge)
         if any(e.id == event.id for e in view.events):
             return
