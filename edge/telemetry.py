@@ -85,13 +85,16 @@ class _Reading:
 
 
 class TokenBucket:
+    """`rate` tokens a second, holding up to one second's worth (at least one token)."""
+
     def __init__(self, rate: float, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.clock = rate, clock
-        self.tokens, self.at = rate, clock()
+        self.capacity = max(1.0, rate)
+        self.tokens, self.at = self.capacity, clock()
 
     def take(self) -> bool:
         now = self.clock()
-        self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
         self.at = now
         if self.tokens < 1.0:
             return False

@@ -11,7 +11,7 @@ import aiomqtt
 import nats
 import pytest
 
-from edge.telemetry import TelemetryForwarder, rules_of, topic_matches
+from edge.telemetry import TelemetryForwarder, TokenBucket, rules_of, topic_matches
 from fleetbus.desired import compute
 from fleetbus.metrics import DaemonMetrics
 from schemas import subjects
@@ -172,6 +172,16 @@ async def test_limits_drop_samples_over_the_rate_and_over_the_outage_backlog():
     fw.offer("s4", "telemetry", {"v": 9}, T0)
     await fw.flush()
     assert sent[-1].data["values"] == {"v": 9}
+
+
+def test_a_rate_below_one_a_second_still_lets_readings_through():
+    clock = Monotonic()
+    bucket = TokenBucket(0.5, clock=clock)
+    assert bucket.take()
+    assert not bucket.take()
+    assert bucket.wait() == pytest.approx(2.0)
+    clock.now += 2.0
+    assert bucket.take()
 
 
 async def test_an_invalid_rule_from_an_override_is_skipped_and_the_others_apply():
