@@ -12,7 +12,7 @@ from edge.enrollment import enroll, enrolled_before
 from edge.inventory import BacklogMeter, InventoryPublisher, Uplink, host_facts
 from edge.reconciler import Reconciler
 from edge.telemetry import TelemetryForwarder
-from fleetbus.bus import persist
+from fleetbus.bus import store_event
 from fleetbus.daemon import Daemon
 from fleetbus.desired import edge_groups
 from fleetbus.errors import ConfigError
@@ -20,7 +20,7 @@ from fleetbus.provisioning import ensure_stream
 from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
 from fleetbus.settings import EdgeSettings
 from schemas import subjects
-from schemas.event import Event, EventKind
+from schemas.event import EventKind
 from schemas.heartbeat import Tier
 
 
@@ -84,15 +84,8 @@ async def run(settings: EdgeSettings) -> None:
             devices=registry.records,
         )
         telemetry_subject = subjects.edge_event(region, edge, EventKind.TELEMETRY.value)
-
-        async def store_telemetry(event: Event) -> None:
-            await persist(
-                lambda: daemon.bus.js_publish(telemetry_subject, event, message_id=event.id),
-                what="telemetry event",
-            )
-
         telemetry = TelemetryForwarder(
-            store_telemetry,
+            lambda event: store_event(daemon.bus, telemetry_subject, event),
             region=region,
             edge=edge,
             link=probe,

@@ -61,13 +61,20 @@ class DeviceRegistry:
         # Told of every accepted message (device, channel, body, when): the telemetry forwarder.
         self.listeners: list[Callable[[str, str, dict[str, Any], datetime], None]] = []
 
+    def take_topic(self, levels: list[str], payload: bytes, *, source: str = "mqtt") -> bool:
+        """Record a message on a topic split into its levels (the edge's MQTT listener gives
+        `devices.<id>.<channel>`, a site broker `devices/<id>/<channel>`); any other topic is
+        rejected as `bad_topic`."""
+        if len(levels) != 3 or levels[0] != "devices":  # devices/<a>/<b>/...: not the contract's
+            self._reject("bad_topic", "/".join(levels)[:80], "")
+            return False
+        return self.take(levels[1], levels[2], payload, source=source)
+
     def take(self, device: str, channel: str, payload: bytes, *, source: str = "mqtt") -> bool:
         """Record one message; False (counted, logged) if it is rejected."""
         body, reason = self._parse(device, channel, payload)
         if reason is not None:
-            if self.metrics:
-                self.metrics.device_rejected.labels(reason=reason).inc()
-            logger.debug("device message rejected", device=device[:64], channel=channel, reason=reason)
+            self._reject(reason, device, channel)
             return False
         now = self.clock()
         known = self.devices.get(device)
@@ -86,6 +93,11 @@ class DeviceRegistry:
         for listener in self.listeners:
             listener(device, channel, body, now)
         return True
+
+    def _reject(self, reason: str, device: str, channel: str) -> None:
+        if self.metrics:
+            self.metrics.device_rejected.labels(reason=reason).inc()
+        logger.debug("device message rejected", device=device[:64], channel=channel, reason=reason)
 
     def _parse(self, device: str, channel: str, payload: bytes) -> tuple[Any, str | None]:
         """The decoded body, or why the message is rejected."""
@@ -133,12 +145,6 @@ def _check_shape(channel: str, body: Any) -> str | None:
     return None
 
 
-def device_of(subject: str) -> tuple[str, str] | None:
-    """(device id, channel) of `devices.<id>.<channel>`; None for anything else."""
-    parts = subject.split(".")
-    return (parts[1], parts[2]) if len(parts) == 3 and parts[0] == "devices" else None
-
-
 class DeviceGateway:
     """The edge daemon's side of devices: ingest from its server's MQTT listener, and commands."""
 
@@ -150,12 +156,7 @@ class DeviceGateway:
         """Subscribe (a restarted connection resubscribes by itself)."""
 
         async def on_device(msg: Msg) -> None:
-            found = device_of(msg.subject)
-            if found is None:  # devices/<a>/<b>/...: not a topic of the contract
-                if self.registry.metrics:
-                    self.registry.metrics.device_rejected.labels(reason="bad_topic").inc()
-                return
-            self.registry.take(*found, msg.data)
+            self.registry.take_topic(msg.subject.split("."), msg.data)
 
         for subject in (subjects.DEVICE_TELEMETRY, subjects.DEVICE_STATUS, "devices.*.*.>"):
             await self.bus.nc.subscribe(subject, cb=on_device)

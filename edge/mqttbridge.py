@@ -40,12 +40,8 @@ async def run(url: str, topics: list[str], registry: DeviceRegistry, *, client_i
                 logger.info("mqtt bridge connected", broker=f"{host}:{port}", topics=topics)
                 retry.reset()
                 async for message in client.messages:
-                    parts = str(message.topic).split("/")
                     payload = message.payload if isinstance(message.payload, bytes) else b""
-                    if len(parts) == 3 and parts[0] == "devices":
-                        registry.take(parts[1], parts[2], payload, source="bridge")
-                    elif registry.metrics:
-                        registry.metrics.device_rejected.labels(reason="bad_topic").inc()
+                    registry.take_topic(str(message.topic).split("/"), payload, source="bridge")
         except aiomqtt.MqttError as exc:
             delay = retry.next_delay()
             logger.warning(

@@ -24,7 +24,7 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from edge.drivers import Drift, Driver, DriverError
 from fleetbus import log
 from fleetbus.backoff import Backoff
-from fleetbus.bus import Bus, persist
+from fleetbus.bus import Bus, store_event
 from fleetbus.desired import DesiredState, compute
 from fleetbus.errors import DecodeError
 from fleetbus.metrics import DaemonMetrics
@@ -319,10 +319,7 @@ class Reconciler:
             message=message,
             **body,
         )
-        subject = self.event_subject(kind.value)
-        await persist(
-            lambda: self.bus.js_publish(subject, event, message_id=event.id), what=f"{kind.value} event"
-        )
+        await store_event(self.bus, self.event_subject(kind.value), event)
 
 
 def _earliest(*deadlines: float | None) -> float | None:

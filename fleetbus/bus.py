@@ -21,6 +21,7 @@ from fleetbus.backoff import Backoff
 from fleetbus.errors import DecodeError, TemporaryError
 from fleetbus.metrics import DaemonMetrics
 from schemas.base import Message, utcnow
+from schemas.event import Event
 from schemas.headers import envelope, open_envelope
 
 if TYPE_CHECKING:
@@ -155,6 +156,12 @@ async def persist(write: Callable[[], Awaitable[T]], *, what: str) -> T:
         except (nats.errors.Error, TimeoutError, OSError) as exc:
             logger.warning("cannot store; retrying", what=what, error=repr(exc))
             await backoff.wait()
+
+
+async def store_event(bus: Bus, subject: str, event: Event) -> None:
+    """Store one event in this site's stream, at least once: retried until acknowledged, its
+    id the dedupe key (`Nats-Msg-Id`)."""
+    await persist(lambda: bus.js_publish(subject, event, message_id=event.id), what=f"{event.kind} event")
 
 
 async def connect(

@@ -16,7 +16,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.base import Message, Name
+from schemas.base import TOKEN, Message, Name
 
 
 class SelectorOperator(StrEnum):
@@ -151,7 +151,8 @@ class ForwardMode(StrEnum):
 
 # An MQTT topic filter within the device contract: devices/<device id or +>/<channel or +>,
 # or ending in # (devices/#, devices/<id>/#).
-_DEVICE_FILTER = re.compile(r"^devices/(#|([a-z0-9][a-z0-9_-]{0,62}|\+)/(telemetry|status|\+|#))$")
+_DEVICE_ID = TOKEN.pattern.removeprefix("^").removesuffix("$")
+_DEVICE_FILTER = re.compile(rf"^devices/(#|({_DEVICE_ID}|\+)/(telemetry|status|\+|#))$")
 
 
 class TelemetryRule(BaseModel):

@@ -17,6 +17,7 @@ import pytest
 from edge.devices import DeviceRegistry
 from fleetbus.client import FleetClient
 from fleetbus.errors import EdgeUnreachableError
+from fleetbus.metrics import DaemonMetrics
 from fleetbus.netutil import free_ports
 from schemas.heartbeat import Tier
 from tests.conftest import running_fleet
@@ -64,6 +65,20 @@ def test_registry_keeps_what_devices_report_and_rejects_the_rest():
     assert record.online
     clock.now = T0 + timedelta(seconds=40)  # 30 s after it was last heard
     assert not registry.records()[0].online
+
+
+def test_topics_from_the_listener_and_a_site_broker_take_the_same_way():
+    metrics = DaemonMetrics("edge", EDGE)
+    registry = DeviceRegistry(offline_after=30, max_payload=1024, metrics=metrics, clock=Clock())
+    assert registry.take_topic(["devices", "sensor-1", "telemetry"], b'{"temp": 1}')
+    assert registry.take_topic(["devices", "sensor-2", "status"], b'{"state": "ok"}', source="bridge")
+    for topic in ("devices/sensor-1/telemetry/extra", "devices/sensor-1", "sensors/s1/telemetry"):
+        assert not registry.take_topic(topic.split("/"), b'{"temp": 1}')
+    rejected = metrics.registry.get_sample_value(
+        "fleetbus_device_messages_rejected_total", {"reason": "bad_topic"}
+    )
+    assert rejected == 3
+    assert [(r.id, r.source) for r in registry.records()] == [("sensor-1", "mqtt"), ("sensor-2", "bridge")]
 
 
 async def device_record(client: FleetClient, device: str, **wanted: Any) -> Any:
