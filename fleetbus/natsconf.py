@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.base import SiteId
 from schemas.heartbeat import Tier
+from schemas.subjects import SITE_LOCAL
 
 
 class ServerSpec(BaseModel):
@@ -35,6 +36,17 @@ class ServerSpec(BaseModel):
     # nats-server 2.15 caps consumers per stream at 1,000 by default; a regional's replicas
     # have one consumer per edge sourcing them (and per thin edge watching them).
     max_consumers_per_stream: int = 100_000
+    # The largest message a client may publish. nats-server's default, written out so that
+    # what a site accepts is visible in its config; fleetbus's own messages are far smaller.
+    max_payload: str = "1MB"
+    # How a silent link loss (packets vanish, sockets stay open) is noticed: the server pings
+    # a quiet leaf (and client) connection every `ping_interval` and closes it once `ping_max`
+    # pings go unanswered. nats-server's defaults (2m x 2) take up to 6 minutes; these take
+    # 15-20 s, for a PING/PONG pair of ~12 bytes every 5 s on an idle link.
+    ping_interval: str = "5s"
+    ping_max: int = Field(default=3, ge=1)
+    # Time between a leaf remote's reconnect attempts once its link is lost.
+    leaf_reconnect: str = "1s"
 
     @property
     def domain(self) -> str:
@@ -83,6 +95,10 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
         f"server_name: {_q(spec.name)}",
         f"listen: {_q(f'{bind}:{spec.client_port}')}",
         f"http: {_q(f'{bind}:{spec.http_port}')}",
+        f"max_payload: {spec.max_payload}",
+        "# A silent link loss is noticed after ping_interval x ping_max without an answer.",
+        f"ping_interval: {_q(spec.ping_interval)}",
+        f"ping_max: {spec.ping_max}",
         "",
         "jetstream {",
         "  # Each site is its own JetStream domain: cross-tier calls use $JS.<domain>.API.",
@@ -109,11 +125,18 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
             ]
         if spec.upstream:
             urls = ", ".join(_q(u) for u in spec.upstream)
+            local = ", ".join(_q(s) for s in SITE_LOCAL)
             lines += [
+                "  # Time between attempts to reach the tier above once its link is lost.",
+                f"  reconnect: {_q(spec.leaf_reconnect)}",
                 "  remotes: [",
                 "    {",
                 f"      urls: [{urls}]",
                 "      ignore_discovered_servers: true",
+                "      # Site-local subjects (devices, MQTT internals, JetStream advisories)",
+                "      # never cross this link, either way.",
+                f"      deny_imports: [{local}]",
+                f"      deny_exports: [{local}]",
                 "    }",
                 "  ]",
             ]

@@ -134,6 +134,17 @@ DEVICE_TELEMETRY = "devices.*.telemetry"  # MQTT devices/<id>/telemetry on the e
 DEVICE_STATUS = "devices.*.status"
 
 
+# Subjects only the site itself may see: they never cross a leaf link, in either direction.
+# The rendered nats-server configs deny them on every leaf remote (fleetbus.natsconf), so a
+# device reading at one edge never reaches another edge, and a command addressed to one
+# edge's `devices/<id>/cmd` never reaches a device with the same id elsewhere.
+SITE_LOCAL: tuple[str, ...] = (
+    "devices.>",  # MQTT devices/<id>/<channel> on the edge's own listener
+    "$MQTT.>",  # the MQTT listener's own sessions, retained messages and JetStream calls
+    "$JS.EVENT.>",  # JetStream advisories of the site's own streams and consumers
+)
+
+
 def device_command_topic(device: str) -> str:
     """Where a device's MQTT client receives commands (`devices/<id>/cmd`), as a NATS subject."""
     return f"devices.{_tokens(device)}.cmd"
