@@ -1,6 +1,7 @@
 """Heal-to-converge after link cuts, with heal acceleration and without (nats-server alone).
 
     .venv/bin/python benchmarks/heal.py [--edge-cuts 5,60,300] [--region-cuts 5,60]
+    .venv/bin/python benchmarks/heal.py --fault blackhole --edge-cuts 30,300 --region-cuts 30
 
 Two real dev fleets run side by side (1 hub, 2 regions; servers and daemons as processes, a TCP
 proxy on every leaf link, heartbeats every 5 s): one with heal acceleration (the default), one
@@ -14,6 +15,10 @@ link, and an application at each such edge stores an event. Heal-to-converge is 
 the heal until the hub shows, for every edge behind the link, an ApplyResult with the hash the
 hub computes for it and that edge's event. Prints per (tier, cut length): samples, p50, p99
 (nearest rank: with fewer than 100 samples that is the maximum) and the ratio. Not a test.
+
+`--fault blackhole` makes the link fail silently instead (`LinkProxy.blackhole`: no reset,
+sockets stay open, nothing passes), as real WAN failures do; each line then also says how long
+the hub took to show the loss (the edges behind the link no longer `online`).
 """
 
 import argparse
@@ -26,6 +31,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -38,6 +44,7 @@ from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.netutil import free_ports
 from schemas.heartbeat import Tier
 from schemas.override import OverrideScope
+from schemas.presence import PresenceState
 from tests.fleetprobe import applied_hash, emit_event, hub_has_event
 from tests.helpers import eventually
 
@@ -50,17 +57,29 @@ class Sample:
     tier: str
     cut_s: float
     converge_s: float | None  # None: not converged within --timeout
+    noticed_s: float | None = None  # until the hub showed the loss; None: not within the fault
 
 
 class Run:
-    def __init__(self, mode: str, fleet: DevFleet, client: FleetClient, timeout: float) -> None:
+    def __init__(self, mode: str, fleet: DevFleet, client: FleetClient, timeout: float, fault: str) -> None:
         self.mode, self.fleet, self.client, self.timeout = mode, fleet, client, timeout
+        self.fault = fault
         self.samples: list[Sample] = []
+
+    async def notice(self, edges: list[tuple[str, str]], began: float) -> float:
+        """Seconds from `began` until the hub shows none of `edges` online."""
+        names = {edge for _, edge in edges}
+        while True:
+            shown = {p.edge: p.state for p in await self.client.presence()}
+            if all(shown.get(edge) != PresenceState.ONLINE for edge in names):
+                return time.monotonic() - began
+            await asyncio.sleep(POLL)  # polling the hub's view
 
     async def cycle(self, tier: str, link_site: str, edges: list[tuple[str, str]], cut_s: float) -> None:
         link = self.fleet.link(link_site)
-        link.cut()
+        link.cut() if self.fault == "cut" else link.blackhole()
         began = time.monotonic()
+        noticing = asyncio.create_task(self.notice(edges, began))
         marker = uuid.uuid4().hex[:12]
         expected, events = {}, {}
         for region, edge in edges:  # changes that can only arrive once the link is back
@@ -77,6 +96,8 @@ class Run:
         await asyncio.sleep(max(0.0, cut_s - (time.monotonic() - began)))  # the cut itself
         link.heal()
         healed = time.monotonic()
+        noticed = noticing.result() if noticing.done() else None
+        noticing.cancel()
         hub_js = self.client._js
         pending = set(expected)
         while pending and time.monotonic() - healed < self.timeout:
@@ -90,10 +111,12 @@ class Run:
             if pending:
                 await asyncio.sleep(POLL)  # polling the hub's view
         took = None if pending else time.monotonic() - healed
-        self.samples.append(Sample(self.mode, tier, cut_s, took))
+        self.samples.append(Sample(self.mode, tier, cut_s, took, noticed))
         shown = f"{took:.2f}s" if took is not None else f"> {self.timeout:g}s"
+        seen = f"{noticed:.1f}s" if noticed is not None else "not during the fault"
         print(
-            f"  [{self.mode:>3}] {tier:<8} {link_site:<6} cut {cut_s:>5g}s  converged after {shown}",
+            f"  [{self.mode:>3}] {tier:<8} {link_site:<6} {self.fault} {cut_s:>5g}s  loss shown after "
+            f"{seen}, converged {shown} after the heal",
             flush=True,
         )
 
@@ -120,7 +143,7 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
         await fleet.start()
         try:
             async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
-                run = Run(mode, fleet, client, args.timeout)
+                run = Run(mode, fleet, client, args.timeout, args.fault)
                 edges = {r: [(r, f"{r}-e{i}") for i in range(1, edges_r1 + 1)] for r in ("r1", "r2")}
                 everyone = [e for pairs in edges.values() for _, e in pairs]
 
@@ -142,16 +165,16 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
             await fleet.stop()
 
 
-def report(samples: list[Sample], timeout: float) -> list[str]:
+def report(samples: list[Sample], timeout: float, fault: str) -> list[str]:
     groups: dict[tuple[str, float], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         groups[(s.tier, s.cut_s)][s.mode].append(s.converge_s)
     head = f"{'n':>3} {'p50':>7} {'p99':>7} {'max':>6}"
     lines = [
-        "Heal-to-converge (s from heal until the hub shows every edge behind the link converged):",
+        f"Heal-to-converge after a {fault} (s from heal until the hub shows every edge converged):",
         "",
         "```",
-        f"{'tier':<7} {'cut':>6} | {'with acceleration':^26} | {'nats-server alone':^26} | p99 ratio",
+        f"{'tier':<7} {fault[:6]:>6} | {'with acceleration':^26} | {'nats-server alone':^26} | p99 ratio",
         f"{'':<7} {'':>6} | {head} | {head} |",
     ]
     for (tier, cut), modes in sorted(groups.items()):
@@ -169,6 +192,13 @@ def report(samples: list[Sample], timeout: float) -> list[str]:
             cells.append(f"{len(values):>3} {statistics.median(done):>7.2f} {shown:>7} {max(done):>6.2f}")
         ratio = f"x{p99s['off'] / p99s['on']:.1f}" if {"on", "off"} <= p99s.keys() and p99s["on"] else "-"
         lines.append(f"{tier:<7} {cut:>5g}s | {cells[0]} | {cells[1]} | {ratio}")
+    noticed = sorted((s.tier, s.cut_s, s.noticed_s) for s in samples if s.noticed_s is not None)
+    if noticed:
+        lines += ["", "Loss shown at the hub (s from the fault until no edge behind it was online):"]
+    for (tier, cut), group in groupby(noticed, key=lambda x: (x[0], x[1])):
+        seen = [n for _, _, n in group if n is not None]
+        median, worst = statistics.median(seen), max(seen)
+        lines.append(f"{tier:<7} {cut:>5g}s | n {len(seen)}  median {median:.1f}  max {worst:.1f}")
     return [*lines, "```"]
 
 
@@ -183,15 +213,20 @@ async def main() -> None:
     parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s (every tier)")
     parser.add_argument("--timeout", type=float, default=200.0, help="give up on one convergence after, s")
     parser.add_argument("--modes", default="on,off", help="on (accelerated), off (nats-server alone)")
+    parser.add_argument("--fault", choices=("cut", "blackhole"), default="cut", help="how the link fails")
     args = parser.parse_args()
     log.configure(level="warning")
     modes = [m for m in args.modes.split(",") if m]
     print(
         f"edge cuts {args.edge_cuts} s (one r1 edge each), region cuts {args.region_cuts} s (r2), "
-        f"heartbeats every {args.heartbeat:g}s; modes {modes}; about {max(args.edge_cuts) / 60:.0f} min"
+        f"heartbeats every {args.heartbeat:g}s; modes {modes}; fault {args.fault}; "
+        f"about {max(args.edge_cuts) / 60:.0f} min"
     )
     results = await asyncio.gather(*(run_mode(m, args) for m in modes))
-    append_results("Heal", report([s for samples in results for s in samples], args.timeout))
+    samples = [s for run in results for s in run]
+    append_results(
+        "Heal" if args.fault == "cut" else "Heal after blackholes", report(samples, args.timeout, args.fault)
+    )
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def _print_fleet(record: fleet_state.FleetRecord) -> None:
     out.print(f"hub: {record.hub.client_url}   (fleetbus commands find it from {record.state_dir})")
     if record.hub.dashboard_url:
         out.print(f"dashboard: {record.hub.dashboard_url}   (JSON API under /api, schema at /docs)")
-    out.print("every leaf link runs through a proxy: `fleetbus dev link cut|heal|delay|throttle SITE`")
+    out.print("every leaf link runs through a proxy: `fleetbus dev link --help` to cut or delay one")
     out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")
 
 
@@ -225,12 +225,18 @@ def _print_links(reply: dict[str, object]) -> None:
     for link in links if isinstance(links, list) else []:
         table.add_row(
             str(link["name"]).removesuffix(" uplink"),
-            "[red]cut[/]" if link["cut"] else "[green]up[/]",
+            _link_state(link),
             f"{link['delay_ms']:g}" if link["delay_ms"] else "-",
             f"{link['rate_kbps']:g}" if link["rate_kbps"] else "-",
             str(link["connections"]),
         )
     out.print(table)
+
+
+def _link_state(link: dict[str, object]) -> str:
+    if link["cut"]:
+        return "[red]cut[/]"
+    return "[red]blackhole[/]" if link.get("blackhole") else "[green]up[/]"
 
 
 @link_app.command("show")
@@ -243,6 +249,13 @@ def link_show(state_dir: StateDir = None) -> None:
 def link_cut(site: SiteArg, state_dir: StateDir = None) -> None:
     """Drop the link: open connections are reset, new ones refused until `heal`."""
     _print_links(_control(state_dir, {"op": "link", "site": site, "action": "cut"}))
+
+
+@link_app.command("blackhole")
+def link_blackhole(site: SiteArg, state_dir: StateDir = None) -> None:
+    """Drop the link silently: nothing passes and no one is told (sockets stay open), as on a
+    real WAN failure; the servers notice only when their pings go unanswered. Until `heal`."""
+    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "blackhole"}))
 
 
 @link_app.command("heal")

@@ -8,6 +8,7 @@ import pytest
 
 from fleetbus.linkproxy import LinkProxy
 from fleetbus.netutil import free_ports
+from tests.helpers import eventually
 
 
 async def echo_server(port: int) -> asyncio.Server:
@@ -90,3 +91,46 @@ async def test_delay_adds_latency_each_way_and_throttle_caps_throughput(proxied)
     with pytest.raises(ValueError, match="delay must be >= 0"):
         proxy.shape(delay_ms=-1)
     writer.close()
+
+
+async def test_blackhole_holds_everything_silently_until_heal(proxied):
+    proxy, listen = proxied
+    reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+    writer.write(b"ping")
+    assert await reader.readexactly(4) == b"ping"
+
+    proxy.blackhole()
+    assert proxy.state().blackhole
+    writer.write(b"held")  # the sender sees no error: its bytes wait as in a lost route
+    await writer.drain()
+    late_reader, late_writer = await asyncio.open_connection("127.0.0.1", listen)  # accepted...
+    late_writer.write(b"late")
+    for r in (reader, late_reader):
+        with pytest.raises(TimeoutError):  # ...but nothing comes back, and nothing is reset
+            await asyncio.wait_for(r.readexactly(4), 0.5)
+    assert not reader.at_eof()
+    assert not late_reader.at_eof()
+
+    proxy.heal()  # what was held moves on, in order, on both connections
+    assert await asyncio.wait_for(reader.readexactly(4), 5) == b"held"
+    assert await asyncio.wait_for(late_reader.readexactly(4), 5) == b"late"
+    assert not proxy.state().blackhole
+    for w in (writer, late_writer):
+        w.close()
+
+
+async def test_a_cut_during_a_blackhole_resets_even_unanswered_connections(proxied):
+    proxy, listen = proxied
+    proxy.blackhole()
+    reader, writer = await asyncio.open_connection("127.0.0.1", listen)
+    writer.write(b"x")
+    await writer.drain()
+    await eventually(lambda: _true(proxy.state().unanswered == 1), timeout=5, what="the attempt held")
+    proxy.cut()
+    with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+        await asyncio.wait_for(reader.readexactly(1), 5)
+    writer.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

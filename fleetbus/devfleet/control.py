@@ -5,7 +5,7 @@ serves a unix socket (path recorded in fleet.json) taking one JSON request per l
 answering one JSON line, `{"ok": true, ...}` or `{"ok": false, "error": "..."}`:
 
     {"op": "links"}                                        every uplink and its state
-    {"op": "link", "site": "r1-e1", "action": "cut"}       cut | heal | delay | throttle
+    {"op": "link", "site": "r1-e1", "action": "cut"}       cut | blackhole | heal | delay | throttle
     {"op": "link", "site": "r1-e1", "action": "delay", "value": 200}
     {"op": "kill", "site": "r1", "server": true, "daemon": false}
     {"op": "restart", "site": "r1", "server": true, "daemon": false}
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 logger = log.get_logger(__name__)
 
 SOCKET_NAME = "control.sock"
-LINK_ACTIONS = ("cut", "heal", "delay", "throttle")
+LINK_ACTIONS = ("cut", "blackhole", "heal", "delay", "throttle")
 MAX_UNIX_PATH = 100  # sun_path is 108 bytes on Linux
 
 
@@ -103,6 +103,8 @@ class ControlServer:
         action = request.get("action")
         if action == "cut":
             link.cut()
+        elif action == "blackhole":
+            link.blackhole()
         elif action == "heal":
             link.heal()
         elif action == "delay":
