@@ -86,10 +86,16 @@ class Daemon:
         self._factories[name] = factory
 
     def add_heartbeat(
-        self, subject: str, *, region: str, interval: float, after: asyncio.Event | None = None
+        self,
+        subject: str,
+        *,
+        region: str,
+        interval: float,
+        after: asyncio.Event | None = None,
+        hello: str | None = None,
     ) -> None:
         """Heartbeat the tier above on `subject` every `interval` seconds, as this site
-        (starting once `after` is set, if given)."""
+        (starting once `after` is set, if given; at once on a message on `hello`)."""
 
         async def beat() -> None:
             await send_heartbeats(
@@ -103,6 +109,7 @@ class Daemon:
                 wake=self._beat_now,
                 after=after,
                 uplink_returns=lambda: self.uplink_returns,
+                hello=hello,
             )
 
         self.add_task("heartbeat", beat)

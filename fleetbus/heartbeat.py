@@ -6,11 +6,13 @@ the last one per site in memory; presence (online/stale/offline) is derived from
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from fleetbus.bus import Bus
+from nats.errors import Error as NatsError
+
+from fleetbus.bus import Bus, Msg
 from schemas.base import utcnow
 from schemas.heartbeat import Heartbeat, Tier
 
@@ -29,32 +31,58 @@ async def send_heartbeats(
     after: asyncio.Event | None = None,
     uplink_returns: Callable[[], int] = lambda: 0,
     thin: bool = False,
+    hello: str | None = None,
 ) -> None:
     """Publish a heartbeat now and every `interval` seconds, until cancelled; setting `wake`
     sends the next one at once (a link that just came back announces itself). With `after`,
-    start once that is set (an edge: once its regional has enrolled it)."""
+    start once that is set (an edge: once its regional has enrolled it). With `hello`, a
+    message on that subject (the tier above has just started listening) also sends one at
+    once, at most one per `HELLO_SPACING` seconds whatever arrives there."""
     wake = wake or asyncio.Event()
     if after is not None:
         await after.wait()
-    seq = 0
-    while True:
-        if bus.connected:
-            beat = Heartbeat(
-                tier=tier,
-                site=site,
-                region=region,
-                seq=seq,
-                sent_at=clock(),
-                interval_seconds=interval,
-                uptime_seconds=uptime(),
-                uplink_returns=uplink_returns(),
-                thin=thin,
-            )
-            await bus.publish(subject, beat)
-            seq += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), interval)  # the heartbeat period itself
-        wake.clear()
+    subscription = await bus.nc.subscribe(hello, cb=_waker(wake)) if hello is not None else None
+    try:
+        seq = 0
+        while True:
+            if bus.connected:
+                beat = Heartbeat(
+                    tier=tier,
+                    site=site,
+                    region=region,
+                    seq=seq,
+                    sent_at=clock(),
+                    interval_seconds=interval,
+                    uptime_seconds=uptime(),
+                    uplink_returns=uplink_returns(),
+                    thin=thin,
+                )
+                await bus.publish(subject, beat)
+                seq += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), interval)  # the heartbeat period itself
+            wake.clear()
+    finally:
+        if subscription is not None:
+            with contextlib.suppress(NatsError):  # the connection may be closing already
+                await subscription.unsubscribe()
+
+
+HELLO_SPACING = 0.5  # s: a flood of hellos costs at most two extra heartbeats a second
+
+
+def _waker(wake: asyncio.Event) -> Callable[[Msg], Awaitable[None]]:
+    """A hello handler: wake the heartbeat loop, ignoring the body (nothing to decode)."""
+    last = -HELLO_SPACING
+
+    async def on_hello(_msg: Msg) -> None:
+        nonlocal last
+        now = asyncio.get_running_loop().time()
+        if now - last >= HELLO_SPACING:
+            last = now
+            wake.set()
+
+    return on_hello
 
 
 @dataclass

@@ -36,6 +36,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from fleetbus import log
+from fleetbus.backoff import Backoff
 from fleetbus.heartbeat import HeartbeatLog
 from fleetbus.metrics import DaemonMetrics
 from fleetbus.provisioning import ensure_stream, kv_stream
@@ -174,21 +175,33 @@ class SourcedStream:
 
 
 async def repair_sources(
-    streams: Sequence[SourcedStream], probe: "UpstreamProbe", *, interval: float = 5.0
+    streams: Sequence[SourcedStream], probe: "UpstreamProbe", *, interval: float = 5.0, soon: float = 0.25
 ) -> None:
     """While the upstream answers, kick every source of `streams` that reports an error, so it
     is retried now rather than on the server's back-off. Seen at every fleet start: a replica
     created before the bucket above existed kept failing for ~6 s after that bucket appeared,
     and the first profile change waited for it. Meant for streams with one source per name
-    (replicas): sources are picked by name."""
+    (replicas): sources are picked by name.
+
+    Checks come `soon` after this starts and after sources start failing (the bucket above
+    usually appears within a second: the first apply of a fresh fleet must not wait), then
+    less often, up to every `interval` seconds (a bucket that stays missing is kicked at that
+    rate, not in a tight loop)."""
+    backoff = Backoff(soon, cap=interval)
+    was_failing = True  # at start: the sources may not have been tried yet
     while True:
+        failing_now = False
         if probe.up:
             for stream in streams:
                 failing = await stream.failing()
                 if failing:
+                    failing_now = True
                     logger.info("kicking failing sources", stream=stream.name, sources=sorted(failing))
                     await stream.kick(lambda s, names=failing: s.name in names)  # type: ignore[misc]
-        await asyncio.sleep(interval)  # a check period
+        if failing_now and not was_failing:
+            backoff.reset()
+        was_failing = failing_now
+        await backoff.wait()  # a check period
 
 
 class SiteFollower:

@@ -70,6 +70,9 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
             await applied.ensure()
             await regions.restore()
             await daemon.bus.subscribe(subjects.regional_heartbeats(), Heartbeat, on_regional_heartbeat)
+            # Regionals that started first beat now instead of one interval from now: until the
+            # hub hears a region, it has not added that region's sources (nothing of it shows).
+            await daemon.bus.nc.publish(subjects.hub_hello(), b"")
 
         async def limits() -> None:
             await watch_limits(

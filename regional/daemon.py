@@ -122,7 +122,10 @@ async def run(settings: RegionalSettings) -> None:
         )
         daemon.on_start(provision)
         daemon.add_heartbeat(
-            subjects.regional_heartbeat(region), region=region, interval=settings.heartbeat_interval
+            subjects.regional_heartbeat(region),
+            region=region,
+            interval=settings.heartbeat_interval,
+            hello=subjects.hub_hello(),  # a hub that starts after this regional hears it at once
         )
         daemon.add_task("upstream-probe", probe.run)
         daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))

@@ -10,6 +10,7 @@ Layout (all under `fleet.`):
     fleet.edge.<region>.<edge>.outbox.inventory      a thin edge's inventory -> regional INVENTORY
     fleet.region.<region>.hb                    regional heartbeat -> hub (core NATS)
     fleet.region.<region>.enroll                edge -> its regional: enrollment (request/reply)
+    fleet.hub.hello                             hub -> regionals: heartbeat now (core NATS)
 
 Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`) or is
 its own inventory key `$KV.inventory.<region>.<edge>`, so a leaf-link permission can pin an
@@ -166,6 +167,12 @@ def region_enroll(region: str) -> str:
 def regional_heartbeats() -> str:
     """What the hub subscribes to: every regional's heartbeat."""
     return f"{PREFIX}.region.*.hb"
+
+
+def hub_hello() -> str:
+    """The hub, ready to hear regionals, asks them to heartbeat now (core NATS, empty body):
+    a regional that started first is heard at once, not one heartbeat interval later."""
+    return f"{PREFIX}.hub.hello"
 
 
 def js_api_prefix(domain: str) -> str:
