@@ -3,10 +3,12 @@ nothing was lost.
 
     .venv/bin/python -m tests.consistency --seeds 20 --steps 80     # what `make soak` runs
     .venv/bin/python -m tests.consistency --seed 1234 --steps 80     # replay one seed
+    .venv/bin/python -m tests.consistency --seed 7 --faults cut      # links only cut, no blackholes
 
 A schedule is a pure function of its seed (`make_schedule`): profile changes and overrides at
-the hub, facts changes and events at edges, cuts and heals of any leaf link, SIGKILL and restart
-of any daemon or nats-server, the hub's included, each followed by a random pause. It runs on
+the hub, facts changes and events at edges, cuts, blackholes (silent loss: nothing passes, no
+reset) and heals of any leaf link, SIGKILL and restart of any daemon or nats-server, the hub's
+included, each followed by a random pause. It runs on
 a fleet of 1 hub, 2 regionals and 4 edges (real processes, a TCP proxy on every leaf link).
 Afterwards every link is healed and every process restarted, and `check` must hold within
 `converge_timeout`:
@@ -63,7 +65,7 @@ FLEET_SETTINGS: dict[Tier, dict[str, object]] = {
 class Step:
     """One action of a schedule, then a pause of `pause` seconds."""
 
-    action: str  # profile | override | unoverride | facts | event | cut | heal | kill | restart
+    action: str  # profile | override | unoverride | facts | event | cut | blackhole | heal | kill | restart
     site: str = ""
     arg: str = ""  # a version, "server"/"daemon"/"both", a count, a facts value
     pause: float = 0.0
@@ -88,11 +90,14 @@ def fleet_shape(plan: FleetPlan) -> FleetShape:
     )
 
 
-def make_schedule(seed: int, steps: int, shape: FleetShape) -> list[Step]:
+def make_schedule(seed: int, steps: int, shape: FleetShape, *, blackholes: bool = True) -> list[Step]:
     """`steps` random steps for `shape`, the same for the same seed. At most two faults are
     open at a time (more would leave too little of the fleet to exercise); the hub is only
-    written to while its server runs, and events are only stored at edges whose server runs."""
+    written to while its server runs, and events are only stored at edges whose server runs.
+    With `blackholes`, half the link failures are silent; which ones is drawn from a second
+    generator, so a seed's schedule is otherwise the same with or without them."""
     rng = random.Random(seed)
+    silent = random.Random(f"blackhole-{seed}")
     cut: set[str] = set()
     down: dict[str, str] = {}  # site -> which of its processes: server | daemon | both
     schedule: list[Step] = []
@@ -124,7 +129,8 @@ def make_schedule(seed: int, steps: int, shape: FleetShape) -> list[Step]:
         elif action == "cut":
             site = rng.choice([s for s in shape.uplinks if s not in cut])
             cut.add(site)
-            step = Step(action, site, "", pause)
+            quiet = silent.random() < 0.5  # drawn for every cut, so the choice stays per cut
+            step = Step("blackhole" if blackholes and quiet else "cut", site, "", pause)
         elif action == "heal":
             site = rng.choice(sorted(cut))
             cut.discard(site)
@@ -199,14 +205,17 @@ class Runner:
                 event_id = await emit_event(site.server.client_url, site.region, site.name, data={"i": i})
                 if event_id is not None:
                     self.outcome.acked.setdefault(site.name, set()).add(event_id)
-        elif step.action in ("cut", "heal"):
-            link = fleet.link(step.site)
-            link.cut() if step.action == "cut" else link.heal()
+        elif step.action == "cut":
+            fleet.link(step.site).cut()
+        elif step.action == "blackhole":
+            fleet.link(step.site).blackhole()
+        elif step.action == "heal":
+            fleet.link(step.site).heal()
         elif step.action == "kill":
             await fleet.kill(step.site, server=step.arg != "daemon", daemon=step.arg != "server")
         elif step.action == "restart":
             await fleet.restart(step.site, server=step.arg != "daemon", daemon=step.arg != "server")
-        if step.action in ("cut", "kill"):
+        if step.action in ("cut", "blackhole", "kill"):
             self.outcome.faults += 1
 
     async def heal_everything(self) -> None:
@@ -261,11 +270,17 @@ async def check(fleet: DevFleet, client: FleetClient, outcome: Outcome) -> list[
 
 
 async def run_seed(
-    seed: int, steps: int, workdir: Path, *, converge_timeout: float = 120.0, progress: Any = print
+    seed: int,
+    steps: int,
+    workdir: Path,
+    *,
+    converge_timeout: float = 120.0,
+    progress: Any = print,
+    blackholes: bool = True,
 ) -> Outcome:
     ports = iter(free_ports(ports_needed(REGIONS, EDGES_PER_REGION, mqtt=False, links=True)))
     plan = plan_fleet(workdir / f"seed-{seed}", REGIONS, EDGES_PER_REGION, ports, links=True)
-    outcome = Outcome(seed, make_schedule(seed, steps, fleet_shape(plan)))
+    outcome = Outcome(seed, make_schedule(seed, steps, fleet_shape(plan), blackholes=blackholes))
     fleet = DevFleet(plan, heartbeat_interval=1.0, progress=lambda _l: None, settings=FLEET_SETTINGS)
     await fleet.start()
     try:
@@ -319,16 +334,23 @@ async def main() -> int:
     parser.add_argument("--steps", type=int, default=80, help="steps per schedule")
     parser.add_argument("--converge-timeout", type=float, default=180.0)
     parser.add_argument("--print-schedule", action="store_true", help="print the schedule and exit")
+    parser.add_argument(
+        "--faults", choices=("cut", "cut,blackhole"), default="cut,blackhole", help="how links fail"
+    )
     args = parser.parse_args()
     log.configure(level="error")  # the suite's own client retrying while the hub is down is expected
     failed = []
+    blackholes = "blackhole" in args.faults
     with tempfile.TemporaryDirectory(prefix="fleetbus-soak-") as tmp:
         for seed in seeds_from(args):
             if args.print_schedule:
                 plan = plan_fleet(Path(tmp), REGIONS, EDGES_PER_REGION, iter(range(20000, 21000)), links=True)
-                print("\n".join(str(s) for s in make_schedule(seed, args.steps, fleet_shape(plan))))
+                schedule = make_schedule(seed, args.steps, fleet_shape(plan), blackholes=blackholes)
+                print("\n".join(str(s) for s in schedule))
                 continue
-            outcome = await run_seed(seed, args.steps, Path(tmp), converge_timeout=args.converge_timeout)
+            outcome = await run_seed(
+                seed, args.steps, Path(tmp), converge_timeout=args.converge_timeout, blackholes=blackholes
+            )
             if not outcome.ok:
                 failed.append(outcome)
                 print(outcome.replay_text(), flush=True)
