@@ -77,6 +77,13 @@ class Run:
 
     async def cycle(self, tier: str, link_site: str, edges: list[tuple[str, str]], cut_s: float) -> None:
         link = self.fleet.link(link_site)
+        names = {edge for _, edge in edges}
+
+        async def online() -> bool:  # after a heal, presence returns with the next heartbeat
+            shown = {p.edge: p.state for p in await self.client.presence()}
+            return all(shown.get(edge) == PresenceState.ONLINE for edge in names)
+
+        await eventually(online, timeout=self.timeout, what=f"{sorted(names)} online before the fault")
         link.cut() if self.fault == "cut" else link.blackhole()
         began = time.monotonic()
         noticing = asyncio.create_task(self.notice(edges, began))

@@ -42,7 +42,8 @@ class ServerSpec(BaseModel):
     # How a silent link loss (packets vanish, sockets stay open) is noticed: the server pings
     # a quiet leaf (and client) connection every `ping_interval` and closes it once `ping_max`
     # pings go unanswered. nats-server's defaults (2m x 2) take up to 6 minutes; these take
-    # 15-20 s, for a PING/PONG pair of ~12 bytes every 5 s on an idle link.
+    # 20-25 s (measured: tests/test_blackhole.py), for a PING/PONG pair of ~12 bytes every 5 s
+    # on an idle link.
     ping_interval: str = "5s"
     ping_max: int = Field(default=3, ge=1)
     # Time between a leaf remote's reconnect attempts once its link is lost.
