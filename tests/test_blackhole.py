@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def leaf_count(http_port: int) -> int:
     """Leaf connections a server holds, from its own monitoring endpoint."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/leafz", timeout=5) as reply:  # noqa: S310
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/leafz", timeout=5) as reply:
         return int(json.load(reply)["leafnodes"])
 
 
