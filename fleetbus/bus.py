@@ -5,6 +5,9 @@ dropped (DESIGN §4), so one bad publisher cannot crash a daemon.
 """
 
 import asyncio
+import contextlib
+import math
+import socket
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,7 +21,7 @@ from nats.js.api import PubAck
 
 from fleetbus import log
 from fleetbus.backoff import Backoff
-from fleetbus.errors import DecodeError, TemporaryError
+from fleetbus.errors import DecodeError, ServerUnreachableError, TemporaryError
 from fleetbus.metrics import DaemonMetrics
 from schemas.base import Message, utcnow
 from schemas.event import Event
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
-__all__ = ["Bus", "Msg", "connect", "persist"]
+__all__ = ["Bus", "Msg", "connect", "connect_within", "persist"]
 
 logger = log.get_logger(__name__)
 
@@ -38,14 +41,28 @@ logger = log.get_logger(__name__)
 class Bus:
     """A connection to the site's own nats-server, with typed publish and subscribe."""
 
-    def __init__(self, nc: Client, *, url: str, source: str, metrics: DaemonMetrics | None = None) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        url: str,
+        source: str,
+        metrics: DaemonMetrics | None = None,
+        quiet: bool = False,
+    ) -> None:
         self.nc = nc
         self.url = url
         self.js: JetStreamContext = nc.jetstream()
         self.source = source
         self.metrics = metrics
         self.changed_at: datetime | None = None  # when `connected` last changed
+        self.last_error: Exception | None = None  # the last connection error nats-py reported
+        # A short-lived client reports one error line itself: its connection events are not
+        # logged (nats-py retries twice a second, and each retry would be a warning).
+        self._quiet = quiet
         self._closing = False
+        # Called each time the connection is back after a loss (the server may have restarted).
+        self.reconnect_listeners: list[Callable[[], None]] = []
 
     @property
     def connected(self) -> bool:
@@ -124,25 +141,30 @@ class Bus:
         try:
             await asyncio.wait_for(self.nc.drain(), timeout)
         except (TimeoutError, nats.errors.Error):
-            await self.nc.close()
+            # Nothing to drain into: the server is gone (or going) while we close.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
 
     # nats-py connection callbacks
 
     async def _on_error(self, exc: Exception) -> None:
-        logger.warning("nats error", error=str(exc) or type(exc).__name__)
+        self.last_error = exc
+        if not self._quiet:
+            logger.warning("nats error", error=str(exc) or type(exc).__name__)
 
     async def _on_disconnected(self) -> None:
         self.changed_at = utcnow()
         if self.metrics:
             self.metrics.nats_connected.set(0)
-        if not self._closing:
+        if not self._closing and not self._quiet:
             logger.warning("disconnected from nats-server", url=self.url)
 
     async def _on_reconnected(self) -> None:
         self.changed_at = utcnow()
         if self.metrics:
             self.metrics.nats_connected.set(1)
-        logger.info("reconnected to nats-server", url=self.url)
+        if not self._quiet:
+            logger.info("reconnected to nats-server", url=self.url)
 
 
 async def persist(write: Callable[[], Awaitable[T]], *, what: str) -> T:
@@ -207,3 +229,54 @@ async def connect(
         if metrics:
             metrics.nats_connected.set(1)
         return bus
+
+
+RECONNECT_WAIT = 0.5  # seconds between a client's connection attempts
+FIRST_CONNECT_TRIES = 3  # a server restarting gets about a second before a client gives up
+
+
+async def connect_within(url: str, *, name: str, source: str, timeout: float) -> Bus:
+    """Connect a short-lived client (the CLI, scripts) to `url`, or raise
+    `ServerUnreachableError` within `timeout` seconds; never wait forever.
+
+    A refused connection is tried `FIRST_CONNECT_TRIES` times (about a second); a server
+    that accepts but never answers is given the whole `timeout`. Once connected, a lost
+    connection is retried for about `timeout` seconds, then closed: whatever waits on it
+    then fails instead of hanging.
+    """
+    bus = Bus(Client(), url=url, source=source, quiet=True)
+    try:
+        await asyncio.wait_for(
+            bus.nc.connect(
+                url,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=FIRST_CONNECT_TRIES - 1,
+                reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]  # used as seconds
+                connect_timeout=math.ceil(timeout),
+                error_cb=bus._on_error,
+                disconnected_cb=bus._on_disconnected,
+                reconnected_cb=bus._on_reconnected,
+            ),
+            timeout,
+        )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        await bus.nc.close()  # stop whatever nats-py left retrying
+        raise ServerUnreachableError(url, _unreachable_reason(bus.last_error or exc, timeout)) from exc
+    # nats-py reads this before each reconnect: from now on a lost server gets the deadline.
+    bus.nc.options["max_reconnect_attempts"] = max(1, math.ceil(timeout / RECONNECT_WAIT))
+    bus.changed_at = utcnow()
+    return bus
+
+
+def _unreachable_reason(exc: BaseException, timeout: float) -> str:
+    """What went wrong, in the words of someone who typed the URL."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, TimeoutError | NoServersError):
+        return f"no nats-server answered within {timeout:g} s"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__

@@ -1,7 +1,10 @@
 """The `fleetbus` command line.
 
-User errors (bad settings, a missing binary, a taken port, an unwritable directory) print
-one clear message and exit 2, without a traceback; `--debug` (or FLEETBUS_DEBUG=1) shows it.
+Errors print one clear line, without a traceback (`--debug` or FLEETBUS_DEBUG=1 shows it),
+and exit with a documented code (docs/operations.md): 2 for what the user gave (bad
+settings or input, a missing binary, a taken port, an unwritable directory), 3 when the hub
+(or an edge) cannot be reached within the deadline (`--timeout`, default 5 s): a retry may
+work.
 """
 
 import asyncio
@@ -16,19 +19,20 @@ import typer
 from rich.table import Table
 
 from fleetbus import cli_device, cli_fleet, cli_sim, cli_view
-from fleetbus.client import FleetClient
+from fleetbus.client import DEFAULT_TIMEOUT, TIMEOUT_ENV, FleetClient
 from fleetbus.clikit import HubUrl, StateDir, check_range, err, out
 from fleetbus.compose import write_compose
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.devfleet import status as fleet_status
 from fleetbus.devfleet.supervisor import DevFleet, run_foreground
-from fleetbus.errors import ConfigError, FleetbusError
+from fleetbus.errors import ConfigError, FleetbusError, TemporaryError
 from fleetbus.netutil import free_ports
 from fleetbus.servers import find_binary
 from schemas.export import write_json_schemas
 
 EXIT_USER_ERROR = 2
+EXIT_UNREACHABLE = 3
 
 app = typer.Typer(
     help="Manage fleets of edge sites over NATS JetStream.",
@@ -57,9 +61,24 @@ app.add_typer(cli_device.device_app, name="device")
 
 
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            envvar=TIMEOUT_ENV,
+            help=f"Seconds to reach the hub, and for each request to it (default {DEFAULT_TIMEOUT:g}).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
     if debug:
         os.environ["FLEETBUS_DEBUG"] = "1"
+    if timeout is not None:
+        check_range(f"--timeout (env {TIMEOUT_ENV})", timeout, 0.1, 3600)
+        # Commands reach the hub through `FleetClient`, which reads it from the environment.
+        os.environ[TIMEOUT_ENV] = str(timeout)
 
 
 @schema_app.command("export")
@@ -325,6 +344,7 @@ def info(hub: HubUrl = None, state_dir: StateDir = None) -> None:
     async def fetch() -> None:
         async with await FleetClient.connect(hub, state_dir=state_dir) as fleet:
             hub_info = await fleet.hub_info()
+        # Printed after `async with`: a hub lost mid-command raises there, not half a report.
         out.print(
             f"hub {hub_info.url}: JetStream domain {hub_info.domain!r}, "
             f"{hub_info.streams} stream(s), {hub_info.storage_bytes} bytes stored"
@@ -374,6 +394,6 @@ def main() -> None:
         if os.environ.get("FLEETBUS_DEBUG"):
             raise
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(EXIT_UNREACHABLE if isinstance(exc, TemporaryError) else EXIT_USER_ERROR)
     except KeyboardInterrupt:
         sys.exit(130)

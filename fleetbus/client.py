@@ -17,10 +17,16 @@ Dashboards read the fleet as streams that first yield the current state, then ea
     async for event in fleet.watch_events(kinds=["apply_result"]):   # Event
 
 Each is an async generator: leave the loop (or `aclose()` it) to stop its consumer.
+
+Nothing waits forever: `connect()` raises `HubUnreachableError` within `timeout` seconds
+(default $FLEETBUS_TIMEOUT, else 5), every JetStream request has the same deadline, and a
+hub lost for that long closes the connection; leaving `async with` then raises
+`HubUnreachableError` instead of returning what was half read.
 """
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass
@@ -29,8 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -38,11 +44,17 @@ from pydantic import JsonValue
 
 from fleetbus import kvwatch, log
 from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore
-from fleetbus.bus import Bus, connect
+from fleetbus.bus import Bus, connect_within
 from fleetbus.compliance import EdgeCompliance, assess
 from fleetbus.desired import DesiredState, compute, edge_groups
 from fleetbus.devfleet.state import default_state_dir, running_fleet
-from fleetbus.errors import ConfigError, DecodeError, EdgeUnreachableError
+from fleetbus.errors import (
+    ConfigError,
+    DecodeError,
+    EdgeUnreachableError,
+    HubUnreachableError,
+    ServerUnreachableError,
+)
 from fleetbus.kvwatch import KvRecord
 from fleetbus.views import EdgePresence, EdgeStatus, edge_presence, fleet_status
 from schemas import subjects
@@ -58,6 +70,24 @@ from schemas.subjects import HUB_DOMAIN
 logger = log.get_logger(__name__)
 
 HUB_URL_ENV = "FLEETBUS_HUB_URL"
+TIMEOUT_ENV = "FLEETBUS_TIMEOUT"
+DEFAULT_TIMEOUT = 5.0
+
+
+def resolve_timeout(timeout: float | None = None) -> float:
+    """`timeout`, else $FLEETBUS_TIMEOUT, else 5 seconds."""
+    text = str(timeout) if timeout is not None else os.environ.get(TIMEOUT_ENV)
+    if text is None:
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        source = "timeout" if timeout is not None else TIMEOUT_ENV
+        msg = f"{source} must be a number of seconds > 0, got {text!r}"
+        raise ConfigError(msg)
+    return value
 
 
 def resolve_hub_url(hub: str | None = None, state_dir: Path | None = None) -> str:
@@ -89,20 +119,27 @@ class HubInfo:
 class FleetClient:
     """A connection to the hub's nats-server, speaking fleetbus."""
 
-    def __init__(self, bus: Bus, url: str) -> None:
+    def __init__(self, bus: Bus, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.bus = bus
         self.url = url
-        js = bus.jetstream(HUB_DOMAIN)
+        self.timeout = timeout
+        js = bus.jetstream(HUB_DOMAIN, timeout=timeout)
         self.profiles = ProfileStore(js)
         self.overrides = OverrideStore(js)
 
     @classmethod
     async def connect(
-        cls, hub: str | None = None, *, state_dir: Path | None = None, attempts: int = 3
+        cls, hub: str | None = None, *, state_dir: Path | None = None, timeout: float | None = None
     ) -> "FleetClient":
+        """Connect to the hub (`hub`, $FLEETBUS_HUB_URL or the running dev fleet's) within
+        `timeout` seconds ($FLEETBUS_TIMEOUT, else 5), else `HubUnreachableError`."""
         url = resolve_hub_url(hub, state_dir)
-        bus = await connect(url, name="fleetbus-client", source="/fleet/client", attempts=attempts)
-        return cls(bus, url)
+        seconds = resolve_timeout(timeout)
+        try:
+            bus = await connect_within(url, name="fleetbus-client", source="/fleet/client", timeout=seconds)
+        except ServerUnreachableError as exc:
+            raise HubUnreachableError(url, exc.reason) from exc
+        return cls(bus, url, timeout=seconds)
 
     async def __aenter__(self) -> Self:
         return self
@@ -110,13 +147,28 @@ class FleetClient:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        lost = self.bus.nc.is_closed  # nats-py gave up reconnecting: what was read may be partial
         await self.close()
+        if isinstance(exc, ConnectionClosedError | NoRespondersError | TimeoutError) or (
+            lost and exc is None
+        ):
+            raise self._lost(exc) from exc
+
+    def _lost(self, exc: BaseException | None) -> HubUnreachableError:
+        if isinstance(exc, NoRespondersError):
+            reason = "its JetStream (domain 'hub') does not answer"
+        elif isinstance(exc, TimeoutError):
+            reason = f"no answer within {self.timeout:g} s"
+        else:
+            error = self.bus.last_error
+            reason = "the connection was lost" + (f" ({error})" if error else "")
+        return HubUnreachableError(self.url, reason)
 
     async def close(self) -> None:
-        await self.bus.close()
+        await self.bus.close(timeout=self.timeout)
 
     async def hub_info(self) -> HubInfo:
-        js = self.bus.jetstream(HUB_DOMAIN)
+        js = self._js
         account = await js.account_info()
         names = await js.streams_info()
         buckets = tuple(
@@ -193,7 +245,7 @@ class FleetClient:
 
     @property
     def _js(self) -> JetStreamContext:
-        return self.bus.jetstream(HUB_DOMAIN)
+        return self.bus.jetstream(HUB_DOMAIN, timeout=self.timeout)
 
     @staticmethod
     def _snapshot(record: KvRecord) -> InventorySnapshot | None:
@@ -341,7 +393,8 @@ class FleetClient:
                     getter.cancel()
                     for task in done:
                         task.result()  # a pump failed: raise its error here
-                    continue
+                    # A pump ends without error only when nats-py closed the connection.
+                    raise self._lost(None)
                 take(*getter.result())
                 for row in updates():
                     yield row

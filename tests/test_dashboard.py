@@ -232,7 +232,7 @@ async def test_the_view_keeps_following_after_the_hubs_server_restarts(fleet):
     await all_online_and_converged(fleet)
     await fleet.kill("hub", daemon=False)
     await fleet.restart("hub", daemon=False)
-    async with await FleetClient.connect(fleet.plan.site("hub").server.client_url, attempts=20) as client:
+    async with await FleetClient.connect(fleet.plan.site("hub").server.client_url, timeout=20) as client:
         profile = Profile.model_validate(
             {
                 "name": "after-restart",

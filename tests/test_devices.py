@@ -181,14 +181,14 @@ async def test_devices_on_the_edge_mqtt_listener_reach_the_hub_and_take_commands
             lambda: device_record(client, "sensor-1", online=False), timeout=20, what="the device offline"
         )
 
-        # An edge that cannot answer: a clear error, exit 2, nothing queued.
+        # An edge that cannot answer: a clear error, exit 3 (unreachable), nothing queued.
         fleet.link("r1-e1").cut()
         with pytest.raises(EdgeUnreachableError, match="did not answer within 1 s"):
             await client.send_device_command(EDGE, "sensor-1", {"reboot": True}, timeout=1)
         result = await arun_cli(
             "device", "send", EDGE, "sensor-1", "-f", str(payload), "--hub", hub_url, "--timeout", "1"
         )
-        assert result.returncode == 2
+        assert result.returncode == 3
         assert "did not answer within 1 s: it is offline or its link is down" in result.stderr
 
 
