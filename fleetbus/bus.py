@@ -61,6 +61,7 @@ class Bus:
         # logged (nats-py retries twice a second, and each retry would be a warning).
         self._quiet = quiet
         self._closing = False
+        self._resuming: set[asyncio.Task[None]] = set()  # see `_resume_ordered_consumers`
         # Called each time the connection is back after a loss (the server may have restarted).
         self.reconnect_listeners: list[Callable[[], None]] = []
 
@@ -135,6 +136,8 @@ class Bus:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Drain (flush what is pending, finish handlers) within `timeout`, then close."""
+        for task in self._resuming:
+            task.cancel()
         if self.nc.is_closed:
             return
         self._closing = True
@@ -165,6 +168,35 @@ class Bus:
             self.metrics.nats_connected.set(1)
         if not self._quiet:
             logger.info("reconnected to nats-server", url=self.url)
+        self._resume_ordered_consumers()
+        for listener in self.reconnect_listeners:
+            listener()
+
+    def _resume_ordered_consumers(self) -> None:
+        """Recreate every ordered consumer (KV watches, stream readers) of this connection now.
+
+        When a daemon's own server restarts, its ephemeral consumers are gone; nats-py notices
+        only after two idle heartbeats go missing (10-20 s), and until then a watch hears
+        nothing: an edge applied a profile change 13.7 s after its server came back (soak
+        seed 7). Resuming from the last sequence each one delivered loses and repeats
+        nothing, as nats-py's own reset does; it waits until JetStream answers again."""
+        for sub in list(self.nc._subs.values()):  # nats-py keeps no public list
+            jsi = sub._jsi
+            if jsi is not None and jsi._ordered:
+                task = asyncio.create_task(self._resume(jsi))
+                self._resuming.add(task)
+                task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, jsi: Any) -> None:
+        backoff = Backoff(0.05, cap=1.0)
+        for _ in range(50):  # a restarted server recovers its streams within seconds
+            try:
+                await self.js.account_info()
+                break
+            except (nats.errors.Error, TimeoutError):
+                await backoff.wait()
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await jsi.reset_ordered_consumer(jsi._sseq + 1)
 
 
 async def persist(write: Callable[[], Awaitable[T]], *, what: str) -> T:

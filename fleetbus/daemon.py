@@ -136,7 +136,15 @@ class Daemon:
             await self.http.stop()  # __aexit__ does not run when __aenter__ fails
             raise
         logger.info("daemon connected", url=self.settings.nats_url, http_port=self.http.port)
+        if self.settings.heal_acceleration:
+            self._bus.reconnect_listeners.append(self._own_server_back)
         return self
+
+    def _own_server_back(self) -> None:
+        """This site's server may have restarted, and with it every consumer that the tier
+        above sources this site's streams through: have it kick them now, not after its own
+        retry back-off (~10 s; a restart shorter than a probe period was seen to wait that)."""
+        self.uplink_returned()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
