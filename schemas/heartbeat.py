@@ -27,7 +27,6 @@ class Heartbeat(Message):
     sent_at: datetime
     interval_seconds: float = Field(gt=0)
     uptime_seconds: float = Field(ge=0)
-    applied_hash: str | None = None
     uplink_returns: int = Field(
         default=0,
         ge=0,

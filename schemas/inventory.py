@@ -107,7 +107,13 @@ class InventorySnapshot(Message):
     edge: SiteId
     seq: int = Field(ge=0)
     observed_at: datetime
-    received_at: datetime | None = Field(default=None, description="Set by the hub.")
+    received_at: datetime | None = Field(
+        default=None,
+        description=(
+            "Never sent: null in every stored snapshot. Readers at the hub (FleetClient, the "
+            "dashboard's API) fill it in from the time the hub's `inventory` bucket stored it."
+        ),
+    )
     labels: dict[Name, str] = Field(default_factory=dict)
     host: HostFacts = Field(default_factory=HostFacts)
     applied: AppliedState | None = None

@@ -144,7 +144,6 @@ heartbeats = st.builds(
     sent_at=times,
     interval_seconds=st.floats(min_value=0.001, max_value=3600),
     uptime_seconds=floats,
-    applied_hash=st.none() | st.text(max_size=64),
 )
 presences = st.builds(
     PresenceChange,
