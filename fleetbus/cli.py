@@ -18,9 +18,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from fleetbus import cli_device, cli_fleet, cli_sim, cli_view
+from fleetbus import cli_device, cli_fleet, cli_sim, cli_sites, cli_view
 from fleetbus.client import DEFAULT_TIMEOUT, TIMEOUT_ENV, FleetClient
-from fleetbus.clikit import HubUrl, StateDir, check_range, err, out
+from fleetbus.clikit import Fresh, HubUrl, StateDir, check_range, err, out, start_fresh
 from fleetbus.compose import write_compose
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
@@ -58,6 +58,8 @@ app.command("status")(cli_view.status)
 app.add_typer(cli_view.watch_app, name="watch")
 app.command("sim")(cli_sim.sim)
 app.add_typer(cli_device.device_app, name="device")
+app.add_typer(cli_sites.edge_app, name="edge")
+app.add_typer(cli_sites.region_app, name="region")
 
 
 @app.callback()
@@ -107,6 +109,7 @@ def dev_up(
     ] = None,
     heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat period, seconds.")] = 5.0,
     mqtt: Annotated[bool, typer.Option(help="Give every edge an MQTT listener for its devices.")] = True,
+    fresh: Fresh = False,
 ) -> None:
     """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
     check_range("--regions", regions, 1, 50)
@@ -116,6 +119,8 @@ def dev_up(
     find_binary()  # fail now, with the install hint, not after half a fleet started
     directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
     fleet_state.refuse_if_running(directory)
+    if fresh:
+        start_fresh(directory)
     count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt, links=True)
     if base_port is not None:
         check_range("--base-port", base_port, 1024, 65535 - count)
@@ -354,8 +359,16 @@ def info(hub: HubUrl = None, state_dir: StateDir = None) -> None:
     asyncio.run(fetch())
 
 
+run_app = typer.Typer(
+    help="Run a daemon in this process (as a container entry point does); `--help` after the "
+    "role lists its flags.",
+    no_args_is_help=True,
+)
+app.add_typer(run_app, name="run")
+
+
 def _daemon_command(role: str) -> None:
-    """`fleetbus hub|regional|edge [FLAGS]`: run that daemon (`python -m <role>`) in this process."""
+    """`fleetbus run hub|regional|edge [FLAGS]`: run that daemon (`python -m <role>`) here."""
 
     def command(ctx: typer.Context) -> None:
         # exec, not import: the daemons sit above this package, and the process becomes the
@@ -363,7 +376,7 @@ def _daemon_command(role: str) -> None:
         os.execv(sys.executable, [sys.executable, "-m", role, *ctx.args])  # noqa: S606
 
     command.__doc__ = f"Run the {role} daemon; every setting is a flag (--help lists them)."
-    app.command(
+    run_app.command(
         role,
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
     )(command)

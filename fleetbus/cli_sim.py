@@ -3,18 +3,20 @@
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
 
 from fleetbus.client import FleetClient
-from fleetbus.clikit import StateDir, check_range, out
+from fleetbus.clikit import Fresh, StateDir, check_range, out, start_fresh
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.devfleet.hollow import plan_hollow
 from fleetbus.devfleet.supervisor import DevFleet, run_foreground
 from fleetbus.netutil import free_ports
 from fleetbus.servers import find_binary
+from fleetbus.views import EdgePresence
 from schemas.presence import PresenceState
 
 PROGRESS_PERIOD = 5.0  # s between "edges online" lines while the fleet fills up
@@ -29,6 +31,7 @@ def sim(
         int, typer.Option(help="Hollow edges sharing one NATS connection.")
     ] = 100,
     start_rate: Annotated[float, typer.Option(help="Hollow edges started per second, per region.")] = 200.0,
+    fresh: Fresh = False,
 ) -> None:
     """Run a hub, regionals and hollow edges (thin clients of the regionals doing every
     edge's real per-edge work, no workloads) until Ctrl-C; `fleetbus status` and the
@@ -41,6 +44,8 @@ def sim(
     find_binary()
     directory = fleet_state.ensure_writable(state_dir or fleet_state.default_state_dir())
     fleet_state.refuse_if_running(directory)
+    if fresh:
+        start_fresh(directory)
     ports = iter(free_ports(fleet_plan.ports_needed(regions, 0, mqtt=False, links=True) + regions))
     plan = fleet_plan.plan_fleet(directory, regions, 0, ports, links=True)
     hollow = plan_hollow(plan, edges, ports)
@@ -52,10 +57,10 @@ def sim(
         hollow=hollow,
         hollow_settings={"edges_per_connection": edges_per_connection, "start_rate": start_rate},
     )
-    asyncio.run(_run(fleet, edges))
+    asyncio.run(_run(fleet))
 
 
-async def _run(fleet: DevFleet, edges: int) -> None:
+async def _run(fleet: DevFleet) -> None:
     hub_url = fleet.plan.site("hub").server.client_url
     ready = asyncio.Event()
 
@@ -71,7 +76,8 @@ async def _run(fleet: DevFleet, edges: int) -> None:
         out.print("Ctrl-C (or `fleetbus dev down`) stops everything")
         ready.set()
 
-    counting = asyncio.create_task(_count_online(hub_url, edges, ready))
+    own = {(plan.region, edge) for plan in fleet.hollow_plan for edge in plan.edge_ids}
+    counting = asyncio.create_task(_count_online(hub_url, own, ready))
     try:
         await run_foreground(fleet, on_ready)
     finally:
@@ -80,14 +86,22 @@ async def _run(fleet: DevFleet, edges: int) -> None:
             await counting
 
 
-async def _count_online(hub_url: str, edges: int, ready: asyncio.Event) -> None:
-    """Say how many edges the hub sees online until all are (progress, not a gate)."""
+def online_of(presence: Iterable[EdgePresence], own: set[tuple[str, str]]) -> int:
+    """How many of `own` (region, edge) are online: edges of an earlier fleet in the same
+    state dir do not count."""
+    return sum(p.state is PresenceState.ONLINE and (p.region, p.edge) in own for p in presence)
+
+
+async def _count_online(hub_url: str, own: set[tuple[str, str]], ready: asyncio.Event) -> None:
+    """Say how many of this simulation's edges the hub sees online until all are (progress,
+    not a gate)."""
     await ready.wait()
     began = time.monotonic()
     async with await FleetClient.connect(hub_url) as client:
         while True:
-            online = sum(p.state is PresenceState.ONLINE for p in await client.presence())
-            out.print(f"  hub sees {online}/{edges} hollow edges online ({time.monotonic() - began:.0f}s)")
-            if online >= edges:
+            online = online_of(await client.presence(), own)
+            took = time.monotonic() - began
+            out.print(f"  hub sees {online}/{len(own)} hollow edges online ({took:.0f}s)")
+            if online >= len(own):
                 return
             await asyncio.sleep(PROGRESS_PERIOD)  # a progress report period

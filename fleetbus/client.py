@@ -29,7 +29,7 @@ import contextlib
 import math
 import os
 from collections.abc import AsyncGenerator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -40,9 +40,10 @@ from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 from pydantic import JsonValue
 
-from fleetbus import kvwatch, log
+from fleetbus import forget, kvwatch, log
 from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore
 from fleetbus.bus import Bus, connect_within
 from fleetbus.compliance import EdgeCompliance, assess
@@ -53,8 +54,10 @@ from fleetbus.errors import (
     DecodeError,
     EdgeUnreachableError,
     HubUnreachableError,
+    RefusedError,
     ServerUnreachableError,
 )
+from fleetbus.forget import ForgetResult
 from fleetbus.kvwatch import KvRecord
 from fleetbus.views import EdgePresence, EdgeStatus, edge_presence, fleet_status
 from schemas import subjects
@@ -64,7 +67,7 @@ from schemas.device import DeviceCommand, DeviceCommandReply
 from schemas.event import Event
 from schemas.headers import open_envelope
 from schemas.inventory import InventorySnapshot
-from schemas.presence import PresenceChange
+from schemas.presence import PresenceChange, PresenceState
 from schemas.subjects import HUB_DOMAIN
 
 logger = log.get_logger(__name__)
@@ -72,6 +75,9 @@ logger = log.get_logger(__name__)
 HUB_URL_ENV = "FLEETBUS_HUB_URL"
 TIMEOUT_ENV = "FLEETBUS_TIMEOUT"
 DEFAULT_TIMEOUT = 5.0
+# Failures that mean the hub stopped answering mid-command (nats-py's JetStream API turns "no
+# responders" into ServiceUnavailableError): `async with` ends in `HubUnreachableError`.
+HUB_UNANSWERED = (ConnectionClosedError, NoRespondersError, ServiceUnavailableError, TimeoutError)
 
 
 def resolve_timeout(timeout: float | None = None) -> float:
@@ -149,13 +155,11 @@ class FleetClient:
     ) -> None:
         lost = self.bus.nc.is_closed  # nats-py gave up reconnecting: what was read may be partial
         await self.close()
-        if isinstance(exc, ConnectionClosedError | NoRespondersError | TimeoutError) or (
-            lost and exc is None
-        ):
+        if isinstance(exc, HUB_UNANSWERED) or (lost and exc is None):
             raise self._lost(exc) from exc
 
     def _lost(self, exc: BaseException | None) -> HubUnreachableError:
-        if isinstance(exc, NoRespondersError):
+        if isinstance(exc, NoRespondersError | ServiceUnavailableError):
             reason = "its JetStream (domain 'hub') does not answer"
         elif isinstance(exc, TimeoutError):
             reason = f"no answer within {self.timeout:g} s"
@@ -435,6 +439,55 @@ class FleetClient:
         finally:
             with contextlib.suppress(NatsError):
                 await sub.unsubscribe()
+
+    # Forgetting edges and regions that are gone for good (see `fleetbus.forget`).
+
+    async def forget_edge(self, edge: str, *, region: str | None = None, force: bool = False) -> ForgetResult:
+        """Delete `edge`'s presence, inventory, last apply report and enrollment, at the hub
+        and at its regional. `RefusedError` while it is online (unless `force`: a running
+        edge comes back when it enrolls again); `NotFoundError` if no record names it."""
+        check_token(edge)
+        known = await forget.known_edges(self._js, region or "*", edge)
+        regions = sorted({r for r, _ in known} | ({region} if region else set()))
+        if not regions:
+            msg = f"the hub has no record of edge {edge!r}; `fleetbus status` lists the edges it knows"
+            raise NotFoundError(msg)
+        if len(regions) > 1:
+            msg = f"edge {edge!r} has records in regions {', '.join(regions)}; pass --region to choose one"
+            raise ConfigError(msg)
+        home = regions[0]
+        if not force:
+            shown = [p for p in await self.presence() if p.edge == edge and p.region == home]
+            if shown and shown[0].state is PresenceState.ONLINE:
+                msg = (
+                    f"edge {edge!r} (region {home}) is online: stop it first, or pass --force "
+                    "(a running edge comes back as soon as it enrolls again)"
+                )
+                raise RefusedError(msg)
+        return await forget.forget_edges(
+            self._js, self.bus.jetstream(home, timeout=self.timeout), home, [edge]
+        )
+
+    async def forget_region(self, region: str, *, force: bool = False) -> ForgetResult:
+        """Forget every edge of `region` (as `forget_edge`) and the hub's record of the
+        regional. `RefusedError` while the hub hears the regional, unless `force`."""
+        check_token(region)
+        record = next((r for r in await self.regions() if r.region == region), None)
+        if record is not None and record.state is PresenceState.ONLINE and not force:
+            msg = (
+                f"region {region!r} is online: its regional would report it again at once; "
+                "stop it first, or pass --force"
+            )
+            raise RefusedError(msg)
+        regional = self.bus.jetstream(region, timeout=self.timeout)
+        edges = {e for _, e in await forget.known_edges(self._js, region)}
+        enrolled = await forget.enrolled_edges(regional, region)
+        if record is None and not edges and not enrolled:
+            msg = f"the hub has no record of region {region!r}; `fleetbus status` lists the regions it knows"
+            raise NotFoundError(msg)
+        result = await forget.forget_edges(self._js, regional, region, edges | (enrolled or set()))
+        await forget.forget_region_record(self._js, region)
+        return replace(result, regional_answered=result.regional_answered and enrolled is not None)
 
     async def status(self, *, now: datetime | None = None) -> list[EdgeStatus]:
         """One row per edge: presence, compliance, backlog (what `fleetbus status` shows)."""

@@ -1,4 +1,4 @@
-"""What every `fleetbus` command shares: consoles and the options that find the hub."""
+"""What every `fleetbus` command shares: consoles, the options that find the hub, `--fresh`."""
 
 from pathlib import Path
 from typing import Annotated
@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from fleetbus.devfleet import state
 from fleetbus.errors import ConfigError
 
 out = Console()
@@ -27,6 +28,23 @@ HubUrl = Annotated[
         show_default=False,
     ),
 ]
+
+
+Fresh = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Start from nothing: delete the state dir's fleet data (every site's JetStream "
+        "data, settings, logs) first.",
+    ),
+]
+
+
+def start_fresh(directory: Path) -> None:
+    """`--fresh`: empty the fleet data of `directory` (the caller refused a running fleet)."""
+    deleted = state.empty(directory)
+    names = ", ".join(p.name for p in deleted) or "nothing (already empty)"
+    out.print(f"--fresh: deleted {names} in {directory}", soft_wrap=True, highlight=False)
 
 
 def check_range(name: str, value: float, low: float, high: float) -> None:

@@ -11,6 +11,11 @@ class EdgeUnreachableError(TemporaryError):
     """An edge did not answer a request from the hub (offline, or a link on the way is down)."""
 
 
+class RefusedError(PermanentError):
+    """A request that would do harm as given (forget an edge that is online); the message
+    says how to insist."""
+
+
 class ServerUnreachableError(TemporaryError):
     """A nats-server did not accept a connection, or stopped answering, within a deadline."""
 
@@ -42,6 +47,7 @@ __all__ = [
     "FleetbusError",
     "HubUnreachableError",
     "PermanentError",
+    "RefusedError",
     "ServerError",
     "ServerUnreachableError",
     "TemporaryError",

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
@@ -39,8 +39,12 @@ class PresenceBoard:
         region: str | None = None,
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        keep: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.js = js
+        # Asked before a site's change is written: False = the site was forgotten (its
+        # records deleted); it is dropped here instead of being written back.
+        self.keep = keep
         self.bucket = bucket
         self.tracker = tracker
         self.region = region
@@ -101,6 +105,11 @@ class PresenceBoard:
         return subjects.edge_key(self.region, site) if self.region else site
 
     async def _write(self, change: Transition) -> None:
+        if self.keep is not None and not await self.keep(change.site):
+            self.tracker.forget(change.site)
+            logger.info("forgotten site dropped, not written", site=change.site, state=change.state.value)
+            self._count()
+            return
         record = self.record(change)
         subject, body = subjects.kv_subject(self.bucket, self.key(change.site)), encode_body(record, JSON)
         await persist(lambda: self.js.publish(subject, body), what=f"presence of {change.site}")

@@ -163,6 +163,10 @@ class PresenceTracker:
         """The clock time at which `tick()` may next change something (None: nothing can)."""
         return min((due[0] for site in self._sites.values() if (due := self._due(site))), default=None)
 
+    def forget(self, name: str) -> None:
+        """Stop tracking `name` (it was forgotten); a heartbeat would start it afresh."""
+        self._sites.pop(name, None)
+
     def state(self, name: str) -> PresenceState | None:
         site = self._sites.get(name)
         return site.state if site else None

@@ -1,7 +1,7 @@
 """The regional daemon: replicas of the hub's buckets, the region's events and inventory,
 enrollment and presence of its edges."""
 
-from fleetbus import kvwatch, log
+from fleetbus import forget, kvwatch, log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.errors import DecodeError
@@ -51,12 +51,21 @@ async def run(settings: RegionalSettings) -> None:
         follower = SiteFollower([events, inventory], kick=settings.heal_acceleration)
         enrolled: set[str] = set()
 
+        async def still_enrolled(edge: str) -> bool:
+            """False once `fleetbus edge forget` deleted the edge's enrollment: its presence
+            must not be written back (the hub would source it again)."""
+            if await forget.is_enrolled(js, region, edge):
+                return True
+            enrolled.discard(edge)
+            return False
+
         presence = PresenceBoard(
             js,
             subjects.PRESENCE_BUCKET,
             PresenceTracker(PresencePolicy(offline_after=settings.offline_after)),
             region=region,
             metrics=metrics,
+            keep=still_enrolled,
         )
 
         async def on_edge_heartbeat(beat: Heartbeat, msg: Msg) -> None:

@@ -26,6 +26,11 @@ class HollowPlan:
         return f"{self.region}-hollow"
 
     @property
+    def edge_ids(self) -> list[str]:
+        """Its edges' ids, as `edge.hollow` names them."""
+        return [f"{self.region}-h{n}" for n in range(self.first, self.first + self.edges)]
+
+    @property
     def health_url(self) -> str:
         return f"http://{HOST}:{self.http_port}/healthz"
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,6 +97,31 @@ def pid_alive(pid: int | None) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return True
+
+
+# What a dev fleet or a simulation keeps in its state dir; `empty()` deletes only these.
+FLEET_ENTRIES = ("sites", "hollow", STATE_FILE)
+
+
+def empty(directory: Path) -> list[Path]:
+    """Delete every site's JetStream data, settings and logs, and the fleet record, from
+    `directory` (anything else there is left alone); returns what was deleted. The caller
+    has checked that no fleet runs from it (`refuse_if_running`)."""
+    deleted = []
+    for name in FLEET_ENTRIES:
+        path = directory / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            else:
+                continue
+        except OSError as exc:
+            msg = f"cannot empty {directory}: {path}: {exc.strerror or exc}"
+            raise ConfigError(msg) from exc
+        deleted.append(path)
+    return deleted
 
 
 def refuse_if_running(directory: Path) -> None:
