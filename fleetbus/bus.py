@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
-__all__ = ["Bus", "Msg", "connect", "connect_within", "persist"]
+__all__ = ["Bus", "Msg", "connect", "connect_within", "persist", "unreachable_reason"]
 
 logger = log.get_logger(__name__)
 
@@ -294,14 +294,14 @@ async def connect_within(url: str, *, name: str, source: str, timeout: float) ->
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         await bus.nc.close()  # stop whatever nats-py left retrying
-        raise ServerUnreachableError(url, _unreachable_reason(bus.last_error or exc, timeout)) from exc
+        raise ServerUnreachableError(url, unreachable_reason(bus.last_error or exc, timeout)) from exc
     # nats-py reads this before each reconnect: from now on a lost server gets the deadline.
     bus.nc.options["max_reconnect_attempts"] = max(1, math.ceil(timeout / RECONNECT_WAIT))
     bus.changed_at = utcnow()
     return bus
 
 
-def _unreachable_reason(exc: BaseException, timeout: float) -> str:
+def unreachable_reason(exc: BaseException, timeout: float) -> str:
     """What went wrong, in the words of someone who typed the URL."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"

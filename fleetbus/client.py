@@ -45,7 +45,7 @@ from pydantic import JsonValue
 
 from fleetbus import forget, kvwatch, log
 from fleetbus.authority import NotFoundError, OverrideStore, ProfileStore
-from fleetbus.bus import Bus, connect_within
+from fleetbus.bus import Bus, connect_within, unreachable_reason
 from fleetbus.compliance import EdgeCompliance, assess
 from fleetbus.desired import DesiredState, compute, edge_groups
 from fleetbus.devfleet.state import default_state_dir, running_fleet
@@ -165,7 +165,8 @@ class FleetClient:
             reason = f"no answer within {self.timeout:g} s"
         else:
             error = self.bus.last_error
-            reason = "the connection was lost" + (f" ({error})" if error else "")
+            why = f" ({unreachable_reason(error, self.timeout)})" if error else ""
+            reason = f"the connection was lost and not regained within {self.timeout:g} s{why}"
         return HubUnreachableError(self.url, reason)
 
     async def close(self) -> None:
