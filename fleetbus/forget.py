@@ -11,8 +11,9 @@ links; a publish would not cross them. Purges leave no delete marker, so readers
 current values (`fleetbus status`, `FleetClient`) stop seeing the edge at once; a watch that
 is already running hears nothing of it.
 
-The regional daemon asks its `edges` bucket before it writes a presence change: an edge whose
-enrollment is gone is dropped from its memory instead of being written back.
+The regional daemon asks its `edges` bucket before it writes a presence change, and the hub
+its `regions` bucket before it writes a region's: what was forgotten is dropped from their
+memory instead of being written back.
 """
 
 import contextlib
@@ -90,11 +91,16 @@ async def forget_region_record(hub: JetStreamContext, region: str) -> None:
 
 
 async def is_enrolled(regional: JetStreamContext, region: str, edge: str) -> bool:
-    """Whether `edge`'s enrollment is in `region`'s `edges` bucket (asked of the regional's
-    own server; True if it cannot say, so a restarting server never forgets an edge)."""
-    subject = subjects.kv_subject(subjects.EDGES_BUCKET, subjects.edge_key(region, edge))
+    """Whether `edge`'s enrollment is in `region`'s `edges` bucket, asked of the regional's
+    own server."""
+    return await is_recorded(regional, subjects.EDGES_BUCKET, subjects.edge_key(region, edge))
+
+
+async def is_recorded(js: JetStreamContext, bucket: str, key: str) -> bool:
+    """Whether `bucket` holds a value (or a delete marker) under `key`; True if the server
+    cannot say (restarting), so nothing is dropped for a server's hiccup."""
     try:
-        await regional.get_last_msg(f"KV_{subjects.EDGES_BUCKET}", subject)
+        await js.get_last_msg(f"KV_{bucket}", subjects.kv_subject(bucket, key))
     except NotFoundError:
         return False
     except (NatsError, TimeoutError):

@@ -39,11 +39,11 @@ class PresenceBoard:
         region: str | None = None,
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
-        keep: Callable[[str], Awaitable[bool]] | None = None,
+        keep: Callable[[Transition], Awaitable[bool]] | None = None,
     ) -> None:
         self.js = js
-        # Asked before a site's change is written: False = the site was forgotten (its
-        # records deleted); it is dropped here instead of being written back.
+        # Asked before a change is written: False = its site was forgotten (its records
+        # deleted); the site is dropped here instead of being written back.
         self.keep = keep
         self.bucket = bucket
         self.tracker = tracker
@@ -105,7 +105,7 @@ class PresenceBoard:
         return subjects.edge_key(self.region, site) if self.region else site
 
     async def _write(self, change: Transition) -> None:
-        if self.keep is not None and not await self.keep(change.site):
+        if self.keep is not None and not await self.keep(change):
             self.tracker.forget(change.site)
             logger.info("forgotten site dropped, not written", site=change.site, state=change.state.value)
             self._count()

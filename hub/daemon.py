@@ -5,13 +5,13 @@ import asyncio
 import socket
 from collections import Counter
 
-from fleetbus import log
+from fleetbus import forget, log
 from fleetbus.bus import Msg
 from fleetbus.client import FleetClient
 from fleetbus.daemon import Daemon
 from fleetbus.liveness import PresenceBoard
 from fleetbus.metrics import DaemonMetrics
-from fleetbus.presence import PresencePolicy, PresenceTracker
+from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
 from fleetbus.provisioning import BucketSpec, ensure_bucket
 from fleetbus.replication import SiteFollower, SourcedStream, watch_limits
 from fleetbus.settings import HubSettings
@@ -47,11 +47,20 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         presence = SourcedStream(js, streams.presence_bucket(), metrics, per_site=streams.presence_source)
         applied = SourcedStream(js, streams.applied_bucket(), metrics)
         follower = SiteFollower([events, inventory, presence], kick=settings.heal_acceleration)
+
+        async def still_known(change: Transition) -> bool:
+            """False for a region forgotten (`fleetbus region forget`) while its record would
+            still change (stale, then offline): not written back. Its next first heartbeat is."""
+            return change.previous is None or await forget.is_recorded(
+                js, subjects.REGIONS_BUCKET, change.site
+            )
+
         regions = PresenceBoard(
             js,
             subjects.REGIONS_BUCKET,
             PresenceTracker(PresencePolicy(offline_after=settings.region_offline_after)),
             metrics=metrics,
+            keep=still_known,
         )
 
         async def on_regional_heartbeat(beat: Heartbeat, msg: Msg) -> None:

@@ -6,7 +6,7 @@ from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.errors import DecodeError
 from fleetbus.liveness import PresenceBoard
-from fleetbus.presence import PresencePolicy, PresenceTracker
+from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
 from fleetbus.provisioning import ensure_stream
 from fleetbus.replication import (
     SiteFollower,
@@ -51,12 +51,12 @@ async def run(settings: RegionalSettings) -> None:
         follower = SiteFollower([events, inventory], kick=settings.heal_acceleration)
         enrolled: set[str] = set()
 
-        async def still_enrolled(edge: str) -> bool:
+        async def still_enrolled(change: Transition) -> bool:
             """False once `fleetbus edge forget` deleted the edge's enrollment: its presence
             must not be written back (the hub would source it again)."""
-            if await forget.is_enrolled(js, region, edge):
+            if await forget.is_enrolled(js, region, change.site):
                 return True
-            enrolled.discard(edge)
+            enrolled.discard(change.site)
             return False
 
         presence = PresenceBoard(

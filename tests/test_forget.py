@@ -149,7 +149,8 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
 
 
 async def test_a_region_that_is_gone_is_forgotten_with_its_edges(tmp_path: Path):
-    async with running_fleet(tmp_path, regions=2, edges=1) as fleet:
+    settings: dict[Tier, dict[str, object]] = {Tier.HUB: {"region_offline_after": OFFLINE_AFTER}}
+    async with running_fleet(tmp_path, regions=2, edges=1, settings=settings) as fleet:
         url = fleet.plan.site("hub").server.client_url
         client = await FleetClient.connect(url)
         try:
@@ -171,6 +172,8 @@ async def test_a_region_that_is_gone_is_forgotten_with_its_edges(tmp_path: Path)
                 return bool(rows) and rows[0].state is not PresenceState.ONLINE
 
             await eventually(r2_silent, timeout=20, what="the hub no longer hearing r2")
+            # Stale at the hub, which would write "offline" OFFLINE_AFTER after its last beat.
+            assert await metric(fleet, "hub", "fleetbus_presence_sites", state="stale") == 1
             done = await arun_cli("region", "forget", "r2", "--hub", url)
             assert done.returncode == 0, done
             assert "forgot region r2: r2-e1" in done.stdout
@@ -179,6 +182,14 @@ async def test_a_region_that_is_gone_is_forgotten_with_its_edges(tmp_path: Path)
             assert await hub_knows(client, region="r2") == set()
             assert [r.region for r in await client.regions()] == ["r1"]
             assert [row.edge for row in await client.status()] == ["r1-e1"]
+
+            # The hub's timer turns r2 offline: it is dropped, not written back.
+            async def no_longer_stale() -> bool:
+                return await metric(fleet, "hub", "fleetbus_presence_sites", state="stale") == 0
+
+            await eventually(no_longer_stale, timeout=OFFLINE_AFTER + 15, what="r2's offline deadline")
+            assert await metric(fleet, "hub", "fleetbus_presence_sites", state="offline") == 0
+            assert [r.region for r in await client.regions()] == ["r1"]
         finally:
             await client.close()
 
