@@ -267,14 +267,17 @@ RECONNECT_WAIT = 0.5  # seconds between a client's connection attempts
 FIRST_CONNECT_TRIES = 3  # a server restarting gets about a second before a client gives up
 
 
-async def connect_within(url: str, *, name: str, source: str, timeout: float) -> Bus:
+async def connect_within(
+    url: str, *, name: str, source: str, timeout: float, persistent: bool = False
+) -> Bus:
     """Connect a short-lived client (the CLI, scripts) to `url`, or raise
     `ServerUnreachableError` within `timeout` seconds; never wait forever.
 
     A refused connection is tried `FIRST_CONNECT_TRIES` times (about a second); a server
     that accepts but never answers is given the whole `timeout`. Once connected, a lost
     connection is retried for about `timeout` seconds, then closed: whatever waits on it
-    then fails instead of hanging.
+    then fails instead of hanging. A `persistent` client (a long-running program) instead
+    reconnects for as long as it runs; each request still has its own deadline.
     """
     bus = Bus(Client(), url=url, source=source, quiet=True)
     try:
@@ -296,7 +299,9 @@ async def connect_within(url: str, *, name: str, source: str, timeout: float) ->
         await bus.nc.close()  # stop whatever nats-py left retrying
         raise ServerUnreachableError(url, unreachable_reason(bus.last_error or exc, timeout)) from exc
     # nats-py reads this before each reconnect: from now on a lost server gets the deadline.
-    bus.nc.options["max_reconnect_attempts"] = max(1, math.ceil(timeout / RECONNECT_WAIT))
+    bus.nc.options["max_reconnect_attempts"] = (
+        -1 if persistent else max(1, math.ceil(timeout / RECONNECT_WAIT))
+    )
     bus.changed_at = utcnow()
     return bus
 

@@ -135,14 +135,25 @@ class FleetClient:
 
     @classmethod
     async def connect(
-        cls, hub: str | None = None, *, state_dir: Path | None = None, timeout: float | None = None
+        cls,
+        hub: str | None = None,
+        *,
+        state_dir: Path | None = None,
+        timeout: float | None = None,
+        persistent: bool = False,
     ) -> "FleetClient":
         """Connect to the hub (`hub`, $FLEETBUS_HUB_URL or the running dev fleet's) within
-        `timeout` seconds ($FLEETBUS_TIMEOUT, else 5), else `HubUnreachableError`."""
+        `timeout` seconds ($FLEETBUS_TIMEOUT, else 5), else `HubUnreachableError`.
+
+        Each request has the same deadline. A lost connection is retried for that long and
+        then closed, ending what waits on it; a `persistent` client (a program that outlives
+        hub restarts: a dashboard, a test suite) retries for as long as it runs."""
         url = resolve_hub_url(hub, state_dir)
         seconds = resolve_timeout(timeout)
         try:
-            bus = await connect_within(url, name="fleetbus-client", source="/fleet/client", timeout=seconds)
+            bus = await connect_within(
+                url, name="fleetbus-client", source="/fleet/client", timeout=seconds, persistent=persistent
+            )
         except ServerUnreachableError as exc:
             raise HubUnreachableError(url, exc.reason) from exc
         return cls(bus, url, timeout=seconds)

@@ -284,7 +284,9 @@ async def run_seed(
     fleet = DevFleet(plan, heartbeat_interval=1.0, progress=lambda _l: None, settings=FLEET_SETTINGS)
     await fleet.start()
     try:
-        async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+        # Persistent: the schedule kills and restarts the hub's server under this client.
+        hub_url = plan.site("hub").server.client_url
+        async with await FleetClient.connect(hub_url, persistent=True) as client:
             runner = Runner(fleet, client, outcome)
             await eventually(lambda: _all_reported(client, plan), timeout=60, what="every edge reported")
             for step in outcome.schedule:
