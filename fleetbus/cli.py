@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Annotated
 
@@ -38,14 +39,16 @@ app = typer.Typer(
     help="Manage fleets of edge sites over NATS JetStream.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 schema_app = typer.Typer(help="The wire contract.", no_args_is_help=True)
 dev_app = typer.Typer(
     help="A whole fleet on this machine: real nats-servers and daemons.", no_args_is_help=True
 )
 link_app = typer.Typer(
-    help="Fault injection on a running dev fleet's leaf links (SITE = the site whose uplink).",
+    help=(
+        "Fault injection on a running dev fleet's leaf links. SITE names a link by the site "
+        "below it: r1-e1 is r1-e1's link to its regional, r1 is r1's link to the hub."
+    ),
     no_args_is_help=True,
 )
 dev_app.add_typer(link_app, name="link")
@@ -62,9 +65,18 @@ app.add_typer(cli_sites.edge_app, name="edge")
 app.add_typer(cli_sites.region_app, name="region")
 
 
+def _show_version(wanted: bool) -> None:
+    if wanted:
+        out.print(f"fleetbus {package_version('fleetbus')}")
+        raise typer.Exit
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    _version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version.")
+    ] = False,
     timeout: Annotated[
         float | None,
         typer.Option(
@@ -134,25 +146,19 @@ def dev_up(
 
 
 def _print_fleet(record: fleet_state.FleetRecord) -> None:
-    table = Table(title="dev fleet", title_justify="left")
-    for col in ("site", "tier", "region", "nats", "monitoring", "daemon /healthz /metrics"):
-        table.add_column(col)
-    for s in record.sites:
-        nats_url = s.client_url + (f"  mqtt :{s.mqtt_port}" if s.mqtt_port else "")
-        table.add_row(
-            s.name,
-            s.tier,
-            s.region,
-            nats_url,
-            s.server_health_url.split("/healthz")[0],
-            s.daemon_health_url.removesuffix("/healthz"),
-        )
-    out.print(table)
-    out.print(f"hub: {record.hub.client_url}   (fleetbus commands find it from {record.state_dir})")
-    if record.hub.dashboard_url:
-        out.print(f"dashboard: {record.hub.dashboard_url}   (JSON API under /api, schema at /docs)")
-    out.print("every leaf link runs through a proxy: `fleetbus dev link --help` to cut or delay one")
+    _print_urls(record)
+    out.print(f"fleetbus commands find this fleet from {record.state_dir}")
+    out.print("leaf links run through proxies: `fleetbus dev link --help`")
     out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")
+
+
+def _print_urls(record: fleet_state.FleetRecord) -> None:
+    """Every URL of every site on a line of its own: whole, and clickable, at 80 columns."""
+    for s in record.sites:
+        where = "" if s.tier == "hub" else f" in {s.region}" if s.tier == "edge" else ""
+        out.print(f"[bold]{s.name}[/] ({s.tier}{where})", highlight=False)
+        for what, url in s.urls():
+            out.print(f"  {what:<12}{url}", highlight=False, soft_wrap=True)
 
 
 @dev_app.command("status")
@@ -188,7 +194,7 @@ def dev_status(
         )
     else:
         table = Table(title=f"dev fleet in {record.state_dir}", title_justify="left")
-        for col in ("site", "tier", "region", "nats-server", "daemon", "nats"):
+        for col in ("site", "tier", "region", "nats-server", "daemon"):
             table.add_column(col)
         for h in health:
             table.add_row(
@@ -197,9 +203,9 @@ def dev_status(
                 h.site.region,
                 "[green]ok[/]" if h.server_ok else "[red]down[/]",
                 "[green]ok[/]" if h.daemon_ok else "[red]down[/]",
-                h.site.client_url,
             )
         out.print(table)
+        _print_urls(record)
         if not record.ready:
             out.print("still starting")
     raise typer.Exit(0 if healthy else 1)
@@ -226,8 +232,13 @@ def dev_down(
 
 
 SiteArg = Annotated[
-    str, typer.Argument(help="Site id (e.g. r1-e1); its uplink is the link. 'all': every link.")
+    str,
+    typer.Argument(
+        help="The site whose uplink is meant (r1-e1: its link to r1; r1: r1's link to the hub); "
+        "'all': every link."
+    ),
 ]
+ProcessSiteArg = Annotated[str, typer.Argument(help="Site id: hub, a region (r1) or an edge (r1-e1).")]
 
 
 def _control(state_dir: Path | None, request: dict[str, object]) -> dict[str, object]:
@@ -314,7 +325,7 @@ DaemonOnly = Annotated[bool, typer.Option("--daemon", help="Only the site's daem
 
 @dev_app.command("kill")
 def dev_kill(
-    site: SiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
+    site: ProcessSiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
 ) -> None:
     """SIGKILL a site's daemon and nats-server (or one of them); they stay down until `restart`."""
     _processes("kill", site, server=server, daemon=daemon, state_dir=state_dir, done="killed (SIGKILL)")
@@ -322,7 +333,7 @@ def dev_kill(
 
 @dev_app.command("restart")
 def dev_restart(
-    site: SiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
+    site: ProcessSiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
 ) -> None:
     """Start a site's processes again (stopping them first if they run); waits until healthy."""
     _processes("restart", site, server=server, daemon=daemon, state_dir=state_dir, done="restarted, healthy")
@@ -390,7 +401,7 @@ def main() -> None:
     """Console-script entry: turn user errors into one line and an exit code."""
     try:
         # Without standalone mode click returns (not raises) the code of a `typer.Exit`.
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="fleetbus")
         sys.exit(code if isinstance(code, int) else 0)
     except typer.Abort:
         sys.exit(130)

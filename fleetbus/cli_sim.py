@@ -33,9 +33,10 @@ def sim(
     start_rate: Annotated[float, typer.Option(help="Hollow edges started per second, per region.")] = 200.0,
     fresh: Fresh = False,
 ) -> None:
-    """Run a hub, regionals and hollow edges (thin clients of the regionals doing every
-    edge's real per-edge work, no workloads) until Ctrl-C; `fleetbus status` and the
-    dashboard see every hollow edge."""
+    """Run a hub, regionals and hollow edges until Ctrl-C.
+
+    Hollow edges are thin clients of the regionals doing every edge's real per-edge work (no
+    workloads); `fleetbus status` and the dashboard see every one of them."""
     check_range("--regions", regions, 1, 50)
     check_range("--edges", edges, 1, 20000)
     check_range("--heartbeat-interval", heartbeat_interval, 0.1, 3600)

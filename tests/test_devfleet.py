@@ -5,14 +5,16 @@ import json
 import os
 import signal
 import subprocess
+from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
 
 from fleetbus.devfleet.state import FleetRecord, pid_alive
 from fleetbus.netutil import http_get
-from tests.helpers import FLEETBUS, processes_mentioning, run_cli, start_in_group, wait_until
+from tests.helpers import FLEETBUS, cli_env, processes_mentioning, run_cli, start_in_group, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +62,13 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         assert all(pid_alive(p) for p in pids)
         assert len(processes_mentioning(str(state_dir))) >= len(pids)
 
+        # Every URL of every site, whole, on a line of its own at 80 columns (table and JSON).
+        as_table = run_cli("dev", "status", "--state-dir", str(state_dir), env=cli_env(COLUMNS="80"))
+        urls = urls_in(status)
+        assert len(urls) == 9 * 3 + 6 + 1  # nats, monitoring, daemon per site; mqtt per edge; dashboard
+        assert_each_on_a_line(urls, as_table.stdout)
+        assert max(map(len, as_table.stdout.splitlines())) <= 80
+
         # CLI commands find the hub through the state dir, with no configuration.
         info = run_cli("info", "--state-dir", str(state_dir))
         assert info.returncode == 0, info.stderr
@@ -77,6 +86,7 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         revision = asyncio.run(put_probe())
         output = ctrl_c(up)
         assert "dev fleet stopped" in output
+        assert_each_on_a_line(urls, output)  # `dev up` printed them the same way
         # Nothing is left behind: not by recorded PID, not by anything mentioning the state dir.
         assert [p for p in [*pids, record.supervisor_pid] if pid_alive(p)] == []
         assert processes_mentioning(str(state_dir)) == []
@@ -144,6 +154,27 @@ def leaf_connections(monitoring_url: str) -> int:
     return int(json.loads(body)["leafnodes"])
 
 
+def urls_in(status: dict[str, Any]) -> list[str]:
+    keys = ("client_url", "server_health_url", "daemon_health_url", "mqtt_url", "dashboard_url")
+    found = [s[k] for s in status["sites"] for k in keys if s.get(k)]
+    return [u.split("/healthz")[0] if "/healthz" in u else u for u in found]
+
+
+def assert_each_on_a_line(urls: list[str], text: str) -> None:
+    words = {line.split()[1] for line in text.splitlines() if len(line.split()) > 1}
+    assert set(urls) - words == set(), text
+
+
+def test_version_and_shell_completion():
+    version = run_cli("--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"fleetbus {package_version('fleetbus')}"
+    completion = run_cli("--show-completion", "bash")
+    assert completion.returncode == 0, completion.stderr
+    assert "complete" in completion.stdout
+    assert "_FLEETBUS_COMPLETE" in completion.stdout
+
+
 def test_dev_link_kill_restart_from_another_terminal(tmp_path: Path):
     """Fault controls as a user types them, each checked by its effect on the real fleet."""
     state_dir = tmp_path / "faults"
@@ -165,6 +196,15 @@ def test_dev_link_kill_restart_from_another_terminal(tmp_path: Path):
         heal = run_cli("dev", "link", "heal", "r1-e1", *sd)
         assert heal.returncode == 0, heal.stderr
         wait_until(lambda: leaf_connections(edge_monitor) == 1, timeout=30, what="edge leaf link back")
+
+        # A blackhole: the link looks up to both servers (no reset), but nothing passes.
+        holed = run_cli("dev", "link", "blackhole", "r1-e1", *sd)
+        assert holed.returncode == 0, holed.stderr
+        assert "blackhole" in holed.stdout
+        assert leaf_connections(edge_monitor) == 1  # still connected, as far as it knows
+        heal = run_cli("dev", "link", "heal", "r1-e1", *sd)
+        assert heal.returncode == 0, heal.stderr
+        assert "blackhole" not in run_cli("dev", "link", "show", *sd).stdout
 
         shaped = run_cli("dev", "link", "delay", "120", "r1", *sd)
         assert shaped.returncode == 0, shaped.stderr

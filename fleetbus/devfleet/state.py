@@ -5,6 +5,7 @@ import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fleetbus.errors import ConfigError
 
@@ -49,6 +50,27 @@ class SiteRecord:
     server_pid: int | None = None
     daemon_pid: int | None = None
     dashboard_url: str | None = None
+
+    @property
+    def mqtt_url(self) -> str | None:
+        return (
+            None
+            if self.mqtt_port is None
+            else f"mqtt://{urlsplit(self.client_url).hostname}:{self.mqtt_port}"
+        )
+
+    def urls(self) -> list[tuple[str, str]]:
+        """(what, URL) of everything this site serves, for people: one URL per line."""
+        found = [
+            ("nats", self.client_url),
+            ("monitoring", self.server_health_url.split("/healthz")[0]),
+            ("daemon", self.daemon_health_url.removesuffix("/healthz") + "  (/healthz /metrics)"),
+        ]
+        if self.mqtt_url:
+            found.append(("mqtt", self.mqtt_url))
+        if self.dashboard_url:
+            found.append(("dashboard", self.dashboard_url + "  (API: /api, /docs)"))
+        return found
 
 
 @dataclass

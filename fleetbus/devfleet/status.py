@@ -31,6 +31,8 @@ class SiteHealth:
             "client_url": self.site.client_url,
             "server_health_url": self.site.server_health_url,
             "daemon_health_url": self.site.daemon_health_url,
+            "mqtt_url": self.site.mqtt_url,
+            "dashboard_url": self.site.dashboard_url,
             "daemon_detail": self.daemon_detail,
         }
 
