@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 dev: $(STAMP)
-	$(VENV)/bin/fleetbus dev up $(ARGS)
+	@echo "fleetbus is $(VENV)/bin/fleetbus; in other terminals: export PATH=$$PWD/$(VENV)/bin:\$$PATH"
+	@$(VENV)/bin/fleetbus dev up $(ARGS)
 
 test: lint types contracts pytest
 
