@@ -33,6 +33,7 @@ async def run(settings: EdgeSettings) -> None:
         registry = DeviceRegistry(
             offline_after=settings.device_offline_after,
             max_payload=settings.device_max_payload,
+            max_devices=settings.device_max_tracked,
             metrics=daemon.metrics,
         )
         replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]

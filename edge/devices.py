@@ -28,7 +28,9 @@ from fleetbus.bus import Bus
 from fleetbus.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import TOKEN, utcnow
+from schemas.codec import load_json
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceRecord
+from schemas.errors import DecodeError
 
 logger = log.get_logger(__name__)
 
@@ -52,10 +54,11 @@ class DeviceRegistry:
         *,
         offline_after: float,
         max_payload: int,
+        max_devices: int = 10_000,
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.offline_after, self.max_payload = offline_after, max_payload
+        self.offline_after, self.max_payload, self.max_devices = offline_after, max_payload, max_devices
         self.metrics, self.clock = metrics, clock
         self.devices: dict[str, _Device] = {}
         # Told of every accepted message (device, channel, body, when): the telemetry forwarder.
@@ -79,6 +82,9 @@ class DeviceRegistry:
         now = self.clock()
         known = self.devices.get(device)
         if known is None:
+            if len(self.devices) >= self.max_devices:  # a client inventing ids: memory is capped
+                self._reject("too_many_devices", device, channel)
+                return False
             known = self.devices[device] = _Device(first_seen=now, last_seen=now, source=source)
             logger.info("new device", device=device, source=source)
         known.last_seen, known.source = now, source
@@ -108,8 +114,8 @@ class DeviceRegistry:
         if len(payload) > self.max_payload:
             return None, "too_large"
         try:
-            body = json.loads(payload)
-        except ValueError:
+            body = load_json(payload, what=f"devices/{device}/{channel}")
+        except DecodeError:  # not JSON, or JSON no reading has (nested 1,000 deep, NaN)
             return None, "not_json"
         return body, _check_shape(channel, body)
 

@@ -36,7 +36,9 @@ from fleetbus.bus import Bus
 from fleetbus.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import utcnow
+from schemas.codec import load_json
 from schemas.device import DeviceRecord
+from schemas.errors import DecodeError
 from schemas.inventory import HostFacts, InventorySnapshot, KubernetesInventory, LinkState, StreamBacklog
 
 logger = log.get_logger(__name__)
@@ -107,10 +109,13 @@ def read_facts(path: Path) -> dict[str, Any]:
     except OSError as exc:
         msg = f"cannot read facts file {path}: {exc.strerror}"
         raise FactsError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"facts file {path} is not UTF-8 text: {exc.reason} at byte {exc.start}"
+        raise FactsError(msg) from exc
     try:
-        facts = json.loads(text)
-    except ValueError as exc:
-        msg = f"facts file {path} is not valid JSON: {exc}"
+        facts = load_json(text, what=f"facts file {path}")
+    except DecodeError as exc:
+        msg = f"facts file {path}: {exc.reason}"
         raise FactsError(msg) from exc
     if not isinstance(facts, dict):
         msg = f"facts file {path} must hold a JSON object, not {type(facts).__name__}"

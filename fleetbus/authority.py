@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from fleetbus.errors import ConfigError, FleetbusError
 from schemas import subjects
 from schemas.base import Message, utcnow
-from schemas.codec import JSON, decode_body, encode_body
+from schemas.codec import JSON, check_tree, decode_body, encode_body
 from schemas.errors import DecodeError, PermanentError
 from schemas.override import Override, OverrideScope, OverrideTarget
 from schemas.profile import Profile
@@ -49,11 +49,23 @@ def load_mapping(path: Path) -> dict[str, Any]:
     except OSError as exc:
         msg = f"{path}: cannot read: {exc.strerror or exc}"
         raise ConfigError(msg) from exc
+    except UnicodeDecodeError as exc:
+        msg = f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        raise ConfigError(msg) from exc
     try:
         data = yaml.safe_load(text)  # YAML is a superset of JSON
     except yaml.YAMLError as exc:
         msg = f"{path}: not valid YAML or JSON: {exc}"
         raise ConfigError(msg) from exc
+    except RecursionError as exc:
+        msg = f"{path}: nested too deeply to read"
+        raise ConfigError(msg) from exc
+    except (ValueError, TypeError) as exc:  # e.g. an integer of 5,000 digits
+        msg = f"{path}: cannot read a value: {exc}"
+        raise ConfigError(msg) from exc
+    if problem := check_tree(data):  # e.g. aliases of aliases that expand to billions of values
+        msg = f"{path}: refused: {problem}"
+        raise ConfigError(msg)
     if not isinstance(data, dict):
         msg = f"{path}: expected a mapping at the top level, got {type(data).__name__}"
         raise ConfigError(msg)

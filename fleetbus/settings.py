@@ -127,6 +127,15 @@ class EdgeSettings(DaemonSettings):
     device_max_payload: int = Field(
         default=65536, ge=1, description="Device messages larger than this are rejected (counted), bytes."
     )
+    device_max_tracked: int = Field(
+        default=10_000,
+        ge=1,
+        description=(
+            "Devices the edge keeps in its registry at most; a message from one more device id "
+            "is rejected (counted as too_many_devices), so a client inventing ids cannot grow "
+            "the edge's memory or its inventory without bound."
+        ),
+    )
     telemetry_max_rate: float = Field(
         default=5.0,
         gt=0,

@@ -1,10 +1,16 @@
 """Message bodies <-> bytes. msgpack by default, JSON accepted; `Content-Type` says which.
 
 Decoding never lets a foreign exception escape: anything wrong with a body becomes a
-`DecodeError` naming the subject, so a daemon can count it, log it and move on.
+`DecodeError` naming the subject, so a daemon can count it, log it and move on. That holds for
+any byte string: a body nested thousands of levels deep (3 KB of JSON made `json.loads` raise
+`RecursionError`), or deeper than fleetbus's own code walks (`MAX_DEPTH`), a NaN or infinite
+number, a map key that is not a string, or more values than `MAX_NODES` are each refused as
+undecodable, before any model or merge sees them. The same checks serve every other reader of
+untrusted bytes (device payloads, facts files, authored documents): `load_json`, `check_tree`.
 """
 
 import json
+import math
 from typing import Any, TypeVar
 
 import msgpack
@@ -18,6 +24,13 @@ JSON = "application/json"
 CONTENT_TYPES = (MSGPACK, JSON)
 
 M = TypeVar("M", bound=Message)
+
+# Deeper than any fleetbus message or document needs (a Kubernetes manifest inside a profile
+# is ~15 levels), shallow enough for every recursive walk (merge patches, hashing, rendering).
+MAX_DEPTH = 64
+# Values (maps, lists, scalars) in one body: a 1 MB message holds at most ~500k; a YAML
+# document of nested aliases ("billion laughs") would expand to far more.
+MAX_NODES = 1_000_000
 
 
 def _media_type(content_type: str | None, body: bytes = b"") -> str:
@@ -42,11 +55,57 @@ def encode_body(message: Message, content_type: str = MSGPACK) -> bytes:
 
 def _load(body: bytes, media: str) -> Any:
     if media == MSGPACK:
-        return msgpack.unpackb(body, raw=False)
+        return msgpack.unpackb(body, raw=False, strict_map_key=True)
     if media == JSON:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_not_json)
     msg = f"unsupported content type {media!r}"
     raise ValueError(msg)
+
+
+def _not_json(constant: str) -> Any:
+    msg = f"{constant} is not a JSON number"
+    raise ValueError(msg)
+
+
+def check_tree(data: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> str | None:
+    """Why `data` (decoded JSON, msgpack or YAML) is not a tree fleetbus accepts, or None:
+    nested deeper than `max_depth`, more than `max_nodes` values, a number that is not
+    finite, a map key that is not a string. Iterative, so no input can exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    nodes = 0
+    while stack:
+        node, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            return f"more than {max_nodes:,} values"
+        if isinstance(node, dict):
+            children = list(node.values())
+            if any(not isinstance(key, str) for key in node):
+                return "a map key is not a string"
+        elif isinstance(node, list | tuple):
+            children = list(node)
+        else:
+            if isinstance(node, float) and not math.isfinite(node):
+                return f"{node} is not a finite number"
+            continue
+        if children and depth >= max_depth:
+            return f"nested deeper than {max_depth} levels"
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def load_json(text: str | bytes, *, what: str) -> Any:
+    """Parse untrusted JSON into a tree that passes `check_tree`, or raise `DecodeError`
+    naming `what` (a subject, a file)."""
+    try:
+        data = json.loads(text, parse_constant=_not_json)
+    except RecursionError as exc:
+        raise DecodeError(what, "not valid JSON: nested too deeply to read") from exc
+    except (ValueError, TypeError) as exc:
+        raise DecodeError(what, f"not valid JSON: {exc}") from exc
+    if problem := check_tree(data):
+        raise DecodeError(what, f"refused: {problem}")
+    return data
 
 
 def _summarise(error: ValidationError) -> str:
@@ -63,12 +122,16 @@ def decode_body(cls: type[M], body: bytes, *, subject: str, content_type: str | 
     media = _media_type(content_type, body)
     try:
         data = _load(body, media)
+    except RecursionError as exc:  # json recurses per level of nesting
+        raise DecodeError(subject, f"not valid {media}: nested too deeply to read") from exc
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         # msgpack raises ExtraData/FormatError/StackError (ValueError subclasses) and others;
         # json raises JSONDecodeError/UnicodeDecodeError (ValueError subclasses).
         raise DecodeError(subject, f"not valid {media}: {exc}") from exc
     if not isinstance(data, dict):
         raise DecodeError(subject, f"expected a map, got {type(data).__name__}")
+    if problem := check_tree(data):
+        raise DecodeError(subject, f"refused: {problem}")
     try:
         return cls.model_validate(data)
     except ValidationError as exc:

@@ -1,0 +1,107 @@
+"""Pathological bytes on every subject the daemons consume, in a real fleet: every daemon keeps
+its PID, counts the rejects, and still does its job afterwards.
+
+The corpus is the decoder fuzz corpus (deep nesting, NaN, huge strings and maps, invalid UTF-8,
+wrong types...), published as an attacker on the box would: heartbeats at the regional and at
+the hub, enrollment requests, thin-edge outbox events and inventory (which the regional stores
+and the hub's EVENTS, `applied` and `inventory` readers then decode), KV values the edges
+replicate (profiles, overrides), device topics and command requests at the edge."""
+
+import contextlib
+import itertools
+
+import nats
+import pytest
+from nats.errors import Error as NatsError
+
+from fleetbus.client import FleetClient
+from schemas.profile import Profile
+from tests.conftest import running_fleet
+from tests.fleetprobe import applied_hash
+from tests.helpers import eventually
+from tests.test_decoders_fuzz import CORPUS
+from tests.test_metrics import Metrics
+
+pytestmark = pytest.mark.slow
+EDGE = "r1-e1"
+SITES = ("hub", "r1", EDGE)
+
+
+async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
+    async with (
+        running_fleet(tmp_path, regions=1, edges=1, mqtt=True) as fleet,
+        await FleetClient.connect(fleet.plan.site("hub").server.client_url, timeout=10) as client,
+    ):
+        await eventually(lambda: applied_hash(client, EDGE), timeout=30, what="the edge reporting")
+        pids = {site: fleet.daemons[site].pid for site in SITES}
+        conns = {site: await nats.connect(fleet.plan.site(site).server.client_url) for site in SITES}
+        try:
+            hub, regional, edge = (conns[s] for s in SITES)
+            profiles = await hub.jetstream().key_value("profiles")
+            overrides = await hub.jetstream().key_value("overrides")
+            counter = itertools.count()
+            # Larger bodies never get in: every server's max_payload is 1 MB (nats-py refuses them
+            # before sending, the server would close the connection).
+            for body in (b for b in CORPUS.values() if len(b) < 1_000_000):
+                n = next(counter)
+                await regional.publish(f"fleet.edge.r1.{EDGE}.hb", body)
+                await regional.publish("fleet.edge.r1.r1-x9.hb", body)
+                await hub.publish("fleet.region.r1.hb", body)
+                await edge.publish("devices.sensor-1.telemetry", body)
+                await edge.publish("devices.sensor-1.status", body)
+                for subject in (
+                    "fleet.edge.r1.r1-t1.outbox.events.apply_result",
+                    "fleet.edge.r1.r1-t1.outbox.events.alert",
+                    "fleet.edge.r1.r1-t1.outbox.inventory",
+                ):
+                    await regional.jetstream().publish(subject, body)
+                await profiles.put(f"fuzz-{n}", body)
+                await overrides.put(f"edge.{EDGE}", body)
+                for nc, subject in (
+                    (regional, "fleet.region.r1.enroll"),
+                    (edge, f"fleet.edge.r1.{EDGE}.cmd.device"),
+                ):
+                    with contextlib.suppress(NatsError, TimeoutError):  # a refusal or no answer: both fine
+                        await nc.request(subject, body, timeout=0.5)
+            for nc in conns.values():
+                await nc.flush()
+        finally:
+            for nc in conns.values():
+                await nc.close()
+
+        # Each daemon counted what it could not decode...
+        metrics = Metrics(fleet)
+        for site, name, labels in (
+            ("hub", "fleetbus_decode_errors_total", {"kind": "fleet.heartbeat"}),
+            ("r1", "fleetbus_decode_errors_total", {"kind": "fleet.heartbeat"}),
+            ("r1", "fleetbus_decode_errors_total", {"kind": "fleet.enrollment"}),
+            (EDGE, "fleetbus_decode_errors_total", {"kind": "fleet.profile"}),
+            (EDGE, "fleetbus_decode_errors_total", {"kind": "fleet.override"}),
+            (EDGE, "fleetbus_device_messages_rejected_total", {}),
+        ):
+            await metrics.until(
+                site, f"{name}{labels} counted", lambda s, n=name, ls=labels: s.value(n, **ls) > 0, timeout=30
+            )
+
+        # ...and still does its job: a real change reaches the edge and is reported at the hub.
+        await client.profiles.apply(
+            Profile.model_validate(
+                {
+                    "name": "after-the-storm",
+                    "selector": {"match_labels": {"env": "dev"}},
+                    "spec": {"config": {"ok": 1}},
+                }
+            ),
+            actor="test",
+        )
+
+        async def converged() -> bool:
+            report = await client.report(EDGE)
+            result = report.apply_result if report else None
+            return bool(result and "after-the-storm" in result.profile_revisions)
+
+        await eventually(converged, timeout=30, what="a profile applied after the corpus")
+        for site, pid in pids.items():
+            assert fleet.daemons[site].running, f"{site}'s daemon is not running"
+            assert fleet.daemons[site].pid == pid, f"{site}'s daemon restarted"
+        assert fleet.crashes() == {}
