@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from fleetbus.errors import ConfigError, FleetbusError
 from schemas import subjects
+from schemas.authoring import unknown_keys
 from schemas.base import Message, utcnow
 from schemas.codec import JSON, check_tree, decode_body, encode_body
 from schemas.errors import DecodeError, PermanentError
@@ -75,6 +76,11 @@ def load_mapping(path: Path) -> dict[str, Any]:
 def load_document(path: Path, cls: type[M]) -> M:
     """Read a YAML or JSON file as a `cls`; errors name the file, the field path and the problem."""
     data = load_mapping(path)
+    # Strict where people write: the models accept unknown fields (from newer senders on the
+    # wire), a person's typo must not pass that way.
+    if unknown := unknown_keys(cls, data):
+        noun = cls.SCHEMA.removeprefix("fleet.")
+        raise ConfigError("\n".join([f"{path}: not a valid {noun}:", *(f"  {u}" for u in unknown)]))
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -88,8 +94,9 @@ def load_document(path: Path, cls: type[M]) -> M:
 
 
 def content(profile: Profile) -> dict[str, Any]:
-    """What a user wrote: the profile without the authority's stamps."""
-    return profile.model_dump(mode="json", exclude=STAMPS)
+    """What a user wrote: the profile without the authority's stamps, and without the fields
+    left at their defaults (a diff shows the change, not `replicas: null` on every line)."""
+    return profile.model_dump(mode="json", exclude=STAMPS, exclude_defaults=True)
 
 
 def render_yaml(data: dict[str, Any]) -> str:

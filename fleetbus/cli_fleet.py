@@ -22,6 +22,8 @@ from fleetbus.authority import ConflictError, Plan, content, diff, load_document
 from fleetbus.client import FleetClient
 from fleetbus.clikit import HubUrl, StateDir, err, out
 from fleetbus.errors import ConfigError
+from fleetbus.selector import matches
+from schemas.authoring import unknown_patch_keys
 from schemas.base import check_token, utcnow
 from schemas.override import OverrideScope
 from schemas.profile import Profile
@@ -91,21 +93,27 @@ def profile_apply(
     """Validate a profile, show its diff against the current revision, publish it."""
     profile = load_document(file, Profile)  # before connecting: a bad file never reaches the hub
 
-    async def work(fleet: FleetClient) -> Plan:
+    async def work(fleet: FleetClient) -> tuple[Plan, int, int]:
+        # The edges the hub knows now (their last inventory carries their labels).
+        known = await fleet.inventory()
+        selected = sum(1 for snapshot in known if matches(profile.selector, snapshot.labels))
         if dry_run:
             plan = await fleet.profiles.plan(profile, actor=_actor(actor))
             current = plan.current.revision or 0 if plan.current else 0
             if expect_revision is not None and expect_revision != current:
                 msg = f"profile {profile.name!r} is at revision {current}, not {expect_revision}"
                 raise ConflictError(msg)
-            return plan
-        return await fleet.profiles.apply(profile, actor=_actor(actor), expect_revision=expect_revision)
+            return plan, selected, len(known)
+        plan = await fleet.profiles.apply(profile, actor=_actor(actor), expect_revision=expect_revision)
+        return plan, selected, len(known)
 
     try:
-        plan = _with_client(hub, state_dir, work)
+        plan, selected, known = _with_client(hub, state_dir, work)
     except ConflictError as exc:
         raise _conflict(exc) from None
     _report_plan(plan, dry_run=dry_run)
+    would = "would select" if dry_run else "selects"
+    out.print(f"profile {profile.name!r} {would} {selected} of {known} edges the hub knows now")
 
 
 @profile_app.command("ls")
@@ -287,6 +295,9 @@ def _load_patch(file: Path) -> dict[str, Any]:
     if not data:
         msg = f"{file}: a merge patch must be a non-empty mapping"
         raise ConfigError(msg)
+    if unknown := unknown_patch_keys(data):
+        lines = [f"{file}: not a valid patch of the desired state:", *(f"  {u}" for u in unknown)]
+        raise ConfigError("\n".join(lines))
     return data
 
 

@@ -18,6 +18,7 @@ from pydantic_settings import (
 )
 
 from fleetbus.errors import ConfigError
+from schemas.authoring import suggestion
 from schemas.base import SiteId
 from schemas.subjects import HUB_DOMAIN
 
@@ -190,6 +191,9 @@ def _describe(error: ValidationError, cls: type[DaemonSettings], source: str) ->
         field = loc[0] if loc else "<settings>"
         env = f" (env {ENV_PREFIX}{field.upper()})" if field in cls.model_fields else ""
         where = ".".join(loc) or "<settings>"
+        if item["type"] == "extra_forbidden":  # a typo: name the closest setting
+            lines.append(f"  {where}: unknown setting; {suggestion(field, sorted(cls.model_fields))}")
+            continue
         got = f"; got {item['input']!r}" if item["type"] != "missing" and "input" in item else ""
         lines.append(f"  {where}{env}: {item['msg']}{got}")
     return "\n".join(lines)
