@@ -110,6 +110,9 @@ class HeartbeatLog:
     def last(self, site: str) -> LastHeard | None:
         return self._last.get(site)
 
+    def sites(self) -> list[str]:
+        return list(self._last)
+
     def returned(self, beat: Heartbeat) -> bool:
         """Record `beat`; True if its site's link came back since its last beat (time to kick
         that site's sources): the site says so (`uplink_returns` changed), or it had gone

@@ -216,23 +216,35 @@ class SiteFollower:
         self.streams = streams
         self.heard = heard or HeartbeatLog()
         self.kick = kick  # False: leave catch-up to the server's retry back-off
+        self._recheck: set[str] = set()  # sites whose sources to add again (`server_back`)
+
+    def server_back(self) -> None:
+        """This daemon's own server is back, maybe from a crash, and a source added just
+        before the crash may not have survived it (seen: the hub added r1's sources 0.2 s
+        before its server was SIGKILLed; after the restart nothing of r1 reached the hub
+        again, tests/test_dashboard.py). At each site's next beat, add its sources again (a
+        no-op where they are) and kick them."""
+        self._recheck = set(self.heard.sites())
 
     async def follow(self, beat: Heartbeat) -> bool:
         """Record `beat` and add or kick its site's sources; True the first time it is heard.
         A thin site has no sources: it publishes into these streams itself."""
         first = self.heard.last(beat.site) is None
+        recheck = beat.site in self._recheck
+        self._recheck.discard(beat.site)
         if beat.thin:
             self.heard.record(beat)
-        elif self.heard.returned(beat) and self.kick:
-            logger.info("site heard again", site=beat.site, seq=beat.seq, uplink_returns=beat.uplink_returns)
-            for stream in self.streams:
-                await stream.kick(from_domain(beat.site))
-        elif first:
-            logger.info("site heard", site=beat.site, seq=beat.seq)
+        elif first or recheck:
+            self.heard.record(beat)
+            logger.info("site heard", site=beat.site, seq=beat.seq, again=recheck)
             existed = [s for s in self.streams if not await s.add(s.per_site(beat.site))]
             if self.kick:
                 for stream in existed:
                     await stream.kick(from_domain(beat.site))
+        elif self.heard.returned(beat) and self.kick:
+            logger.info("site heard again", site=beat.site, seq=beat.seq, uplink_returns=beat.uplink_returns)
+            for stream in self.streams:
+                await stream.kick(from_domain(beat.site))
         return first
 
 

@@ -47,6 +47,7 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         presence = SourcedStream(js, streams.presence_bucket(), metrics, per_site=streams.presence_source)
         applied = SourcedStream(js, streams.applied_bucket(), metrics)
         follower = SiteFollower([events, inventory, presence], kick=settings.heal_acceleration)
+        daemon.bus.reconnect_listeners.append(follower.server_back)  # its server restarted
 
         async def still_known(change: Transition) -> bool:
             """False for a region forgotten (`fleetbus region forget`) while its record would

@@ -49,6 +49,7 @@ async def run(settings: RegionalSettings) -> None:
         events = SourcedStream(js, streams.events_stream(region), metrics)
         inventory = SourcedStream(js, streams.inventory_stream(region), metrics)
         follower = SiteFollower([events, inventory], kick=settings.heal_acceleration)
+        daemon.bus.reconnect_listeners.append(follower.server_back)  # its server restarted
         enrolled: set[str] = set()
 
         async def still_enrolled(change: Transition) -> bool:
