@@ -23,7 +23,7 @@ class EdgePresence:
     state: PresenceState  # as shown: `unreachable` while the hub cannot hear the region
     reported: PresenceState  # the edge's own last record, from its regional
     since: datetime  # when the edge's record last changed
-    last_seen: datetime | None  # last heartbeat the regional had heard at that change
+    last_seen: datetime | None  # the latest moment the edge is known to have been heard (below)
     reason: str
     region_state: PresenceState | None  # None: the hub has never heard this region
 
@@ -40,8 +40,18 @@ class EdgePresence:
         }
 
 
-def edge_presence(record: PresenceChange, region: PresenceChange | None) -> EdgePresence:
-    """`record` of one edge as the hub shows it, given its region's record at the hub."""
+def edge_presence(
+    record: PresenceChange, region: PresenceChange | None, *, region_heard: datetime | None = None
+) -> EdgePresence:
+    """`record` of one edge as the hub shows it, given its region's record at the hub and, if
+    known, when the hub last heard that regional's heartbeat (`region_heard`).
+
+    `last_seen` is the last heartbeat the edge is known to have sent, not its first: a record
+    is written only on a change, so an `online` record's own `last_seen` is the heartbeat that
+    made it online. While the regional reports the edge online it hears it every interval (it
+    would have written `stale` after two missed ones), so the edge was heard as late as the
+    regional last spoke: its region record's `last_seen` (when the hub last heard it before
+    it went quiet) or `region_heard`, whichever is later."""
     if record.edge is None:
         msg = "edge_presence() takes an edge's record, not a region's"
         raise ValueError(msg)
@@ -49,13 +59,19 @@ def edge_presence(record: PresenceChange, region: PresenceChange | None) -> Edge
     reachable = region_state is PresenceState.ONLINE
     state = record.state if reachable else PresenceState.UNREACHABLE
     reason = record.reason if reachable else f"the hub cannot hear region {record.region!r}"
+    last_seen = record.last_seen
+    if record.state is PresenceState.ONLINE:
+        vouched = [t for t in (region.last_seen if region else None, region_heard) if t is not None]
+        # Only what the regional said after the edge went online vouches for it.
+        vouched = [t for t in vouched if t >= record.changed_at]
+        last_seen = max([t for t in (last_seen, *vouched) if t is not None], default=None)
     return EdgePresence(
         region=record.region,
         edge=record.edge,
         state=state,
         reported=record.state,
         since=record.changed_at,
-        last_seen=record.last_seen,
+        last_seen=last_seen,
         reason=reason,
         region_state=region_state,
     )

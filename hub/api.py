@@ -1,6 +1,10 @@
 """What the hub's JSON API answers, built from the `FleetView`. Pure (no I/O).
 
 The models are the API's documented shapes (docs/api/openapi.json is generated from them).
+
+Nothing old is shown as live: while the hub daemon has lost its own nats-server, it hears no
+heartbeat and no record, so every edge and region is shown `unknown` (with what was last
+known in its reason) and `HubStatus` says since when the data is stale.
 """
 
 from collections import Counter
@@ -30,6 +34,16 @@ class PresenceFilter(StrEnum):
     UNKNOWN = UNKNOWN
 
 
+class HubStatus(BaseModel):
+    """The hub's own connection to its nats-server: whether what the API shows is live."""
+
+    connected: bool = Field(description="False: the hub hears nothing; every answer is stale.")
+    since: datetime | None = Field(default=None, description="When it last connected or lost it.")
+    data_as_of: datetime = Field(description="Now while connected; else when the connection was lost.")
+    stale_seconds: float = Field(description="0 while connected; else seconds since it was lost.")
+    message: str
+
+
 class EdgeRow(BaseModel):
     """One edge as the fleet page shows it: one tile."""
 
@@ -39,8 +53,20 @@ class EdgeRow(BaseModel):
     presence_reason: str = ""
     presence_since: datetime | None = None
     last_seen: datetime | None = Field(
-        default=None, description="Latest of: last heartbeat its regional reported, last inventory taken."
+        default=None,
+        description="The last moment the edge is known to have been heard: its last heartbeat its "
+        "regional reported (while reported online: as late as the hub last heard that regional), "
+        "or its last inventory, whichever is later.",
     )
+    uplink: str = Field(
+        default=UNKNOWN,
+        description="Its link to its regional as far as the hub can tell now: `connected` or `down` "
+        "(its last inventory's, while the edge is shown online), else `unknown`.",
+    )
+    uplink_reported: bool | None = Field(
+        default=None, description="What its last inventory (`inventory_observed_at`) said of its link."
+    )
+    uplink_since: datetime | None = Field(default=None, description="Since when, by that inventory.")
     compliance: State
     desired_hash: str | None = None
     reported_hash: str | None = None
@@ -57,6 +83,7 @@ class EdgeRow(BaseModel):
 class EdgeList(BaseModel):
     total: int = Field(description="Edges matching the filters (before limit/offset).")
     edges: list[EdgeRow]
+    hub: HubStatus
 
 
 class ExplainRow(BaseModel):
@@ -76,8 +103,11 @@ class EdgeDetail(BaseModel):
 
 class RegionRow(BaseModel):
     region: str
-    state: str = Field(description="The regional's presence as the hub hears it.")
+    state: str = Field(
+        description="The regional's presence as the hub hears it (`unknown` while the hub hears nothing)."
+    )
     since: datetime | None = None
+    last_seen: datetime | None = Field(default=None, description="When the hub last heard its heartbeat.")
     edges: int
     presence: dict[str, int] = Field(description="Its edges by presence as shown.")
     compliance: dict[str, int] = Field(description="Its edges by compliance state.")
@@ -110,19 +140,46 @@ class ComplianceSummary(BaseModel):
     edges: list[dict[str, Any]]
 
 
+def hub_status(fleet: FleetView) -> HubStatus:
+    hub, now = fleet.hub, fleet.clock()
+    if hub.connected:
+        return HubStatus(connected=True, since=hub.since, data_as_of=now, stale_seconds=0.0, message="live")
+    lost = hub.since or now
+    return HubStatus(
+        connected=False,
+        since=lost,
+        data_as_of=lost,
+        stale_seconds=max(0.0, (now - lost).total_seconds()),
+        message="the hub has lost its own nats-server: it hears nothing, everything shown is as of then",
+    )
+
+
 def edge_row(fleet: FleetView, view: EdgeView) -> EdgeRow:
     presence = fleet.presence_of(view)
     compliance = fleet.compliance_of(view)
     snap = view.inventory
     seen = [t for t in (presence.last_seen if presence else None, snap.observed_at if snap else None) if t]
     backlog = snap.backlog if snap else []
+    shown, reason = PresenceFilter.UNKNOWN, ""
+    if presence is not None:
+        shown, reason = PresenceFilter(presence.state.value), presence.reason
+        if not fleet.hub.connected:
+            reason = f"the hub hears nothing (lost its nats-server); last known {shown.value}: {reason}"
+            shown = PresenceFilter.UNKNOWN
+    link = snap.link if snap else None
+    uplink = UNKNOWN
+    if link is not None and shown is PresenceFilter.ONLINE:
+        uplink = "connected" if link.upstream_connected else "down"
     return EdgeRow(
         region=view.region,
         edge=view.edge,
-        presence=PresenceFilter(presence.state.value) if presence else PresenceFilter.UNKNOWN,
-        presence_reason=presence.reason if presence else "",
+        presence=shown,
+        presence_reason=reason,
         presence_since=presence.since if presence else None,
         last_seen=max(seen, default=None),
+        uplink=uplink,
+        uplink_reported=link.upstream_connected if link else None,
+        uplink_since=link.since if link else None,
         compliance=compliance.state,
         desired_hash=compliance.desired_hash,
         reported_hash=compliance.reported_hash,
@@ -201,11 +258,14 @@ def regions(fleet: FleetView, rows: list[EdgeRow]) -> list[RegionRow]:
     for name in names:
         mine = [r for r in rows if r.region == name]
         record = fleet.regions.get(name)
+        state = record.state.value if record and fleet.hub.connected else UNKNOWN
+        heard = [t for t in (record.last_seen if record else None, fleet.region_heard(name)) if t]
         out.append(
             RegionRow(
                 region=name,
-                state=record.state.value if record else UNKNOWN,
+                state=state,
                 since=record.changed_at if record else None,
+                last_seen=max(heard, default=None),
                 edges=len(mine),
                 presence=dict(Counter(r.presence.value for r in mine)),
                 compliance=dict(Counter(r.compliance.value for r in mine)),

@@ -7,6 +7,11 @@ first yields every current value, then each change (`fleetbus.kvwatch`); every c
 
 Compliance is cached per edge and recomputed when the edge reports, when a profile or
 override changes, or when an override expires (compliance depends on the clock).
+
+The view also follows the hub's own connection to its nats-server (`hub`): while it is lost,
+nothing here can change, and the API shows what it holds as stale, not live (hub/api.py).
+Edge ids come from message bodies (untrusted): at most `max_edges` are held, and a record
+that would add one more is dropped and counted (`rejected`).
 """
 
 import asyncio
@@ -42,6 +47,24 @@ M = TypeVar("M", bound=Message)
 WATCH_FAILURES = (NatsError, TimeoutError, asyncio.TimeoutError)
 RECENT_EVENTS = 500  # the fleet-wide feed
 EDGE_EVENTS = 20  # per edge, for its page
+MAX_EDGES = 20_000  # edges held; records naming more are dropped (docs/dashboard.md)
+BUS_PERIOD = 0.25  # s between looks at the hub's own connection
+
+
+@dataclass
+class HubLink:
+    """The hub daemon's connection to its own nats-server, as the view last saw it."""
+
+    connected: bool = True
+    since: datetime | None = None  # when `connected` last changed (or was first seen)
+
+    def observe(self, connected: bool, now: datetime) -> bool:
+        """Take the connection's state at `now`; True if it changed."""
+        if self.since is not None and connected == self.connected:
+            return False
+        changed = self.since is not None
+        self.connected, self.since = connected, now
+        return changed
 
 
 @dataclass
@@ -61,9 +84,22 @@ class FleetView:
     """Mirrors the hub's buckets (inventory, presence, regions, applied, profiles,
     overrides) and its EVENTS stream; `run()` keeps it current until cancelled."""
 
-    def __init__(self, client: FleetClient, *, clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        client: FleetClient,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+        region_heard: Callable[[str], datetime | None] = lambda _region: None,
+        max_edges: int = MAX_EDGES,
+        on_reject: Callable[[], None] = lambda: None,
+    ) -> None:
         self.client = client
         self.clock = clock
+        self.region_heard = region_heard  # when the hub daemon last heard a regional's heartbeat
+        self.max_edges = max_edges
+        self.on_reject = on_reject
+        self.rejected = 0  # records dropped because they would add an edge past `max_edges`
+        self.hub = HubLink()
         self.edges: dict[str, EdgeView] = {}
         self.regions: dict[str, PresenceChange] = {}
         self.profiles: dict[str, Profile] = {}
@@ -80,7 +116,8 @@ class FleetView:
     def presence_of(self, view: EdgeView) -> EdgePresence | None:
         if view.presence is None:
             return None
-        return edge_presence(view.presence, self.regions.get(view.region))
+        region = view.region
+        return edge_presence(view.presence, self.regions.get(region), region_heard=self.region_heard(region))
 
     def compliance_of(self, view: EdgeView) -> EdgeCompliance:
         self._expire_overrides()
@@ -130,6 +167,16 @@ class FleetView:
             group.create_task(self._mirror(subjects.PROFILES_BUCKET, Profile, self._on_profile))
             group.create_task(self._mirror(subjects.OVERRIDES_BUCKET, Override, self._on_override))
             group.create_task(self._follow_events())
+            group.create_task(self._watch_bus())
+
+    async def _watch_bus(self) -> None:
+        """Follow the hub's own connection: every row's shown state depends on it."""
+        while True:
+            if self.hub.observe(self.client.bus.connected, self.clock()):
+                logger.info("hub bus", connected=self.hub.connected)
+                self._bump(*self.edges)
+                await self._notify()
+            await asyncio.sleep(BUS_PERIOD)  # a sampling period
 
     async def _mirror(self, bucket: str, cls: type[M], apply: Callable[[KvRecord, M | None], None]) -> None:
         """Current values, then each change; read again from the start of the current values
@@ -164,12 +211,26 @@ class FleetView:
             return
         apply(record, value)
 
-    def _edge(self, region: str, edge: str) -> EdgeView:
+    def _edge(self, region: str, edge: str) -> EdgeView | None:
+        """The view of `edge`, added if new; None (counted) if that would pass `max_edges`."""
         view = self.edges.get(edge)
         if view is None:
+            if len(self.edges) >= self.max_edges:
+                self.rejected += 1
+                self.on_reject()
+                if self.rejected == 1:
+                    logger.warning("edge limit reached; further edges dropped", limit=self.max_edges)
+                return None
             view = self.edges[edge] = EdgeView(region, edge)
         view.region = region
         return view
+
+    def _forget_if_empty(self, edge: str) -> None:
+        """Drop an edge whose presence, inventory and apply report are all deleted (forgotten)."""
+        view = self.edges.get(edge)
+        if view is not None and view.presence is None and view.inventory is None and view.report is None:
+            del self.edges[edge]
+            self._compliance.pop(edge, None)
 
     def _bump(self, *edges: str) -> None:
         self.version += 1
@@ -190,24 +251,40 @@ class FleetView:
             region = change.region
         self._bump(*(e for e, v in self.edges.items() if v.region == region))
 
-    def _on_presence(self, _record: KvRecord, change: PresenceChange | None) -> None:
-        if change is not None and change.edge:
-            self._edge(change.region, change.edge).presence = change
+    def _on_presence(self, record: KvRecord, change: PresenceChange | None) -> None:
+        if change is None:
+            self._deleted(record, "presence")
+        elif change.edge and (view := self._edge(change.region, change.edge)) is not None:
+            view.presence = change
             self._bump(change.edge)
+
+    def _deleted(self, record: KvRecord, what: str) -> None:
+        with contextlib.suppress(ValueError):  # a key that names no edge
+            _region, edge = subjects.split_edge_key(record.key)
+            if (view := self.edges.get(edge)) is not None:
+                setattr(view, what, None)
+                self._compliance.pop(edge, None)
+                self._bump(edge)
+                self._forget_if_empty(edge)
 
     def _on_inventory(self, record: KvRecord, snap: InventorySnapshot | None) -> None:
         if snap is None:
+            self._deleted(record, "inventory")
             return
         view = self._edge(snap.region, snap.edge)
+        if view is None:
+            return
         if view.inventory is not None and snap.observed_at < view.inventory.observed_at:
             return  # a replayed older snapshot
         view.inventory = snap.model_copy(update={"received_at": record.stored_at})
         self._bump(snap.edge)
 
-    def _on_report(self, _record: KvRecord, event: Event | None) -> None:
-        if event is None or event.apply_result is None:
+    def _on_report(self, record: KvRecord, event: Event | None) -> None:
+        if event is None:
+            self._deleted(record, "report")
             return
-        view = self._edge(event.region, event.edge)
+        if event.apply_result is None or (view := self._edge(event.region, event.edge)) is None:
+            return
         view.report = event
         self._compliance.pop(event.edge, None)
         self._bump(event.edge)
@@ -244,7 +321,7 @@ class FleetView:
         if event.kind == EventKind.TELEMETRY:
             return  # device readings are data, not the fleet's event feed (they would crowd it out)
         view = self._edge(event.region, event.edge)
-        if any(e.id == event.id for e in view.events):
+        if view is None or any(e.id == event.id for e in view.events):
             return
         view.events.append(event)
         self._bump(event.edge)

@@ -7,10 +7,12 @@
     /api/profiles         profiles: revision, history, which edges run which revision
     /api/compliance       converged / pending / failed / unknown, in all and per region
     /api/events           the fleet's recent events (newest first)
+    /api/hub              the hub's own bus: connected (live) or since when everything is stale
     /api/stream           Server-Sent Events: rows that changed, new events
     /openapi.json, /docs  the API's schema
 
 Everything is answered from the `FleetView` in memory; nothing here writes to the fleet.
+Every /api answer carries `X-Fleetbus-Hub: connected` or `disconnected; since=<ISO time>`.
 """
 
 import asyncio
@@ -87,7 +89,12 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
                 q=q,
             )
         ]
-        return api.EdgeList(total=len(found), edges=found[offset : offset + limit])
+        return api.EdgeList(total=len(found), edges=found[offset : offset + limit], hub=api.hub_status(fleet))
+
+    @app.get("/api/hub", response_model=api.HubStatus, tags=["fleet"])
+    async def get_hub() -> api.HubStatus:
+        """Whether the hub hears its own nats-server: if not, every answer is stale as of `since`."""
+        return api.hub_status(fleet)
 
     @app.get(
         "/api/edges/{edge}",
@@ -165,6 +172,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(_HubHeader, fleet=fleet)
     if metrics is not None:
         app.add_middleware(_Counted, counter=metrics.api_requests)
     return app
@@ -195,6 +203,28 @@ class _Counted:
             self.counter.labels(route=route, status=f"{status // 100}xx").inc()
 
 
+class _HubHeader:
+    """Every /api answer says whether it is live: `X-Fleetbus-Hub`."""
+
+    def __init__(self, app: ASGIApp, fleet: FleetView) -> None:
+        self.app, self.fleet = app, fleet
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                hub = self.fleet.hub
+                since = hub.since.isoformat() if hub.since else ""
+                value = "connected" if hub.connected else f"disconnected; since={since}"
+                message["headers"] = [*message.get("headers", []), (b"x-fleetbus-hub", value.encode())]
+            await send(message)
+
+        await self.app(scope, receive, marked)
+
+
 def _sse(name: str, data: object) -> str:
     return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -218,11 +248,17 @@ async def _changes(fleet: FleetView, request: Request) -> AsyncIterator[str]:
     version, policy = fleet.version, fleet.policy_version
     yield "retry: 2000\n\n"
     yield _sse("hello", {"version": version})
+    hub = api.hub_status(fleet)
+    yield _sse("hub", hub.model_dump(mode="json"))
     while not await request.is_disconnected():
         current = await fleet.changed_since(version, KEEPALIVE)
         if current == version:
             yield ": keepalive\n\n"
             continue
+        now = api.hub_status(fleet)
+        if (now.connected, now.since) != (hub.connected, hub.since):
+            hub = now
+            yield _sse("hub", hub.model_dump(mode="json"))
         changed = [v for v in fleet.edges.values() if v.version > version]
         if changed:
             edges = [api.edge_row(fleet, v).model_dump(mode="json") for v in changed]
