@@ -8,6 +8,7 @@ line, for piping into `jq` or a script.
 import asyncio
 import contextlib
 import json
+from collections import Counter
 from collections.abc import AsyncGenerator, Callable
 from datetime import datetime
 from pathlib import Path
@@ -208,6 +209,23 @@ def _status_table(rows: list[EdgeStatus], now: datetime) -> Table:
     return table
 
 
+UNKNOWN = "unknown"
+PRESENCE_ORDER = (*(p.value for p in PresenceState), UNKNOWN)
+COMPLIANCE_ORDER = tuple(s.value for s in State)
+
+
+def summary(total: int, presence: Counter[str], compliance: Counter[str]) -> str:
+    """`6 edges: 3 online, 3 unreachable · 3 converged, 3 pending`: every state that has an
+    edge, in a fixed order, so the counts always add up to the total."""
+
+    def counts(counter: Counter[str], order: tuple[str, ...]) -> str:
+        return ", ".join(f"{counter[state]} {state}" for state in order if counter[state]) or "none"
+
+    if not total:
+        return "0 edges"
+    return f"{total} edges: {counts(presence, PRESENCE_ORDER)} · {counts(compliance, COMPLIANCE_ORDER)}"
+
+
 def status(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir = None) -> None:
     """Every edge: presence, last seen, converged?, uplink backlog."""
 
@@ -220,8 +238,8 @@ def status(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir = No
         out.print_json(data={"edges": [r.as_json() for r in rows]})
         return
     now = utcnow()
-    converged = sum(1 for r in rows if r.compliance and r.compliance.state is State.CONVERGED)
-    online = sum(1 for r in rows if r.presence and r.presence.state is PresenceState.ONLINE)
-    out.print(f"{len(rows)} edges: {online} online, {converged} converged")
+    presence = Counter(r.presence.state.value if r.presence else UNKNOWN for r in rows)
+    compliance = Counter(r.compliance.state.value if r.compliance else UNKNOWN for r in rows)
+    out.print(summary(len(rows), presence, compliance), highlight=False)
     if rows:
         out.print(_status_table(rows, now))

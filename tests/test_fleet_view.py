@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import nats
 import pytest
 
+from fleetbus.cli_view import summary
 from fleetbus.client import FleetClient
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.netutil import http_get
@@ -301,7 +303,7 @@ async def test_watch_inventory_yields_current_state_then_a_live_change(tmp_path)
         assert all(b["pending"] == 0 and b["evicted_unforwarded"] == 0 for b in events), events
         table = await arun_cli("status", *hub)
         assert table.returncode == 0, table.stderr
-        assert "4 edges: 4 online, 4 converged" in table.stdout
+        assert "4 edges: 4 online · 4 converged" in table.stdout
         lines = await arun_cli("watch", "inventory", "--region", "r2", "--json", "--count", "2", *hub)
         assert lines.returncode == 0, lines.stderr
         assert sorted(json.loads(line)["edge"] for line in lines.stdout.splitlines()) == ["r2-e1", "r2-e2"]
@@ -409,3 +411,13 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
             assert "(7 lost)" in status.stdout, status.stdout
         finally:
             await client.close()
+
+
+def test_the_status_summary_counts_every_state_so_the_counts_add_up():
+    presence = Counter({"online": 3, "unreachable": 2, "unknown": 1})
+    compliance = Counter({"converged": 3, "pending": 2, "unknown": 1})
+    assert (
+        summary(6, presence, compliance)
+        == "6 edges: 3 online, 2 unreachable, 1 unknown · 3 converged, 2 pending, 1 unknown"
+    )
+    assert summary(0, Counter(), Counter()) == "0 edges"

@@ -96,7 +96,7 @@ async def test_apply_converges_on_every_edge_and_status_says_so(fleet, tmp_path)
             assert record["document"]["components"]["agent"]["version"] == "1.0"
     status = await arun_cli("status", *hub_args(fleet))
     assert status.returncode == 0, status.stderr
-    assert "2 edges: 2 online, 2 converged" in status.stdout
+    assert "2 edges: 2 online · 2 converged" in status.stdout
     as_json = json.loads((await arun_cli("status", "--json", *hub_args(fleet))).stdout)
     assert {(e["edge"], e["state"]) for e in as_json["edges"]} == {(e, "converged") for e in EDGES}
 
