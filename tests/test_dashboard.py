@@ -7,6 +7,7 @@ under test-output/dashboard/.
 import asyncio
 import contextlib
 import json
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,49 @@ async def test_the_view_keeps_following_after_the_hubs_server_restarts(fleet):
 
     await eventually(followed, timeout=30, what="the dashboard following the fleet after the restart")
     assert fleet.crashes() == {}
+
+
+async def test_with_the_hubs_server_dead_nothing_is_shown_as_live(fleet):
+    """The hub daemon keeps serving while its own nats-server is dead: it must say so on every
+    answer, show every edge and region `unknown` (what it last knew in the reason), never
+    `online`; and be live again once the server is back."""
+    await all_online_and_converged(fleet)
+    _, hub = await get(fleet, "/api/hub")
+    assert hub["connected"] is True
+    assert hub["stale_seconds"] == 0
+    await fleet.kill("hub", daemon=False)
+
+    async def stale() -> dict[str, Any] | None:
+        _, status = await get(fleet, "/api/hub")
+        return status if not status["connected"] else None
+
+    status = await eventually(stale, timeout=10, what="/api/hub saying the hub lost its server")
+    assert "stale" in status["message"] or "nothing" in status["message"]
+    _, body = await get(fleet, "/api/edges")
+    assert body["hub"]["connected"] is False
+    assert {r["presence"] for r in body["edges"]} == {"unknown"}
+    assert all("last known online" in r["presence_reason"] for r in body["edges"])
+    assert {r["uplink"] for r in body["edges"]} == {"unknown"}
+    _, regions = await get(fleet, "/api/regions")
+    assert {r["state"] for r in regions} == {"unknown"}
+    headers = await _headers(fleet, "/api/regions")
+    assert headers["x-fleetbus-hub"].startswith("disconnected; since=")
+
+    await fleet.restart("hub", daemon=False)
+    await all_online_and_converged(fleet)
+    _, hub = await get(fleet, "/api/hub")
+    assert hub["connected"] is True
+
+
+async def _headers(fleet: DevFleet, path: str) -> dict[str, str]:
+    url = urllib.parse.urlsplit(dashboard(fleet) + path.lstrip("/"))
+    reader, writer = await asyncio.open_connection(url.hostname, url.port)
+    try:
+        writer.write(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        head = (await asyncio.wait_for(reader.read(65536), 5)).decode(errors="replace").split("\r\n\r\n")[0]
+    finally:
+        writer.close()
+    return {
+        k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:])
+    }
