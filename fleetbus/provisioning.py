@@ -19,6 +19,12 @@ from schemas import subjects
 logger = log.get_logger(__name__)
 
 
+# Every bucket has a size cap (a stream without one grows until the disk is full). Desired
+# state and presence are kilobytes per key; this is far above what a fleet of 20,000 edges
+# stores, and writes beyond it are refused, never silently evicting a key.
+BUCKET_MAX_BYTES = 256 * 2**20
+
+
 @dataclass(frozen=True)
 class BucketSpec:
     """A KV bucket as fleetbus wants it; turned into its stream `KV_<name>`."""
@@ -26,7 +32,7 @@ class BucketSpec:
     name: str
     history: int = 1
     description: str = ""
-    max_bytes: int = -1
+    max_bytes: int = BUCKET_MAX_BYTES
 
     def config(self) -> KeyValueConfig:
         return KeyValueConfig(
@@ -59,7 +65,7 @@ def kv_stream(
         storage=StorageType.FILE,
         discard=discard,
         max_msgs_per_subject=history,
-        max_bytes=max_bytes,
+        max_bytes=BUCKET_MAX_BYTES if max_bytes is None else max_bytes,
         allow_direct=True,
         allow_rollup_hdrs=True,
         deny_delete=deny_delete,
