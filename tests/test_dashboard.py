@@ -261,7 +261,29 @@ async def test_with_the_hubs_server_dead_nothing_is_shown_as_live(fleet):
     _, hub = await get(fleet, "/api/hub")
     assert hub["connected"] is True
     assert hub["stale_seconds"] == 0
-    await fleet.kill("hub", daemon=False)
+    async with chromium() as browser:
+        await asyncio.to_thread(browser.get, dashboard(fleet) + "#/edge/r1-e1")
+
+        def badge() -> tuple[str, str]:
+            live = browser.find_element(By.ID, "live")
+            return str(live.get_attribute("data-state")), live.text
+
+        async def badge_is(state: str) -> tuple[str, str] | None:
+            shown = await asyncio.to_thread(badge)
+            return shown if shown[0] == state else None
+
+        await eventually(lambda: badge_is("live"), timeout=20, what="the page's badge saying live")
+        await fleet.kill("hub", daemon=False)
+        _, text = await eventually(lambda: badge_is("stale"), timeout=20, what="the badge turning stale")
+        assert "hub lost its nats-server" in text
+
+        async def uplink_unclaimed() -> str | None:
+            text = await asyncio.to_thread(lambda: browser.find_element(By.ID, "edge-uplink").text)
+            return text if text.startswith("uplink unknown now") else None
+
+        await asyncio.to_thread(browser.refresh)  # the edge page, read while the hub hears nothing
+        await eventually(uplink_unclaimed, timeout=20, what="the edge page not claiming a connected uplink")
+        await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "hub-bus-lost.png"))
 
     async def stale() -> dict[str, Any] | None:
         _, status = await get(fleet, "/api/hub")

@@ -29,11 +29,10 @@ async function getJSON(path) {
 // ---- live feed ---------------------------------------------------------------------------
 
 function connect() {
-  const live = $("#live");
   const source = new EventSource("/api/stream");
   source.addEventListener("hello", async () => {
     // (Re)connected: take the whole state, then apply the deltas that follow.
-    live.dataset.state = "live"; live.textContent = "live";
+    feedUp = true; renderLive();
     const [list, regs, evs] = await Promise.all([getJSON("/api/edges"), getJSON("/api/regions"), getJSON("/api/events?limit=500")]);
     rows.clear();
     for (const row of list.edges) rows.set(row.edge, row);
@@ -50,7 +49,7 @@ function connect() {
     schedule(false);
   });
   source.addEventListener("profiles", () => { if (page() === "profiles") renderProfiles(); });
-  source.onerror = () => { live.dataset.state = "reconnecting"; live.textContent = "reconnecting"; };
+  source.onerror = () => { feedUp = false; renderLive(); };
 }
 
 let pending = null;
@@ -88,11 +87,37 @@ function render(full) {
   if (p === "edge" && full === false) refreshEdgeHeader();
 }
 
+// Every state that has an edge, in a fixed order, so the counts add up (as `fleetbus status`).
+const PRESENCE_ORDER = ["online", "stale", "offline", "unreachable", "unknown"];
+const COMPLIANCE_ORDER = ["converged", "pending", "failed", "unknown"];
 function renderSummary() {
   const count = (key) => { const c = {}; for (const r of rows.values()) c[r[key]] = (c[r[key]] || 0) + 1; return c; };
-  const p = count("presence"), c = count("compliance");
-  $("#summary").textContent = `${rows.size} edges · ${p.online || 0} online · ${(p.stale || 0) + (p.offline || 0)} stale/offline · ` +
-    `${c.converged || 0} converged · ${c.pending || 0} pending · ${c.failed || 0} failed`;
+  const list = (c, order) => order.filter((k) => c[k]).map((k) => `${c[k]} ${k}`).join(", ") || "none";
+  $("#summary").textContent = rows.size
+    ? `${rows.size} edges: ${list(count("presence"), PRESENCE_ORDER)} · ${list(count("compliance"), COMPLIANCE_ORDER)}`
+    : "0 edges";
+}
+
+// The hub's own bus: while the hub daemon has lost its nats-server, nothing it shows is live,
+// even though this page's feed from the daemon is still connected.
+let feedUp = false;
+let hub = { connected: true, stale_seconds: 0 };
+function renderLive() {
+  const live = $("#live");
+  if (!hub.connected) {
+    live.dataset.state = "stale";
+    live.textContent = `stale ${Math.round(hub.stale_seconds)}s: hub lost its nats-server`;
+    live.title = hub.message || "";
+  } else {
+    live.dataset.state = feedUp ? "live" : "reconnecting";
+    live.textContent = feedUp ? "live" : "reconnecting";
+    live.title = "live updates";
+  }
+}
+async function watchHub() {
+  try { hub = await getJSON("/api/hub"); } catch (err) { hub = { connected: false, stale_seconds: 0, message: String(err) }; }
+  renderLive();
+  setTimeout(watchHub, 2000);  // a sampling period
 }
 
 // Fleet page: regions, each a grid of tiles coloured by presence, marked by compliance.
@@ -197,6 +222,15 @@ function renderRegionHeads(visible) {
 
 let edgeShown = null;
 
+// What the hub can say of an edge's uplink now: the edge's own word (its last inventory) only
+// while the edge is shown online; otherwise what it last said, dated by that inventory.
+function uplinkText(e, inv) {
+  if (!inv || !inv.link) return "uplink unknown: no inventory yet";
+  const said = `${inv.link.upstream_connected ? "connected" : "down"} since ${ago(inv.link.since)}`;
+  if (e.uplink !== "unknown") return esc(`uplink ${said}`);
+  return esc(`uplink unknown now (edge ${e.presence}); its last inventory, ${ago(inv.observed_at)}, said: ${said}`);
+}
+
 async function renderEdge(id) {
   edgeShown = id;
   const box = $("#edge");
@@ -213,7 +247,7 @@ async function renderEdge(id) {
       <div class="card"><h3>Host</h3>${inv ? dl(Object.entries(inv.host).map(([k, v]) => [k, esc(v)])) : '<p class="muted">no inventory yet</p>'}</div>
       <div class="card"><h3>Uplink backlog</h3>
         <table class="grid"><thead><tr><th>stream</th><th>pending</th><th>oldest</th><th>evicted</th><th>lost</th></tr></thead><tbody>${backlog}</tbody></table>
-        ${inv && inv.link ? `<p>uplink ${inv.link.upstream_connected ? "connected" : "down"} since ${esc(ago(inv.link.since))}</p>` : ""}</div>
+        <p id="edge-uplink">${uplinkText(e, inv)}</p></div>
     </div>
     <div class="card"><h3>Desired state, explained</h3><p class="muted">hash ${esc(d.desired_hash || "unknown")} · ${esc(d.explain_note)}</p>
       <table class="grid"><thead><tr><th>path</th><th>value</th><th>set by</th></tr></thead><tbody>
@@ -292,3 +326,4 @@ $("#ev-q").addEventListener("input", renderEvents);
 window.addEventListener("hashchange", route);
 route();
 connect();
+watchHub();
