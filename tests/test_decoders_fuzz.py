@@ -99,7 +99,6 @@ def test_what_is_too_deep_to_walk_is_refused_and_what_is_legal_is_kept():
         with pytest.raises(DecodeError, match=reason):
             load_json(bad, what="x")
     assert check_tree({"a": [math.inf]}) == "inf is not a finite number"
-    assert check_tree({1: "x"}) == "a map key is not a string"
     assert check_tree([0] * 11, max_nodes=10) == "more than 10 values"
 
 
