@@ -36,6 +36,11 @@ logger = log.get_logger(__name__)
 
 CHANNELS = ("telemetry", "status")
 MAX_FIELDS = 32  # telemetry fields and status keys kept per device
+# Bytes of device records one inventory snapshot carries at most: the servers refuse messages
+# over 1 MB, and 10,000 devices (~180 bytes each) or 16 with 64 KiB statuses would pass it and
+# stop the edge's inventory reaching the hub at all.
+INVENTORY_BUDGET = 512 * 1024
+RECORD_BYTES = 200  # one record without its last status and readings, msgpack, rounded up
 
 
 @dataclass
@@ -46,6 +51,7 @@ class _Device:
     messages: int = 0
     last_status: dict[str, Any] | None = None
     last_telemetry: dict[str, Any] = field(default_factory=dict)
+    detail_bytes: int = 0  # last_status and last_telemetry as JSON
 
 
 class DeviceRegistry:
@@ -61,6 +67,7 @@ class DeviceRegistry:
         self.offline_after, self.max_payload, self.max_devices = offline_after, max_payload, max_devices
         self.metrics, self.clock = metrics, clock
         self.devices: dict[str, _Device] = {}
+        self._trimmed = (0, 0)  # devices left without values, and left out, at the last records()
         # Told of every accepted message (device, channel, body, when): the telemetry forwarder.
         self.listeners: list[Callable[[str, str, dict[str, Any], datetime], None]] = []
 
@@ -94,6 +101,7 @@ class DeviceRegistry:
         else:
             merged = known.last_telemetry | body
             known.last_telemetry = dict(list(merged.items())[:MAX_FIELDS])
+        known.detail_bytes = len(json.dumps([known.last_status, known.last_telemetry]))
         if self.metrics:
             self.metrics.device_messages.labels(channel=channel, source=source).inc()
         for listener in self.listeners:
@@ -123,20 +131,39 @@ class DeviceRegistry:
         known = self.devices.get(device)
         return known is not None and (self.clock() - known.last_seen).total_seconds() < self.offline_after
 
-    def records(self) -> list[DeviceRecord]:
-        return [
-            DeviceRecord(
-                id=device,
-                online=self.online(device),
-                first_seen=d.first_seen,
-                last_seen=d.last_seen,
-                messages=d.messages,
-                last_status=d.last_status,
-                last_telemetry=d.last_telemetry,
-                source="bridge" if d.source == "bridge" else "mqtt",
+    def records(self, budget: int = INVENTORY_BUDGET) -> list[DeviceRecord]:
+        """Every device, by id, within about `budget` bytes (what the inventory carries): past
+        it, devices come without their last status and readings, then not at all (logged)."""
+        records, used, bare = [], 0, 0
+        for device, d in sorted(self.devices.items()):
+            detailed = used + RECORD_BYTES + d.detail_bytes <= budget
+            if not detailed and used + RECORD_BYTES > budget:
+                break
+            used += RECORD_BYTES + (d.detail_bytes if detailed else 0)
+            bare += not detailed
+            records.append(
+                DeviceRecord(
+                    id=device,
+                    online=self.online(device),
+                    first_seen=d.first_seen,
+                    last_seen=d.last_seen,
+                    messages=d.messages,
+                    last_status=d.last_status if detailed else None,
+                    last_telemetry=d.last_telemetry if detailed else {},
+                    source="bridge" if d.source == "bridge" else "mqtt",
+                )
             )
-            for device, d in sorted(self.devices.items())
-        ]
+        trimmed = (bare, len(self.devices) - len(records))
+        if trimmed != self._trimmed and any(trimmed):  # once per change, not every scan
+            logger.warning(
+                "device records over the inventory's budget",
+                devices=len(self.devices),
+                without_values=trimmed[0],
+                left_out=trimmed[1],
+                budget=budget,
+            )
+        self._trimmed = trimmed
+        return records
 
 
 def _check_shape(channel: str, body: Any) -> str | None:

@@ -70,9 +70,10 @@ def _not_json(constant: str) -> Any:
 def check_tree(data: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NODES) -> str | None:
     """Why `data` (decoded JSON, msgpack or YAML) is not a tree fleetbus accepts, or None:
     nested deeper than `max_depth`, more than `max_nodes` values, a number that is not
-    finite (a map key that is not a string is validation's to refuse). Level by level, so no
-    input can exhaust the stack. On every decode: it adds 19-32 % (0.7-6.5 us) to decoding a
-    typical body (heartbeat to profile; `benchmarks/codec.py`'s samples, measured)."""
+    finite or an integer beyond 64 bits (a map key that is not a string is validation's to
+    refuse). Level by level, so no input can exhaust the stack. On every decode: it adds
+    19-32 % (0.7-6.5 us) to decoding a typical body (heartbeat to profile;
+    `benchmarks/codec.py`'s samples, measured)."""
     level, depth, nodes = [data], 1, 0
     while level:
         nodes += len(level)
@@ -83,7 +84,10 @@ def check_tree(data: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NO
             kind = type(node)
             if kind in _LEAVES:
                 continue
-            if isinstance(node, dict):  # keys: JSON's are strings, msgpack's (strict) str or bytes
+            if kind is int:
+                if not INT_MIN <= node <= INT_MAX:
+                    return f"an integer of {node.bit_length()} bits does not fit in 64 bits"
+            elif isinstance(node, dict):  # keys: JSON's are strings, msgpack's (strict) str or bytes
                 below.extend(node.values())
             elif isinstance(node, list | tuple):
                 below.extend(node)
@@ -95,7 +99,10 @@ def check_tree(data: Any, *, max_depth: int = MAX_DEPTH, max_nodes: int = MAX_NO
     return None
 
 
-_LEAVES = frozenset((str, int, bool, type(None), bytes))  # nothing to look into
+# Not int: what a daemon accepted it may send on as msgpack (a reading in its inventory, a
+# profile's config in its ApplyResult), and msgpack holds integers of 64 bits only.
+_LEAVES = frozenset((str, bool, type(None), bytes))  # nothing to look into
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
 
 
 def load_json(text: str | bytes, *, what: str) -> Any:

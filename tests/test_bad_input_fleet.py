@@ -5,11 +5,13 @@ The corpus is the decoder fuzz corpus (deep nesting, NaN, huge strings and maps,
 wrong types...), published as an attacker on the box would: heartbeats at the regional and at
 the hub, enrollment requests, thin-edge outbox events and inventory (which the regional stores
 and the hub's EVENTS, `applied` and `inventory` readers then decode), KV values the edges
-replicate (profiles, overrides), device topics and command requests at the edge."""
+replicate (profiles, overrides), device topics (over NATS and from an MQTT client on the edge's
+listener) and command requests at the edge."""
 
 import contextlib
 import itertools
 
+import aiomqtt
 import nats
 import pytest
 from nats.errors import Error as NatsError
@@ -68,6 +70,24 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
         finally:
             for nc in conns.values():
                 await nc.close()
+
+        # The same from a device on the edge's MQTT listener, then one good reading: it is taken.
+        mqtt_port = fleet.plan.site(EDGE).server.mqtt_port
+        assert mqtt_port is not None
+        async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="sensor-2") as device:
+            for body in (b for b in CORPUS.values() if len(b) < 1_000_000):
+                for channel in ("telemetry", "status"):
+                    await device.publish(f"devices/sensor-2/{channel}", body, qos=1)
+            await device.publish("devices/sensor-2/telemetry", b'{"after_the_corpus": 1}', qos=1)
+
+        async def reading_taken() -> bool:
+            inventory = await client.get_inventory(EDGE)
+            return any(
+                d.id == "sensor-2" and d.last_telemetry.get("after_the_corpus") == 1
+                for d in inventory.devices
+            )
+
+        await eventually(reading_taken, timeout=30, what="the good reading after the corpus, at the hub")
 
         # Each daemon counted what it could not decode...
         metrics = Metrics(fleet)

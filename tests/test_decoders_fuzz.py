@@ -23,7 +23,7 @@ from edge.inventory import FactsError, read_facts
 from fleetbus.authority import load_mapping
 from fleetbus.errors import ConfigError
 from schemas.catalog import MESSAGE_TYPES
-from schemas.codec import JSON, MAX_DEPTH, MSGPACK, check_tree, decode_body, load_json
+from schemas.codec import JSON, MAX_DEPTH, MSGPACK, check_tree, decode_body, encode_body, load_json
 from schemas.errors import DecodeError
 from schemas.headers import CE_TYPE, CONTENT_TYPE, open_envelope
 
@@ -62,7 +62,7 @@ CORPUS: dict[str, bytes] = {
     "msgpack str claiming 4 GB": b"\xdb\xff\xff\xff\xff",
     "msgpack truncated": msgpack.packb({"a": "b" * 100})[:20],
     "1 MB string": json.dumps({"message": "x" * 1_000_000}).encode(),
-    "100k-entry map": json.dumps({f"k{i}": i for i in range(100_000)}).encode(),
+    "20k-entry map (300 KB)": json.dumps({f"key-{i}": i for i in range(20_000)}).encode(),
     "duplicate keys": b'{"seq": 1, "seq": "two"}',
     "empty": b"",
     "blanks": b"   \n",
@@ -73,6 +73,14 @@ CORPUS: dict[str, bytes] = {
         {"name": 1, "selector": [], "spec": "x", "site": {}, "data": 3, "devices": {"a": 1}}
     ).encode(),
 }
+
+
+BIG_INTS = {
+    "json 2**64 in a profile's config": b'{"name": "p", "spec": {"config": {"x": 18446744073709551616}}}',
+    "json -2**63-1 in an event's data": b'{"data": {"x": -9223372036854775809}}',
+    "json 4000-digit integer in a reading": b'{"t": ' + b"9" * 4000 + b"}",
+}
+CORPUS |= BIG_INTS  # each fits Python and JSON, none msgpack
 
 
 def assert_only_decode_errors(body: bytes) -> None:
@@ -158,6 +166,24 @@ def test_device_ids_beyond_the_cap_are_rejected_and_counted():
     assert len(registry.records()) == 3
 
 
+def test_the_inventory_carries_the_most_devices_a_registry_holds_within_a_servers_max_payload():
+    """10,000 devices inventing ids, or 20 sending 64 KiB statuses, must not make the edge's
+    inventory larger than a server accepts (1 MB): it would stop reaching the hub at all."""
+    registry = DeviceRegistry(offline_after=30, max_payload=2**16, max_devices=10_000, clock=lambda: T0)
+    status = json.dumps({f"k{i}": "x" * 1900 for i in range(32)}).encode()  # ~61 KiB
+    for i in range(20):
+        assert registry.take(f"big-{i:02}", "status", status)
+    for i in range(10_000 - 20):
+        assert registry.take(f"s{i:05}", "telemetry", b'{"t": 21.5, "h": 40}')
+    records = registry.records()
+    snapshot = [r.model_dump(mode="json") for r in records]
+    assert len(msgpack.packb(snapshot)) < 600_000
+    assert records[0].id == "big-00"
+    assert records[0].last_status is not None  # the first ones keep their values,
+    assert records[19].last_status is None  # later ones come without those that do not fit,
+    assert len(records) < 10_000  # and past the budget, not at all
+
+
 @pytest.mark.parametrize("name", sorted(CORPUS))
 def test_facts_files_and_authored_documents_read_or_refuse_with_their_own_errors(name, tmp_path: Path):
     path = tmp_path / "input"
@@ -179,3 +205,32 @@ def test_yaml_aliases_that_expand_to_billions_are_refused(tmp_path: Path):
     deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="nested"):
         load_mapping(deep)
+
+
+@pytest.mark.parametrize("name", sorted(BIG_INTS))
+def test_what_a_decoder_accepts_can_be_sent_on_as_msgpack(name):
+    """A daemon re-encodes what it accepted (a profile into its ApplyResult, a reading into its
+    inventory and telemetry events): an integer msgpack cannot hold would raise OverflowError
+    there, past every handler, so the decoder refuses it."""
+    body = BIG_INTS[name]
+    for cls in MESSAGE_TYPES:
+        with contextlib.suppress(DecodeError):
+            encode_body(decode_body(cls, body, subject="fuzz"), MSGPACK)
+    with pytest.raises(DecodeError, match="64 bits"):
+        load_json(body, what="x")
+    registry = DeviceRegistry(offline_after=30, max_payload=2**20, clock=lambda: T0)
+    assert not registry.take("sensor-1", "telemetry", body)
+    assert not registry.take("sensor-1", "status", body)
+
+
+@settings(max_examples=100, deadline=None)
+@given(json_values)
+@example(2**64)
+@example([-(2**63) - 1])
+def test_every_value_a_decoder_accepts_encodes_again(value):
+    for body in encodings({"spec": value, "data": value, "t": value}):
+        for cls in MESSAGE_TYPES:
+            with contextlib.suppress(DecodeError):
+                encode_body(decode_body(cls, body, subject="fuzz"), MSGPACK)
+        with contextlib.suppress(DecodeError):
+            msgpack.packb(load_json(body, what="x"), use_bin_type=True)
