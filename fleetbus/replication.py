@@ -128,7 +128,11 @@ class SourcedStream:
             if keep_sources:
                 with contextlib.suppress(NotFoundError):
                     info = await self.js.stream_info(self.name)
-                    config.sources = info.config.sources
+                    kept = list(info.config.sources or [])
+                    keys = {source_key(s) for s in kept}
+                    config.sources = kept + [
+                        s for s in self.config.sources or [] if source_key(s) not in keys
+                    ]
             await ensure_stream(self.js, config)
 
     async def add(self, new: StreamSource) -> bool:

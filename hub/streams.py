@@ -18,11 +18,25 @@ DAY = 24 * 3600
 def events_stream(*, max_age_s: float = 30 * DAY, max_bytes: int = 4 * 2**30) -> StreamConfig:
     """Every edge's events, sourced from each regional's EVENTS (one source per region, added
     when the regional is first heard); deduplicated by `Nats-Msg-Id`."""
-    return aggregate_stream(
+    config = aggregate_stream(
         subjects.EVENTS_STREAM,
         "Events of the whole fleet, sourced from every regional.",
         max_age_s=max_age_s,
         max_bytes=max_bytes,
+    )
+    config.sources = [null_source()]
+    return config
+
+
+def null_source() -> StreamSource:
+    """A source that can never copy anything, so that a stream only sources fill binds no
+    subject even before its first real source is added. nats-server gives a stream created
+    with neither subjects nor sources one subject, its own name (`EVENTS`), and stores what
+    anyone publishes there. The hub's `regions` bucket binds only `$KV.regions.>`, so it
+    never holds the one subject this source takes."""
+    return StreamSource(
+        name=f"KV_{subjects.REGIONS_BUCKET}",
+        filter_subject=subjects.kv_subject(subjects.PROFILES_BUCKET, "none"),
     )
 
 
@@ -90,5 +104,13 @@ def replay_from_start(item: StreamSource) -> StreamSource:
 
 
 def sourced_bucket(bucket: str, description: str, max_bytes: int) -> StreamConfig:
-    """A hub bucket with no subjects of its own: only its sources write it."""
-    return kv_stream(bucket, description, discard=DiscardPolicy.OLD, max_bytes=max_bytes, deny_delete=False)
+    """A hub bucket with no subjects of its own: only its sources write it (`null_source`
+    until the first region's is added)."""
+    return kv_stream(
+        bucket,
+        description,
+        discard=DiscardPolicy.OLD,
+        max_bytes=max_bytes,
+        deny_delete=False,
+        sources=[null_source()],
+    )

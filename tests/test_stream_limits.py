@@ -1,8 +1,10 @@
 """Every stream and bucket fleetbus creates, at every tier, has a size cap: a stream without one
-grows until the site's disk is full. Read from the real servers of a running fleet."""
+grows until the site's disk is full; and the hub's streams that sources fill bind no subject.
+Read from the real servers of a running fleet."""
 
 import nats
 import pytest
+from nats.js.errors import NoStreamResponseError
 
 from tests.conftest import running_fleet
 from tests.helpers import eventually
@@ -37,5 +39,11 @@ async def test_every_stream_at_every_tier_has_a_size_cap(tmp_path):
                 streams = await eventually(all_there, timeout=30, what=f"{site}'s streams")
                 uncapped = [s.config.name for s in streams if (s.config.max_bytes or -1) <= 0]
                 assert uncapped == [], f"{site}: streams without max_bytes: {uncapped}"
+                if site == "hub":  # filled only by sources: they bind no subject, not even their name
+                    sourced = {s.config.name: s.config.subjects for s in streams}
+                    for name in ("EVENTS", "KV_inventory", "KV_presence", "KV_applied"):
+                        assert not sourced[name], f"hub {name} binds {sourced[name]}"
+                        with pytest.raises(NoStreamResponseError):  # no stream stores a publish there
+                            await js.publish(name, b"forged", timeout=2)
             finally:
                 await nc.close()
