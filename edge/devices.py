@@ -40,6 +40,9 @@ MAX_FIELDS = 32  # telemetry fields and status keys kept per device
 # over 1 MB, and 10,000 devices (~180 bytes each) or 16 with 64 KiB statuses would pass it and
 # stop the edge's inventory reaching the hub at all.
 INVENTORY_BUDGET = 512 * 1024
+# Bytes of last values (status and readings, as JSON) the registry holds for all its devices:
+# 10,000 ids, each with a 64 KiB status and 32 readings of 64 KiB, would be gigabytes.
+VALUES_BUDGET = 64 * 2**20
 RECORD_BYTES = 200  # one record without its last status and readings, msgpack, rounded up
 
 
@@ -61,12 +64,14 @@ class DeviceRegistry:
         offline_after: float,
         max_payload: int,
         max_devices: int = 10_000,
+        max_values_bytes: int = VALUES_BUDGET,
         metrics: DaemonMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.offline_after, self.max_payload, self.max_devices = offline_after, max_payload, max_devices
         self.metrics, self.clock = metrics, clock
         self.devices: dict[str, _Device] = {}
+        self.max_values_bytes, self.values_bytes = max_values_bytes, 0  # sum of detail_bytes
         self._trimmed = (0, 0)  # devices left without values, and left out, at the last records()
         # Told of every accepted message (device, channel, body, when): the telemetry forwarder.
         self.listeners: list[Callable[[str, str, dict[str, Any], datetime], None]] = []
@@ -88,20 +93,25 @@ class DeviceRegistry:
             return False
         now = self.clock()
         known = self.devices.get(device)
+        if known is None and len(self.devices) >= self.max_devices:  # a client inventing ids
+            self._reject("too_many_devices", device, channel)
+            return False
+        status, telemetry = (known.last_status, known.last_telemetry) if known else (None, {})
+        if channel == "status":
+            status = dict(list(body.items())[:MAX_FIELDS])
+        else:
+            telemetry = dict(list((telemetry | body).items())[:MAX_FIELDS])
+        size = len(json.dumps([status, telemetry]))
+        if self.values_bytes - (known.detail_bytes if known else 0) + size > self.max_values_bytes:
+            self._reject("too_large", device, channel)  # the registry's memory is capped too
+            return False
         if known is None:
-            if len(self.devices) >= self.max_devices:  # a client inventing ids: memory is capped
-                self._reject("too_many_devices", device, channel)
-                return False
             known = self.devices[device] = _Device(first_seen=now, last_seen=now, source=source)
             logger.info("new device", device=device, source=source)
+        self.values_bytes += size - known.detail_bytes
+        known.last_status, known.last_telemetry, known.detail_bytes = status, telemetry, size
         known.last_seen, known.source = now, source
         known.messages += 1
-        if channel == "status":
-            known.last_status = dict(list(body.items())[:MAX_FIELDS])
-        else:
-            merged = known.last_telemetry | body
-            known.last_telemetry = dict(list(merged.items())[:MAX_FIELDS])
-        known.detail_bytes = len(json.dumps([known.last_status, known.last_telemetry]))
         if self.metrics:
             self.metrics.device_messages.labels(channel=channel, source=source).inc()
         for listener in self.listeners:

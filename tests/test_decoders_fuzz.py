@@ -166,6 +166,17 @@ def test_device_ids_beyond_the_cap_are_rejected_and_counted():
     assert len(registry.records()) == 3
 
 
+def test_the_registry_holds_at_most_its_budget_of_last_values():
+    registry = DeviceRegistry(offline_after=30, max_payload=2**16, max_values_bytes=100_000, clock=lambda: T0)
+    reading = json.dumps({"blob": "x" * 30_000}).encode()
+    assert [registry.take(f"s{i}", "telemetry", reading) for i in range(5)] == [True] * 3 + [False] * 2
+    assert registry.take("s0", "telemetry", reading)  # replacing its own values: no growth
+    assert not registry.take("s0", "status", reading)  # adding to them: over the budget
+    assert registry.take("s3", "telemetry", b'{"t": 1}')  # small values still fit
+    assert registry.values_bytes <= 100_000
+    assert [r.id for r in registry.records()] == ["s0", "s1", "s2", "s3"]
+
+
 def test_the_inventory_carries_the_most_devices_a_registry_holds_within_a_servers_max_payload():
     """10,000 devices inventing ids, or 20 sending 64 KiB statuses, must not make the edge's
     inventory larger than a server accepts (1 MB): it would stop reaching the hub at all."""
