@@ -24,7 +24,7 @@ from fleetbus.errors import ConfigError, FleetbusError
 from schemas import subjects
 from schemas.authoring import unknown_keys
 from schemas.base import Message, utcnow
-from schemas.codec import JSON, check_tree, decode_body, encode_body
+from schemas.codec import JSON, check_text, check_tree, decode_body, encode_body
 from schemas.errors import DecodeError, PermanentError
 from schemas.override import Override, OverrideScope, OverrideTarget
 from schemas.profile import Profile
@@ -64,7 +64,8 @@ def load_mapping(path: Path) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:  # e.g. an integer of 5,000 digits
         msg = f"{path}: cannot read a value: {exc}"
         raise ConfigError(msg) from exc
-    if problem := check_tree(data):  # e.g. aliases of aliases that expand to billions of values
+    # e.g. aliases of aliases that expand to billions of values; "\ud800", which cannot be sent
+    if problem := check_tree(data) or check_text(data):
         msg = f"{path}: refused: {problem}"
         raise ConfigError(msg)
     if not isinstance(data, dict):

@@ -11,6 +11,7 @@ untrusted bytes (device payloads, facts files, authored documents): `load_json`,
 
 import json
 import math
+import re
 from typing import Any, TypeVar
 
 import msgpack
@@ -57,9 +58,35 @@ def _load(body: bytes, media: str) -> Any:
     if media == MSGPACK:
         return msgpack.unpackb(body, raw=False, strict_map_key=True)
     if media == JSON:
-        return json.loads(body, parse_constant=_not_json)
+        return _json_loads(body)
     msg = f"unsupported content type {media!r}"
     raise ValueError(msg)
+
+
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _json_loads(text: str | bytes) -> Any:
+    """`json.loads`, refusing a lone UTF-16 surrogate (`"\\ud800"`): JSON may spell one and
+    Python keeps it in a str, but no UTF-8 encoder takes it again (msgpack, json, a file), so a
+    daemon sending on a reading it accepted would raise there, past every handler."""
+    data = json.loads(text, parse_constant=_not_json)
+    spelt = _SURROGATE_BYTES.search(text) if isinstance(text, bytes) else _SURROGATE.search(text)
+    # Rare (an emoji spelt as an escaped pair is fine), so only then look at every string.
+    if spelt and (problem := check_text(data)):
+        raise ValueError(problem)
+    return data
+
+
+def check_text(data: Any) -> str | None:
+    """Why a string in `data` (keys included) is not text UTF-8 can encode, or None: a lone
+    UTF-16 surrogate, which JSON (`"\\ud800"`) and YAML escapes can spell."""
+    try:
+        json.dumps(data, ensure_ascii=False, default=str).encode()
+    except UnicodeEncodeError:
+        return "a string holds a lone UTF-16 surrogate, which is not text"
+    return None
 
 
 def _not_json(constant: str) -> Any:
@@ -109,7 +136,7 @@ def load_json(text: str | bytes, *, what: str) -> Any:
     """Parse untrusted JSON into a tree that passes `check_tree`, or raise `DecodeError`
     naming `what` (a subject, a file)."""
     try:
-        data = json.loads(text, parse_constant=_not_json)
+        data = _json_loads(text)
     except RecursionError as exc:
         raise DecodeError(what, "not valid JSON: nested too deeply to read") from exc
     except (ValueError, TypeError) as exc:

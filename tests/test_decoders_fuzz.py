@@ -80,7 +80,12 @@ BIG_INTS = {
     "json -2**63-1 in an event's data": b'{"data": {"x": -9223372036854775809}}',
     "json 4000-digit integer in a reading": b'{"t": ' + b"9" * 4000 + b"}",
 }
-CORPUS |= BIG_INTS  # each fits Python and JSON, none msgpack
+SURROGATES = {
+    "json lone surrogate in a reading": b'{"t": "\\ud800"}',
+    "json lone surrogate in a key": b'{"data": {"\\uDFFF": 1}}',
+}
+NOT_MSGPACK = BIG_INTS | SURROGATES  # each fits Python and JSON, none msgpack (nor UTF-8)
+CORPUS |= NOT_MSGPACK
 
 
 def assert_only_decode_errors(body: bytes) -> None:
@@ -212,22 +217,27 @@ def test_yaml_aliases_that_expand_to_billions_are_refused(tmp_path: Path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match="more than"):
         load_mapping(path)
+    lone = tmp_path / "lone.yaml"
+    lone.write_text('name: "\\ud800"\n')
+    with pytest.raises(ConfigError, match="surrogate"):
+        load_mapping(lone)
     deep = tmp_path / "deep.yaml"
     deep.write_text("a: " + "[" * 5000 + "]" * 5000 + "\n")
     with pytest.raises(ConfigError, match="nested"):
         load_mapping(deep)
 
 
-@pytest.mark.parametrize("name", sorted(BIG_INTS))
+@pytest.mark.parametrize("name", sorted(NOT_MSGPACK))
 def test_what_a_decoder_accepts_can_be_sent_on_as_msgpack(name):
     """A daemon re-encodes what it accepted (a profile into its ApplyResult, a reading into its
-    inventory and telemetry events): an integer msgpack cannot hold would raise OverflowError
-    there, past every handler, so the decoder refuses it."""
-    body = BIG_INTS[name]
+    inventory and telemetry events): an integer msgpack cannot hold, or a string UTF-8 cannot,
+    would raise OverflowError or UnicodeEncodeError there, past every handler, so the decoder
+    refuses them."""
+    body = NOT_MSGPACK[name]
     for cls in MESSAGE_TYPES:
         with contextlib.suppress(DecodeError):
             encode_body(decode_body(cls, body, subject="fuzz"), MSGPACK)
-    with pytest.raises(DecodeError, match="64 bits"):
+    with pytest.raises(DecodeError, match=r"64 bits|surrogate"):
         load_json(body, what="x")
     registry = DeviceRegistry(offline_after=30, max_payload=2**20, clock=lambda: T0)
     assert not registry.take("sensor-1", "telemetry", body)
@@ -237,6 +247,7 @@ def test_what_a_decoder_accepts_can_be_sent_on_as_msgpack(name):
 @settings(max_examples=100, deadline=None)
 @given(json_values)
 @example(2**64)
+@example("\ud800")
 @example([-(2**63) - 1])
 def test_every_value_a_decoder_accepts_encodes_again(value):
     for body in encodings({"spec": value, "data": value, "t": value}):
