@@ -124,7 +124,7 @@ json_values = st.recursive(
     | st.binary(max_size=20),
     lambda children: (
         st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=8) | st.integers(), children, max_size=4)
+        | st.dictionaries(st.text(max_size=8) | st.integers() | st.binary(max_size=8), children, max_size=4)
     ),
     max_leaves=40,
 )
@@ -253,6 +253,8 @@ def test_every_value_a_decoder_accepts_encodes_again(value):
     for body in encodings({"spec": value, "data": value, "t": value}):
         for cls in MESSAGE_TYPES:
             with contextlib.suppress(DecodeError):
-                encode_body(decode_body(cls, body, subject="fuzz"), MSGPACK)
+                message = decode_body(cls, body, subject="fuzz")
+                encode_body(message, MSGPACK)
+                encode_body(message, JSON)
         with contextlib.suppress(DecodeError):
             msgpack.packb(load_json(body, what="x"), use_bin_type=True)
