@@ -100,9 +100,17 @@ class FactsError(ValueError):
     """The site's facts file exists but is not a JSON object."""
 
 
+# The facts travel in every inventory snapshot, which a server refuses over 1 MB: a larger
+# file would stop the inventory reaching the hub, not just be refused itself.
+MAX_FACTS_BYTES = 64 * 1024
+
+
 def read_facts(path: Path) -> dict[str, Any]:
     """The site-defined facts in `path` (a JSON object); {} when there is no such file."""
     try:
+        if (size := path.stat().st_size) > MAX_FACTS_BYTES:
+            msg = f"facts file {path} is {size:,} bytes; keep it under {MAX_FACTS_BYTES:,}"
+            raise FactsError(msg)
         text = path.read_text()
     except FileNotFoundError:
         return {}

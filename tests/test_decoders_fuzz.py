@@ -210,6 +210,15 @@ def test_facts_files_and_authored_documents_read_or_refuse_with_their_own_errors
         load_mapping(path)
 
 
+def test_a_facts_file_too_large_for_an_inventory_is_refused(tmp_path: Path):
+    path = tmp_path / "facts.json"
+    path.write_text(json.dumps({"rack": "b7", "notes": "x" * 70_000}))
+    with pytest.raises(FactsError, match="keep it under"):
+        read_facts(path)
+    path.write_text(json.dumps({"rack": "b7"}))
+    assert read_facts(path) == {"rack": "b7"}
+
+
 def test_yaml_aliases_that_expand_to_billions_are_refused(tmp_path: Path):
     lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
