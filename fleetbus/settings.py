@@ -73,6 +73,15 @@ class RegionalSettings(DaemonSettings):
     offline_after: float = Field(
         default=60.0, gt=0, description="Silence after which an edge is offline (stale after 2 beats), s."
     )
+    max_edges: int = Field(
+        default=20_000,
+        ge=1,
+        description=(
+            "Edges the region enrolls at most; one more is refused (fleetbus_enrollments_total"
+            "{outcome=refused}), so a client inventing edge ids cannot grow the region's state "
+            "or the hub's view without bound."
+        ),
+    )
 
     @property
     def region(self) -> str:

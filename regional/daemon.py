@@ -87,6 +87,13 @@ async def run(settings: RegionalSettings) -> None:
                     accepted=False,
                     reason=f"this is region {region!r}; the edge is configured for {request.region!r}",
                 )
+            elif request.edge not in enrolled and len(enrolled) >= settings.max_edges:
+                reply = EnrollmentReply(
+                    region=region,
+                    edge=request.edge,
+                    accepted=False,
+                    reason=f"region {region!r} enrolls at most {settings.max_edges:,} edges (max_edges)",
+                )
             else:
                 key = subjects.edge_key(region, request.edge)
                 await js.publish(subjects.kv_subject(subjects.EDGES_BUCKET, key), encode_body(request, JSON))

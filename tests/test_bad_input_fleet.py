@@ -16,7 +16,12 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 
+from fleetbus.bus import connect
 from fleetbus.client import FleetClient
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.enrollment import Enrollment, EnrollmentReply
+from schemas.heartbeat import Tier
 from schemas.profile import Profile
 from tests.conftest import running_fleet
 from tests.fleetprobe import applied_hash
@@ -124,4 +129,31 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
         for site, pid in pids.items():
             assert fleet.daemons[site].running, f"{site}'s daemon is not running"
             assert fleet.daemons[site].pid == pid, f"{site}'s daemon restarted"
+        assert fleet.crashes() == {}
+
+
+async def test_a_region_enrolls_at_most_max_edges(tmp_path):
+    """A client inventing edge ids cannot grow the region's state (and the hub's view) without
+    bound: past `max_edges` an enrollment of a new edge is refused and counted, while an
+    enrolled edge that asks again is still admitted."""
+    settings = {Tier.REGIONAL: {"max_edges": 2}}
+    async with running_fleet(tmp_path, regions=1, edges=1, settings=settings) as fleet:
+        bus = await connect(fleet.plan.site("r1").server.client_url, name="test", source="/test")
+        try:
+
+            async def enroll(edge: str) -> EnrollmentReply:
+                request = Enrollment(region="r1", edge=edge, requested_at=utcnow())
+                return await bus.request(subjects.region_enroll("r1"), request, EnrollmentReply, timeout=5)
+
+            await eventually(lambda: enroll(EDGE), timeout=20, what="the regional answering")
+            assert (await enroll("r1-x1")).accepted
+            refused = await enroll("r1-x2")
+            assert not refused.accepted
+            assert "at most 2 edges" in refused.reason
+            assert (await enroll(EDGE)).accepted
+            assert (await enroll("r1-x1")).accepted
+        finally:
+            await bus.close()
+        scrape = await Metrics(fleet).scrape("r1")
+        assert scrape.value("fleetbus_enrollments_total", outcome="refused") == 1
         assert fleet.crashes() == {}
