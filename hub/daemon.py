@@ -96,7 +96,10 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         daemon.add_task("presence", regions.run)
         daemon.add_task("limits", limits)
         if listener is not None:
-            view = FleetView(FleetClient(daemon.bus, settings.nats_url))
+            view = FleetView(
+                FleetClient(daemon.bus, settings.nats_url),
+                on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
+            )
             app = web.create_app(view, daemon.metrics)
             host, port = listener.getsockname()[:2]
             logger.info("dashboard", url=f"http://{host}:{port}/")

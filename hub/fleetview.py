@@ -92,12 +92,14 @@ class FleetView:
         region_heard: Callable[[str], datetime | None] = lambda _region: None,
         max_edges: int = MAX_EDGES,
         on_reject: Callable[[], None] = lambda: None,
+        on_undecodable: Callable[[str], None] = lambda _schema: None,
     ) -> None:
         self.client = client
         self.clock = clock
         self.region_heard = region_heard  # when the hub daemon last heard a regional's heartbeat
         self.max_edges = max_edges
         self.on_reject = on_reject
+        self.on_undecodable = on_undecodable  # told the schema of each record skipped
         self.rejected = 0  # records dropped because they would add an edge past `max_edges`
         self.hub = HubLink()
         self.edges: dict[str, EdgeView] = {}
@@ -208,6 +210,7 @@ class FleetView:
         except DecodeError as exc:
             # Like the edges: an undecodable value is skipped and the last good one stands.
             logger.warning("undecodable record skipped", bucket=bucket, key=record.key, reason=exc.reason)
+            self.on_undecodable(cls.SCHEMA)
             return
         apply(record, value)
 

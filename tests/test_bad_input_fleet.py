@@ -98,6 +98,7 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
         metrics = Metrics(fleet)
         for site, name, labels in (
             ("hub", "fleetbus_decode_errors_total", {"kind": "fleet.heartbeat"}),
+            ("hub", "fleetbus_decode_errors_total", {"kind": "fleet.inventory"}),  # its view's mirror
             ("r1", "fleetbus_decode_errors_total", {"kind": "fleet.heartbeat"}),
             ("r1", "fleetbus_decode_errors_total", {"kind": "fleet.enrollment"}),
             (EDGE, "fleetbus_decode_errors_total", {"kind": "fleet.profile"}),
