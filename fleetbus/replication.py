@@ -235,7 +235,6 @@ class SiteFollower:
         A thin site has no sources: it publishes into these streams itself."""
         first = self.heard.last(beat.site) is None
         recheck = beat.site in self._recheck
-        self._recheck.discard(beat.site)
         if beat.thin:
             self.heard.record(beat)
         elif first or recheck:
@@ -245,6 +244,7 @@ class SiteFollower:
             if self.kick:
                 for stream in existed:
                     await stream.kick(from_domain(beat.site))
+            self._recheck.discard(beat.site)  # only once added: a failure tries again next beat
         elif self.heard.returned(beat) and self.kick:
             logger.info("site heard again", site=beat.site, seq=beat.seq, uplink_returns=beat.uplink_returns)
             for stream in self.streams:
