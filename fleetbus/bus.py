@@ -89,6 +89,15 @@ class Bus:
         await self.nc.publish(subject, body, headers=headers)
         self._count_out(message)
 
+    async def announce(self, subject: str) -> bool:
+        """Publish an empty message (a signal such as the hub's hello); False if the
+        connection is lost again meanwhile, which the next reconnect will announce."""
+        try:
+            await self.nc.publish(subject, b"")
+        except nats.errors.Error:
+            return False
+        return True
+
     async def js_publish(self, subject: str, message: Message, *, message_id: str | None = None) -> PubAck:
         """Store `message` in the local stream bound to `subject`; dedupe by `message_id`."""
         body, headers = envelope(message, source=self.source, message_id=message_id)

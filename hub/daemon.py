@@ -48,6 +48,18 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         applied = SourcedStream(js, streams.applied_bucket(), metrics)
         follower = SiteFollower([events, inventory, presence], kick=settings.heal_acceleration)
         daemon.bus.reconnect_listeners.append(follower.server_back)  # its server restarted
+        server_back = asyncio.Event()
+        daemon.bus.reconnect_listeners.append(server_back.set)
+
+        async def hello_again() -> None:
+            """Say hello again each time the hub's own server is back: a restart shorter than
+            a regional's probe period is otherwise noticed by no one below, and the
+            regionals' replicas of the hub's buckets (sourced through consumers that died
+            with the server) would wait for nats-server's own retry."""
+            while True:
+                await server_back.wait()
+                server_back.clear()
+                await daemon.bus.announce(subjects.hub_hello())
 
         async def still_known(change: Transition) -> bool:
             """False for a region forgotten (`fleetbus region forget`) while its record would
@@ -83,6 +95,8 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
             # Regionals that started first beat now instead of one interval from now: until the
             # hub hears a region, it has not added that region's sources (nothing of it shows).
             await daemon.bus.nc.publish(subjects.hub_hello(), b"")
+
+        daemon.add_task("hello", hello_again)
 
         async def limits() -> None:
             await watch_limits(

@@ -1,10 +1,13 @@
 """The regional daemon: replicas of the hub's buckets, the region's events and inventory,
 enrollment and presence of its edges."""
 
+import asyncio
+
 from fleetbus import forget, kvwatch, log
 from fleetbus.bus import Msg
 from fleetbus.daemon import Daemon
 from fleetbus.errors import DecodeError
+from fleetbus.heartbeat import HELLO_SPACING
 from fleetbus.liveness import PresenceBoard
 from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
 from fleetbus.provisioning import ensure_stream
@@ -123,6 +126,20 @@ async def run(settings: RegionalSettings) -> None:
             logger.info("region state loaded", enrolled=len(enrolled), presence=restored)
             await daemon.bus.subscribe(subjects.region_enroll(region), Enrollment, on_enroll)
             await daemon.bus.subscribe(subjects.edge_heartbeats(region), Heartbeat, on_edge_heartbeat)
+            if settings.heal_acceleration:
+                await daemon.bus.nc.subscribe(subjects.hub_hello(), cb=on_hub_hello)
+
+        last_hello = -HELLO_SPACING
+
+        async def on_hub_hello(_msg: Msg) -> None:
+            """The hub (re)started listening, maybe after its server restarted faster than the
+            probe can tell: kick the replicas' sources from the hub (at most twice a second)."""
+            nonlocal last_hello
+            now = asyncio.get_running_loop().time()
+            if now - last_hello >= HELLO_SPACING:
+                last_hello = now
+                for replica in replicas:
+                    await replica.kick(from_domain(HUB_DOMAIN))
 
         async def hub_returned() -> None:
             if settings.heal_acceleration:
