@@ -31,7 +31,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 types: $(STAMP)
-	$(VENV)/bin/mypy schemas fleetbus hub regional edge
+	$(VENV)/bin/mypy schemas fleetbus hub regional edge benchmarks
 
 contracts: $(STAMP)
 	$(VENV)/bin/lint-imports

@@ -28,12 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nats.js.api import DeliverPolicy
 
 from benchmarks.common import CpuWindow, append_results, summary, table
-from fleetbus import log
-from fleetbus.client import FleetClient
 from fleetbus.devfleet.hollow import plan_hollow
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports
+from fleetbus.runtime import log
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.codec import decode_body
 from schemas.event import Event
@@ -47,7 +47,7 @@ PROFILE = "fanout-bench"
 
 async def all_reported(client: FleetClient, edges: int) -> bool:
     """Whether the hub's `applied` bucket holds an ApplyResult of every edge."""
-    info = await client._js.stream_info(f"KV_{subjects.APPLIED_BUCKET}")
+    info = await client._js.stream_info(subjects.kv_stream(subjects.APPLIED_BUCKET))
     return info.state.messages >= edges
 
 
@@ -55,7 +55,7 @@ async def fan_out(client: FleetClient, edges: int, round_no: int, timeout: float
     """Apply a new revision; per edge, seconds until the hub holds its ApplyResult for it."""
     sub = await client._js.subscribe(
         subjects.kv_subject(subjects.APPLIED_BUCKET),
-        stream=f"KV_{subjects.APPLIED_BUCKET}",
+        stream=subjects.kv_stream(subjects.APPLIED_BUCKET),
         ordered_consumer=True,
         deliver_policy=DeliverPolicy.NEW,
     )
@@ -176,7 +176,10 @@ async def main() -> None:
             label, per_region, hollow, args, beat=beats[0], rounds=args.rounds
         )
         p50, p99, top = summary(samples)
-        shown = lambda v: f"{v:.2f}" if v != float("inf") else "lost"  # noqa: E731
+
+        def shown(v: float) -> str:
+            return f"{v:.2f}" if v != float("inf") else "lost"
+
         rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), f"{filled:.1f}"])
         if cpu is not None:
             cpu_rows.append((beats[0], cpu))

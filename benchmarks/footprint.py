@@ -19,13 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import CpuWindow, append_results, rss_bytes, table
-from fleetbus import log
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.natsconf import ServerSpec
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
+from fleetbus.devfleet.servers import NatsServer
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.natsconf import ServerSpec
-from fleetbus.netutil import free_ports
-from fleetbus.servers import NatsServer
+from fleetbus.runtime import log
+from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
 from tests.helpers import eventually
 

@@ -37,11 +37,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import append_results, nearest_rank
-from fleetbus import log
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports
+from fleetbus.runtime import log
+from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
 from schemas.override import OverrideScope
 from schemas.presence import PresenceState
@@ -142,7 +142,9 @@ class Run:
 async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
     accelerate = mode == "on"
     edges_r1 = len(args.edge_cuts)
-    settings = {tier: {"heal_acceleration": accelerate} for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE)}
+    settings: dict[Tier, dict[str, object]] = {
+        tier: {"heal_acceleration": accelerate} for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE)
+    }
     with tempfile.TemporaryDirectory() as tmp:
         ports = iter(free_ports(ports_needed(2, edges_r1, mqtt=False, links=True)))
         plan = plan_fleet(Path(tmp), 2, edges_r1, ports, links=True)

@@ -22,10 +22,10 @@ import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports, http_get
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports, http_get
+from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
 from schemas.presence import PresenceState
 

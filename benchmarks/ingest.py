@@ -29,11 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import append_results, table
 from edge.inventory import host_facts
-from fleetbus import log
-from fleetbus.bus import connect
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports
+from fleetbus.nats.bus import connect
+from fleetbus.runtime import log
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.headers import envelope
@@ -43,7 +43,7 @@ REGION = "r1"
 
 
 async def hub_received(js: nats.js.JetStreamContext) -> int:
-    return (await js.stream_info(f"KV_{subjects.INVENTORY_BUCKET}")).state.last_seq
+    return (await js.stream_info(subjects.kv_stream(subjects.INVENTORY_BUCKET))).state.last_seq
 
 
 async def full_path(fleet: DevFleet, edges: int, concurrency: int) -> tuple[float, int]:

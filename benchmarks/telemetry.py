@@ -34,11 +34,11 @@ import nats
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import append_results, summary, table
-from fleetbus import log
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports, http_get
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports, http_get
+from fleetbus.runtime import log
+from fleetbus.sdk.client import FleetClient
 from schemas.base import utcnow
 from schemas.heartbeat import Tier
 from schemas.profile import Profile, ProfileSpec
@@ -73,6 +73,43 @@ async def main() -> None:
             await run(fleet, args)
         finally:
             await fleet.stop()
+
+
+async def outage(
+    fleet: DevFleet,
+    mqtt: aiomqtt.Client,
+    args: argparse.Namespace,
+    via_raw: dict[str, float],
+    via_fleetbus: dict[str, float],
+) -> tuple[float, int]:
+    """Cut the edge's link, send readings, heal: how long the stored readings took to reach
+    the hub after the heal, and how many the raw (unstored) path delivered."""
+    fleet.link(EDGE).cut()
+    metrics_url = f"http://127.0.0.1:{fleet.plan.site(EDGE).daemon_http_port}/metrics"
+
+    async def link_down() -> bool:
+        return await metric(metrics_url, "fleetbus_upstream_up") == 0
+
+    await wait_for(link_down, 30, "the edge noticing its uplink is down")
+    n = args.outage_readings
+    for i in range(n):
+        await mqtt.publish(f"devices/out-{i}/telemetry", json.dumps({"temp": i % 10}), qos=1)
+    forwarded = 1 + int(args.readings) + int(n)
+
+    async def stored() -> bool:
+        return await metric(metrics_url, "fleetbus_telemetry_forwarded_total") >= forwarded
+
+    await wait_for(stored, 60, "the edge storing the readings")
+    healed = time.monotonic()
+    fleet.link(EDGE).heal()
+
+    async def all_back() -> bool:
+        return sum(k.startswith("out-") for k in via_fleetbus) >= int(n)
+
+    await wait_for(all_back, 120, "the readings stored during the outage")
+    catch_up = max(v for k, v in via_fleetbus.items() if k.startswith("out-")) - healed
+    raw_got = sum(k.startswith("out-") for k in via_raw)
+    return catch_up, raw_got
 
 
 async def run(fleet: DevFleet, args: argparse.Namespace) -> None:
@@ -120,31 +157,7 @@ async def run(fleet: DevFleet, args: argparse.Namespace) -> None:
                 lat_fleetbus.append((via_fleetbus[device] - sent) * 1000)
                 lat_raw.append((via_raw[device] - sent) * 1000)
 
-            fleet.link(EDGE).cut()
-            metrics_url = f"http://127.0.0.1:{fleet.plan.site(EDGE).daemon_http_port}/metrics"
-
-            async def link_down() -> bool:
-                return await metric(metrics_url, "fleetbus_upstream_up") == 0
-
-            await wait_for(link_down, 30, "the edge noticing its uplink is down")
-            n = args.outage_readings
-            for i in range(n):
-                await mqtt.publish(f"devices/out-{i}/telemetry", json.dumps({"temp": i % 10}), qos=1)
-            forwarded = 1 + int(args.readings) + int(n)
-
-            async def stored() -> bool:
-                return await metric(metrics_url, "fleetbus_telemetry_forwarded_total") >= forwarded
-
-            await wait_for(stored, 60, "the edge storing the readings")
-            healed = time.monotonic()
-            fleet.link(EDGE).heal()
-
-            async def all_back() -> bool:
-                return sum(k.startswith("out-") for k in via_fleetbus) >= int(n)
-
-            await wait_for(all_back, 120, "the readings stored during the outage")
-            catch_up = max(v for k, v in via_fleetbus.items() if k.startswith("out-")) - healed
-            raw_got = sum(k.startswith("out-") for k in via_raw)
+            catch_up, raw_got = await outage(fleet, mqtt, args, via_raw, via_fleetbus)
     finally:
         listener.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -160,6 +173,7 @@ async def run(fleet: DevFleet, args: argparse.Namespace) -> None:
             ["raw core NATS (no store)", str(args.readings), *(f"{v:.1f}" for v in rw)],
         ],
     )
+    n = args.outage_readings
     lines += [
         "",
         f"p50 ratio fleetbus/raw: x{fb[0] / rw[0]:.1f}",

@@ -1,7 +1,7 @@
 import sys
 
 from edge.daemon import run
-from fleetbus.entry import main
-from fleetbus.settings import EdgeSettings
+from fleetbus.daemon.entry import main
+from fleetbus.runtime.settings import EdgeSettings
 
 sys.exit(main("edge", EdgeSettings, run))

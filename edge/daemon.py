@@ -9,16 +9,17 @@ from edge.devices import DeviceGateway, DeviceRegistry
 from edge.drivers import ClusterDriver, Driver
 from edge.drivers.local import LocalDriver
 from edge.enrollment import enroll, enrolled_before
-from edge.inventory import BacklogMeter, InventoryPublisher, Uplink, host_facts
+from edge.inventory import InventoryPublisher, host_facts
 from edge.reconciler import Reconciler
 from edge.telemetry import TelemetryForwarder
-from fleetbus.bus import store_event
-from fleetbus.daemon import Daemon
-from fleetbus.desired import edge_groups
+from fleetbus.core.desired import edge_groups
+from fleetbus.daemon.lifecycle import Daemon
 from fleetbus.errors import ConfigError
-from fleetbus.provisioning import ensure_stream
-from fleetbus.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
-from fleetbus.settings import EdgeSettings
+from fleetbus.nats.backlog import BacklogMeter, Uplink
+from fleetbus.nats.bus import store_event
+from fleetbus.nats.provisioning import ensure_stream
+from fleetbus.nats.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
+from fleetbus.runtime.settings import EdgeSettings
 from schemas import subjects
 from schemas.event import EventKind
 from schemas.heartbeat import Tier

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from nats.aio.msg import Msg
-
-from fleetbus import log
-from fleetbus.bus import Bus
-from fleetbus.metrics import DaemonMetrics
+from fleetbus.nats.bus import Bus, Msg
+from fleetbus.runtime import log
+from fleetbus.runtime.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import TOKEN, utcnow
 from schemas.codec import load_json

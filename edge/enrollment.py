@@ -10,12 +10,11 @@ import asyncio
 import json
 from pathlib import Path
 
-from nats.errors import Error as NatsError
-
-from fleetbus import log
-from fleetbus.backoff import Backoff
-from fleetbus.bus import Bus
 from fleetbus.errors import DecodeError, PermanentError
+from fleetbus.nats.bus import Bus
+from fleetbus.nats.errors import TRANSIENT
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply
@@ -48,7 +47,7 @@ async def enroll(
     while True:
         try:
             reply = await bus.request(subjects.region_enroll(region), request, EnrollmentReply, timeout=2.0)
-        except (NatsError, TimeoutError, DecodeError) as exc:
+        except (*TRANSIENT, DecodeError) as exc:
             logger.info("regional not answering enrollment yet; retrying", region=region, error=repr(exc))
             await backoff.wait()
             continue

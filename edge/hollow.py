@@ -1,12 +1,13 @@
 """Hollow edges: many simulated edges in one process, for scale runs (`fleetbus sim`).
 
-Each hollow edge is a *thin* edge (DESIGN §2): no nats-server of its own, a plain client of
-its regional's server, doing an edge daemon's per-edge work with the edge daemon's code:
+Each hollow edge is a *thin* edge (docs/architecture.md#thin-edges): no nats-server of its
+own, a plain client of its regional's server, doing an edge daemon's per-edge work with the
+edge daemon's code:
 
 - enrolls with the regional (`edge.enrollment.enroll`), then heartbeats it every
   `heartbeat_interval` (`send_heartbeats`, marked `thin`);
 - follows its desired state in the regional's replicas of `profiles` and `overrides`,
-  recomputes it with `fleetbus.desired` when a profile or one of its own or its groups'
+  recomputes it with `fleetbus.core.desired` when a profile or one of its own or its groups'
   overrides changed, applies it through the `null` driver and reports the ApplyResult
   (`edge.reconciler.Reconciler`);
 - reports each ApplyResult and publishes inventory snapshots (`edge.inventory`) into the
@@ -24,22 +25,19 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from nats.js.errors import NotFoundError
-
 from edge.drivers.null import NullDriver
 from edge.enrollment import enroll
 from edge.inventory import InventoryPublisher, host_facts
 from edge.reconciler import DesiredInputs, Reconciler
-from fleetbus import log
-from fleetbus.bus import Bus, connect
-from fleetbus.daemon import Daemon
-from fleetbus.desired import edge_groups
-from fleetbus.errors import DecodeError
-from fleetbus.heartbeat import send_heartbeats
-from fleetbus.metrics import DaemonMetrics
-from fleetbus.settings import HollowSettings
+from fleetbus.core.desired import edge_groups
+from fleetbus.daemon.lifecycle import Daemon
+from fleetbus.nats.bus import Bus, connect
+from fleetbus.nats.heartbeat import send_heartbeats
+from fleetbus.nats.streams import last_message
+from fleetbus.runtime import log
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.settings import HollowSettings
 from schemas import subjects
-from schemas.headers import open_envelope
 from schemas.heartbeat import Tier
 from schemas.inventory import HostFacts, InventorySnapshot
 
@@ -135,14 +133,8 @@ class HollowEdge:
         """The sequence of this edge's last snapshot in the regional's INVENTORY (0 if none),
         so a restarted hollow edge does not reuse message ids the dedupe window still holds."""
         subject = subjects.edge_inventory(self.region, self.edge)
-        try:
-            msg = await self.bus.js.get_last_msg(subjects.INVENTORY_STREAM, subject)
-        except NotFoundError:
-            return 0
-        try:
-            return open_envelope(InventorySnapshot, msg.data or b"", msg.headers, subject=subject).seq
-        except DecodeError:
-            return 0
+        last = await last_message(self.bus.js, subjects.INVENTORY_STREAM, subject, InventorySnapshot)
+        return last.seq if last else 0
 
 
 async def _connections(settings: HollowSettings, first: Bus, metrics: DaemonMetrics) -> list[Bus]:
@@ -209,6 +201,6 @@ async def run(settings: HollowSettings) -> None:
 if __name__ == "__main__":
     import sys
 
-    from fleetbus.entry import main
+    from fleetbus.daemon.entry import main
 
     sys.exit(main("hollow", HollowSettings, run))

@@ -21,29 +21,24 @@ import platform
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from nats.errors import Error as NatsError
-from nats.errors import NoRespondersError
-from nats.js.errors import NotFoundError
-
 from edge.drivers import Driver
-from fleetbus import log
-from fleetbus.bus import Bus
-from fleetbus.metrics import DaemonMetrics
+from fleetbus.nats.backlog import BacklogMeter
+from fleetbus.nats.bus import Bus
+from fleetbus.nats.errors import TRANSIENT
+from fleetbus.runtime import log
+from fleetbus.runtime.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.codec import load_json
 from schemas.device import DeviceRecord
 from schemas.errors import DecodeError
-from schemas.inventory import HostFacts, InventorySnapshot, KubernetesInventory, LinkState, StreamBacklog
+from schemas.inventory import HostFacts, InventorySnapshot, KubernetesInventory, LinkState
 
 logger = log.get_logger(__name__)
-
-FAILURES = (NatsError, TimeoutError, asyncio.TimeoutError)
 
 
 def _read(path: str) -> str:
@@ -147,94 +142,6 @@ def material(snapshot: InventorySnapshot) -> str:
         for b in snapshot.backlog
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Uplink:
-    """One of the edge's streams that the regional sources, and what of it is this edge's."""
-
-    stream: str
-    filter: str
-    superseded_ok: bool = False  # one message per subject: older ones are replaced, not lost
-
-
-class BacklogMeter:
-    """How far the regional's copy of each uplink stream is behind the edge's."""
-
-    def __init__(self, bus: Bus, region: str, uplinks: list[Uplink], *, timeout: float = 0.5) -> None:
-        self.bus = bus
-        self.region = region
-        self.uplinks = uplinks
-        self.timeout = timeout
-        self.forwarded: dict[str, int] = {}  # last known, kept while the regional is unreachable
-        self.lost: dict[str, int] = {}  # evicted before the regional confirmed them, since start
-        self._counted: dict[str, int] = {}  # evictions up to this sequence are accounted for
-
-    async def _forwarded(self, uplink: Uplink) -> int | None:
-        """The edge sequence of the newest message of ours the regional holds; None if it
-        cannot be asked now."""
-        request = json.dumps({"last_by_subj": uplink.filter}).encode()
-        subject = f"{subjects.js_api_prefix(self.region)}.DIRECT.GET.{uplink.stream}"
-        try:
-            reply = await self.bus.nc.request(subject, request, timeout=self.timeout)
-        except (NoRespondersError, *FAILURES):
-            return None
-        headers = reply.headers or {}
-        if headers.get("Status") == "404":
-            return 0  # the regional holds nothing of ours (yet, or any more)
-        origin = headers.get("Nats-Stream-Source", "").split()
-        if len(origin) < 2 or not origin[0].startswith(f"{uplink.stream}:") or not origin[1].isdigit():
-            return None
-        return int(origin[1])
-
-    async def measure(self) -> list[StreamBacklog]:
-        found = []
-        for uplink in self.uplinks:
-            try:
-                info = await self.bus.js.stream_info(uplink.stream)
-            except NotFoundError:
-                continue
-            state = info.state
-            removed = 0 if uplink.superseded_ok else max(0, state.first_seq - 1)
-            self._count_losses(uplink.stream, removed)
-            answer = await self._forwarded(uplink)
-            if answer is not None and (answer or uplink.stream not in self.forwarded):
-                self.forwarded[uplink.stream] = answer
-            forwarded = min(self.forwarded.get(uplink.stream, 0), state.last_seq)
-            pending = max(0, min(state.messages, state.last_seq - forwarded))
-            found.append(
-                StreamBacklog(
-                    stream=uplink.stream,
-                    pending=pending,
-                    oldest_age_seconds=await self._oldest_age(uplink, forwarded) if pending else 0.0,
-                    evicted=removed,
-                    evicted_unforwarded=self.lost.get(uplink.stream, 0),
-                    forwarded_seq=forwarded,
-                )
-            )
-        return found
-
-    def _count_losses(self, stream: str, removed: int) -> None:
-        """Count messages the limits removed (up to sequence `removed`) beyond the last one the
-        regional had confirmed before this check. Conservative: one forwarded since the
-        previous check but not yet confirmed is counted too. Evictions from before this
-        daemon started are not counted (what was forwarded then is not known)."""
-        if stream not in self._counted:
-            self._counted[stream] = removed
-            return
-        start = max(self.forwarded.get(stream, 0), self._counted[stream])
-        if removed > start:
-            self.lost[stream] = self.lost.get(stream, 0) + removed - start
-            self._counted[stream] = removed
-
-    async def _oldest_age(self, uplink: Uplink, forwarded: int) -> float:
-        try:
-            oldest = await self.bus.js.get_msg(
-                uplink.stream, seq=forwarded + 1, subject=uplink.filter, next=True
-            )
-        except (NotFoundError, *FAILURES):
-            return 0.0
-        return max(0.0, (utcnow() - oldest.time).total_seconds()) if oldest.time else 0.0
 
 
 class LinkView(Protocol):
@@ -350,7 +257,7 @@ class InventoryPublisher:
                 if changed or now - sent_at >= self.interval:
                     await self.publish(snapshot, "changed" if changed else "interval")
                     fingerprint, sent_at = current, now
-            except FAILURES as exc:  # the local server is restarting: try at the next scan
+            except TRANSIENT as exc:  # the local server is restarting: try at the next scan
                 logger.warning("cannot collect or store inventory; retrying", error=repr(exc))
             wait = min(self.scan_interval, max(0.0, sent_at + self.interval - time.monotonic()))
             with contextlib.suppress(TimeoutError):

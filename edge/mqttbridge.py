@@ -13,9 +13,9 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from edge.devices import DeviceRegistry
-from fleetbus import log
-from fleetbus.backoff import Backoff
 from fleetbus.errors import ConfigError
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
 
 logger = log.get_logger(__name__)
 

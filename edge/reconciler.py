@@ -3,7 +3,7 @@
 Inputs are the edge's own replicas of the `profiles` and `overrides` buckets (sourced from its
 regional, so they survive a cut link and a restart), mirrored by `DesiredInputs`, its labels
 and its groups. Whenever an input changes, or an override expires, it recomputes the
-effective desired state with `fleetbus.desired.compute` (the same function the hub uses for
+effective desired state with `fleetbus.core.desired.compute` (the same function the hub uses for
 `explain` and compliance) and, if the content hash or the profile revisions differ from what
 it last reported, applies it through the driver and emits an ApplyResult event into the
 edge's EVENTS stream (a thin edge: into its outbox subject, `edge.hollow`).
@@ -12,26 +12,22 @@ A value that cannot be decoded is counted and skipped; the last good value of th
 """
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
-
 from edge.drivers import Drift, Driver, DriverError
-from fleetbus import log
-from fleetbus.backoff import Backoff
-from fleetbus.bus import Bus, store_event
-from fleetbus.desired import DesiredState, compute
-from fleetbus.errors import DecodeError
-from fleetbus.metrics import DaemonMetrics
-from fleetbus.tasks import cancel_and_wait
+from fleetbus.core.desired import DesiredState, compute
+from fleetbus.nats.bus import Bus, store_event
+from fleetbus.nats.kv import Bucket, Entry, Mirror
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.base import Message, utcnow
-from schemas.codec import decode_body
 from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, ObjectResult, Severity
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
@@ -55,84 +51,48 @@ class DesiredInputs:
     """
 
     def __init__(self, bus: Bus, metrics: DaemonMetrics) -> None:
-        self.bus, self.metrics = bus, metrics
-        self.profiles: dict[str, Profile] = {}
-        self.overrides: dict[str, Override] = {}
+        self._profiles = Mirror(Bucket(bus.js, subjects.PROFILES_BUCKET, Profile, metrics=metrics))
+        self._overrides = Mirror(Bucket(bus.js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics))
         self.loaded = asyncio.Event()
         self._listeners: list[Callable[[Changed], None]] = []
+        self._profiles.listen(lambda entries: self._heard(subjects.PROFILES_BUCKET, entries))
+        self._overrides.listen(lambda entries: self._heard(subjects.OVERRIDES_BUCKET, entries))
+
+    @property
+    def profiles(self) -> dict[str, Profile]:
+        return self._profiles.values
+
+    @property
+    def overrides(self) -> dict[str, Override]:
+        return self._overrides.values
 
     def listen(self, listener: Callable[[Changed], None]) -> None:
         self._listeners.append(listener)
 
     async def run(self) -> None:
-        """Watch both buckets until cancelled; raise what ended a watch."""
-        profiles = await self.bus.js.key_value(subjects.PROFILES_BUCKET)
-        overrides = await self.bus.js.key_value(subjects.OVERRIDES_BUCKET)
-        loaded = [asyncio.Event(), asyncio.Event()]
-        watchers = [
-            asyncio.create_task(
-                self._watch(profiles, Profile, self.profiles, loaded[0]), name="watch-profiles"
-            ),
-            asyncio.create_task(
-                self._watch(overrides, Override, self.overrides, loaded[1]), name="watch-overrides"
-            ),
+        """Mirror both buckets until cancelled; raise what ended a mirror."""
+        mirrors = [
+            asyncio.create_task(self._profiles.run(), name="mirror-profiles"),
+            asyncio.create_task(self._overrides.run(), name="mirror-overrides"),
         ]
         try:
             # Loaded only once both have delivered what they hold: never a half state.
-            await _first_of([asyncio.create_task(e.wait()) for e in loaded], watchers, all_of=True)
+            loaded = [asyncio.create_task(m.loaded.wait()) for m in (self._profiles, self._overrides)]
+            await _first_of(loaded, mirrors, all_of=True)
             self.loaded.set()
             self._tell(())
             forever = asyncio.create_task(asyncio.Event().wait())
-            await _first_of([forever], watchers)  # returns only by raising what ended a watch
+            await _first_of([forever], mirrors)  # returns only by raising what ended a mirror
         finally:
-            await cancel_and_wait(watchers, timeout=10.0)
+            await cancel_and_wait(mirrors, timeout=10.0)
+
+    def _heard(self, bucket: str, entries: Sequence[Entry[Any]]) -> None:
+        if self.loaded.is_set():  # the first loads are told as one, with `()`
+            self._tell({(bucket, e.key) for e in entries})
 
     def _tell(self, changed: Changed) -> None:
         for listener in self._listeners:
             listener(changed)
-
-    async def _watch(self, kv: KeyValue, cls: type[M], into: dict[str, M], loaded: asyncio.Event) -> None:
-        """Keep `into` equal to the bucket; set `loaded` once its current values are in.
-
-        "Loaded" is when the entry with nothing pending after it (`delta == 0`) arrived, or at
-        once if the bucket holds nothing. nats-py's own `None` marker is not used: it can
-        arrive before the values it should follow (seen as `keys()` finding no keys ~1% of
-        the time), which here would apply a half-empty state.
-        """
-        bucket = kv._name
-        info = await self.bus.js.stream_info(f"KV_{bucket}", subjects_filter=subjects.kv_subject(bucket))
-        if not info.state.subjects:
-            loaded.set()
-        watcher = await kv.watchall()
-        burst: set[tuple[str, str]] = set()
-        try:
-            async for entry in watcher:
-                if entry is None:
-                    continue
-                self._take(entry, cls, into)
-                burst.add((bucket, entry.key))
-                if (entry.delta or 0) == 0:  # caught up: one notice for the whole burst
-                    loaded.set()
-                    if self.loaded.is_set():
-                        self._tell(burst)
-                    burst = set()
-        finally:
-            with contextlib.suppress(Exception):
-                await watcher.stop()  # type: ignore[no-untyped-call]
-
-    def _take(self, entry: KeyValue.Entry, cls: type[M], into: dict[str, M]) -> None:
-        if entry.operation in (KV_DEL, KV_PURGE):
-            into.pop(entry.key, None)
-            return
-        try:
-            into[entry.key] = decode_body(
-                cls, entry.value or b"", subject=subjects.kv_subject(entry.bucket, entry.key)
-            )
-        except DecodeError as exc:  # keep the last good value of this key
-            self.metrics.decode_errors.labels(kind=cls.SCHEMA).inc()
-            logger.warning("skipped undecodable value", subject=exc.subject, reason=exc.reason)
-            return
-        self.metrics.messages_in.labels(kind=cls.SCHEMA).inc()
 
 
 class Reconciler:

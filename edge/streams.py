@@ -1,8 +1,7 @@
 """The edge's local streams (where events and inventory wait for the uplink) and replicas."""
 
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-
-from fleetbus.replication import replica_bucket, source
+from fleetbus.nats.replication import replica_bucket, source
+from fleetbus.nats.streams import StreamConfig, local_stream
 from schemas import subjects
 from schemas.override import OverrideScope
 
@@ -13,31 +12,23 @@ def events_stream(
     region: str, edge: str, *, max_age_s: float = 7 * DAY, max_bytes: int = 256 * 2**20
 ) -> StreamConfig:
     """Every event, at least once; bounded by age and bytes (evictions are counted later)."""
-    return StreamConfig(
-        name=subjects.EVENTS_STREAM,
-        description="Events of this edge, sourced upstream by its regional.",
+    return local_stream(
+        subjects.EVENTS_STREAM,
+        "Events of this edge, sourced upstream by its regional.",
         subjects=[subjects.edge_events(region, edge)],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_age=max_age_s,
+        max_age_s=max_age_s,
         max_bytes=max_bytes,
-        duplicate_window=120.0,
     )
 
 
 def inventory_stream(region: str, edge: str, *, max_bytes: int = 16 * 2**20) -> StreamConfig:
     """Last snapshot only: after a long partition only the latest is forwarded."""
-    return StreamConfig(
-        name=subjects.INVENTORY_STREAM,
-        description="Latest inventory snapshot of this edge.",
+    return local_stream(
+        subjects.INVENTORY_STREAM,
+        "Latest inventory snapshot of this edge.",
         subjects=[subjects.edge_inventory(region, edge)],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        discard=DiscardPolicy.OLD,
-        max_msgs_per_subject=1,
+        per_subject=1,
         max_bytes=max_bytes,
-        duplicate_window=120.0,
     )
 
 
@@ -50,13 +41,13 @@ def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
     return [
         replica_bucket(
             subjects.PROFILES_BUCKET,
-            [source(f"KV_{subjects.PROFILES_BUCKET}", region)],
+            [source(subjects.kv_stream(subjects.PROFILES_BUCKET), region)],
         ),
         replica_bucket(
             subjects.OVERRIDES_BUCKET,
             [
                 source(
-                    f"KV_{subjects.OVERRIDES_BUCKET}",
+                    subjects.kv_stream(subjects.OVERRIDES_BUCKET),
                     region,
                     filters=[subjects.kv_subject(subjects.OVERRIDES_BUCKET, k) for k in override_keys],
                 )

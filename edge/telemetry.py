@@ -31,8 +31,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.inventory import LinkView
-from fleetbus import log
-from fleetbus.metrics import DaemonMetrics
+from fleetbus.runtime import log
+from fleetbus.runtime.metrics import DaemonMetrics
 from schemas.event import Event, EventKind
 from schemas.profile import ForwardMode, TelemetryRule, check_device_filter
 

@@ -1,7 +1,7 @@
 import sys
 
-from fleetbus.entry import main
-from fleetbus.settings import HubSettings
+from fleetbus.daemon.entry import main
+from fleetbus.runtime.settings import HubSettings
 from hub.daemon import run
 
 sys.exit(main("hub", HubSettings, run))

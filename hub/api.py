@@ -14,10 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
 
-from fleetbus.compliance import State
-from fleetbus.desired import compute, edge_groups
+from fleetbus.core.compliance import State
+from fleetbus.core.desired import compute, edge_groups
 from hub.fleetview import EdgeView, FleetView
-from schemas.event import Event
+from schemas.event import Event, Severity
 from schemas.inventory import InventorySnapshot
 from schemas.presence import PresenceState
 
@@ -312,3 +312,23 @@ def compliance(fleet: FleetView) -> ComplianceSummary:
         by_region={k: dict(v) for k, v in sorted(by_region.items())},
         edges=[r.as_json() for r in rows],
     )
+
+
+def recent_events(
+    fleet: FleetView,
+    *,
+    kind: str | None = None,
+    region: str | None = None,
+    edge: str | None = None,
+    severity: Severity | None = None,
+    limit: int = 100,
+) -> list[Event]:
+    """The newest `limit` events the hub holds that match every filter given, newest first."""
+    wanted = {"kind": kind, "region": region, "edge": edge, "severity": severity}
+    found = []
+    for _, event in reversed(fleet.events):
+        if all(not value or getattr(event, field) == value for field, value in wanted.items()):
+            found.append(event)
+            if len(found) >= limit:
+                break
+    return found

@@ -5,16 +5,17 @@ import asyncio
 import socket
 from collections import Counter
 
-from fleetbus import forget, log
-from fleetbus.bus import Msg
-from fleetbus.client import FleetClient
-from fleetbus.daemon import Daemon
-from fleetbus.liveness import PresenceBoard
-from fleetbus.metrics import DaemonMetrics
-from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
-from fleetbus.provisioning import BucketSpec, ensure_bucket
-from fleetbus.replication import SiteFollower, SourcedStream, watch_limits
-from fleetbus.settings import HubSettings
+from fleetbus.core.presence import PresencePolicy, PresenceTracker, Transition
+from fleetbus.daemon.lifecycle import Daemon
+from fleetbus.nats import forget
+from fleetbus.nats.bus import Msg
+from fleetbus.nats.liveness import PresenceBoard
+from fleetbus.nats.provisioning import BucketSpec, ensure_bucket
+from fleetbus.nats.replication import SiteFollower, SourcedStream, watch_limits
+from fleetbus.runtime import log
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.settings import HubSettings
+from fleetbus.sdk.client import FleetClient
 from hub import api, streams, web
 from hub.fleetview import FleetView
 from schemas import subjects

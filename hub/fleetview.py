@@ -2,7 +2,7 @@
 
 The dashboard and its JSON API read this, never the buckets per request: with 1,000 edges a
 page load costs a dict walk, not 1,000 KV reads. Each bucket is mirrored by a watch that
-first yields every current value, then each change (`fleetbus.kvwatch`); every change bumps
+first yields every current value, then each change (`fleetbus.nats.kv.Bucket`); every change bumps
 `version` and the version of each edge it touches, so a live feed sends only what moved.
 
 Compliance is cached per edge and recomputed when the edge reports, when a profile or
@@ -20,20 +20,17 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from nats.errors import Error as NatsError
-
-from fleetbus import kvwatch, log
-from fleetbus.backoff import Backoff
-from fleetbus.client import FleetClient
-from fleetbus.compliance import EdgeCompliance, State, assess
-from fleetbus.errors import DecodeError
-from fleetbus.kvwatch import KvRecord
-from fleetbus.views import EdgePresence, edge_presence
+from fleetbus.core.compliance import EdgeCompliance, State, assess
+from fleetbus.core.views import EdgePresence, edge_presence
+from fleetbus.nats.errors import TRANSIENT
+from fleetbus.nats.kv import Bucket, Entry
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.base import Message, utcnow
-from schemas.codec import decode_body
 from schemas.event import Event, EventKind
 from schemas.inventory import InventorySnapshot
 from schemas.override import Override
@@ -44,7 +41,6 @@ logger = log.get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-WATCH_FAILURES = (NatsError, TimeoutError, asyncio.TimeoutError)
 RECENT_EVENTS = 500  # the fleet-wide feed
 EDGE_EVENTS = 20  # per edge, for its page
 MAX_EDGES = 20_000  # edges held; records naming more are dropped (docs/dashboard.md)
@@ -180,39 +176,30 @@ class FleetView:
                 await self._notify()
             await asyncio.sleep(BUS_PERIOD)  # a sampling period
 
-    async def _mirror(self, bucket: str, cls: type[M], apply: Callable[[KvRecord, M | None], None]) -> None:
+    async def _mirror(self, name: str, cls: type[M], apply: Callable[[Entry[M], M | None], None]) -> None:
         """Current values, then each change; read again from the start of the current values
-        if the watch breaks (the hub's own server restarting), so the view never stops."""
-        js = self.client.bus.jetstream(subjects.HUB_DOMAIN)
+        if the watch breaks (the hub's own server restarting), so the view never stops. Like
+        the edges, an undecodable value is skipped (counted) and the last good one stands."""
+        bucket = Bucket(
+            self.client.bus.jetstream(subjects.HUB_DOMAIN),
+            name,
+            cls,
+            on_undecodable=lambda _key, _exc: self.on_undecodable(cls.SCHEMA),
+        )
         backoff = Backoff(0.2, cap=5.0)
         while True:
             try:
-                records, seen = await kvwatch.snapshot(js, bucket)
-                for record in records:
-                    self._take(bucket, cls, apply, record)
+                entries, seen = await bucket.snapshot()
+                for entry in entries:
+                    apply(entry, entry.value)
                 await self._notify()
                 backoff.reset()
-                async for record in kvwatch.changes(js, bucket, after=seen):
-                    self._take(bucket, cls, apply, record)
+                async for entry in bucket.changes(after=seen):
+                    apply(entry, entry.value)
                     await self._notify()
-            except WATCH_FAILURES as exc:
-                logger.warning("bucket watch broke; reading it again", bucket=bucket, error=repr(exc))
+            except TRANSIENT as exc:
+                logger.warning("bucket watch broke; reading it again", bucket=name, error=repr(exc))
             await backoff.wait()
-
-    def _take(
-        self, bucket: str, cls: type[M], apply: Callable[[KvRecord, M | None], None], record: KvRecord
-    ) -> None:
-        if record.deleted:
-            apply(record, None)
-            return
-        try:
-            value = decode_body(cls, record.value, subject=subjects.kv_subject(bucket, record.key))
-        except DecodeError as exc:
-            # Like the edges: an undecodable value is skipped and the last good one stands.
-            logger.warning("undecodable record skipped", bucket=bucket, key=record.key, reason=exc.reason)
-            self.on_undecodable(cls.SCHEMA)
-            return
-        apply(record, value)
 
     def _edge(self, region: str, edge: str) -> EdgeView | None:
         """The view of `edge`, added if new; None (counted) if that would pass `max_edges`."""
@@ -245,7 +232,7 @@ class FleetView:
         async with self._changed:
             self._changed.notify_all()
 
-    def _on_region(self, record: KvRecord, change: PresenceChange | None) -> None:
+    def _on_region(self, record: Entry[Any], change: PresenceChange | None) -> None:
         if change is None:
             self.regions.pop(record.key, None)
             region = record.key
@@ -254,14 +241,14 @@ class FleetView:
             region = change.region
         self._bump(*(e for e, v in self.edges.items() if v.region == region))
 
-    def _on_presence(self, record: KvRecord, change: PresenceChange | None) -> None:
+    def _on_presence(self, record: Entry[Any], change: PresenceChange | None) -> None:
         if change is None:
             self._deleted(record, "presence")
         elif change.edge and (view := self._edge(change.region, change.edge)) is not None:
             view.presence = change
             self._bump(change.edge)
 
-    def _deleted(self, record: KvRecord, what: str) -> None:
+    def _deleted(self, record: Entry[Any], what: str) -> None:
         with contextlib.suppress(ValueError):  # a key that names no edge
             _region, edge = subjects.split_edge_key(record.key)
             if (view := self.edges.get(edge)) is not None:
@@ -270,7 +257,7 @@ class FleetView:
                 self._bump(edge)
                 self._forget_if_empty(edge)
 
-    def _on_inventory(self, record: KvRecord, snap: InventorySnapshot | None) -> None:
+    def _on_inventory(self, record: Entry[Any], snap: InventorySnapshot | None) -> None:
         if snap is None:
             self._deleted(record, "inventory")
             return
@@ -282,7 +269,7 @@ class FleetView:
         view.inventory = snap.model_copy(update={"received_at": record.stored_at})
         self._bump(snap.edge)
 
-    def _on_report(self, record: KvRecord, event: Event | None) -> None:
+    def _on_report(self, record: Entry[Any], event: Event | None) -> None:
         if event is None:
             self._deleted(record, "report")
             return
@@ -292,14 +279,14 @@ class FleetView:
         self._compliance.pop(event.edge, None)
         self._bump(event.edge)
 
-    def _on_profile(self, record: KvRecord, profile: Profile | None) -> None:
+    def _on_profile(self, record: Entry[Any], profile: Profile | None) -> None:
         if profile is None:
             self.profiles.pop(record.key, None)
         else:
             self.profiles[record.key] = profile
         self._policy_changed()
 
-    def _on_override(self, record: KvRecord, override: Override | None) -> None:
+    def _on_override(self, record: Entry[Any], override: Override | None) -> None:
         if override is None:
             self.overrides.pop(record.key, None)
         else:
@@ -316,7 +303,7 @@ class FleetView:
                     backoff.reset()
                     self._take_event(event)
                     await self._notify()
-            except WATCH_FAILURES as exc:
+            except TRANSIENT as exc:
                 logger.warning("events watch broke; following again", error=repr(exc))
             await backoff.wait()
 

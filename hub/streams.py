@@ -1,15 +1,9 @@
 """The hub's streams: the fleet's events; per edge its last ApplyResult, latest inventory and
 presence, all filled by sourcing (no Python in those paths)."""
 
-from nats.js.api import (
-    DiscardPolicy,
-    StreamConfig,
-    StreamSource,
-    SubjectTransform,
-)
-
-from fleetbus.provisioning import kv_stream
-from fleetbus.replication import aggregate_stream, source
+from fleetbus.nats.provisioning import kv_stream
+from fleetbus.nats.replication import aggregate_stream, source
+from fleetbus.nats.streams import StreamConfig, StreamSource, transformed_source
 from schemas import subjects
 
 DAY = 24 * 3600
@@ -35,7 +29,7 @@ def null_source() -> StreamSource:
     anyone publishes there. The hub's `regions` bucket binds only `$KV.regions.>`, so it
     never holds the one subject this source takes."""
     return StreamSource(
-        name=f"KV_{subjects.REGIONS_BUCKET}",
+        name=subjects.kv_stream(subjects.REGIONS_BUCKET),
         filter_subject=subjects.kv_subject(subjects.PROFILES_BUCKET, "none"),
     )
 
@@ -49,14 +43,10 @@ def applied_bucket(*, max_bytes: int = 256 * 2**20) -> StreamConfig:
         max_bytes,
     )
     config.sources = [
-        StreamSource(
-            name=subjects.EVENTS_STREAM,
-            subject_transforms=[
-                SubjectTransform(
-                    src=subjects.apply_results(),
-                    dest=subjects.kv_subject(subjects.APPLIED_BUCKET, "{{wildcard(1)}}.{{wildcard(2)}}"),
-                )
-            ],
+        transformed_source(
+            subjects.EVENTS_STREAM,
+            src=subjects.apply_results(),
+            dest=subjects.kv_subject(subjects.APPLIED_BUCKET, "{{wildcard(1)}}.{{wildcard(2)}}"),
         )
     ]
     return config
@@ -85,7 +75,7 @@ def presence_bucket(*, max_bytes: int = 64 * 2**20) -> StreamConfig:
 
 
 def presence_source(region: str) -> StreamSource:
-    bucket = f"KV_{subjects.PRESENCE_BUCKET}"
+    bucket = subjects.kv_stream(subjects.PRESENCE_BUCKET)
     return replay_from_start(
         source(bucket, region, filters=[subjects.kv_subject(subjects.PRESENCE_BUCKET, f"{region}.>")])
     )
@@ -109,7 +99,7 @@ def sourced_bucket(bucket: str, description: str, max_bytes: int) -> StreamConfi
     return kv_stream(
         bucket,
         description,
-        discard=DiscardPolicy.OLD,
+        discard_old=True,
         max_bytes=max_bytes,
         deny_delete=False,
         sources=[null_source()],

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
@@ -32,10 +32,10 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetbus import log
-from fleetbus.compliance import State
+from fleetbus.core.compliance import State
 from fleetbus.errors import ConfigError
-from fleetbus.metrics import DaemonMetrics
+from fleetbus.runtime import log
+from fleetbus.runtime.metrics import DaemonMetrics
 from hub import api
 from hub.fleetview import RECENT_EVENTS, FleetView
 from schemas.event import Event, Severity
@@ -54,6 +54,25 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         version="1",
     )
 
+    _explain_errors(app)
+    app.include_router(_fleet_routes(fleet))
+    app.include_router(_profile_routes(fleet))
+    app.include_router(_event_routes(fleet, metrics))
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(_HubHeader, fleet=fleet)
+    if metrics is not None:
+        app.add_middleware(_Counted, counter=metrics.api_requests)
+    return app
+
+
+def _explain_errors(app: FastAPI) -> None:
+    """Every error answers JSON {error, status}, the error a sentence that says what to fix."""
+
     @app.exception_handler(HTTPException)
     async def clear_errors(_request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": exc.detail, "status": exc.status_code}, status_code=exc.status_code)
@@ -68,7 +87,11 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         body = {"error": "; ".join(problems), "status": 422, "detail": jsonable_encoder(exc.errors())}
         return JSONResponse(body, status_code=422)
 
-    @app.get("/api/edges", response_model=api.EdgeList, tags=["fleet"])
+
+def _fleet_routes(fleet: FleetView) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/api/edges", response_model=api.EdgeList, tags=["fleet"])
     async def list_edges(
         region: Annotated[str | None, Query(max_length=64, description="Only this region.")] = None,
         presence: Annotated[api.PresenceFilter | None, Query(description="Only this presence.")] = None,
@@ -91,12 +114,12 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
         ]
         return api.EdgeList(total=len(found), edges=found[offset : offset + limit], hub=api.hub_status(fleet))
 
-    @app.get("/api/hub", response_model=api.HubStatus, tags=["fleet"])
+    @router.get("/api/hub", response_model=api.HubStatus, tags=["fleet"])
     async def get_hub() -> api.HubStatus:
         """Whether the hub hears its own nats-server: if not, every answer is stale as of `since`."""
         return api.hub_status(fleet)
 
-    @app.get(
+    @router.get(
         "/api/edges/{edge}",
         response_model=api.EdgeDetail,
         responses={404: {"description": "No such edge known to the hub."}},
@@ -111,11 +134,17 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
             )
         return api.edge_detail(fleet, view)
 
-    @app.get("/api/regions", response_model=list[api.RegionRow], tags=["fleet"])
+    @router.get("/api/regions", response_model=list[api.RegionRow], tags=["fleet"])
     async def list_regions() -> list[api.RegionRow]:
         return api.regions(fleet, api.rows(fleet))
 
-    @app.get("/api/profiles", response_model=list[api.ProfileRow], tags=["profiles"])
+    return router
+
+
+def _profile_routes(fleet: FleetView) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/api/profiles", response_model=list[api.ProfileRow], tags=["profiles"])
     async def list_profiles() -> list[api.ProfileRow]:
         history = {}
         for name in fleet.profiles:
@@ -126,11 +155,17 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
             ]
         return api.profiles(fleet, history)
 
-    @app.get("/api/compliance", response_model=api.ComplianceSummary, tags=["profiles"])
+    @router.get("/api/compliance", response_model=api.ComplianceSummary, tags=["profiles"])
     async def get_compliance() -> api.ComplianceSummary:
         return api.compliance(fleet)
 
-    @app.get("/api/events", tags=["events"])
+    return router
+
+
+def _event_routes(fleet: FleetView, metrics: DaemonMetrics | None) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/api/events", tags=["events"])
     async def list_events(
         kind: Annotated[str | None, Query(max_length=64)] = None,
         region: Annotated[str | None, Query(max_length=64)] = None,
@@ -140,18 +175,9 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
     ) -> list[Event]:
         """The most recent events the hub holds in memory (the last of each kind per edge at
         start, then every new one), newest first."""
-        found = []
-        for _, event in reversed(fleet.events):
-            if (kind and event.kind != kind) or (region and event.region != region):
-                continue
-            if (edge and event.edge != edge) or (severity and event.severity != severity):
-                continue
-            found.append(event)
-            if len(found) >= limit:
-                break
-        return found
+        return api.recent_events(fleet, kind=kind, region=region, edge=edge, severity=severity, limit=limit)
 
-    @app.get(
+    @router.get(
         "/api/stream",
         tags=["fleet"],
         response_class=StreamingResponse,
@@ -167,15 +193,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html")
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.add_middleware(_HubHeader, fleet=fleet)
-    if metrics is not None:
-        app.add_middleware(_Counted, counter=metrics.api_requests)
-    return app
+    return router
 
 
 class _Counted:

@@ -1,7 +1,7 @@
 import sys
 
-from fleetbus.entry import main
-from fleetbus.settings import RegionalSettings
+from fleetbus.daemon.entry import main
+from fleetbus.runtime.settings import RegionalSettings
 from regional.daemon import run
 
 sys.exit(main("regional", RegionalSettings, run))

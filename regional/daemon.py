@@ -2,16 +2,17 @@
 enrollment and presence of its edges."""
 
 import asyncio
+from datetime import datetime
 
-from fleetbus import forget, kvwatch, log
-from fleetbus.bus import Msg
-from fleetbus.daemon import Daemon
-from fleetbus.errors import DecodeError
-from fleetbus.heartbeat import HELLO_SPACING
-from fleetbus.liveness import PresenceBoard
-from fleetbus.presence import PresencePolicy, PresenceTracker, Transition
-from fleetbus.provisioning import ensure_stream
-from fleetbus.replication import (
+from fleetbus.core.presence import PresencePolicy, PresenceTracker, Transition
+from fleetbus.daemon.lifecycle import Daemon
+from fleetbus.nats import forget
+from fleetbus.nats.bus import Msg
+from fleetbus.nats.heartbeat import HELLO_SPACING
+from fleetbus.nats.kv import Bucket
+from fleetbus.nats.liveness import PresenceBoard
+from fleetbus.nats.provisioning import ensure_stream
+from fleetbus.nats.replication import (
     SiteFollower,
     SourcedStream,
     UpstreamProbe,
@@ -19,11 +20,11 @@ from fleetbus.replication import (
     repair_sources,
     watch_limits,
 )
-from fleetbus.settings import RegionalSettings
+from fleetbus.runtime import log
+from fleetbus.runtime.settings import RegionalSettings
 from regional import streams
 from schemas import subjects
 from schemas.base import utcnow
-from schemas.codec import JSON, decode_body, encode_body
 from schemas.enrollment import Enrollment, EnrollmentReply
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.subjects import HUB_DOMAIN
@@ -44,125 +45,126 @@ def heartbeat_problem(beat: Heartbeat, subject: str, region: str, enrolled: set[
     return None
 
 
-async def run(settings: RegionalSettings) -> None:
-    async with Daemon(settings, tier=Tier.REGIONAL) as daemon:
-        region = settings.region
-        js, metrics = daemon.bus.js, daemon.metrics
-        replicas = [SourcedStream(js, c, metrics) for c in streams.replicas()]
-        events = SourcedStream(js, streams.events_stream(region), metrics)
-        inventory = SourcedStream(js, streams.inventory_stream(region), metrics)
-        follower = SiteFollower([events, inventory], kick=settings.heal_acceleration)
-        daemon.bus.reconnect_listeners.append(follower.server_back)  # its server restarted
-        enrolled: set[str] = set()
+def enrollment_reply(
+    request: Enrollment, region: str, enrolled: set[str], max_edges: int, now: datetime
+) -> EnrollmentReply:
+    """Admit `request` or say why not: it names another region, or the region is full (an
+    edge already enrolled is always admitted again)."""
+    if request.region != region:
+        reason = f"this is region {region!r}; the edge is configured for {request.region!r}"
+    elif request.edge not in enrolled and len(enrolled) >= max_edges:
+        reason = f"region {region!r} enrolls at most {max_edges:,} edges (max_edges)"
+    else:
+        return EnrollmentReply(region=region, edge=request.edge, accepted=True, enrolled_at=now)
+    return EnrollmentReply(region=region, edge=request.edge, accepted=False, reason=reason)
 
-        async def still_enrolled(change: Transition) -> bool:
-            """False once `fleetbus edge forget` deleted the edge's enrollment: its presence
-            must not be written back (the hub would source it again)."""
-            if await forget.is_enrolled(js, region, change.site):
-                return True
-            enrolled.discard(change.site)
-            return False
 
-        presence = PresenceBoard(
+class Regional:
+    """One region's daemon: enrollment, its edges' presence, the streams it sources from its
+    edges and the replicas of the hub's buckets it keeps."""
+
+    def __init__(self, daemon: Daemon, settings: RegionalSettings) -> None:
+        self.daemon, self.settings = daemon, settings
+        self.region = region = settings.region
+        self.js, self.metrics = js, metrics = daemon.bus.js, daemon.metrics
+        self.edges = Bucket(js, subjects.EDGES_BUCKET, Enrollment, metrics=metrics)
+        self.replicas = [SourcedStream(js, c, metrics) for c in streams.replicas()]
+        self.events = SourcedStream(js, streams.events_stream(region), metrics)
+        self.inventory = SourcedStream(js, streams.inventory_stream(region), metrics)
+        self.follower = SiteFollower([self.events, self.inventory], kick=settings.heal_acceleration)
+        daemon.bus.reconnect_listeners.append(self.follower.server_back)  # its server restarted
+        self.enrolled: set[str] = set()
+        self.presence = PresenceBoard(
             js,
             subjects.PRESENCE_BUCKET,
             PresenceTracker(PresencePolicy(offline_after=settings.offline_after)),
             region=region,
             metrics=metrics,
-            keep=still_enrolled,
+            keep=self.still_enrolled,
         )
-
-        async def on_edge_heartbeat(beat: Heartbeat, msg: Msg) -> None:
-            problem = heartbeat_problem(beat, msg.subject, region, enrolled)
-            if problem:
-                metrics.heartbeats_rejected.labels(reason=problem).inc()
-                logger.debug("heartbeat ignored", subject=msg.subject, site=beat.site, reason=problem)
-                return
-            presence.heard(beat.site, beat.interval_seconds)
-            if await follower.follow(beat):
-                metrics.peers_heard.set(len(follower.heard))
-
-        async def on_enroll(request: Enrollment, msg: Msg) -> None:
-            if request.region != region:
-                reply = EnrollmentReply(
-                    region=region,
-                    edge=request.edge,
-                    accepted=False,
-                    reason=f"this is region {region!r}; the edge is configured for {request.region!r}",
-                )
-            elif request.edge not in enrolled and len(enrolled) >= settings.max_edges:
-                reply = EnrollmentReply(
-                    region=region,
-                    edge=request.edge,
-                    accepted=False,
-                    reason=f"region {region!r} enrolls at most {settings.max_edges:,} edges (max_edges)",
-                )
-            else:
-                key = subjects.edge_key(region, request.edge)
-                await js.publish(subjects.kv_subject(subjects.EDGES_BUCKET, key), encode_body(request, JSON))
-                enrolled.add(request.edge)
-                reply = EnrollmentReply(region=region, edge=request.edge, accepted=True, enrolled_at=utcnow())
-                logger.info("edge enrolled", edge=request.edge, labels=request.labels)
-            metrics.enrollments.labels(outcome="accepted" if reply.accepted else "refused").inc()
-            await daemon.bus.respond(msg, reply)
-
-        async def load_enrolled() -> None:
-            for item in await kvwatch.current(js, subjects.EDGES_BUCKET):
-                subject = subjects.kv_subject(subjects.EDGES_BUCKET, item.key)
-                try:
-                    enrolled.add(decode_body(Enrollment, item.value, subject=subject).edge)
-                except DecodeError as exc:
-                    logger.warning("unreadable enrollment; ignored", subject=subject, reason=exc.reason)
-
-        async def provision() -> None:
-            await ensure_stream(js, streams.presence_bucket(region))
-            await ensure_stream(js, streams.edges_bucket(region))
-            for replica in replicas:
-                await replica.ensure()
-            await events.ensure(keep_sources=True)
-            await inventory.ensure(keep_sources=True)
-            await load_enrolled()
-            restored = await presence.restore()
-            logger.info("region state loaded", enrolled=len(enrolled), presence=restored)
-            await daemon.bus.subscribe(subjects.region_enroll(region), Enrollment, on_enroll)
-            await daemon.bus.subscribe(subjects.edge_heartbeats(region), Heartbeat, on_edge_heartbeat)
-            if settings.heal_acceleration:
-                await daemon.bus.nc.subscribe(subjects.hub_hello(), cb=on_hub_hello)
-
-        last_hello = -HELLO_SPACING
-
-        async def on_hub_hello(_msg: Msg) -> None:
-            """The hub (re)started listening, maybe after its server restarted faster than the
-            probe can tell: kick the replicas' sources from the hub (at most twice a second)."""
-            nonlocal last_hello
-            now = asyncio.get_running_loop().time()
-            if now - last_hello >= HELLO_SPACING:
-                last_hello = now
-                for replica in replicas:
-                    await replica.kick(from_domain(HUB_DOMAIN))
-
-        async def hub_returned() -> None:
-            if settings.heal_acceleration:
-                daemon.uplink_returned()  # the hub kicks its sources from this region on this beat
-                for replica in replicas:
-                    await replica.kick(from_domain(HUB_DOMAIN))
-
-        async def limits() -> None:
-            names = [events.name, inventory.name]
-            await watch_limits(js, names, metrics, superseded_ok=[inventory.name])
-
-        probe = UpstreamProbe(
-            daemon.bus.jetstream(HUB_DOMAIN, timeout=0.5), HUB_DOMAIN, hub_returned, metrics=metrics
+        self.probe = UpstreamProbe(
+            daemon.bus.jetstream(HUB_DOMAIN, timeout=0.5), HUB_DOMAIN, self.hub_returned, metrics=metrics
         )
-        daemon.on_start(provision)
+        self._last_hello = -HELLO_SPACING
+
+    def wire(self) -> None:
+        daemon = self.daemon
+        daemon.on_start(self.provision)
         daemon.add_heartbeat(
-            subjects.regional_heartbeat(region),
-            region=region,
-            interval=settings.heartbeat_interval,
+            subjects.regional_heartbeat(self.region),
+            region=self.region,
+            interval=self.settings.heartbeat_interval,
             hello=subjects.hub_hello(),  # a hub that starts after this regional hears it at once
         )
-        daemon.add_task("upstream-probe", probe.run)
-        daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))
-        daemon.add_task("presence", presence.run)
-        daemon.add_task("limits", limits)
+        daemon.add_task("upstream-probe", self.probe.run)
+        daemon.add_task("replica-repair", lambda: repair_sources(self.replicas, self.probe))
+        daemon.add_task("presence", self.presence.run)
+        daemon.add_task("limits", self.limits)
+
+    async def still_enrolled(self, change: Transition) -> bool:
+        """False once `fleetbus edge forget` deleted the edge's enrollment: its presence
+        must not be written back (the hub would source it again)."""
+        if await forget.is_enrolled(self.js, self.region, change.site):
+            return True
+        self.enrolled.discard(change.site)
+        return False
+
+    async def on_edge_heartbeat(self, beat: Heartbeat, msg: Msg) -> None:
+        problem = heartbeat_problem(beat, msg.subject, self.region, self.enrolled)
+        if problem:
+            self.metrics.heartbeats_rejected.labels(reason=problem).inc()
+            logger.debug("heartbeat ignored", subject=msg.subject, site=beat.site, reason=problem)
+            return
+        self.presence.heard(beat.site, beat.interval_seconds)
+        if await self.follower.follow(beat):
+            self.metrics.peers_heard.set(len(self.follower.heard))
+
+    async def on_enroll(self, request: Enrollment, msg: Msg) -> None:
+        reply = enrollment_reply(request, self.region, self.enrolled, self.settings.max_edges, utcnow())
+        if reply.accepted:
+            await self.edges.put(subjects.edge_key(self.region, request.edge), request)
+            self.enrolled.add(request.edge)
+            logger.info("edge enrolled", edge=request.edge, labels=request.labels)
+        self.metrics.enrollments.labels(outcome="accepted" if reply.accepted else "refused").inc()
+        await self.daemon.bus.respond(msg, reply)
+
+    async def provision(self) -> None:
+        bus = self.daemon.bus
+        await ensure_stream(self.js, streams.presence_bucket(self.region))
+        await ensure_stream(self.js, streams.edges_bucket(self.region))
+        for replica in self.replicas:
+            await replica.ensure()
+        await self.events.ensure(keep_sources=True)
+        await self.inventory.ensure(keep_sources=True)
+        self.enrolled.update(e.edge for e in await self.edges.values())
+        restored = await self.presence.restore()
+        logger.info("region state loaded", enrolled=len(self.enrolled), presence=restored)
+        await bus.subscribe(subjects.region_enroll(self.region), Enrollment, self.on_enroll)
+        await bus.subscribe(subjects.edge_heartbeats(self.region), Heartbeat, self.on_edge_heartbeat)
+        if self.settings.heal_acceleration:
+            await bus.nc.subscribe(subjects.hub_hello(), cb=self.on_hub_hello)
+
+    async def on_hub_hello(self, _msg: Msg) -> None:
+        """The hub (re)started listening, maybe after its server restarted faster than the
+        probe can tell: kick the replicas' sources from the hub (at most twice a second)."""
+        now = asyncio.get_running_loop().time()
+        if now - self._last_hello >= HELLO_SPACING:
+            self._last_hello = now
+            for replica in self.replicas:
+                await replica.kick(from_domain(HUB_DOMAIN))
+
+    async def hub_returned(self) -> None:
+        if self.settings.heal_acceleration:
+            self.daemon.uplink_returned()  # the hub kicks its sources from this region on this beat
+            for replica in self.replicas:
+                await replica.kick(from_domain(HUB_DOMAIN))
+
+    async def limits(self) -> None:
+        names = [self.events.name, self.inventory.name]
+        await watch_limits(self.js, names, self.metrics, superseded_ok=[self.inventory.name])
+
+
+async def run(settings: RegionalSettings) -> None:
+    async with Daemon(settings, tier=Tier.REGIONAL) as daemon:
+        Regional(daemon, settings).wire()
         await daemon.run()

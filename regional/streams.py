@@ -1,10 +1,9 @@
 """The regional's streams: replicas of the hub's buckets, the region's events and inventory,
 its edges' presence and enrollments."""
 
-from nats.js.api import StreamConfig
-
-from fleetbus.provisioning import scoped_bucket
-from fleetbus.replication import aggregate_stream, replica_bucket, source
+from fleetbus.nats.provisioning import scoped_bucket
+from fleetbus.nats.replication import aggregate_stream, replica_bucket, source
+from fleetbus.nats.streams import StreamConfig
 from schemas import subjects
 from schemas.subjects import HUB_DOMAIN
 
@@ -14,7 +13,7 @@ DAY = 24 * 3600
 def replicas() -> list[StreamConfig]:
     """The region's cache of the hub's buckets: its sites start and apply without the hub."""
     return [
-        replica_bucket(bucket, [source(f"KV_{bucket}", HUB_DOMAIN)])
+        replica_bucket(bucket, [source(subjects.kv_stream(bucket), HUB_DOMAIN)])
         for bucket in (subjects.PROFILES_BUCKET, subjects.OVERRIDES_BUCKET)
     ]
 

@@ -74,7 +74,7 @@ def _check(annotation: Any, value: Any, path: str) -> list[str]:
 
 
 class _ComponentPatch(BaseModel):
-    """The keys of one component in the desired document (`fleetbus.desired`)."""
+    """The keys of one component in the desired document (`fleetbus.core.desired`)."""
 
     image: Any = None
     version: Any = None

@@ -17,7 +17,7 @@ its own inventory key `$KV.inventory.<region>.<edge>`, so a leaf-link permission
 edge to its own subjects; a regional likewise to `fleet.region.<region>.>`. Edge-local
 stream subjects carry the edge's own id, so no other domain ever binds a stream to them:
 upstream tiers get the data by *sourcing* (filters, and transforms where the hub needs a key),
-never by listening on the same subject (DESIGN §2, the double-store trap).
+never by listening on the same subject (docs/architecture.md#invariants: the double-store trap).
 """
 
 from schemas.base import check_token
@@ -98,8 +98,8 @@ def inventories(region: str = "*", edge: str = "*") -> str:
     return kv_subject(INVENTORY_BUCKET, f"{region}.{edge}")
 
 
-# Thin edges (no nats-server of their own, DESIGN §2) publish straight into their regional's
-# EVENTS and INVENTORY streams, which bind these subjects and rewrite them on the way in
+# Thin edges (no nats-server of their own, docs/architecture.md#thin-edges) publish straight
+# into their regional's EVENTS and INVENTORY streams, which bind these subjects and rewrite them on the way in
 # (a stream subject transform) to the subjects a full edge's messages arrive with by sourcing.
 
 
@@ -136,7 +136,7 @@ DEVICE_STATUS = "devices.*.status"
 
 
 # Subjects only the site itself may see: they never cross a leaf link, in either direction.
-# The rendered nats-server configs deny them on every leaf remote (fleetbus.natsconf), so a
+# The rendered nats-server configs deny them on every leaf remote (fleetbus.devfleet.natsconf), so a
 # device reading at one edge never reaches another edge, and a command addressed to one
 # edge's `devices/<id>/cmd` never reaches a device with the same id elsewhere.
 SITE_LOCAL: tuple[str, ...] = (
@@ -186,6 +186,14 @@ def js_api_prefix(domain: str) -> str:
 
 def kv_subject(bucket: str, key: str = ">") -> str:
     return f"$KV.{_tokens(bucket)}.{key}"
+
+
+KV_STREAM_PREFIX = "KV_"
+
+
+def kv_stream(bucket: str) -> str:
+    """The JetStream stream that holds bucket `bucket` (as every NATS client names it)."""
+    return f"{KV_STREAM_PREFIX}{bucket}"
 
 
 def override_key(scope: str, name: str) -> str:

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
+from fleetbus.devfleet.servers import NatsServer
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports
-from fleetbus.servers import NatsServer
 from schemas.heartbeat import Tier
 
 

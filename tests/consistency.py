@@ -38,12 +38,12 @@ from typing import Any
 import nats
 
 from edge.drivers.local import LocalDriver
-from fleetbus import log
-from fleetbus.authority import NotFoundError
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports
+from fleetbus.errors import MissingError
+from fleetbus.runtime import log
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.heartbeat import Tier
 from schemas.override import OverrideScope
@@ -195,7 +195,7 @@ class Runner:
                 OverrideScope.EDGE, step.site, {"config": {"knob": int(step.arg)}}, owner="c", reason="suite"
             )
         elif step.action == "unoverride":
-            with contextlib.suppress(NotFoundError):  # nothing to remove is fine
+            with contextlib.suppress(MissingError):  # nothing to remove is fine
                 await client.overrides.remove(OverrideScope.EDGE, step.site)
         elif step.action == "facts":
             set_facts(fleet, step.site, {"rack": int(step.arg)})

@@ -9,8 +9,8 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from fleetbus.client import FleetClient
 from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.codec import decode_body
@@ -32,7 +32,7 @@ async def emit_event(
         region=region,
         edge=edge,
         observed_at=utcnow(),
-        data=data,  # type: ignore[arg-type]
+        data=data,
     )
     body, headers = envelope(event, source="/probe", message_id=event.id)
     try:

@@ -15,7 +15,7 @@ import pytest
 T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parent.parent
-FLEETBUS = [sys.executable, "-c", "from fleetbus.cli import main; main()"]
+FLEETBUS = [sys.executable, "-c", "from fleetbus.cli.app import main; main()"]
 
 
 async def eventually(

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleetbus.authority import load_document
-from fleetbus.client import FleetClient
 from fleetbus.errors import ConfigError
-from fleetbus.settings import EdgeSettings, load_settings
+from fleetbus.runtime.settings import EdgeSettings, load_settings
+from fleetbus.sdk.client import FleetClient
+from fleetbus.sdk.documents import load_document
 from schemas.authoring import unknown_keys, unknown_patch_keys
 from schemas.codec import decode_body, encode_body
 from schemas.profile import Profile

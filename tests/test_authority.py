@@ -9,15 +9,16 @@ import pytest
 from edge.drivers import Applied, DriverError
 from edge.reconciler import Reconciler
 from edge.streams import events_stream
-from fleetbus.authority import ConflictError, NotFoundError, OverrideStore, ProfileStore, load_document
-from fleetbus.bus import connect
-from fleetbus.cli_fleet import parse_expiry
-from fleetbus.compliance import State, assess
-from fleetbus.desired import DesiredState
-from fleetbus.errors import ConfigError
-from fleetbus.metrics import DaemonMetrics
-from fleetbus.provisioning import ensure_bucket, ensure_stream
-from fleetbus.tasks import cancel_and_wait
+from fleetbus.cli.profiles import parse_expiry
+from fleetbus.core.compliance import State, assess
+from fleetbus.core.desired import DesiredState
+from fleetbus.errors import ConfigError, ConflictError, MissingError
+from fleetbus.nats.bus import connect
+from fleetbus.nats.provisioning import ensure_bucket, ensure_stream
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.tasks import cancel_and_wait
+from fleetbus.sdk.documents import load_document
+from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from hub.daemon import BUCKETS
 from schemas import subjects
 from schemas.codec import decode_body
@@ -55,7 +56,7 @@ async def test_revisions_count_per_profile_and_unchanged_is_not_a_revision(js):
     assert (await store.apply(profile("2.0"), actor="b")).new.revision == 2
     assert [p.revision for p in await store.history("base")] == [1, 2]
     assert (await store.get("base", 1)).spec.components[0].version == "1.0"
-    with pytest.raises(NotFoundError, match="no revision 7"):
+    with pytest.raises(MissingError, match="no revision 7"):
         await store.get("base", 7)
 
 
@@ -75,7 +76,7 @@ async def test_delete_then_recreate_continues_the_numbering(js):
     await store.apply(profile("1.0"), actor="a")
     await store.apply(profile("2.0"), actor="a")
     await store.delete("base")
-    with pytest.raises(NotFoundError):
+    with pytest.raises(MissingError):
         await store.get("base")
     assert await store.all() == []
     assert (await store.apply(profile("3.0"), actor="a")).new.revision == 3
@@ -88,7 +89,7 @@ async def test_overrides_set_list_remove(js):
     assert [s.key for s in await overrides.all()] == ["edge.r1-e1", "group.canary"]
     await overrides.remove(OverrideScope.EDGE, "r1-e1")
     assert [s.key for s in await overrides.all()] == ["group.canary"]
-    with pytest.raises(NotFoundError, match="no override for edge 'r1-e1'"):
+    with pytest.raises(MissingError, match="no override for edge 'r1-e1'"):
         await overrides.remove(OverrideScope.EDGE, "r1-e1")
     with pytest.raises(ConfigError, match="not in the future"):
         await overrides.set(OverrideScope.EDGE, "x", {"a": 1}, owner="o", reason="r", expires_at=NOW, now=NOW)

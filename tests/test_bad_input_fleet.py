@@ -16,8 +16,8 @@ import nats
 import pytest
 from nats.errors import Error as NatsError
 
-from fleetbus.bus import connect
-from fleetbus.client import FleetClient
+from fleetbus.nats.bus import connect
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply

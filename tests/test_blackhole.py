@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from fleetbus.client import FleetClient
+from fleetbus.sdk.client import FleetClient
 from schemas.override import OverrideScope
 from schemas.presence import PresenceState
 from tests.conftest import running_fleet

@@ -3,7 +3,7 @@
 import nats
 import pytest
 
-from fleetbus.netutil import http_get
+from fleetbus.devfleet.netutil import http_get
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow

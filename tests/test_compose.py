@@ -10,11 +10,11 @@ from typing import Any
 
 import yaml
 
-from fleetbus import grafana
-from fleetbus.compose import DAEMON_HTTP, EDGE_COUNTS, render_compose, sites
+from fleetbus.deploy import grafana
+from fleetbus.deploy.compose import DAEMON_HTTP, EDGE_COUNTS, render_compose, sites
+from fleetbus.devfleet.natsconf import render
 from fleetbus.devfleet.plan import plan_fleet
-from fleetbus.natsconf import render
-from fleetbus.servers import find_binary
+from fleetbus.devfleet.servers import find_binary
 from tests.helpers import ROOT, require_tool
 from tests.test_metrics import documented
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from fleetbus.daemon import Daemon, DaemonFailedError
-from fleetbus.netutil import free_ports, http_get
-from fleetbus.process import SupervisedProcess
-from fleetbus.settings import HubSettings
+from fleetbus.daemon.lifecycle import Daemon
+from fleetbus.devfleet.netutil import free_ports, http_get
+from fleetbus.devfleet.process import SupervisedProcess
+from fleetbus.errors import DaemonFailedError
+from fleetbus.runtime.settings import HubSettings
 from schemas import subjects
 from schemas.heartbeat import Tier
 from tests.helpers import cli_env, eventually
@@ -166,7 +167,7 @@ async def test_edges_heartbeat_their_regional_and_provision_idempotently(chain, 
 
 
 async def test_a_failing_startup_step_is_retried_then_reported(hub_server, tmp_path, monkeypatch):
-    monkeypatch.setattr("fleetbus.daemon.STARTUP_DEADLINE", 0.5)
+    monkeypatch.setattr("fleetbus.daemon.lifecycle.STARTUP_DEADLINE", 0.5)
     settings = HubSettings(nats_url=hub_server.url("hub"), state_dir=tmp_path)
     attempts = []
 

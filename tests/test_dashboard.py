@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from selenium.webdriver.common.by import By
 
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import http_get
+from fleetbus.sdk.client import FleetClient
 from schemas.profile import Profile
 from tests.browser import OUTPUT, chromium
 from tests.conftest import running_fleet

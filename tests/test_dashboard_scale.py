@@ -12,10 +12,10 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
-from fleetbus.desired import compute, edge_groups
-from fleetbus.kvwatch import KvRecord
-from fleetbus.netutil import free_ports
-from fleetbus.tasks import cancel_and_wait
+from fleetbus.core.desired import compute, edge_groups
+from fleetbus.devfleet.netutil import free_ports
+from fleetbus.nats.kv import Entry
+from fleetbus.runtime.tasks import cancel_and_wait
 from hub import api, web
 from hub.fleetview import FleetView
 from schemas.base import utcnow
@@ -27,13 +27,13 @@ from tests.browser import OUTPUT, chromium
 from tests.helpers import eventually
 
 if TYPE_CHECKING:
-    from fleetbus.client import FleetClient
+    from fleetbus.sdk.client import FleetClient
 
 REGIONS, PER_REGION = 4, 250
 
 
-def record(key: str) -> KvRecord:
-    return KvRecord(key=key, value=b"", revision=1, stored_at=utcnow(), deleted=False)
+def record(key: str) -> Entry[Any]:
+    return Entry(key=key, value=None, revision=1, stored_at=utcnow())
 
 
 def presence(region: str, edge: str, state: PresenceState) -> PresenceChange:

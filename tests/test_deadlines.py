@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.errors import HubUnreachableError, TemporaryError
-from fleetbus.netutil import free_ports
+from fleetbus.sdk.client import FleetClient
 from tests.conftest import Chain, running_fleet
 from tests.helpers import FLEETBUS, ROOT, arun_cli, cli_env
 

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 from edge.devices import DeviceRegistry
 from edge.inventory import FactsError, read_facts
-from fleetbus.authority import load_mapping
 from fleetbus.errors import ConfigError
+from fleetbus.sdk.documents import load_mapping
 from schemas.catalog import MESSAGE_TYPES
 from schemas.codec import JSON, MAX_DEPTH, MSGPACK, check_tree, decode_body, encode_body, load_json
 from schemas.errors import DecodeError

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetbus.desired import compute, content_hash
-from fleetbus.mergepatch import apply, apply_tracked, leaves
-from fleetbus.selector import matches
+from fleetbus.core.desired import compute, content_hash
+from fleetbus.core.mergepatch import apply, apply_tracked, leaves
+from fleetbus.core.selector import matches
 from schemas.override import Override, OverrideScope, OverrideTarget
 from schemas.profile import Component, LabelRequirement, LabelSelector, Profile, ProfileSpec, SelectorOperator
 from tests.strategies import json_values, labels, profiles

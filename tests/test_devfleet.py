@@ -12,8 +12,8 @@ from typing import Any
 import nats
 import pytest
 
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.state import FleetRecord, pid_alive
-from fleetbus.netutil import http_get
 from tests.helpers import FLEETBUS, cli_env, processes_mentioning, run_cli, start_in_group, wait_until
 
 pytestmark = pytest.mark.slow

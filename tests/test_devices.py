@@ -15,10 +15,10 @@ import aiomqtt
 import pytest
 
 from edge.devices import DeviceRegistry
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.errors import EdgeUnreachableError
-from fleetbus.metrics import DaemonMetrics
-from fleetbus.netutil import free_ports
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
 from tests.conftest import running_fleet
 from tests.helpers import arun_cli, eventually, require_tool

@@ -8,7 +8,7 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
-from fleetbus.servers import NatsServer
+from fleetbus.devfleet.servers import NatsServer
 from schemas import subjects
 from tests.conftest import running_fleet
 from tests.fleetprobe import emit_event, stream_ids

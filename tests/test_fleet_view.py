@@ -17,12 +17,12 @@ from pathlib import Path
 import nats
 import pytest
 
-from fleetbus.cli_view import summary
-from fleetbus.client import FleetClient
+from fleetbus.cli.view import summary
+from fleetbus.core.views import EdgePresence
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import http_get
-from fleetbus.tasks import cancel_and_wait
-from fleetbus.views import EdgePresence
+from fleetbus.runtime.tasks import cancel_and_wait
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.event import Event
@@ -185,9 +185,9 @@ async def test_cut_region_shows_unreachable_not_offline_and_writes_nothing_per_h
     async with fleet_and_client(tmp_path) as (fleet, client):
         await eventually(lambda: all_online(client), timeout=30, what="every edge online at the hub")
         r1_url, hub_url = fleet.plan.site("r1").server.client_url, fleet.plan.site("hub").server.client_url
-        regional_before = await stream_last_seq(r1_url, f"KV_{subjects.PRESENCE_BUCKET}")
-        hub_before = await stream_last_seq(hub_url, f"KV_{subjects.PRESENCE_BUCKET}")
-        regions_before = await stream_last_seq(hub_url, f"KV_{subjects.REGIONS_BUCKET}")
+        regional_before = await stream_last_seq(r1_url, subjects.kv_stream(subjects.PRESENCE_BUCKET))
+        hub_before = await stream_last_seq(hub_url, subjects.kv_stream(subjects.PRESENCE_BUCKET))
+        regions_before = await stream_last_seq(hub_url, subjects.kv_stream(subjects.REGIONS_BUCKET))
         watch = Recorder().start(client.watch_presence())
         try:
             cut = time.monotonic()
@@ -213,9 +213,13 @@ async def test_cut_region_shows_unreachable_not_offline_and_writes_nothing_per_h
             assert all(r.edge.startswith("r1-") for r in seen if r.state is not ONLINE)
         finally:
             await watch.stop()
-        regional_writes = await stream_last_seq(r1_url, f"KV_{subjects.PRESENCE_BUCKET}") - regional_before
-        hub_writes = await stream_last_seq(hub_url, f"KV_{subjects.PRESENCE_BUCKET}") - hub_before
-        region_writes = await stream_last_seq(hub_url, f"KV_{subjects.REGIONS_BUCKET}") - regions_before
+        regional_writes = (
+            await stream_last_seq(r1_url, subjects.kv_stream(subjects.PRESENCE_BUCKET)) - regional_before
+        )
+        hub_writes = await stream_last_seq(hub_url, subjects.kv_stream(subjects.PRESENCE_BUCKET)) - hub_before
+        region_writes = (
+            await stream_last_seq(hub_url, subjects.kv_stream(subjects.REGIONS_BUCKET)) - regions_before
+        )
         beats = int(cut_for / INTERVAL) * 2
         print(
             f"cut {cut_for:.1f}s (~{beats} heartbeats of r1's 2 edges): presence writes regional"

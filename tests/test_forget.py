@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetbus import forget, kvwatch
-from fleetbus.cli_sim import online_of
-from fleetbus.client import FleetClient
+from fleetbus.cli.sim import online_of
+from fleetbus.core.views import EdgePresence
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import http_get
-from fleetbus.views import EdgePresence
+from fleetbus.nats import forget
+from fleetbus.nats.kv import Bucket
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
+from schemas.base import Message
 from schemas.heartbeat import Tier
 from schemas.presence import PresenceState
 from tests.conftest import running_fleet
@@ -33,7 +35,7 @@ async def regional_keys(client: FleetClient, region: str, edge: str) -> dict[str
     key = subjects.edge_key(region, edge)
     found = {}
     for bucket in (subjects.EDGES_BUCKET, subjects.PRESENCE_BUCKET):
-        found[bucket] = [r.key for r in await kvwatch.current(js, bucket, key)]
+        found[bucket] = await Bucket(js, bucket, Message).live_keys(key)
     info = await js.stream_info(subjects.INVENTORY_STREAM, subjects_filter=subjects.inventories(region, edge))
     found[subjects.INVENTORY_STREAM] = list(info.state.subjects or {})
     return found
@@ -70,7 +72,7 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
             async def in_every_hub_bucket() -> bool:
                 js = client.bus.jetstream(subjects.HUB_DOMAIN)
                 for bucket in forget.HUB_EDGE_BUCKETS:
-                    keys = {r.key for r in await kvwatch.current(js, bucket)}
+                    keys = set(await Bucket(js, bucket, Message).live_keys())
                     if not {"r1.r1-e1", "r1.r1-e2"} <= keys:
                         return False
                 return True

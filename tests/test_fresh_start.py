@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports, http_get
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports, http_get
+from fleetbus.sdk.client import FleetClient
 from schemas.profile import Profile
 from tests.helpers import eventually
 

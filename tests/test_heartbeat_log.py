@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from fleetbus.heartbeat import HeartbeatLog
+from fleetbus.nats.heartbeat import HeartbeatLog
 from schemas.heartbeat import Heartbeat, Tier
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)

@@ -9,11 +9,11 @@ from pathlib import Path
 import nats
 import pytest
 
-from fleetbus.client import FleetClient
 from fleetbus.devfleet.hollow import plan_hollow
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import free_ports
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.event import ApplyStatus
 from schemas.override import OverrideScope

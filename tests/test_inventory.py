@@ -1,16 +1,12 @@
-"""Inventory, presence views and bucket watches: the pure parts, and kvwatch on a real server."""
+"""Inventory and presence views: the pure parts (bucket reads: tests/test_kv.py)."""
 
-import asyncio
 import json
 from datetime import UTC, datetime
 
-import nats
 import pytest
 
 from edge.inventory import FactsError, host_facts, material, read_facts
-from fleetbus import kvwatch
-from fleetbus.provisioning import BucketSpec, ensure_bucket
-from fleetbus.views import edge_presence
+from fleetbus.core.views import edge_presence
 from regional.daemon import heartbeat_problem
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
@@ -116,36 +112,3 @@ def test_heartbeats_the_regional_must_ignore():
     assert heartbeat_problem(beat("r1-e2"), ok, "r1", enrolled) == "mismatch"  # body names another
     assert heartbeat_problem(beat("r1-e1", region="r2"), ok, "r1", enrolled) == "mismatch"
     assert heartbeat_problem(beat("r1-e1", tier=Tier.REGIONAL), ok, "r1", enrolled) == "mismatch"
-
-
-async def test_kvwatch_gives_current_values_then_every_later_change_once(hub_server):
-    nc = await nats.connect(hub_server.url("hub"))
-    try:
-        js = nc.jetstream()
-        await ensure_bucket(js, BucketSpec("things", history=1))
-        kv = await js.key_value("things")
-        assert await kvwatch.current(js, "things") == []
-        await kv.put("r1.a", b"1")
-        await kv.put("r1.b", b"1")
-        await kv.put("r1.a", b"2")
-        await kv.put("r2.c", b"1")
-        records, seen = await kvwatch.snapshot(js, "things", "r1.*")
-        assert {(r.key, r.value) for r in records} == {("r1.a", b"2"), ("r1.b", b"1")}
-        await kv.put("r1.b", b"2")  # after the snapshot: must come through changes()
-        await kv.delete("r1.a")
-        changes = kvwatch.changes(js, "things", "r1.*", after=seen)
-        got = [await asyncio.wait_for(anext(changes), 5) for _ in range(2)]
-        await changes.aclose()
-        assert [(r.key, r.value, r.deleted) for r in got] == [("r1.b", b"2", False), ("r1.a", b"", True)]
-        assert all(r.stored_at.tzinfo is not None for r in got)
-
-        watch = kvwatch.watch(js, "things")
-        first = [await asyncio.wait_for(anext(watch), 5) for _ in range(3)]
-        assert {(r.key, r.deleted) for r in first} == {("r1.a", True), ("r1.b", False), ("r2.c", False)}
-        await kv.put("r2.c", b"2")
-        live = await asyncio.wait_for(anext(watch), 5)
-        await watch.aclose()
-        assert (live.key, live.value) == ("r2.c", b"2")
-        assert [r.key for r in await kvwatch.current(js, "things")] == ["r1.b", "r2.c"]
-    finally:
-        await nc.close()

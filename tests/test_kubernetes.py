@@ -24,9 +24,9 @@ from edge.drivers.manifests import (
     profile_namespace,
     render,
 )
-from fleetbus.client import FleetClient
-from fleetbus.desired import DesiredState, compute
+from fleetbus.core.desired import DesiredState, compute
 from fleetbus.errors import ConfigError
+from fleetbus.sdk.client import FleetClient
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.heartbeat import Tier
 from schemas.profile import Profile

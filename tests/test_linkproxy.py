@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from fleetbus.linkproxy import LinkProxy
-from fleetbus.netutil import free_ports
+from fleetbus.devfleet.linkproxy import LinkProxy
+from fleetbus.devfleet.netutil import free_ports
 from tests.helpers import eventually
 
 

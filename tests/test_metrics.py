@@ -15,10 +15,10 @@ import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleetbus.bus import connect
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import http_get
+from fleetbus.nats.bus import connect
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply

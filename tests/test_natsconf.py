@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from fleetbus.devfleet.natsconf import ServerSpec, render
 from fleetbus.devfleet.plan import plan_fleet
-from fleetbus.natsconf import ServerSpec, render
-from fleetbus.servers import find_binary
+from fleetbus.devfleet.servers import find_binary
 from schemas.heartbeat import Tier
 
 

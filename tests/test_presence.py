@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fleetbus.presence import PresencePolicy, PresenceTracker
+from fleetbus.core.presence import PresencePolicy, PresenceTracker
 from schemas.presence import PresenceState
 
 ONLINE, STALE, OFFLINE = PresenceState.ONLINE, PresenceState.STALE, PresenceState.OFFLINE

@@ -13,10 +13,10 @@ import nats
 import pytest
 
 from edge.drivers.local import APPLIED_FILE, read_applied
-from fleetbus.client import FleetClient
-from fleetbus.compliance import State
+from fleetbus.core.compliance import State
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.netutil import http_get
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from tests.helpers import arun_cli, eventually
 

@@ -78,7 +78,7 @@ def test_the_readme_tour_works_as_written(tmp_path: Path):
         [
             sys.executable,
             "-c",
-            "from fleetbus.cli import main; main()",
+            "from fleetbus.cli.app import main; main()",
             "dev",
             "up",
             "--state-dir",

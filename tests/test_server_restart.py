@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from fleetbus.client import FleetClient
+from fleetbus.sdk.client import FleetClient
 from schemas.override import OverrideScope
 from tests.conftest import running_fleet
 from tests.fleetprobe import applied_hash

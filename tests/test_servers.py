@@ -8,7 +8,7 @@ import nats
 import pytest
 
 from fleetbus.devfleet.state import pid_alive
-from fleetbus.tasks import cancel_and_wait
+from fleetbus.runtime.tasks import cancel_and_wait
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow

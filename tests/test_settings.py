@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fleetbus.errors import ConfigError
-from fleetbus.settings import EdgeSettings, load_settings
+from fleetbus.runtime.settings import EdgeSettings, load_settings
 
 
 def test_flags_beat_env_beat_file_beat_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -14,9 +14,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from fleetbus.client import FleetClient
+from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
-from fleetbus.netutil import free_ports
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.heartbeat import Tier
 from schemas.profile import Profile, ProfileSpec
@@ -187,7 +187,7 @@ async def _equals(value: Any, expected: object) -> bool:
 
 
 def test_every_leaf_remote_denies_the_site_local_subjects(tmp_path: Path):
-    from fleetbus.natsconf import render  # noqa: PLC0415
+    from fleetbus.devfleet.natsconf import render  # noqa: PLC0415
 
     plan = plan_fleet(tmp_path, 1, 1, iter(free_ports(ports_needed(1, 1, mqtt=True))), mqtt=True)
     for site in plan.sites:

@@ -12,8 +12,8 @@ import nats
 import pytest
 
 from edge.telemetry import TelemetryForwarder, TokenBucket, rules_of, topic_matches
-from fleetbus.desired import compute
-from fleetbus.metrics import DaemonMetrics
+from fleetbus.core.desired import compute
+from fleetbus.runtime.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.event import Event

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from fleetbus.desired import DesiredState
+from fleetbus.core.desired import DesiredState
 from fleetbus.errors import FleetbusError
 from schemas.event import ObjectResult
 from schemas.inventory import AppliedState, KubernetesInventory

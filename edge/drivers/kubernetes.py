@@ -52,10 +52,10 @@ from edge.drivers.manifests import (
     owner_selector,
     render,
 )
-from fleetbus import log
-from fleetbus.backoff import Backoff
-from fleetbus.desired import DesiredState
+from fleetbus.core.desired import DesiredState
 from fleetbus.errors import ConfigError
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
 from schemas.base import utcnow
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.inventory import AppliedState, KubeNode, KubernetesInventory, OwnedDeployment

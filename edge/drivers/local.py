@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.drivers import Applied, DriverError
-from fleetbus.desired import DesiredState
+from fleetbus.core.desired import DesiredState
 from schemas.base import utcnow
 from schemas.inventory import AppliedState
 

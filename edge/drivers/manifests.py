@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetbus.desired import DesiredState
+from fleetbus.core.desired import DesiredState
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.profile import DriftPolicy
 

@@ -6,7 +6,7 @@ keyed by content hash: the same state again is `unchanged`.
 """
 
 from edge.drivers import Applied
-from fleetbus.desired import DesiredState
+from fleetbus.core.desired import DesiredState
 from schemas.base import utcnow
 from schemas.inventory import AppliedState
 

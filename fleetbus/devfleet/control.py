@@ -23,9 +23,9 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fleetbus import log
+from fleetbus.devfleet.linkproxy import LinkProxy
 from fleetbus.errors import ConfigError, FleetbusError
-from fleetbus.linkproxy import LinkProxy
+from fleetbus.runtime import log
 
 if TYPE_CHECKING:
     from fleetbus.devfleet.supervisor import DevFleet

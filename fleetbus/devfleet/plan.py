@@ -4,7 +4,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetbus.natsconf import ServerSpec
+from fleetbus.devfleet.natsconf import ServerSpec
 from schemas.heartbeat import Tier
 from schemas.subjects import HUB_DOMAIN
 
@@ -105,7 +105,7 @@ def plan_fleet(
     """Hub, `regions` regionals and `edges` edges per region (or `edge_counts[i]` in region
     i + 1), taking ports from `ports`.
 
-    `links=True` puts a proxy port on every leaf link (see `fleetbus.linkproxy`).
+    `links=True` puts a proxy port on every leaf link (see `fleetbus.devfleet.linkproxy`).
     """
     counts = list(edge_counts) if edge_counts is not None else [edges] * regions
     sites_dir = state_dir / "sites"

@@ -5,8 +5,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.state import FleetRecord, SiteRecord
-from fleetbus.netutil import http_get
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Start order is hub, regionals, edges (each tier's servers staggered with jitter so many
 edges do not hit one regional at once), then the daemons. Stop order is daemons first (they
 drain into a live server), then edges, regionals, hub. SIGINT/SIGTERM trigger the stop;
-children also die with this process (see `fleetbus.process`).
+children also die with this process (see `fleetbus.devfleet.process`).
 """
 
 import asyncio
@@ -17,16 +17,16 @@ import tomllib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from fleetbus import log
 from fleetbus.devfleet.control import ControlServer
 from fleetbus.devfleet.hollow import HollowPlan
+from fleetbus.devfleet.linkproxy import LinkProxy
 from fleetbus.devfleet.plan import HOST, FleetPlan, SitePlan
+from fleetbus.devfleet.process import SupervisedProcess
+from fleetbus.devfleet.servers import NatsServer, check_ports_free
 from fleetbus.devfleet.state import STATE_FILE, FleetRecord, SiteRecord
 from fleetbus.errors import ConfigError, ServerError
-from fleetbus.linkproxy import LinkProxy
-from fleetbus.process import SupervisedProcess
-from fleetbus.servers import NatsServer, check_ports_free
-from fleetbus.settings import DaemonSettings
+from fleetbus.runtime import log
+from fleetbus.runtime.settings import DaemonSettings
 from schemas.heartbeat import Tier
 
 if TYPE_CHECKING:

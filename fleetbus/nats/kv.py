@@ -1,0 +1,386 @@
+"""One typed way to read and write a KV bucket: `Bucket[M]`, and `Mirror[M]`, its live local copy.
+
+    profiles = Bucket(js, subjects.PROFILES_BUCKET, Profile, metrics=metrics)
+    entry = await profiles.get("base")                  # Entry[Profile] | None
+    await profiles.update("base", new, last=entry.revision)   # compare-and-set
+    entries, seen = await profiles.snapshot()           # every current value, and where it ends
+    async for entry in profiles.changes(after=seen):    # then each change
+    async for entry in profiles.watch():                # both, each revision once
+
+Works on any `KV_<bucket>` stream, including the sourced ones nats-py's KeyValue cannot create
+(the hub's view of every region, an edge's replicas), and gives what `KeyValue.watch` does not:
+the time a value was stored here (for a sourced bucket, when this site received it) and a
+reliable end of the current values. nats-py 2.16's KV watcher can signal that end before the
+values arrive (`keys()` found no keys in a full bucket ~1 call in 100), so nothing here uses it:
+current values are read with a last-per-subject ordered consumer until nothing is pending, keys
+from the stream's per-subject state, a key's history message by message. That workaround is
+written here once.
+
+Decoding is written here once too: a value that is not an `M` (written by something other than
+fleetbus, or by a newer one gone wrong) is skipped, counted in
+`fleetbus_decode_errors_total{kind}` and logged, and the last good value stands, exactly as on
+the edges. `Entry.value` is None only for a delete.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
+from nats.js.errors import APIError
+from nats.js.errors import NotFoundError as NatsNotFoundError
+
+from fleetbus.errors import ConflictError, DecodeError, MissingError
+from fleetbus.nats.errors import TRANSIENT
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
+from fleetbus.runtime.metrics import DaemonMetrics
+from schemas import subjects
+from schemas.base import Message
+from schemas.codec import JSON, decode_body, encode_body
+
+logger = log.get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+DELETE_OPERATIONS = ("DEL", "PURGE")
+OPERATION = "KV-Operation"
+# JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
+WRONG_LAST_SEQUENCE = (10071, 10164)
+STREAM_NOT_FOUND = 10059
+NEVER = datetime.min.replace(tzinfo=UTC)  # a stored time nats-server did not give
+
+
+@dataclass(frozen=True)
+class Entry(Generic[M]):
+    """One stored revision of a key: its value (None for a delete), where and when it was stored,
+    and how many later records the read this came from still had pending."""
+
+    key: str
+    value: M | None
+    revision: int  # the stream sequence in this bucket (a replica's differ from the origin's)
+    stored_at: datetime
+    pending: int = 0
+
+    @property
+    def deleted(self) -> bool:
+        return self.value is None
+
+
+class Bucket(Generic[M]):
+    """The `name` bucket, its values `model`s; written as JSON, read as JSON or msgpack."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        name: str,
+        model: type[M],
+        *,
+        metrics: DaemonMetrics | None = None,
+        on_undecodable: Callable[[str, DecodeError], None] | None = None,
+    ) -> None:
+        self.js = js
+        self.name = name
+        self.model = model
+        self.stream = subjects.kv_stream(name)
+        self.metrics = metrics
+        self.on_undecodable = on_undecodable
+        self.undecodable: dict[str, str] = {}  # key -> why its latest value was skipped
+
+    def subject(self, key: str = ">") -> str:
+        return subjects.kv_subject(self.name, key)
+
+    def _missing(self, exc: NatsNotFoundError) -> MissingError | None:
+        """`MissingError` if `exc` says there is no such stream (not: no such message)."""
+        if exc.err_code != STREAM_NOT_FOUND:
+            return None
+        msg = f"there is no {self.name!r} bucket here (yet): is the daemon that creates it running?"
+        return MissingError(msg)
+
+    async def _info(self, key: str) -> StreamInfo:
+        try:
+            return await self.js.stream_info(self.stream, subjects_filter=self.subject(key))
+        except NatsNotFoundError as exc:
+            raise self._missing(exc) or exc from exc
+
+    # Reading
+
+    def _decode(self, key: str, data: bytes, *, quiet: bool = False) -> M | None:
+        """`data` as an `M`; None if it is not one, counted and logged unless `quiet` (a
+        value of the past, read again while looking for the last good one)."""
+        try:
+            value = decode_body(self.model, data, subject=self.subject(key))
+        except DecodeError as exc:
+            if quiet:
+                return None
+            self.undecodable[key] = exc.reason
+            if self.metrics:
+                self.metrics.decode_errors.labels(kind=self.model.SCHEMA).inc()
+            logger.warning("undecodable value skipped", bucket=self.name, key=key, reason=exc.reason)
+            if self.on_undecodable:
+                self.on_undecodable(key, exc)
+            return None
+        if quiet:
+            return value
+        self.undecodable.pop(key, None)
+        if self.metrics:
+            self.metrics.messages_in.labels(kind=self.model.SCHEMA).inc()
+        return value
+
+    def _entry(self, msg: Msg) -> Entry[M] | None:
+        """The entry `msg` holds; None if its value cannot be decoded."""
+        key = msg.subject.removeprefix(self.subject(""))
+        stored = Entry[M](
+            key, None, msg.metadata.sequence.stream, msg.metadata.timestamp, msg.metadata.num_pending
+        )
+        if (msg.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
+            return stored
+        value = self._decode(key, msg.data)
+        return None if value is None else Entry(key, value, stored.revision, stored.stored_at, stored.pending)
+
+    async def _latest(self, key: str) -> tuple[list[Msg], int]:
+        """The last record of every key under `key`, and the bucket's last sequence before
+        reading. Read with a last-per-subject consumer until nothing is pending: the end of
+        the current values is known for sure (nats-py's KV watcher can announce it early)."""
+        info = await self._info(key)
+        seen = info.state.last_seq
+        if not info.state.subjects:
+            return [], seen
+        found: list[Msg] = []
+        sub = await self.js.subscribe(
+            self.subject(key),
+            stream=self.stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
+        try:
+            async for msg in sub.messages:
+                found.append(msg)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            with contextlib.suppress(NatsError):  # the connection may already be closed
+                await sub.unsubscribe()
+        return found, seen
+
+    async def snapshot(self, key: str = ">") -> tuple[list[Entry[M]], int]:
+        """The last good entry of every key under `key` (wildcards allowed; deletes included),
+        and the bucket's last sequence before reading: pass it to `changes(after=...)`."""
+        messages, seen = await self._latest(key)
+        found: list[Entry[M]] = []
+        undecodable: list[str] = []
+        for msg in messages:
+            if (entry := self._entry(msg)) is not None:
+                found.append(entry)
+            else:
+                undecodable.append(msg.subject.removeprefix(self.subject("")))
+        # A key whose latest value is bad keeps its last good one, as every reader does.
+        lasts = [await self._last_good(bad) for bad in undecodable]
+        return found + [good for good in lasts if good is not None], seen
+
+    async def live_keys(self, key: str = ">") -> list[str]:
+        """Keys under `key` whose latest record is not a delete (values not decoded)."""
+        messages, _ = await self._latest(key)
+        prefix = self.subject("")
+        return sorted(
+            m.subject.removeprefix(prefix)
+            for m in messages
+            if (m.headers or {}).get(OPERATION, "") not in DELETE_OPERATIONS
+        )
+
+    async def current(self, key: str = ">") -> list[Entry[M]]:
+        """The last good value of every key under `key`, deleted keys left out."""
+        entries, _ = await self.snapshot(key)
+        return [e for e in entries if not e.deleted]
+
+    async def values(self, key: str = ">") -> list[M]:
+        return [e.value for e in await self.current(key) if e.value is not None]
+
+    async def get(self, key: str) -> Entry[M] | None:
+        """The key's last good entry; None if it was never written or is deleted."""
+        try:
+            raw = await self.js.get_last_msg(self.stream, self.subject(key))
+        except NatsNotFoundError as exc:
+            if missing := self._missing(exc):
+                raise missing from exc
+            return None
+        if (raw.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
+            return None
+        if (value := self._decode(key, raw.data or b"")) is not None:
+            return Entry(key, value, raw.seq or 0, raw.time or NEVER)
+        good = await self._last_good(key)
+        return None if good is None or good.deleted else good
+
+    async def last_revision(self, key: str) -> int:
+        """The bucket sequence of the key's latest record, good, bad or delete (0: never written);
+        what a compare-and-set `update` must name."""
+        try:
+            msg = await self.js.get_last_msg(self.stream, self.subject(key))
+        except NatsNotFoundError as exc:
+            if missing := self._missing(exc):
+                raise missing from exc
+            return 0
+        return msg.seq or 0
+
+    async def keys(self, key: str = ">") -> list[str]:
+        """Keys ever written under `key` (deleted ones included), from the stream's state."""
+        info = await self._info(key)
+        return sorted(s.removeprefix(self.subject("")) for s in (info.state.subjects or {}))
+
+    async def history(self, key: str) -> list[Entry[M]]:
+        """Every record kept for `key`, oldest first (deletes included, undecodable ones skipped),
+        read message by message: nats-py's `KeyValue.history()` uses the racy watcher."""
+        found: list[Entry[M]] = []
+        seq = 1
+        while True:
+            try:
+                raw = await self.js.get_msg(self.stream, seq=seq, subject=self.subject(key), next=True)
+            except NatsNotFoundError as exc:
+                if missing := self._missing(exc):
+                    raise missing from exc
+                return found
+            seq = (raw.seq or seq) + 1
+            stored = raw.time or NEVER
+            if (raw.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
+                found.append(Entry(key, None, raw.seq or 0, stored))
+            elif (value := self._decode(key, raw.data or b"", quiet=True)) is not None:
+                found.append(Entry(key, value, raw.seq or 0, stored))
+
+    async def _last_good(self, key: str) -> Entry[M] | None:
+        entries = await self.history(key)
+        return entries[-1] if entries else None
+
+    async def changes(self, key: str = ">", *, after: int) -> AsyncGenerator[Entry[M], None]:
+        """Every entry written under `key` after sequence `after`, until the caller stops
+        (undecodable ones skipped and counted)."""
+        async for entry, _pending in self._changes(key, after=after):
+            if entry is not None:
+                yield entry
+
+    async def _changes(self, key: str, *, after: int) -> AsyncGenerator[tuple[Entry[M] | None, int], None]:
+        """Each record after `after`: its entry (None if undecodable) and how many more the
+        consumer had pending when it came (0: the end of a burst)."""
+        sub = await self.js.subscribe(
+            self.subject(key),
+            stream=self.stream,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            config=ConsumerConfig(opt_start_seq=after + 1),
+        )
+        try:
+            async for msg in sub.messages:
+                yield self._entry(msg), msg.metadata.num_pending
+        finally:
+            with contextlib.suppress(NatsError):
+                await sub.unsubscribe()
+
+    async def watch(self, key: str = ">") -> AsyncGenerator[Entry[M], None]:
+        """Every current entry under `key`, then every change, each revision once."""
+        entries, seen = await self.snapshot(key)
+        latest: dict[str, int] = {}
+        for entry in entries:
+            latest[entry.key] = entry.revision
+            yield entry
+        async for entry in self.changes(key, after=seen):
+            if entry.revision > latest.get(entry.key, 0):
+                latest[entry.key] = entry.revision
+                yield entry
+
+    # Writing (a bucket the caller's server holds, not a sourced replica)
+
+    async def put(self, key: str, value: M) -> int:
+        """Store `value` under `key`; returns its revision."""
+        ack = await self.js.publish(self.subject(key), encode_body(value, JSON), stream=self.stream)
+        return ack.seq
+
+    async def update(self, key: str, value: M, *, last: int) -> int:
+        """Store `value` only if the key's latest record is revision `last` (0: the key was
+        never written); else `ConflictError`. Returns the new revision."""
+        try:
+            ack = await self.js.publish(
+                self.subject(key),
+                encode_body(value, JSON),
+                stream=self.stream,
+                headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
+            )
+        except APIError as exc:
+            if exc.err_code not in WRONG_LAST_SEQUENCE:
+                raise
+            msg = f"{self.name}/{key} changed since revision {last}"
+            raise ConflictError(msg) from exc
+        return ack.seq
+
+    async def delete(self, key: str) -> None:
+        """Mark `key` deleted (its history stays, as `nats kv del` leaves it)."""
+        await self.js.publish(self.subject(key), b"", stream=self.stream, headers={OPERATION: "DEL"})
+
+    async def require(self, key: str, what: str) -> Entry[M]:
+        """`get`, or `MissingError(what)`."""
+        entry = await self.get(key)
+        if entry is None:
+            raise MissingError(what)
+        return entry
+
+
+Changed = list[Entry[M]]
+
+
+class Mirror(Generic[M]):
+    """A live local copy of a bucket (or the keys under `key`): `values`, kept equal to the
+    bucket by `run()`, which reads the current values, then follows each change, and reads
+    again from the start after a transient failure (a server restarting), so it never stops.
+
+    `loaded` is set once the current values are in. Each listener hears the entries of one
+    burst (the whole snapshot, then runs of changes that arrived together), after `values`
+    took them: one notice per burst, never a half state."""
+
+    def __init__(self, bucket: Bucket[M], key: str = ">", *, retry: Backoff | None = None) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.values: dict[str, M] = {}
+        self.loaded = asyncio.Event()
+        self._listeners: list[Callable[[Changed[M]], None]] = []
+        self._retry = retry or Backoff(0.2, cap=5.0)
+
+    def listen(self, listener: Callable[[Changed[M]], None]) -> None:
+        self._listeners.append(listener)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self._follow()
+            except TRANSIENT as exc:
+                logger.warning(
+                    "bucket watch broke; reading it again", bucket=self.bucket.name, error=repr(exc)
+                )
+            await self._retry.wait()
+
+    async def _follow(self) -> None:
+        entries, seen = await self.bucket.snapshot(self.key)
+        self.values = {}
+        self._take(entries)
+        self.loaded.set()
+        self._retry.reset()
+        burst: Changed[M] = []
+        async for entry, pending in self.bucket._changes(self.key, after=seen):
+            if entry is not None:
+                burst.append(entry)
+            if pending == 0 and burst:  # the end of a burst, even if its last value was bad
+                self._take(burst)
+                burst = []
+
+    def _take(self, entries: Iterable[Entry[M]]) -> None:
+        entries = list(entries)
+        for entry in entries:
+            if entry.value is None:
+                self.values.pop(entry.key, None)
+            else:
+                self.values[entry.key] = entry.value
+        for listener in self._listeners:
+            listener(entries)

@@ -1,0 +1,153 @@
+"""Streams as fleetbus builds and reads them, so that nothing above this package needs nats-py.
+
+- `local_stream`: the one set of defaults for every stream a site keeps (file storage, limits
+  retention, oldest dropped first, a two-minute duplicate window); tiers give names, subjects
+  and limits.
+- `transformed_source`: a source in the same domain whose subjects are rewritten on the way in
+  (the hub's `applied` bucket from its EVENTS).
+- `follow_stream`: a stream's messages as typed values (undecodable ones skipped and counted).
+- `account_summary`: what a server's JetStream holds (`fleetbus info`).
+"""
+
+import contextlib
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeVar
+
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+    SubjectTransform,
+)
+from nats.js.errors import NotFoundError
+
+from fleetbus.errors import DecodeError
+from fleetbus.runtime import log
+from fleetbus.runtime.metrics import DaemonMetrics
+from schemas import subjects
+from schemas.base import Message
+from schemas.headers import open_envelope
+
+logger = log.get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+
+DUPLICATE_WINDOW_S = 120.0
+
+__all__ = [
+    "AccountSummary",
+    "StreamConfig",
+    "StreamSource",
+    "account_summary",
+    "follow_stream",
+    "last_message",
+    "local_stream",
+    "transformed_source",
+]
+
+
+def local_stream(
+    name: str,
+    description: str,
+    *,
+    max_bytes: int,
+    subjects: list[str] | None = None,
+    max_age_s: float = 0.0,
+    per_subject: int = -1,
+    transform: tuple[str, str] | None = None,
+    direct_get: bool = False,
+) -> StreamConfig:
+    """A stream this site keeps: file storage, limits retention, the oldest message dropped
+    when a limit is reached (and counted by whoever watches the limits), deduplicated by
+    `Nats-Msg-Id` for two minutes. `transform` = (subject, stored as)."""
+    return StreamConfig(
+        name=name,
+        description=description,
+        subjects=subjects,
+        subject_transform=SubjectTransform(src=transform[0], dest=transform[1]) if transform else None,
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        max_age=max_age_s,
+        max_bytes=max_bytes,
+        max_msgs_per_subject=per_subject,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        allow_direct=direct_get or None,
+    )
+
+
+def transformed_source(stream: str, src: str, dest: str) -> StreamSource:
+    """`stream` of this domain, its subjects matching `src` stored as `dest`."""
+    return StreamSource(name=stream, subject_transforms=[SubjectTransform(src=src, dest=dest)])
+
+
+async def follow_stream(
+    js: JetStreamContext,
+    stream: str,
+    subject: str,
+    cls: type[M],
+    *,
+    since: datetime | None = None,
+    metrics: DaemonMetrics | None = None,
+) -> AsyncGenerator[M, None]:
+    """The enveloped `cls` messages of `stream` under `subject`: first the latest per subject
+    (or, with `since`, every one from then on), then each new one, until the caller stops."""
+    policy = DeliverPolicy.BY_START_TIME if since else DeliverPolicy.LAST_PER_SUBJECT
+    sub = await js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=policy,
+        config=ConsumerConfig(opt_start_time=since),
+    )
+    try:
+        async for msg in sub.messages:
+            try:
+                yield open_envelope(cls, msg.data, msg.headers, subject=msg.subject)
+            except DecodeError as exc:
+                if metrics:
+                    metrics.decode_errors.labels(kind=cls.SCHEMA).inc()
+                logger.warning("undecodable message skipped", subject=msg.subject, reason=exc.reason)
+    finally:
+        with contextlib.suppress(NatsError):  # the connection may already be closed
+            await sub.unsubscribe()
+
+
+async def last_message(js: JetStreamContext, stream: str, subject: str, cls: type[M]) -> M | None:
+    """The last enveloped `cls` stored under `subject`; None if there is none or it is not one."""
+    try:
+        msg = await js.get_last_msg(stream, subject)
+    except NotFoundError:
+        return None
+    try:
+        return open_envelope(cls, msg.data or b"", msg.headers, subject=subject)
+    except DecodeError:
+        return None
+
+
+@dataclass(frozen=True)
+class AccountSummary:
+    domain: str | None
+    streams: int
+    storage_bytes: int
+    buckets: tuple[str, ...]
+
+
+async def account_summary(js: JetStreamContext) -> AccountSummary:
+    account = await js.account_info()
+    names = [s.config.name or "" for s in await js.streams_info()]
+    prefix = subjects.KV_STREAM_PREFIX
+    return AccountSummary(
+        domain=account.domain,
+        streams=account.streams,
+        storage_bytes=account.storage,
+        buckets=tuple(sorted(n.removeprefix(prefix) for n in names if n.startswith(prefix))),
+    )

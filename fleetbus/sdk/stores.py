@@ -1,0 +1,176 @@
+"""The hub's profile authority: profiles and overrides in the hub's KV buckets.
+
+A profile's `revision` counts its own versions (1, 2, 3, ...), carried in the stored document
+so every replica and every ApplyResult names the same number (a replica's stream sequences
+differ from the hub's). Writes are compare-and-set on the bucket's last sequence for the key,
+so two concurrent applies never both win, and `expect_revision` is checked against what the
+hub holds. Values are stored as JSON, readable with any NATS client (`nats kv get`).
+
+The stores raise domain errors (`MissingError`, `ConflictError`, `ConfigError`); the CLI words
+them for its flags.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from fleetbus.errors import ConfigError, ConflictError, MissingError
+from fleetbus.nats.bus import JetStream
+from fleetbus.nats.kv import Bucket
+from fleetbus.sdk.documents import STAMPS, Plan, diff
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.override import Override, OverrideScope, OverrideTarget
+from schemas.profile import Profile
+
+
+class ProfileStore:
+    """Profiles in the hub's `profiles` bucket, keyed by name."""
+
+    def __init__(self, js: JetStream) -> None:
+        self.bucket = Bucket(js, subjects.PROFILES_BUCKET, Profile)
+
+    @property
+    def undecodable(self) -> list[str]:
+        """ "key: why" of each key whose latest value was skipped (its last good one stands,
+        exactly as on the edges, which skip such values and keep the last good one)."""
+        return [f"{key}: {why}" for key, why in sorted(self.bucket.undecodable.items())]
+
+    async def _current(self, name: str) -> tuple[Profile | None, int]:
+        """The stored profile (its last good revision), and the bucket sequence of the key's
+        latest record, which a compare-and-set names (0: never written)."""
+        last = await self.bucket.last_revision(name)
+        entry = await self.bucket.get(name) if last else None
+        return (entry.value if entry else None), last
+
+    async def all(self) -> list[Profile]:
+        """Every profile, read in one pass over the bucket."""
+        self.bucket.undecodable.clear()
+        return sorted(await self.bucket.values(), key=lambda p: (p.priority, p.name))
+
+    async def history(self, name: str, *, since_delete: bool = False) -> list[Profile]:
+        """Every stored revision still in the bucket's history (oldest first); deletes skipped,
+        and with `since_delete` so are the revisions before the last delete."""
+        found: list[Profile] = []
+        for entry in await self.bucket.history(name):
+            if entry.value is not None:
+                found.append(entry.value)
+            elif since_delete:
+                found.clear()
+        return found
+
+    async def get(self, name: str, revision: int | None = None) -> Profile:
+        if revision is None:
+            profile, _ = await self._current(name)
+            if profile is None:
+                msg = f"no profile named {name!r}; `fleetbus profile ls` lists them"
+                raise MissingError(msg)
+            return profile
+        history = await self.history(name)
+        for profile in history:
+            if profile.revision == revision:
+                return profile
+        kept = ", ".join(str(p.revision) for p in history) or "none"
+        msg = f"profile {name!r} has no revision {revision} in the hub's history (kept: {kept})"
+        raise MissingError(msg)
+
+    async def plan(self, profile: Profile, *, actor: str) -> Plan:
+        current, _ = await self._current(profile.name)
+        return await self._plan(profile, current, actor=actor)
+
+    async def _plan(self, profile: Profile, current: Profile | None, *, actor: str) -> Plan:
+        last = current.revision or 0 if current else await self._last_revision(profile.name)
+        new = profile.model_copy(update={"revision": last + 1, "updated_by": actor, "updated_at": utcnow()})
+        return Plan(current=current, new=new, diff=diff(current, new))
+
+    async def _last_revision(self, name: str) -> int:
+        """Highest revision ever stored under `name` (a re-created profile continues from it)."""
+        return max((p.revision or 0 for p in await self.history(name)), default=0)
+
+    async def apply(self, profile: Profile, *, actor: str, expect_revision: int | None = None) -> Plan:
+        """Store `profile` as the next revision, unless unchanged. Compare-and-set: raises
+        `ConflictError` if `expect_revision` is not the current one or a writer got in first."""
+        current, sequence = await self._current(profile.name)
+        current_revision = current.revision or 0 if current else 0
+        if expect_revision is not None and expect_revision != current_revision:
+            msg = (
+                f"profile {profile.name!r} is at revision {current_revision}, not {expect_revision}: "
+                "someone changed it; review `fleetbus profile diff` and apply again"
+            )
+            raise ConflictError(msg)
+        plan = await self._plan(profile, current, actor=actor)
+        if not plan.changed:
+            return plan
+        try:
+            await self.bucket.update(profile.name, plan.new, last=sequence)
+        except ConflictError as exc:
+            latest, _ = await self._current(profile.name)
+            now = latest.revision if latest else "deleted"
+            msg = f"profile {profile.name!r} changed while applying (now at revision {now}); apply again"
+            raise ConflictError(msg) from exc
+        return plan
+
+    async def rollback(self, name: str, to: int, *, actor: str) -> Plan:
+        """Apply revision `to`'s content again, as a new revision."""
+        old = await self.get(name, to)
+        return await self.apply(old.model_copy(update=dict.fromkeys(STAMPS)), actor=actor)
+
+    async def delete(self, name: str) -> Profile:
+        profile = await self.get(name)
+        await self.bucket.delete(name)
+        return profile
+
+
+@dataclass(frozen=True)
+class StoredOverride:
+    key: str
+    override: Override
+
+
+class OverrideStore:
+    """Overrides in the hub's `overrides` bucket, keyed `edge.<id>` or `group.<name>`."""
+
+    def __init__(self, js: JetStream) -> None:
+        self.bucket = Bucket(js, subjects.OVERRIDES_BUCKET, Override)
+
+    async def set(
+        self,
+        scope: OverrideScope,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        owner: str,
+        reason: str,
+        expires_at: datetime | None = None,
+        now: datetime | None = None,
+    ) -> StoredOverride:
+        created = now or utcnow()
+        if expires_at is not None and expires_at <= created:
+            msg = f"the expiry {expires_at.isoformat()} is not in the future"
+            raise ConfigError(msg)
+        try:
+            override = Override(
+                target=OverrideTarget(scope=scope, name=name),
+                patch=patch,
+                owner=owner,
+                reason=reason,
+                created_at=created,
+                expires_at=expires_at,
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"invalid override: {exc.errors()[0]['msg']}") from None
+        key = subjects.override_key(scope.value, name)
+        await self.bucket.put(key, override)
+        return StoredOverride(key, override)
+
+    async def all(self) -> list[StoredOverride]:
+        return [StoredOverride(e.key, e.value) for e in await self.bucket.current() if e.value is not None]
+
+    async def remove(self, scope: OverrideScope, name: str) -> None:
+        key = subjects.override_key(scope.value, name)
+        if await self.bucket.get(key) is None:
+            msg = f"no override for {scope.value} {name!r}; `fleetbus override ls` lists them"
+            raise MissingError(msg)
+        await self.bucket.delete(key)
