@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from fleetbus.core.compliance import EdgeCompliance, State, assess
 from fleetbus.core.views import EdgePresence, edge_presence
+from fleetbus.errors import MissingError
 from fleetbus.nats.errors import TRANSIENT
 from fleetbus.nats.kv import Bucket, Entry
 from fleetbus.runtime import log
@@ -197,7 +198,7 @@ class FleetView:
                 async for entry in bucket.changes(after=seen):
                     apply(entry, entry.value)
                     await self._notify()
-            except TRANSIENT as exc:
+            except (*TRANSIENT, MissingError) as exc:
                 logger.warning("bucket watch broke; reading it again", bucket=name, error=repr(exc))
             await backoff.wait()
 

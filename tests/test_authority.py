@@ -95,6 +95,19 @@ async def test_overrides_set_list_remove(js):
         await overrides.set(OverrideScope.EDGE, "x", {"a": 1}, owner="o", reason="r", expires_at=NOW, now=NOW)
 
 
+async def test_an_unreadable_override_is_listed_as_skipped_and_can_be_removed(js):
+    overrides = OverrideStore(js)
+    await overrides.set(OverrideScope.GROUP, "canary", {"config": {"b": 2}}, owner="o", reason="r")
+    await js.publish(subjects.kv_subject(subjects.OVERRIDES_BUCKET, "edge.r1-e1"), b"not an override")
+    assert [s.key for s in await overrides.all()] == ["group.canary"]
+    assert [p.split(":")[0] for p in overrides.undecodable] == ["edge.r1-e1"]
+    await overrides.remove(OverrideScope.EDGE, "r1-e1")
+    assert [s.key for s in await overrides.all()] == ["group.canary"]
+    assert overrides.undecodable == []
+    with pytest.raises(MissingError):
+        await overrides.remove(OverrideScope.EDGE, "r1-e1")
+
+
 def test_load_document_names_file_field_and_problem(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("name: base\nspec:\n  components:\n    - {name: a, image: b}\npriority: high\n")

@@ -6,7 +6,7 @@ import asyncio
 import nats
 import pytest
 
-from fleetbus.errors import ConflictError, MissingError
+from fleetbus.errors import ConfigError, ConflictError, MissingError
 from fleetbus.nats.kv import Bucket, Mirror
 from fleetbus.nats.provisioning import BucketSpec, ensure_bucket
 from fleetbus.runtime.metrics import DaemonMetrics
@@ -135,3 +135,16 @@ async def test_the_mirror_loads_then_follows_in_bursts(js):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_single_key_operations_refuse_wildcards(js):
+    bucket = Bucket(js, "things", PresenceChange)
+    await bucket.put("r1.a", change("r1", "a"))
+    for key in ("*", "r1.*", ">", "r1.", "", "r1 a"):
+        with pytest.raises(ConfigError, match="not a key of bucket 'things'"):
+            await bucket.get(key)
+        with pytest.raises(ConfigError):
+            await bucket.delete(key)
+        with pytest.raises(ConfigError):
+            await bucket.put(key, change("r1", "a"))
+    assert [e.key for e in await bucket.current()] == ["r1.a"]  # nothing written, nothing deleted

@@ -27,6 +27,7 @@ from fleetbus.sdk.documents import (
     load_mapping,
     render_yaml,
 )
+from fleetbus.sdk.stores import StoredOverride
 from schemas.authoring import unknown_patch_keys
 from schemas.base import check_token, utcnow
 from schemas.override import OverrideScope
@@ -280,7 +281,13 @@ def _load_patch(file: Path) -> dict[str, Any]:
 @override_app.command("ls")
 def override_ls(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir = None) -> None:
     """List overrides, with who set them, why, and until when."""
-    stored = with_client(hub, state_dir, lambda f: f.overrides.all())
+
+    async def work(fleet: FleetClient) -> tuple[list[StoredOverride], list[str]]:
+        return await fleet.overrides.all(), fleet.overrides.undecodable
+
+    stored, problems = with_client(hub, state_dir, work)
+    for problem in problems:
+        err.print(f"[yellow]warning:[/] skipped an undecodable value under key {problem}", highlight=False)
     now = utcnow()
     if as_json:
         out.print_json(data=[{"key": s.key, **s.override.model_dump(mode="json")} for s in stored])

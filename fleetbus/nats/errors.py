@@ -14,9 +14,14 @@ from nats.js.errors import NotFoundError as NatsNotFoundError
 
 from fleetbus.errors import FleetbusError, MissingError, PermanentError, TemporaryError
 
-# What a retry loop catches: every nats-py error, and asyncio's timeouts. An APIError other
-# than 503 (a JetStream answer: "no such stream", "bad request") is not transient: is_transient.
+# What a loop that must never stop catches (a daemon following its own server, which its
+# supervisor restarts): every nats-py error, JetStream API answers included, and timeouts.
+# Where a JetStream refusal ("bad request") must end the operation instead, test with
+# `is_transient`, which counts only a lost connection, a timeout and a 503 as transient.
 TRANSIENT = (NatsError, TimeoutError)
+
+# An edge (or any responder) did not answer a request: nobody listening, or not in time.
+NO_ANSWER = (NoRespondersError, NatsTimeoutError, TimeoutError)
 
 # The hub (or any server) did not answer at all: its JetStream is down or the link is.
 UNANSWERED = (

@@ -36,8 +36,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import APIError
 from nats.js.errors import NotFoundError as NatsNotFoundError
 
-from fleetbus.errors import ConflictError, DecodeError, MissingError
-from fleetbus.nats.errors import TRANSIENT
+from fleetbus.errors import ConfigError, ConflictError, DecodeError, MissingError
+from fleetbus.nats.errors import is_transient
 from fleetbus.runtime import log
 from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
@@ -54,6 +54,7 @@ OPERATION = "KV-Operation"
 # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 WRONG_LAST_SEQUENCE = (10071, 10164)
 STREAM_NOT_FOUND = 10059
+READ_STALL = 5.0  # s without a record before a read of current values starts again
 NEVER = datetime.min.replace(tzinfo=UTC)  # a stored time nats-server did not give
 
 
@@ -95,6 +96,17 @@ class Bucket(Generic[M]):
 
     def subject(self, key: str = ">") -> str:
         return subjects.kv_subject(self.name, key)
+
+    def _exact(self, key: str) -> str:
+        """The subject of one key; `ConfigError` for a wildcard or an empty token (a single-key
+        read or write of `*` would otherwise match, or write, something else)."""
+        tokens = key.split(".")
+        if not key or any(
+            not tok or tok in ("*", ">") or not tok.isprintable() or " " in tok for tok in tokens
+        ):
+            msg = f"{key!r} is not a key of bucket {self.name!r}: dot-separated names, no wildcards"
+            raise ConfigError(msg)
+        return self.subject(key)
 
     def _missing(self, exc: NatsNotFoundError) -> MissingError | None:
         """`MissingError` if `exc` says there is no such stream (not: no such message)."""
@@ -147,7 +159,15 @@ class Bucket(Generic[M]):
     async def _latest(self, key: str) -> tuple[list[Msg], int]:
         """The last record of every key under `key`, and the bucket's last sequence before
         reading. Read with a last-per-subject consumer until nothing is pending: the end of
-        the current values is known for sure (nats-py's KV watcher can announce it early)."""
+        the current values is known for sure (nats-py's KV watcher can announce it early).
+        Keys purged between the count and the read (`fleetbus edge forget`) would leave it
+        waiting: a read that stalls for `READ_STALL` s starts again, three times at most."""
+        for _ in range(2):
+            with contextlib.suppress(TimeoutError):
+                return await self._read_latest(key)
+        return await self._read_latest(key)
+
+    async def _read_latest(self, key: str) -> tuple[list[Msg], int]:
         info = await self._info(key)
         seen = info.state.last_seq
         if not info.state.subjects:
@@ -160,7 +180,9 @@ class Bucket(Generic[M]):
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
         )
         try:
-            async for msg in sub.messages:
+            messages = aiter(sub.messages)
+            while True:
+                msg = await asyncio.wait_for(anext(messages), READ_STALL)
                 found.append(msg)
                 if msg.metadata.num_pending == 0:
                     break
@@ -205,7 +227,7 @@ class Bucket(Generic[M]):
     async def get(self, key: str) -> Entry[M] | None:
         """The key's last good entry; None if it was never written or is deleted."""
         try:
-            raw = await self.js.get_last_msg(self.stream, self.subject(key))
+            raw = await self.js.get_last_msg(self.stream, self._exact(key))
         except NatsNotFoundError as exc:
             if missing := self._missing(exc):
                 raise missing from exc
@@ -221,7 +243,7 @@ class Bucket(Generic[M]):
         """The bucket sequence of the key's latest record, good, bad or delete (0: never written);
         what a compare-and-set `update` must name."""
         try:
-            msg = await self.js.get_last_msg(self.stream, self.subject(key))
+            msg = await self.js.get_last_msg(self.stream, self._exact(key))
         except NatsNotFoundError as exc:
             if missing := self._missing(exc):
                 raise missing from exc
@@ -240,7 +262,7 @@ class Bucket(Generic[M]):
         seq = 1
         while True:
             try:
-                raw = await self.js.get_msg(self.stream, seq=seq, subject=self.subject(key), next=True)
+                raw = await self.js.get_msg(self.stream, seq=seq, subject=self._exact(key), next=True)
             except NatsNotFoundError as exc:
                 if missing := self._missing(exc):
                     raise missing from exc
@@ -296,7 +318,7 @@ class Bucket(Generic[M]):
 
     async def put(self, key: str, value: M) -> int:
         """Store `value` under `key`; returns its revision."""
-        ack = await self.js.publish(self.subject(key), encode_body(value, JSON), stream=self.stream)
+        ack = await self.js.publish(self._exact(key), encode_body(value, JSON), stream=self.stream)
         return ack.seq
 
     async def update(self, key: str, value: M, *, last: int) -> int:
@@ -304,7 +326,7 @@ class Bucket(Generic[M]):
         never written); else `ConflictError`. Returns the new revision."""
         try:
             ack = await self.js.publish(
-                self.subject(key),
+                self._exact(key),
                 encode_body(value, JSON),
                 stream=self.stream,
                 headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
@@ -318,7 +340,7 @@ class Bucket(Generic[M]):
 
     async def delete(self, key: str) -> None:
         """Mark `key` deleted (its history stays, as `nats kv del` leaves it)."""
-        await self.js.publish(self.subject(key), b"", stream=self.stream, headers={OPERATION: "DEL"})
+        await self.js.publish(self._exact(key), b"", stream=self.stream, headers={OPERATION: "DEL"})
 
     async def require(self, key: str, what: str) -> Entry[M]:
         """`get`, or `MissingError(what)`."""
@@ -352,10 +374,13 @@ class Mirror(Generic[M]):
         self._listeners.append(listener)
 
     async def run(self) -> None:
+        """Follow the bucket until cancelled; raise what is not worth retrying."""
         while True:
             try:
                 await self._follow()
-            except TRANSIENT as exc:
+            except Exception as exc:
+                if not (is_transient(exc) or isinstance(exc, MissingError)):
+                    raise
                 logger.warning(
                     "bucket watch broke; reading it again", bucket=self.bucket.name, error=repr(exc)
                 )
@@ -363,8 +388,11 @@ class Mirror(Generic[M]):
 
     async def _follow(self) -> None:
         entries, seen = await self.bucket.snapshot(self.key)
+        # Read again after a break: a key gone meanwhile without a delete marker (purged) is
+        # told to listeners as a delete, like any other.
+        gone = set(self.values) - {e.key for e in entries}
         self.values = {}
-        self._take(entries)
+        self._take([*entries, *(Entry[M](key, None, 0, NEVER) for key in sorted(gone))])
         self.loaded.set()
         self._retry.reset()
         burst: Changed[M] = []

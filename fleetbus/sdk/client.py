@@ -48,7 +48,7 @@ from fleetbus.errors import (
 )
 from fleetbus.nats import forget
 from fleetbus.nats.bus import Bus, JetStream, connect_within, unreachable_reason
-from fleetbus.nats.errors import UNANSWERED, jetstream_silent
+from fleetbus.nats.errors import NO_ANSWER, UNANSWERED, jetstream_silent
 from fleetbus.nats.forget import ForgetResult
 from fleetbus.nats.kv import Bucket, Entry
 from fleetbus.nats.streams import account_summary, follow_stream
@@ -282,7 +282,7 @@ class FleetClient:
         subject = subjects.edge_command(region, edge, "device")
         try:
             return await self.bus.request(subject, command, DeviceCommandReply, timeout=timeout)
-        except UNANSWERED as exc:
+        except NO_ANSWER as exc:
             msg = (
                 f"edge {edge!r} did not answer within {timeout:g} s: it is offline or its link is down; "
                 "the command was not delivered (commands go to online edges only)"

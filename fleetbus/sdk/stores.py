@@ -165,12 +165,19 @@ class OverrideStore:
         await self.bucket.put(key, override)
         return StoredOverride(key, override)
 
+    @property
+    def undecodable(self) -> list[str]:
+        """ "key: why" of each override `all()` skipped (not an override: `override rm` removes it)."""
+        return [f"{key}: {why}" for key, why in sorted(self.bucket.undecodable.items())]
+
     async def all(self) -> list[StoredOverride]:
+        self.bucket.undecodable.clear()
         return [StoredOverride(e.key, e.value) for e in await self.bucket.current() if e.value is not None]
 
     async def remove(self, scope: OverrideScope, name: str) -> None:
+        """Delete the override of `scope` `name`, also one whose value cannot be read."""
         key = subjects.override_key(scope.value, name)
-        if await self.bucket.get(key) is None:
+        if key not in await self.bucket.live_keys(key):
             msg = f"no override for {scope.value} {name!r}; `fleetbus override ls` lists them"
             raise MissingError(msg)
         await self.bucket.delete(key)
