@@ -169,7 +169,9 @@ def test_version_and_shell_completion():
     version = run_cli("--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"fleetbus {package_version('fleetbus')}"
-    completion = run_cli("--show-completion", "bash")
+    # What `eval "$(fleetbus --show-completion)"` installs runs this; `--show-completion` itself
+    # detects the shell from the parent processes, which a test run may not have.
+    completion = run_cli(env={**cli_env(), "_FLEETBUS_COMPLETE": "source_bash"})
     assert completion.returncode == 0, completion.stderr
     assert "complete" in completion.stdout
     assert "_FLEETBUS_COMPLETE" in completion.stdout

@@ -282,7 +282,7 @@ async def test_bad_input_is_refused_and_publishes_nothing(fleet, tmp_path):
             "0",
             *hub_args(fleet),
         )
-        assert stale.returncode == 3
+        assert stale.returncode == 4  # conflict (fleetbus.errors.EXIT_CODES)
         assert "at revision 1, not 0" in stale.stderr
         assert (await client.profiles.get("base")).revision == 1
         dry = await apply(fleet, tmp_path, base_profile("2.0"), "--dry-run", "--expect-revision", "1")
