@@ -12,6 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+
+from fleetbus.devfleet import identities
+from fleetbus.devfleet.plan import FleetPlan
+from schemas import subjects
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -88,3 +96,16 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
         return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=True)) + " |"
 
     return [line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]
+
+
+def admin_creds(plan: FleetPlan) -> Path:
+    """The dev fleet's admin identity (`fleetbus dev creds --operator`)."""
+    return identities.operator_creds(plan.state_dir)
+
+
+async def connect_as(plan: FleetPlan, site: str, **options: Any) -> Client:
+    """A raw nats-py client of `site`'s server, as that site (the baseline's connection)."""
+    planned = plan.site(site)
+    options.setdefault("nkeys_seed", str(planned.creds_path))
+    options.setdefault("inbox_prefix", subjects.inbox_prefix(site))
+    return await nats.connect(planned.server.client_url, **options)

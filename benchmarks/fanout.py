@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nats.js.api import DeliverPolicy
 
-from benchmarks.common import CpuWindow, append_results, summary, table
+from benchmarks.common import CpuWindow, admin_creds, append_results, summary, table
 from fleetbus.devfleet.hollow import plan_hollow
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
@@ -132,7 +132,9 @@ async def run_fleet(
         began = time.monotonic()
         await fleet.start()
         try:
-            async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+            async with await FleetClient.connect(
+                plan.site("hub").server.client_url, creds=admin_creds(plan)
+            ) as client:
                 await eventually(
                     lambda: all_reported(client, edges), timeout=args.timeout, what=f"{edges} edges reporting"
                 )

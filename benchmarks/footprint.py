@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import CpuWindow, append_results, rss_bytes, table
+from benchmarks.common import CpuWindow, admin_creds, append_results, rss_bytes, table
 from fleetbus.devfleet.natsconf import ServerSpec
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
@@ -58,7 +58,9 @@ async def main() -> None:
         await bare.start()
         try:
             edges = [s.name for s in plan.by_tier(Tier.EDGE)]
-            async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+            async with await FleetClient.connect(
+                plan.site("hub").server.client_url, creds=admin_creds(plan)
+            ) as client:
 
                 async def all_reported() -> bool:
                     return {r.edge for r in await client.reports()} >= set(edges)

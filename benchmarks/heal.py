@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import append_results, nearest_rank
+from benchmarks.common import admin_creds, append_results, nearest_rank
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
@@ -95,7 +95,8 @@ class Run:
             )
             expected[edge] = (await self.client.explain(edge))[0].hash
             url = self.fleet.plan.site(edge).server.client_url
-            event_id = await emit_event(url, region, edge, data={"heal": marker})
+            creds = self.fleet.plan.site(edge).creds_path
+            event_id = await emit_event(url, region, edge, creds=creds, data={"heal": marker})
             if event_id is None:
                 msg = f"{edge}'s own stream did not acknowledge an event"
                 raise RuntimeError(msg)
@@ -151,7 +152,9 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
         fleet = DevFleet(plan, heartbeat_interval=args.heartbeat, progress=lambda _l: None, settings=settings)
         await fleet.start()
         try:
-            async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+            async with await FleetClient.connect(
+                plan.site("hub").server.client_url, creds=admin_creds(plan)
+            ) as client:
                 run = Run(mode, fleet, client, args.timeout, args.fault)
                 edges = {r: [(r, f"{r}-e{i}") for i in range(1, edges_r1 + 1)] for r in ("r1", "r2")}
                 everyone = [e for pairs in edges.values() for _, e in pairs]

@@ -18,10 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import nats
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import admin_creds, connect_as
 from fleetbus.devfleet.netutil import free_ports, http_get
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
@@ -54,7 +53,7 @@ async def run(edge_beat: float, args: argparse.Namespace, *, raw_subscriber: boo
         await fleet.start()
         try:
             hub = plan.site("hub").server
-            async with await FleetClient.connect(hub.client_url) as client:
+            async with await FleetClient.connect(hub.client_url, creds=admin_creds(plan)) as client:
                 want = args.regions * args.edges
                 deadline = time.monotonic() + 60
                 while sum(p.state is PresenceState.ONLINE for p in await client.presence()) < want:
@@ -62,7 +61,7 @@ async def run(edge_beat: float, args: argparse.Namespace, *, raw_subscriber: boo
                         msg = "the fleet did not come online within 60 s"
                         raise RuntimeError(msg)
                     await asyncio.sleep(0.2)  # polling the hub's view
-            raw = await nats.connect(hub.client_url) if raw_subscriber else None
+            raw = await connect_as(plan, "hub") if raw_subscriber else None
             heard = 0
 
             async def count(_msg: object) -> None:

@@ -27,10 +27,10 @@ from nats.js.api import StreamConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import append_results, table
+from benchmarks.common import append_results, connect_as, table
 from edge.inventory import host_facts
 from fleetbus.devfleet.netutil import free_ports
-from fleetbus.devfleet.plan import plan_fleet, ports_needed
+from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.nats.bus import connect
 from fleetbus.runtime import log
@@ -49,8 +49,14 @@ async def hub_received(js: nats.js.JetStreamContext) -> int:
 async def full_path(fleet: DevFleet, edges: int, concurrency: int) -> tuple[float, int]:
     """Snapshots per second arriving at the hub; and the encoded size of one."""
     host = host_facts(Path("/"))
-    regional = await connect(fleet.plan.site(REGION).server.client_url, name="ingest-bench", source="/bench")
-    hub = await nats.connect(fleet.plan.site("hub").server.client_url)
+    regional = await connect(
+        fleet.plan.site(REGION).server.client_url,
+        name="ingest-bench",
+        source="/bench",
+        creds=fleet.plan.site(REGION).creds_path,
+        site=REGION,
+    )
+    hub = await connect_as(fleet.plan, "hub")
     hub_js = hub.jetstream()
     try:
         before = await hub_received(hub_js)
@@ -92,8 +98,8 @@ async def full_path(fleet: DevFleet, edges: int, concurrency: int) -> tuple[floa
         await hub.close()
 
 
-async def raw_publish_async(url: str, body: bytes, count: int) -> float:
-    nc = await nats.connect(url)
+async def raw_publish_async(plan: FleetPlan, body: bytes, count: int) -> float:
+    nc = await connect_as(plan, "hub")
     js = nc.jetstream(publish_async_max_pending=4000)
     try:
         await js.add_stream(StreamConfig(name="RAW_BENCH", subjects=["bench.raw.>"]))
@@ -121,8 +127,7 @@ async def main() -> None:
         await fleet.start()
         try:
             ours, size = await full_path(fleet, args.edges, args.concurrency)
-            hub_url = plan.site("hub").server.client_url
-            raw = await raw_publish_async(hub_url, b"x" * size, args.edges)
+            raw = await raw_publish_async(fleet.plan, b"x" * size, args.edges)
         finally:
             await fleet.stop()
     lines = [

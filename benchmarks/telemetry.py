@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 
 import aiomqtt
-import nats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import append_results, summary, table
+from benchmarks.common import admin_creds, append_results, connect_as, summary, table
 from fleetbus.devfleet.netutil import free_ports, http_get
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
@@ -114,8 +113,8 @@ async def outage(
 
 async def run(fleet: DevFleet, args: argparse.Namespace) -> None:
     hub_url = fleet.plan.site("hub").server.client_url
-    client = await FleetClient.connect(hub_url)
-    raw = await nats.connect(hub_url)
+    client = await FleetClient.connect(hub_url, creds=admin_creds(fleet.plan))
+    raw = await connect_as(fleet.plan, "hub")
     start = utcnow()
     spec = ProfileSpec.model_validate(
         {"telemetry": {"devices/+/telemetry": {"mode": "sample", "interval": 60}}}

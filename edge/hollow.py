@@ -146,6 +146,8 @@ async def _connections(settings: HollowSettings, first: Bus, metrics: DaemonMetr
             name=f"fleetbus-hollow-{settings.site}-{index}",
             source=f"/fleet/edge/{settings.site}",
             metrics=metrics,
+            creds=settings.nats_creds,
+            site=settings.site,
         )
         for index in range(1, wanted)
     ]

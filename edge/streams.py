@@ -38,19 +38,26 @@ def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
     override_keys = [subjects.override_key(OverrideScope.EDGE.value, edge)] + [
         subjects.override_key(OverrideScope.GROUP.value, g) for g in groups
     ]
+    deliver = subjects.deliver_down(subjects.edge_base(region, edge))
+    overrides = subjects.kv_stream(subjects.OVERRIDES_BUCKET)
     return [
         replica_bucket(
             subjects.PROFILES_BUCKET,
-            [source(subjects.kv_stream(subjects.PROFILES_BUCKET), region)],
+            [source(subjects.kv_stream(subjects.PROFILES_BUCKET), region, deliver=deliver)],
         ),
+        # One source per key: a single-filter source names its filter in the consumer-create
+        # subject, which the edge's link permissions pin to its own keys (a source with
+        # several filters could ask for any).
         replica_bucket(
             subjects.OVERRIDES_BUCKET,
             [
                 source(
-                    subjects.kv_stream(subjects.OVERRIDES_BUCKET),
+                    overrides,
                     region,
-                    filters=[subjects.kv_subject(subjects.OVERRIDES_BUCKET, k) for k in override_keys],
+                    deliver=deliver,
+                    filters=[subjects.kv_subject(subjects.OVERRIDES_BUCKET, key)],
                 )
+                for key in override_keys
             ],
         ),
     ]

@@ -41,6 +41,18 @@ class ServerUnreachableError(TemporaryError):
         self.reason = reason
 
 
+class CredentialsRefusedError(ConfigError):
+    """A nats-server refused the identity a client presented (or the lack of one)."""
+
+    def __init__(self, url: str, creds: object) -> None:
+        who = f"the credentials in {creds}" if creds else "a connection without credentials"
+        super().__init__(
+            f"{url} refused {who} (authorization violation); pass an identity it admits with "
+            "--creds FILE or FLEETBUS_CREDS (a dev fleet's: `fleetbus dev creds --operator`)"
+        )
+        self.url = url
+
+
 class HubUnreachableError(TemporaryError):
     """The hub's nats-server could not be reached (or was lost) within the client's deadline."""
 
@@ -91,6 +103,7 @@ __all__ = [
     "EXIT_CODES",
     "ConfigError",
     "ConflictError",
+    "CredentialsRefusedError",
     "DaemonFailedError",
     "DecodeError",
     "EdgeUnreachableError",

@@ -43,7 +43,7 @@ async def run(settings: HubSettings) -> None:
 async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
     async with Daemon(settings, tier=Tier.HUB) as daemon:
         js, metrics = daemon.bus.js, daemon.metrics
-        events = SourcedStream(js, streams.events_stream(), metrics)
+        events = SourcedStream(js, streams.events_stream(), metrics, deliver=streams.region_deliver)
         inventory = SourcedStream(js, streams.inventory_bucket(), metrics, per_site=streams.inventory_source)
         presence = SourcedStream(js, streams.presence_bucket(), metrics, per_site=streams.presence_source)
         applied = SourcedStream(js, streams.applied_bucket(), metrics)

@@ -59,11 +59,21 @@ def inventory_bucket(*, max_bytes: int = 1 * 2**30) -> StreamConfig:
     return sourced_bucket(subjects.INVENTORY_BUCKET, description, max_bytes)
 
 
+def region_deliver(region: str) -> str:
+    """Where a region's sourced messages cross its link: inside its own subjects."""
+    return subjects.deliver_up(subjects.region_base(region))
+
+
 def inventory_source(region: str) -> StreamSource:
     """Region `region`'s INVENTORY, only that region's keys: a regional cannot write another
     region's edges."""
     return replay_from_start(
-        source(subjects.INVENTORY_STREAM, region, filters=[subjects.inventories(region, ">")])
+        source(
+            subjects.INVENTORY_STREAM,
+            region,
+            deliver=region_deliver(region),
+            filters=[subjects.inventories(region, ">")],
+        )
     )
 
 
@@ -77,7 +87,12 @@ def presence_bucket(*, max_bytes: int = 64 * 2**20) -> StreamConfig:
 def presence_source(region: str) -> StreamSource:
     bucket = subjects.kv_stream(subjects.PRESENCE_BUCKET)
     return replay_from_start(
-        source(bucket, region, filters=[subjects.kv_subject(subjects.PRESENCE_BUCKET, f"{region}.>")])
+        source(
+            bucket,
+            region,
+            deliver=region_deliver(region),
+            filters=[subjects.kv_subject(subjects.PRESENCE_BUCKET, f"{region}.>")],
+        )
     )
 
 

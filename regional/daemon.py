@@ -68,9 +68,10 @@ class Regional:
         self.region = region = settings.region
         self.js, self.metrics = js, metrics = daemon.bus.js, daemon.metrics
         self.edges = Bucket(js, subjects.EDGES_BUCKET, Enrollment, metrics=metrics)
-        self.replicas = [SourcedStream(js, c, metrics) for c in streams.replicas()]
-        self.events = SourcedStream(js, streams.events_stream(region), metrics)
-        self.inventory = SourcedStream(js, streams.inventory_stream(region), metrics)
+        self.replicas = [SourcedStream(js, c, metrics) for c in streams.replicas(region)]
+        deliver = streams.edge_deliver(region)
+        self.events = SourcedStream(js, streams.events_stream(region), metrics, deliver=deliver)
+        self.inventory = SourcedStream(js, streams.inventory_stream(region), metrics, deliver=deliver)
         self.follower = SiteFollower([self.events, self.inventory], kick=settings.heal_acceleration)
         daemon.bus.reconnect_listeners.append(self.follower.server_back)  # its server restarted
         self.enrolled: set[str] = set()

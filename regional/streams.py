@@ -1,6 +1,8 @@
 """The regional's streams: replicas of the hub's buckets, the region's events and inventory,
 its edges' presence and enrollments."""
 
+from collections.abc import Callable
+
 from fleetbus.nats.provisioning import scoped_bucket
 from fleetbus.nats.replication import aggregate_stream, replica_bucket, source
 from fleetbus.nats.streams import StreamConfig
@@ -10,12 +12,18 @@ from schemas.subjects import HUB_DOMAIN
 DAY = 24 * 3600
 
 
-def replicas() -> list[StreamConfig]:
+def replicas(region: str) -> list[StreamConfig]:
     """The region's cache of the hub's buckets: its sites start and apply without the hub."""
+    deliver = subjects.deliver_down(subjects.region_base(region))
     return [
-        replica_bucket(bucket, [source(subjects.kv_stream(bucket), HUB_DOMAIN)])
+        replica_bucket(bucket, [source(subjects.kv_stream(bucket), HUB_DOMAIN, deliver=deliver)])
         for bucket in (subjects.PROFILES_BUCKET, subjects.OVERRIDES_BUCKET)
     ]
+
+
+def edge_deliver(region: str) -> Callable[[str], str]:
+    """Where an edge's sourced messages cross its link: inside its own subjects."""
+    return lambda edge: subjects.deliver_up(subjects.edge_base(region, edge))
 
 
 def events_stream(region: str, *, max_age_s: float = 7 * DAY, max_bytes: int = 1024 * 2**20) -> StreamConfig:

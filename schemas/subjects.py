@@ -151,6 +151,33 @@ def device_command_topic(device: str) -> str:
     return f"devices.{_tokens(device)}.cmd"
 
 
+def edge_base(region: str, edge: str) -> str:
+    """`fleet.edge.<region>.<edge>`: every subject of one edge starts with this."""
+    return f"{PREFIX}.edge.{_tokens(region, edge)}"
+
+
+def region_base(region: str) -> str:
+    """`fleet.region.<region>`: every subject of one regional starts with this."""
+    return f"{PREFIX}.region.{_tokens(region)}"
+
+
+# Where a stream source's messages travel across a leaf link (ExternalStream.deliver). A
+# source's consumer lives in the domain it reads from and delivers on `<prefix>.S.<id>`;
+# without a prefix that is `$JS.S.<id>`, one namespace for every site, so no link permission
+# could tell one site's deliveries from another's. With these prefixes every delivery crossing
+# a link is inside the lower site's own subjects (docs/security.md#link-permissions).
+
+
+def deliver_down(base: str) -> str:
+    """Prefix of the deliveries a site receives from the tier above (its replicas)."""
+    return f"{base}.in"
+
+
+def deliver_up(base: str) -> str:
+    """Prefix of the deliveries the tier above receives from a site (its streams, sourced)."""
+    return f"{base}.up"
+
+
 def region_scope(region: str) -> str:
     return f"{PREFIX}.region.{_tokens(region)}.>"
 
@@ -173,6 +200,12 @@ def hub_hello() -> str:
     """The hub, ready to hear regionals, asks them to heartbeat now (core NATS, empty body):
     a regional that started first is heard at once, not one heartbeat interval later."""
     return f"{PREFIX}.hub.hello"
+
+
+def inbox_prefix(site: str) -> str:
+    """Reply subjects of one site's clients (`_INBOX.<site>.<id>`): a link permission lets a
+    site receive only its own replies."""
+    return f"_INBOX.{_tokens(site)}"
 
 
 def js_api_prefix(domain: str) -> str:

@@ -3,13 +3,18 @@
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
+from nats.aio.client import Client
 
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
 from fleetbus.devfleet.servers import NatsServer
 from fleetbus.devfleet.supervisor import DevFleet
+from schemas import subjects
 from schemas.heartbeat import Tier
 
 
@@ -17,11 +22,19 @@ class Chain:
     """Running servers of a plan, by site name."""
 
     def __init__(self, plan: FleetPlan) -> None:
-        self.plan = plan
-        self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
+        self.plan = identities.secure(plan)
+        self.servers = {s.name: NatsServer(s.server, s.workdir) for s in self.plan.sites}
 
     def url(self, site: str) -> str:
         return self.plan.site(site).server.client_url
+
+    def creds(self, site: str) -> Path:
+        """The identity of `site` (its daemon's): tests act as that site."""
+        return self.plan.site(site).creds_path
+
+    async def connect(self, site: str, **options: Any) -> Client:
+        """A nats-py client of `site`'s server, as that site."""
+        return await connect_as(self.plan, site, **options)
 
     async def start(self) -> None:
         for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE):
@@ -31,6 +44,24 @@ class Chain:
     async def stop(self) -> None:
         for server in reversed(list(self.servers.values())):
             await server.stop()
+
+
+def admin_creds(plan: FleetPlan) -> Path:
+    """The dev fleet's admin operator identity (what `fleetbus` commands use by default)."""
+    return identities.operator_creds(plan.state_dir)
+
+
+def hub_args(plan: FleetPlan) -> tuple[str, ...]:
+    """The CLI options that reach this fleet's hub as its admin."""
+    return ("--hub", plan.site("hub").server.client_url, "--creds", str(admin_creds(plan)))
+
+
+async def connect_as(plan: FleetPlan, site: str, **options: Any) -> Client:
+    """A nats-py client of `site`'s server with that site's identity and inbox prefix."""
+    planned = plan.site(site)
+    options.setdefault("nkeys_seed", str(planned.creds_path))
+    options.setdefault("inbox_prefix", subjects.inbox_prefix(site))
+    return await nats.connect(planned.server.client_url, **options)
 
 
 @contextlib.asynccontextmanager

@@ -35,8 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nats
-
 from edge.drivers.local import LocalDriver
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
@@ -48,6 +46,7 @@ from schemas import subjects
 from schemas.heartbeat import Tier
 from schemas.override import OverrideScope
 from schemas.profile import Profile
+from tests.conftest import admin_creds, connect_as
 from tests.fleetprobe import emit_event, inventory_differences, set_facts, stream_ids
 from tests.helpers import eventually
 
@@ -202,7 +201,9 @@ class Runner:
         elif step.action == "event":
             site = fleet.plan.site(step.site)
             for i in range(int(step.arg)):
-                event_id = await emit_event(site.server.client_url, site.region, site.name, data={"i": i})
+                event_id = await emit_event(
+                    site.server.client_url, site.region, site.name, creds=site.creds_path, data={"i": i}
+                )
                 if event_id is not None:
                     self.outcome.acked.setdefault(site.name, set()).add(event_id)
         elif step.action == "cut":
@@ -245,7 +246,7 @@ async def check(fleet: DevFleet, client: FleetClient, outcome: Outcome) -> list[
         ):
             problems.append(f"{site.name}: hub's last report is not the desired hash yet")
     problems += await inventory_differences(fleet, client, [s.name for s in edges])
-    hub = await nats.connect(fleet.plan.site("hub").server.client_url)
+    hub = await connect_as(fleet.plan, "hub")
     try:
         at_hub, hub_first = await stream_ids(hub.jetstream(), subjects.EVENTS_STREAM)
     finally:
@@ -254,7 +255,7 @@ async def check(fleet: DevFleet, client: FleetClient, outcome: Outcome) -> list[
         problems.append(f"hub EVENTS evicted {hub_first - 1} messages")
     problems += [f"event {i} is at the hub {n} times" for i, n in at_hub.items() if n > 1]
     for site in edges:
-        nc = await nats.connect(site.server.client_url)
+        nc = await connect_as(fleet.plan, site.name)
         try:
             stored, first = await stream_ids(nc.jetstream(), subjects.EVENTS_STREAM)
         finally:
@@ -286,7 +287,7 @@ async def run_seed(
     try:
         # Persistent: the schedule kills and restarts the hub's server under this client.
         hub_url = plan.site("hub").server.client_url
-        async with await FleetClient.connect(hub_url, persistent=True) as client:
+        async with await FleetClient.connect(hub_url, persistent=True, creds=admin_creds(plan)) as client:
             runner = Runner(fleet, client, outcome)
             await eventually(lambda: _all_reported(client, plan), timeout=60, what="every edge reported")
             for step in outcome.schedule:

@@ -4,6 +4,7 @@ events an application stores at an edge, what the hub holds, what an edge applie
 import collections
 import json
 import uuid
+from pathlib import Path
 
 import nats
 from nats.js import JetStreamContext
@@ -22,7 +23,7 @@ PROBE_KIND = "probe"
 
 
 async def emit_event(
-    url: str, region: str, edge: str, *, data: dict[str, object], timeout: float = 2.0
+    url: str, region: str, edge: str, *, creds: Path, data: dict[str, object], timeout: float = 2.0
 ) -> str | None:
     """Store one event in `edge`'s own EVENTS stream, as an application at the edge would.
     Returns its id once the edge's stream acknowledged it; None if it did not (server down)."""
@@ -36,7 +37,14 @@ async def emit_event(
     )
     body, headers = envelope(event, source="/probe", message_id=event.id)
     try:
-        nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=0, allow_reconnect=False)
+        nc = await nats.connect(
+            url,
+            connect_timeout=timeout,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            nkeys_seed=str(creds),
+            inbox_prefix=subjects.inbox_prefix(edge),
+        )
     except Exception:  # the edge's server is down: nothing was acknowledged
         return None
     try:
@@ -105,7 +113,9 @@ def set_facts(fleet: DevFleet, edge: str, facts: dict[str, object]) -> None:
 async def edge_latest(fleet: DevFleet, edge: str) -> InventorySnapshot:
     """The latest snapshot in the edge's own INVENTORY stream, read from its server."""
     site = fleet.plan.site(edge)
-    nc = await nats.connect(site.server.client_url)
+    nc = await nats.connect(
+        site.server.client_url, nkeys_seed=str(site.creds_path), inbox_prefix=subjects.inbox_prefix(edge)
+    )
     try:
         subject = subjects.edge_inventory(site.region, edge)
         msg = await nc.jetstream().get_last_msg(subjects.INVENTORY_STREAM, subject)

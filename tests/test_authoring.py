@@ -17,7 +17,7 @@ from fleetbus.sdk.documents import load_document
 from schemas.authoring import unknown_keys, unknown_patch_keys
 from schemas.codec import decode_body, encode_body
 from schemas.profile import Profile
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, hub_args, running_fleet
 from tests.fleetprobe import applied_hash
 from tests.helpers import arun_cli, eventually
 
@@ -95,9 +95,11 @@ def test_settings_typos_name_the_closest_setting(tmp_path: Path):
 async def test_the_cli_refuses_typos_publishes_nothing_and_says_what_a_profile_selects(tmp_path):
     async with (
         running_fleet(tmp_path, regions=1, edges=2) as fleet,
-        await FleetClient.connect(fleet.plan.site("hub").server.client_url) as client,
+        await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+        ) as client,
     ):
-        hub = ("--hub", fleet.plan.site("hub").server.client_url)
+        hub = hub_args(fleet.plan)
         for edge in ("r1-e1", "r1-e2"):
             await eventually(lambda e=edge: applied_hash(client, e), timeout=30, what=f"{edge} reporting")
         typo = tmp_path / "typo.yaml"

@@ -3,7 +3,6 @@
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-import nats
 import pytest
 
 from edge.drivers import Applied, DriverError
@@ -38,7 +37,7 @@ def profile(version: str = "1.0", name: str = "base") -> Profile:
 
 @pytest.fixture
 async def js(hub_server):
-    nc = await nats.connect(hub_server.url("hub"))
+    nc = await hub_server.connect("hub")
     js = nc.jetstream()
     for bucket in BUCKETS:
         await ensure_bucket(js, bucket)
@@ -163,7 +162,7 @@ class FlakyDriver:
 async def test_failed_apply_is_reported_retried_and_seen_as_failed_by_compliance(hub_server):
     """The reconciler on a real server (its local buckets), with a driver that fails first."""
     url = hub_server.url("hub")
-    bus = await connect(url, name="test", source="/test")
+    bus = await connect(url, name="test", source="/test", creds=hub_server.creds("hub"))
     js = bus.js
     for bucket in BUCKETS:
         await ensure_bucket(js, bucket)

@@ -12,7 +12,6 @@ import contextlib
 import itertools
 
 import aiomqtt
-import nats
 import pytest
 from nats.errors import Error as NatsError
 
@@ -23,7 +22,7 @@ from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply
 from schemas.heartbeat import Tier
 from schemas.profile import Profile
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, connect_as, running_fleet
 from tests.fleetprobe import applied_hash
 from tests.helpers import eventually
 from tests.test_decoders_fuzz import CORPUS
@@ -37,11 +36,13 @@ SITES = ("hub", "r1", EDGE)
 async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
     async with (
         running_fleet(tmp_path, regions=1, edges=1, mqtt=True) as fleet,
-        await FleetClient.connect(fleet.plan.site("hub").server.client_url, timeout=10) as client,
+        await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan), timeout=10
+        ) as client,
     ):
         await eventually(lambda: applied_hash(client, EDGE), timeout=30, what="the edge reporting")
         pids = {site: fleet.daemons[site].pid for site in SITES}
-        conns = {site: await nats.connect(fleet.plan.site(site).server.client_url) for site in SITES}
+        conns = {site: await connect_as(fleet.plan, site) for site in SITES}
         try:
             hub, regional, edge = (conns[s] for s in SITES)
             profiles = await hub.jetstream().key_value("profiles")
@@ -139,7 +140,13 @@ async def test_a_region_enrolls_at_most_max_edges(tmp_path):
     enrolled edge that asks again is still admitted."""
     settings = {Tier.REGIONAL: {"max_edges": 2}}
     async with running_fleet(tmp_path, regions=1, edges=1, settings=settings) as fleet:
-        bus = await connect(fleet.plan.site("r1").server.client_url, name="test", source="/test")
+        bus = await connect(
+            fleet.plan.site("r1").server.client_url,
+            name="test",
+            source="/test",
+            creds=fleet.plan.site("r1").creds_path,
+            site="r1",
+        )
         try:
 
             async def enroll(edge: str) -> EnrollmentReply:

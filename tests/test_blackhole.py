@@ -11,7 +11,7 @@ import pytest
 from fleetbus.sdk.client import FleetClient
 from schemas.override import OverrideScope
 from schemas.presence import PresenceState
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, running_fleet
 from tests.fleetprobe import applied_hash
 from tests.helpers import eventually
 
@@ -28,7 +28,9 @@ def leaf_count(http_port: int) -> int:
 async def test_a_blackholed_uplink_is_noticed_by_pings_and_converges_after_the_heal(tmp_path):
     async with (
         running_fleet(tmp_path, regions=1, edges=1) as fleet,
-        await FleetClient.connect(fleet.plan.site("hub").server.client_url) as client,
+        await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+        ) as client,
     ):
         await eventually(lambda: applied_hash(client, EDGE), timeout=30, what="the edge reporting")
         regional = fleet.plan.site("r1").server

@@ -6,7 +6,6 @@ import signal
 import sys
 from pathlib import Path
 
-import nats
 import pytest
 
 from fleetbus.daemon.lifecycle import Daemon
@@ -21,7 +20,9 @@ from tests.helpers import cli_env, eventually
 pytestmark = pytest.mark.slow
 
 
-def daemon_process(tmp_path: Path, tier: str, site: str, nats_url: str, *extra: str) -> SupervisedProcess:
+def daemon_process(
+    tmp_path: Path, tier: str, site: str, nats_url: str, creds: Path, *extra: str
+) -> SupervisedProcess:
     port = free_ports(1)[0]
     argv = [
         sys.executable,
@@ -31,6 +32,8 @@ def daemon_process(tmp_path: Path, tier: str, site: str, nats_url: str, *extra: 
         site,
         "--nats-url",
         nats_url,
+        "--nats-creds",
+        str(creds),
         "--http-port",
         str(port),
         "--state-dir",
@@ -54,7 +57,12 @@ def metric(text: str, name: str) -> float:
 
 
 async def test_first_failing_task_stops_the_others_and_is_reraised(hub_server, tmp_path):
-    settings = HubSettings(nats_url=hub_server.url("hub"), state_dir=tmp_path, shutdown_timeout=5)
+    settings = HubSettings(
+        nats_url=hub_server.url("hub"),
+        nats_creds=hub_server.creds("hub"),
+        state_dir=tmp_path,
+        shutdown_timeout=5,
+    )
     cleaned_up = asyncio.Event()
 
     async def steady() -> None:
@@ -78,7 +86,9 @@ async def test_first_failing_task_stops_the_others_and_is_reraised(hub_server, t
 
 
 async def test_request_stop_ends_run_cleanly_and_shutdown_is_idempotent(hub_server, tmp_path):
-    settings = HubSettings(nats_url=hub_server.url("hub"), state_dir=tmp_path)
+    settings = HubSettings(
+        nats_url=hub_server.url("hub"), nats_creds=hub_server.creds("hub"), state_dir=tmp_path
+    )
     daemon = Daemon(settings, tier=Tier.HUB)
     async with daemon:
         started = asyncio.Event()
@@ -99,9 +109,9 @@ async def test_request_stop_ends_run_cleanly_and_shutdown_is_idempotent(hub_serv
 
 
 async def test_hub_daemon_survives_garbage_and_stops_on_sigterm(hub_server, tmp_path):
-    hub = daemon_process(tmp_path, "hub", "hub", hub_server.url("hub"))
+    hub = daemon_process(tmp_path, "hub", "hub", hub_server.url("hub"), hub_server.creds("hub"))
     await hub.start()
-    nc = await nats.connect(hub_server.url("hub"))
+    nc = await hub_server.connect("hub")
     try:
         # The hub provisioned its buckets, with the history the profiles need.
         info = await nc.jetstream().stream_info("KV_profiles")
@@ -133,9 +143,13 @@ async def test_hub_daemon_survives_garbage_and_stops_on_sigterm(hub_server, tmp_
 
 
 async def test_edges_heartbeat_their_regional_and_provision_idempotently(chain, tmp_path):
-    regional = daemon_process(tmp_path, "regional", "r1", chain.url("r1"), "--heartbeat-interval", "0.2")
+    regional = daemon_process(
+        tmp_path, "regional", "r1", chain.url("r1"), chain.creds("r1"), "--heartbeat-interval", "0.2"
+    )
     edges = [
-        daemon_process(tmp_path, "edge", e, chain.url(e), "--region", "r1", "--heartbeat-interval", "0.2")
+        daemon_process(
+            tmp_path, "edge", e, chain.url(e), chain.creds(e), "--region", "r1", "--heartbeat-interval", "0.2"
+        )
         for e in ("r1-e1", "r1-e2")
     ]
     procs = [regional, *edges]
@@ -150,7 +164,7 @@ async def test_edges_heartbeat_their_regional_and_provision_idempotently(chain, 
 
         await eventually(both_heard, what="regional hears both edges")
 
-        nc = await nats.connect(chain.url("r1-e1"))
+        nc = await chain.connect("r1-e1")
         try:
             events = await nc.jetstream().stream_info(subjects.EVENTS_STREAM)
             assert events.config.subjects == ["fleet.edge.r1.r1-e1.events.>"]
@@ -168,7 +182,9 @@ async def test_edges_heartbeat_their_regional_and_provision_idempotently(chain, 
 
 async def test_a_failing_startup_step_is_retried_then_reported(hub_server, tmp_path, monkeypatch):
     monkeypatch.setattr("fleetbus.daemon.lifecycle.STARTUP_DEADLINE", 0.5)
-    settings = HubSettings(nats_url=hub_server.url("hub"), state_dir=tmp_path)
+    settings = HubSettings(
+        nats_url=hub_server.url("hub"), nats_creds=hub_server.creds("hub"), state_dir=tmp_path
+    )
     attempts = []
 
     async def provision() -> None:

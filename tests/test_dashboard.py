@@ -20,7 +20,7 @@ from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.sdk.client import FleetClient
 from schemas.profile import Profile
 from tests.browser import OUTPUT, chromium
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, running_fleet
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,9 @@ async def test_api_answers_from_the_fleet_and_streams_changes(fleet):
     assert {r["region"] for r in rows} == {"r1"}
 
     # A profile: /api/profiles shows its revision and which edges run it.
-    async with await FleetClient.connect(fleet.plan.site("hub").server.client_url) as client:
+    async with await FleetClient.connect(
+        fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+    ) as client:
         profile = Profile.model_validate(
             {
                 "name": "base",
@@ -233,7 +235,9 @@ async def test_the_view_keeps_following_after_the_hubs_server_restarts(fleet):
     await all_online_and_converged(fleet)
     await fleet.kill("hub", daemon=False)
     await fleet.restart("hub", daemon=False)
-    async with await FleetClient.connect(fleet.plan.site("hub").server.client_url, timeout=20) as client:
+    async with await FleetClient.connect(
+        fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan), timeout=20
+    ) as client:
         profile = Profile.model_validate(
             {
                 "name": "after-restart",

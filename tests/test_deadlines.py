@@ -12,7 +12,7 @@ import pytest
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.errors import HubUnreachableError, TemporaryError
 from fleetbus.sdk.client import FleetClient
-from tests.conftest import Chain, running_fleet
+from tests.conftest import Chain, admin_creds, hub_args, running_fleet
 from tests.helpers import FLEETBUS, ROOT, arun_cli, cli_env
 
 EXIT_UNREACHABLE = 3
@@ -105,7 +105,7 @@ async def test_fleet_client_connect_raises_a_temporary_error_within_the_deadline
 
 async def test_requests_after_the_hub_dies_fail_within_the_deadline(hub_server: Chain):
     url = hub_server.url("hub")
-    fleet = await FleetClient.connect(url, timeout=2)
+    fleet = await FleetClient.connect(url, timeout=2, creds=admin_creds(hub_server.plan))
     assert (await fleet.hub_info()).domain == "hub"
     await hub_server.servers["hub"].kill(restart=False)
 
@@ -124,7 +124,7 @@ async def test_a_watch_ends_with_exit_3_when_the_hub_dies_under_it(tmp_path):
     async with running_fleet(tmp_path) as fleet:
         url = fleet.plan.site("hub").server.client_url
         proc = await asyncio.create_subprocess_exec(
-            *FLEETBUS, "--timeout", "2", "watch", "presence", "--json", "--hub", url,
+            *FLEETBUS, "--timeout", "2", "watch", "presence", "--json", *hub_args(fleet.plan),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(), cwd=ROOT,
         )  # fmt: skip
         assert proc.stdout is not None

@@ -12,6 +12,7 @@ from typing import Any
 import nats
 import pytest
 
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.state import FleetRecord, pid_alive
 from tests.helpers import FLEETBUS, cli_env, processes_mentioning, run_cli, start_in_group, wait_until
@@ -74,9 +75,12 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         assert info.returncode == 0, info.stderr
         assert "domain 'hub'" in info.stdout
         assert "inventory, overrides, presence, profiles, regions" in info.stdout
+        assert_dev_creds_work(state_dir)
 
         async def put_probe() -> int:
-            nc = await nats.connect(record.hub.client_url)
+            nc = await nats.connect(
+                record.hub.client_url, nkeys_seed=str(identities.operator_creds(Path(record.state_dir)))
+            )
             try:
                 kv = await nc.jetstream().key_value("profiles")
                 return await kv.put("probe", b"kept across restarts")
@@ -99,7 +103,9 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         assert record is not None
 
         async def read_probe() -> tuple[bytes, int]:
-            nc = await nats.connect(record.hub.client_url)
+            nc = await nats.connect(
+                record.hub.client_url, nkeys_seed=str(identities.operator_creds(Path(record.state_dir)))
+            )
             try:
                 entry = await (await nc.jetstream().key_value("profiles")).get("probe")
                 return entry.value or b"", entry.revision or 0
@@ -146,6 +152,58 @@ def test_make_dev_brings_up_the_default_fleet_and_ctrl_c_leaves_nothing(tmp_path
         if make.poll() is None:
             os.killpg(make.pid, signal.SIGKILL)
             make.wait()
+
+
+def assert_dev_creds_work(state_dir: Path) -> None:
+    """`dev creds` gives a dashboard builder a key that reads, and a site's key for its server."""
+    sd = ("--state-dir", str(state_dir))
+    viewer = json.loads(run_cli("dev", "creds", "--viewer", "--json", *sd).stdout)
+    assert viewer["ca"] is None
+
+    async def read_as_viewer() -> list[str]:
+        nc = await nats.connect(viewer["url"], nkeys_seed=viewer["nkey"], allow_reconnect=False)
+        try:
+            return [s.config.name for s in await nc.jetstream().streams_info()]
+        finally:
+            await nc.close()
+
+    assert "KV_profiles" in asyncio.run(read_as_viewer())
+    edge = run_cli("dev", "creds", "r1-e1", *sd)
+    assert edge.returncode == 0, edge.stderr
+    assert "identity/site.nk" in edge.stdout
+    unknown = run_cli("dev", "creds", "nosuch", *sd)
+    assert unknown.returncode == 2
+    assert "sites: hub, r1" in unknown.stderr
+
+
+def test_insecure_dev_fleet_warns_and_needs_no_key(tmp_path: Path):
+    state_dir = tmp_path / "insecure"
+    up = start_up(state_dir, "--regions", "1", "--edges", "1", "--insecure")
+    try:
+        wait_healthy(state_dir, up)
+        record = FleetRecord.load(state_dir)
+        assert record is not None
+        assert record.insecure
+
+        async def anonymous_info() -> str:
+            nc = await nats.connect(record.hub.client_url, allow_reconnect=False)
+            try:
+                return (await nc.jetstream().account_info()).domain or ""
+            finally:
+                await nc.close()
+
+        assert asyncio.run(anonymous_info()) == "hub"
+        status = run_cli("dev", "status", "--state-dir", str(state_dir))
+        assert "INSECURE" in status.stderr
+        creds = run_cli("dev", "creds", "--operator", "--state-dir", str(state_dir))
+        assert creds.returncode == 2
+        assert "--insecure" in creds.stderr
+        output = ctrl_c(up)
+        assert "INSECURE" in output
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
 
 
 def leaf_connections(monitoring_url: str) -> int:

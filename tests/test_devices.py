@@ -20,7 +20,7 @@ from fleetbus.errors import EdgeUnreachableError
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, hub_args, running_fleet
 from tests.helpers import arun_cli, eventually, require_tool
 from tests.test_metrics import CHECKED_ELSEWHERE, Metrics
 
@@ -100,7 +100,9 @@ async def device_fleet(tmp_path: Path, **edge_settings: object) -> AsyncIterator
         }
     }
     async with running_fleet(tmp_path, regions=1, edges=1, settings=settings, mqtt=True) as fleet:
-        client = await FleetClient.connect(fleet.plan.site("hub").server.client_url)
+        client = await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+        )
         try:
             yield fleet, client
         finally:
@@ -168,8 +170,9 @@ async def test_devices_on_the_edge_mqtt_listener_reach_the_hub_and_take_commands
             # The CLI, the same way.
             payload = tmp_path / "cmd.json"
             payload.write_text(json.dumps({"led": "blink"}))
-            hub_url = fleet.plan.site("hub").server.client_url
-            result = await arun_cli("device", "send", EDGE, "sensor-1", "-f", str(payload), "--hub", hub_url)
+            result = await arun_cli(
+                "device", "send", EDGE, "sensor-1", "-f", str(payload), *hub_args(fleet.plan)
+            )
             assert result.returncode == 0, result.stderr
             assert "delivered to devices/sensor-1/cmd at r1-e1" in result.stdout
             async with asyncio.timeout(10):
@@ -186,7 +189,7 @@ async def test_devices_on_the_edge_mqtt_listener_reach_the_hub_and_take_commands
         with pytest.raises(EdgeUnreachableError, match="did not answer within 1 s"):
             await client.send_device_command(EDGE, "sensor-1", {"reboot": True}, timeout=1)
         result = await arun_cli(
-            "device", "send", EDGE, "sensor-1", "-f", str(payload), "--hub", hub_url, "--timeout", "1"
+            "device", "send", EDGE, "sensor-1", "-f", str(payload), *hub_args(fleet.plan), "--timeout", "1"
         )
         assert result.returncode == 3
         assert "did not answer within 1 s: it is offline or its link is down" in result.stderr

@@ -4,23 +4,24 @@ on the way from the edges (file storage everywhere; see docs/faults.md for the s
 import asyncio
 import uuid
 
-import nats
 import pytest
 from nats.js.api import StreamConfig
 
 from fleetbus.devfleet.servers import NatsServer
 from schemas import subjects
-from tests.conftest import running_fleet
+from tests.conftest import Chain, connect_as, running_fleet
 from tests.fleetprobe import emit_event, stream_ids
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
 
 
-async def publish_until_killed(url: str, subject: str, server: NatsServer, *, kill_after: int) -> set[str]:
+async def publish_until_killed(
+    chain: Chain, subject: str, server: NatsServer, *, kill_after: int
+) -> set[str]:
     """Publish with ids until the server dies under us (SIGKILL once `kill_after` were acked,
     with more in flight); return the ids the server acknowledged."""
-    nc = await nats.connect(url, allow_reconnect=False)
+    nc = await chain.connect("hub", allow_reconnect=False)
     js = nc.jetstream(timeout=2)
     acked: set[str] = set()
 
@@ -48,15 +49,14 @@ async def publish_until_killed(url: str, subject: str, server: NatsServer, *, ki
 
 async def test_sigkill_of_the_hub_server_loses_nothing_it_acknowledged(hub_server):
     server = hub_server.servers["hub"]
-    url = hub_server.url("hub")
-    nc = await nats.connect(url)
+    nc = await hub_server.connect("hub")
     await nc.jetstream().add_stream(StreamConfig(name="DURABLE", subjects=["durable.>"]))
     await nc.close()
 
-    acked = await publish_until_killed(url, "durable.x", server, kill_after=2000)
+    acked = await publish_until_killed(hub_server, "durable.x", server, kill_after=2000)
     assert not server.running
     await server.start()
-    nc = await nats.connect(url)
+    nc = await hub_server.connect("hub")
     try:
         stored, first = await stream_ids(nc.jetstream(), "DURABLE")
     finally:
@@ -71,18 +71,19 @@ async def test_killing_the_hub_server_mid_stream_loses_no_event_from_the_edges(t
     async with running_fleet(tmp_path, regions=1, edges=1) as fleet:
         edge = fleet.plan.site("r1-e1")
         hub = fleet.servers["hub"]
-        hub_url = fleet.plan.site("hub").server.client_url
         acked: list[str] = []
         stop = asyncio.Event()
 
         async def stream_events() -> None:  # an application at the edge, never pausing
             while not stop.is_set():
-                event_id = await emit_event(edge.server.client_url, "r1", "r1-e1", data={"n": len(acked)})
+                event_id = await emit_event(
+                    edge.server.client_url, "r1", "r1-e1", creds=edge.creds_path, data={"n": len(acked)}
+                )
                 assert event_id is not None, "the edge's own stream must acknowledge every event"
                 acked.append(event_id)
 
         async def hub_count() -> int:
-            nc = await nats.connect(hub_url)
+            nc = await connect_as(fleet.plan, "hub")
             try:
                 return (await nc.jetstream().stream_info(subjects.EVENTS_STREAM)).state.messages
             finally:
@@ -104,7 +105,7 @@ async def test_killing_the_hub_server_mid_stream_loses_no_event_from_the_edges(t
             await producer
 
         async def all_there_once() -> bool:
-            nc = await nats.connect(hub_url)
+            nc = await connect_as(fleet.plan, "hub")
             try:
                 at_hub, _ = await stream_ids(nc.jetstream(), subjects.EVENTS_STREAM)
             finally:

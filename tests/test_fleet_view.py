@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import nats
 import pytest
 
 from fleetbus.cli.view import summary
 from fleetbus.core.views import EdgePresence
 from fleetbus.devfleet.netutil import http_get
+from fleetbus.devfleet.plan import FleetPlan
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.runtime.tasks import cancel_and_wait
 from fleetbus.sdk.client import FleetClient
@@ -30,7 +30,7 @@ from schemas.headers import envelope
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.inventory import InventorySnapshot, StreamBacklog
 from schemas.presence import PresenceState
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, connect_as, hub_args, running_fleet
 from tests.fleetprobe import edge_latest, inventory_differences, set_facts
 from tests.helpers import arun_cli, eventually
 
@@ -56,7 +56,9 @@ ONLINE, STALE, OFFLINE, UNREACHABLE = (
 @contextlib.asynccontextmanager
 async def fleet_and_client(tmp_path: Path):
     async with running_fleet(tmp_path, regions=2, edges=2, settings=SETTINGS) as fleet:
-        client = await FleetClient.connect(fleet.plan.site("hub").server.client_url)
+        client = await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+        )
         try:
             yield fleet, client
         finally:
@@ -126,8 +128,8 @@ async def metric(fleet: DevFleet, site: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def stream_last_seq(url: str, stream: str) -> int:
-    nc = await nats.connect(url)
+async def stream_last_seq(plan: FleetPlan, site: str, stream: str) -> int:
+    nc = await connect_as(plan, site)
     try:
         return (await nc.jetstream().stream_info(stream)).state.last_seq
     finally:
@@ -184,10 +186,11 @@ async def test_killed_edge_goes_stale_then_offline_and_comes_back_online(tmp_pat
 async def test_cut_region_shows_unreachable_not_offline_and_writes_nothing_per_heartbeat(tmp_path):
     async with fleet_and_client(tmp_path) as (fleet, client):
         await eventually(lambda: all_online(client), timeout=30, what="every edge online at the hub")
-        r1_url, hub_url = fleet.plan.site("r1").server.client_url, fleet.plan.site("hub").server.client_url
-        regional_before = await stream_last_seq(r1_url, subjects.kv_stream(subjects.PRESENCE_BUCKET))
-        hub_before = await stream_last_seq(hub_url, subjects.kv_stream(subjects.PRESENCE_BUCKET))
-        regions_before = await stream_last_seq(hub_url, subjects.kv_stream(subjects.REGIONS_BUCKET))
+        regional_before = await stream_last_seq(
+            fleet.plan, "r1", subjects.kv_stream(subjects.PRESENCE_BUCKET)
+        )
+        hub_before = await stream_last_seq(fleet.plan, "hub", subjects.kv_stream(subjects.PRESENCE_BUCKET))
+        regions_before = await stream_last_seq(fleet.plan, "hub", subjects.kv_stream(subjects.REGIONS_BUCKET))
         watch = Recorder().start(client.watch_presence())
         try:
             cut = time.monotonic()
@@ -214,11 +217,16 @@ async def test_cut_region_shows_unreachable_not_offline_and_writes_nothing_per_h
         finally:
             await watch.stop()
         regional_writes = (
-            await stream_last_seq(r1_url, subjects.kv_stream(subjects.PRESENCE_BUCKET)) - regional_before
+            await stream_last_seq(fleet.plan, "r1", subjects.kv_stream(subjects.PRESENCE_BUCKET))
+            - regional_before
         )
-        hub_writes = await stream_last_seq(hub_url, subjects.kv_stream(subjects.PRESENCE_BUCKET)) - hub_before
+        hub_writes = (
+            await stream_last_seq(fleet.plan, "hub", subjects.kv_stream(subjects.PRESENCE_BUCKET))
+            - hub_before
+        )
         region_writes = (
-            await stream_last_seq(hub_url, subjects.kv_stream(subjects.REGIONS_BUCKET)) - regions_before
+            await stream_last_seq(fleet.plan, "hub", subjects.kv_stream(subjects.REGIONS_BUCKET))
+            - regions_before
         )
         beats = int(cut_for / INTERVAL) * 2
         print(
@@ -294,7 +302,7 @@ async def test_watch_inventory_yields_current_state_then_a_live_change(tmp_path)
         assert (await client.get_inventory("r2-e1")).facts == {"door": "open"}
 
         # The CLI: status table and a watch with --count, --json.
-        hub = ("--hub", fleet.plan.site("hub").server.client_url)
+        hub = hub_args(fleet.plan)
         status = await arun_cli("status", "--json", *hub)
         assert status.returncode == 0, status.stderr
         rows = {r["edge"]: r for r in json.loads(status.stdout)["edges"]}
@@ -319,7 +327,7 @@ async def test_watch_inventory_yields_current_state_then_a_live_change(tmp_path)
 async def test_garbage_and_unknown_heartbeats_are_counted_and_ignored(tmp_path):
     async with fleet_and_client(tmp_path) as (fleet, client):
         await eventually(lambda: all_online(client), timeout=30, what="every edge online at the hub")
-        nc = await nats.connect(fleet.plan.site("r1").server.client_url)
+        nc = await connect_as(fleet.plan, "r1")
         try:
             await nc.publish(subjects.edge_heartbeat("r1", "r1-e1"), b"\x00 not a heartbeat")
             stranger = Heartbeat(
@@ -358,7 +366,9 @@ async def _facts_at_hub(client: FleetClient, edge: str, facts: dict[str, object]
 
 async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(tmp_path):
     async with running_fleet(tmp_path, regions=1, edges=1, settings=SETTINGS) as fleet:
-        client = await FleetClient.connect(fleet.plan.site("hub").server.client_url)
+        client = await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+        )
         try:
 
             async def all_forwarded() -> StreamBacklog | None:
@@ -368,7 +378,7 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
             before = await eventually(all_forwarded, timeout=30, what="r1-e1's apply result forwarded")
             forwarded = before.forwarded_seq
             fleet.links["r1-e1"].cut()
-            nc = await nats.connect(fleet.plan.site("r1-e1").server.client_url)
+            nc = await connect_as(fleet.plan, "r1-e1")
             try:
                 js = nc.jetstream()
                 config = (await js.stream_info(subjects.EVENTS_STREAM)).config
@@ -410,7 +420,7 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
                 return backlog if backlog.pending == 0 and backlog.evicted_unforwarded == 7 else None
 
             await eventually(reported_at_hub, timeout=10, what="loss reported at the hub")
-            status = await arun_cli("status", "--hub", fleet.plan.site("hub").server.client_url)
+            status = await arun_cli("status", *hub_args(fleet.plan))
             assert status.returncode == 0, status.stderr
             assert "(7 lost)" in status.stdout, status.stdout
         finally:

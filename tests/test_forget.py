@@ -20,7 +20,7 @@ from schemas import subjects
 from schemas.base import Message
 from schemas.heartbeat import Tier
 from schemas.presence import PresenceState
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, hub_args, running_fleet
 from tests.helpers import FLEETBUS, ROOT, arun_cli, cli_env, eventually
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
     settings: dict[Tier, dict[str, object]] = {Tier.REGIONAL: {"offline_after": OFFLINE_AFTER}}
     async with running_fleet(tmp_path, settings=settings) as fleet:
         url = fleet.plan.site("hub").server.client_url
-        client = await FleetClient.connect(url)
+        client = await FleetClient.connect(url, creds=admin_creds(fleet.plan))
         try:
             # Every record of both edges exists: presence, inventory, apply report at the hub.
             async def in_every_hub_bucket() -> bool:
@@ -82,7 +82,7 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
             assert all(before.values()), before  # the regional keeps all three too
 
             # Online: refused, nothing deleted.
-            refused = await arun_cli("edge", "forget", "r1-e2", "--hub", url)
+            refused = await arun_cli("edge", "forget", "r1-e2", *hub_args(fleet.plan))
             assert refused.returncode == 2, refused
             assert "edge 'r1-e2' (region r1) is online: stop it first, or pass --force" in refused.stderr
             assert await hub_knows(client, edge="r1-e2") == {("r1", "r1-e2")}
@@ -97,7 +97,7 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
             await eventually(not_online, timeout=20, what="r1-e2 no longer online at the hub")
             # Stale at its regional, which would write "offline" OFFLINE_AFTER after its last beat.
             assert await metric(fleet, "r1", "fleetbus_presence_sites", state="stale") == 1
-            done = await arun_cli("edge", "forget", "r1-e2", "--hub", url)
+            done = await arun_cli("edge", "forget", "r1-e2", *hub_args(fleet.plan))
             assert done.returncode == 0, done
             assert "forgot edge r1-e2 of region r1: r1-e2" in done.stdout
             assert await hub_knows(client, edge="r1-e2") == set()
@@ -142,7 +142,7 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
             assert [row.edge for row in await client.status()] == ["r1-e1"]
 
             # Forgetting it again is not an error that deletes something else: it is unknown.
-            again = await arun_cli("edge", "forget", "r1-e2", "--hub", url)
+            again = await arun_cli("edge", "forget", "r1-e2", *hub_args(fleet.plan))
             assert again.returncode == 2
             assert "the hub has no record of edge 'r1-e2'" in again.stderr
             assert await hub_knows(client, edge="r1-e1") == {("r1", "r1-e1")}
@@ -154,14 +154,14 @@ async def test_a_region_that_is_gone_is_forgotten_with_its_edges(tmp_path: Path)
     settings: dict[Tier, dict[str, object]] = {Tier.HUB: {"region_offline_after": OFFLINE_AFTER}}
     async with running_fleet(tmp_path, regions=2, edges=1, settings=settings) as fleet:
         url = fleet.plan.site("hub").server.client_url
-        client = await FleetClient.connect(url)
+        client = await FleetClient.connect(url, creds=admin_creds(fleet.plan))
         try:
 
             async def both_regions() -> bool:
                 return {("r1", "r1-e1"), ("r2", "r2-e1")} <= await hub_knows(client)
 
             await eventually(both_regions, timeout=30, what="both regions' edges at the hub")
-            refused = await arun_cli("region", "forget", "r1", "--hub", url)
+            refused = await arun_cli("region", "forget", "r1", *hub_args(fleet.plan))
             assert refused.returncode == 2
             assert "region 'r1' is online" in refused.stderr
 
@@ -176,7 +176,7 @@ async def test_a_region_that_is_gone_is_forgotten_with_its_edges(tmp_path: Path)
             await eventually(r2_silent, timeout=20, what="the hub no longer hearing r2")
             # Stale at the hub, which would write "offline" OFFLINE_AFTER after its last beat.
             assert await metric(fleet, "hub", "fleetbus_presence_sites", state="stale") == 1
-            done = await arun_cli("region", "forget", "r2", "--hub", url)
+            done = await arun_cli("region", "forget", "r2", *hub_args(fleet.plan))
             assert done.returncode == 0, done
             assert "forgot region r2: r2-e1" in done.stdout
             # Its regional is gone, so only the hub's records could go: said so.

@@ -24,6 +24,7 @@ from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.sdk.client import FleetClient
 from schemas.profile import Profile
+from tests.conftest import admin_creds
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -58,7 +59,9 @@ async def test_a_fresh_fleet_is_listed_and_converges_within_a_second(fresh):
     fleet, ready = fresh
     edges = sorted(s.name for s in fleet.plan.sites if s.tier.value == "edge")
     assert len(edges) == REGIONS * EDGES
-    async with await FleetClient.connect(fleet.plan.site("hub").server.client_url) as client:
+    async with await FleetClient.connect(
+        fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+    ) as client:
         profile = Profile.model_validate(
             {"name": "base", "selector": {"match_labels": {"env": "dev"}}, "spec": {"config": {"a": 1}}}
         )

@@ -6,7 +6,6 @@ import os
 import signal
 from pathlib import Path
 
-import nats
 import pytest
 
 from fleetbus.devfleet.hollow import plan_hollow
@@ -19,6 +18,7 @@ from schemas.event import ApplyStatus
 from schemas.override import OverrideScope
 from schemas.presence import PresenceState
 from schemas.profile import Profile, ProfileSpec
+from tests.conftest import admin_creds, connect_as
 from tests.helpers import FLEETBUS, eventually, processes_mentioning, run_cli, start_in_group, wait_until
 
 pytestmark = pytest.mark.slow
@@ -39,7 +39,9 @@ async def hollow_fleet(tmp_path: Path):
     )
     await fleet.start()
     try:
-        async with await FleetClient.connect(plan.site("hub").server.client_url) as client:
+        async with await FleetClient.connect(
+            plan.site("hub").server.client_url, creds=admin_creds(plan)
+        ) as client:
             yield fleet, client
     finally:
         await fleet.stop()
@@ -88,7 +90,7 @@ async def test_hollow_edges_enroll_heartbeat_apply_and_report_like_edges(hollow_
     await eventually(inventory_current, timeout=30, what="hollow edges' inventory at the hub")
 
     # Thin edges publish into the regional's streams: the regional adds no source for them.
-    regional = await nats.connect(fleet.plan.site("r1").server.client_url)
+    regional = await connect_as(fleet.plan, "r1")
     try:
         for stream in (subjects.EVENTS_STREAM, subjects.INVENTORY_STREAM):
             info = await regional.jetstream().stream_info(stream)

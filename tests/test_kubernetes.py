@@ -30,7 +30,7 @@ from fleetbus.sdk.client import FleetClient
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.heartbeat import Tier
 from schemas.profile import Profile
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, running_fleet
 from tests.helpers import eventually
 from tests.kubeapi import KubeStandIn
 from tests.test_metrics import CHECKED_ELSEWHERE, Metrics
@@ -535,7 +535,7 @@ def test_edge_refuses_an_unreadable_kubeconfig_before_starting(tmp_path):
 
 
 async def fleet_client(fleet: Any) -> FleetClient:
-    return await FleetClient.connect(fleet.plan.site("hub").server.client_url)
+    return await FleetClient.connect(fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan))
 
 
 async def first_drift(client: FleetClient) -> Any:

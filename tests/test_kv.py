@@ -3,7 +3,6 @@ history, skip-and-count of bad values, and the live mirror."""
 
 import asyncio
 
-import nats
 import pytest
 
 from fleetbus.errors import ConfigError, ConflictError, MissingError
@@ -21,7 +20,7 @@ def change(region: str, edge: str, state: PresenceState = PresenceState.ONLINE) 
 
 @pytest.fixture
 async def js(hub_server):
-    nc = await nats.connect(hub_server.url("hub"))
+    nc = await hub_server.connect("hub")
     js = nc.jetstream()
     await ensure_bucket(js, BucketSpec("things", history=5))
     yield js

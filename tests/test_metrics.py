@@ -11,7 +11,6 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import nats
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +25,7 @@ from schemas.event import Event
 from schemas.headers import envelope
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.profile import Profile
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, connect_as, running_fleet
 from tests.helpers import ROOT, eventually
 
 pytestmark = pytest.mark.slow
@@ -112,7 +111,7 @@ class Metrics:
 async def publish_events(fleet: DevFleet, edge: str, count: int, *, keep: int) -> None:
     """Store `count` events in `edge`'s EVENTS, its limit tightened to `keep` messages first."""
     region = fleet.plan.site(edge).region
-    nc = await nats.connect(fleet.plan.site(edge).server.client_url)
+    nc = await connect_as(fleet.plan, edge)
     try:
         js = nc.jetstream()
         config = (await js.stream_info(subjects.EVENTS_STREAM)).config
@@ -151,7 +150,9 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
             profile = Profile.model_validate(
                 {"name": "base", "selector": {"match_labels": {"env": "dev"}}, "spec": {"config": {"a": 1}}}
             )
-            async with await FleetClient.connect(fleet.plan.site(hub).server.client_url) as client:
+            async with await FleetClient.connect(
+                fleet.plan.site(hub).server.client_url, creds=admin_creds(fleet.plan)
+            ) as client:
                 await client.profiles.apply(profile, actor="test")
 
         before = await m.scrape(edge)
@@ -219,7 +220,13 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
         m.moved["fleetbus_dashboard_streams"] = "hub: 1 while /api/stream is open, 0 after"
 
         # The regional is fed garbage, a stranger's heartbeat, and an enrollment for another region.
-        bus = await connect(fleet.plan.site(region).server.client_url, name="test", source="/test")
+        bus = await connect(
+            fleet.plan.site(region).server.client_url,
+            name="test",
+            source="/test",
+            creds=fleet.plan.site(region).creds_path,
+            site=region,
+        )
         try:
             await m.moves(
                 "fleetbus_decode_errors_total",

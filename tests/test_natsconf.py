@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from fleetbus.core import permissions
 from fleetbus.devfleet.natsconf import ServerSpec, render
 from fleetbus.devfleet.plan import plan_fleet
 from fleetbus.devfleet.servers import find_binary
 from schemas.heartbeat import Tier
+from tests.helpers import ROOT
 
 
 def test_every_tier_renders_a_config_nats_server_accepts(tmp_path: Path):
@@ -61,3 +63,13 @@ def test_impossible_shapes_are_refused(tmp_path: Path, fields, message):
     base = {"name": "s1", "store_dir": tmp_path, "client_port": 4222, "http_port": 8222}
     with pytest.raises(ValidationError, match=message):
         ServerSpec(**(base | fields))
+
+
+def test_the_permission_table_in_the_docs_is_the_one_the_servers_get():
+    doc = (ROOT / "docs" / "security.md").read_text()
+    begin, end = "<!-- permissions table: begin -->\n", "<!-- permissions table: end -->"
+    copy = doc[doc.index(begin) + len(begin) : doc.index(end)]
+    assert copy == permissions.markdown(), (
+        "docs/security.md's permission table is stale: replace it with permissions.markdown(), "
+        "as the paragraph above it says"
+    )

@@ -9,15 +9,17 @@ import json
 import time
 from pathlib import Path
 
-import nats
 import pytest
 
 from edge.drivers.local import APPLIED_FILE, read_applied
 from fleetbus.core.compliance import State
 from fleetbus.devfleet.netutil import http_get
+from fleetbus.devfleet.plan import FleetPlan
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
+from tests import conftest
+from tests.conftest import admin_creds, connect_as
 from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
@@ -42,8 +44,8 @@ def write(path: Path, data: object) -> Path:
     return path
 
 
-def hub_args(fleet: DevFleet) -> tuple[str, str]:
-    return ("--hub", fleet.plan.site("hub").server.client_url)
+def hub_args(fleet: DevFleet) -> tuple[str, ...]:
+    return conftest.hub_args(fleet.plan)
 
 
 def applied(fleet: DevFleet, edge: str) -> dict[str, object]:
@@ -51,7 +53,7 @@ def applied(fleet: DevFleet, edge: str) -> dict[str, object]:
 
 
 async def client_for(fleet: DevFleet) -> FleetClient:
-    return await FleetClient.connect(fleet.plan.site("hub").server.client_url)
+    return await FleetClient.connect(fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan))
 
 
 async def converged(client: FleetClient, edges: tuple[str, ...] = EDGES) -> dict[str, str] | None:
@@ -182,15 +184,15 @@ async def test_cut_edge_restarts_on_local_state_and_catches_up_after_heal(fleet,
         assert _read_sync(applied_file)["document"]["components"]["agent"]["version"] == "3.0"
         assert heal_to_converge <= 3.0
     # Every event e1 stored while cut (and before) reached the hub once: no loss, no duplicate.
-    local = await _event_ids(fleet.plan.site("r1-e1").server.client_url, "r1-e1")
+    local = await _event_ids(fleet.plan, "r1-e1", "r1-e1")
     await eventually(
         lambda: _hub_has_exactly(fleet, local), timeout=20, what="e1's events at the hub, once each"
     )
 
 
-async def _event_ids(url: str, edge: str) -> list[str]:
-    """ce-id of every event in the EVENTS stream of the server at `url` from `edge`."""
-    nc = await nats.connect(url)
+async def _event_ids(plan: FleetPlan, site: str, edge: str) -> list[str]:
+    """ce-id of every event in the EVENTS stream of `site`'s server from `edge`."""
+    nc = await connect_as(plan, site)
     try:
         js = nc.jetstream()
         info = await js.stream_info(subjects.EVENTS_STREAM)
@@ -205,7 +207,7 @@ async def _event_ids(url: str, edge: str) -> list[str]:
 
 
 async def _hub_has_exactly(fleet: DevFleet, ids: list[str]) -> bool:
-    at_hub = await _event_ids(fleet.plan.site("hub").server.client_url, "r1-e1")
+    at_hub = await _event_ids(fleet.plan, "hub", "r1-e1")
     assert len(at_hub) == len(set(at_hub)), "an event reached the hub twice"
     return sorted(at_hub) == sorted(ids)
 
@@ -295,7 +297,7 @@ async def test_bad_input_is_refused_and_publishes_nothing(fleet, tmp_path):
 async def _inject_garbage_and_check_edges_keep_state(
     fleet: DevFleet, tmp_path: Path, before: dict[str, str]
 ) -> None:
-    nc = await nats.connect(fleet.plan.site("hub").server.client_url)
+    nc = await connect_as(fleet.plan, "hub")
     try:
         await nc.jetstream().publish(
             subjects.kv_subject(subjects.PROFILES_BUCKET, "base"), b"\xc1not msgpack"

@@ -11,7 +11,7 @@ import pytest
 
 from fleetbus.sdk.client import FleetClient
 from schemas.override import OverrideScope
-from tests.conftest import running_fleet
+from tests.conftest import admin_creds, running_fleet
 from tests.fleetprobe import applied_hash
 from tests.helpers import eventually
 
@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 async def test_a_change_made_while_the_edge_server_was_down_applies_right_after_its_restart(tmp_path):
     async with (
         running_fleet(tmp_path, regions=1, edges=1) as fleet,
-        await FleetClient.connect(fleet.plan.site("hub").server.client_url) as client,
+        await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+        ) as client,
     ):
         await eventually(lambda: applied_hash(client, EDGE), timeout=30, what="the edge reporting")
         await fleet.kill(EDGE, server=True, daemon=False)

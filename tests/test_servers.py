@@ -4,7 +4,6 @@ import asyncio
 import os
 import signal
 
-import nats
 import pytest
 
 from fleetbus.devfleet.state import pid_alive
@@ -16,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 async def test_supervisor_restarts_a_killed_server_with_its_data(hub_server):
     server = hub_server.servers["hub"]
-    nc = await nats.connect(hub_server.url("hub"))
+    nc = await hub_server.connect("hub")
     kv = await nc.jetstream().create_key_value(bucket="survivor")
     revision = await kv.put("k", b"v")
     await nc.close()
@@ -32,7 +31,7 @@ async def test_supervisor_restarts_a_killed_server_with_its_data(hub_server):
 
         await eventually(restarted, timeout=20, what="server restarted after SIGKILL")
         assert not pid_alive(first_pid)
-        nc = await nats.connect(hub_server.url("hub"))
+        nc = await hub_server.connect("hub")
         try:
             entry = await (await nc.jetstream().key_value("survivor")).get("k")
             assert (entry.value, entry.revision) == (b"v", revision)

@@ -10,17 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import nats
 import pytest
 from nats.aio.client import Client
 
 from fleetbus.devfleet.netutil import free_ports
-from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
+from fleetbus.devfleet.plan import FleetPlan, SitePlan, plan_fleet, ports_needed
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.heartbeat import Tier
 from schemas.profile import Profile, ProfileSpec
-from tests.conftest import Chain, running_fleet
+from tests.conftest import Chain, admin_creds, connect_as, running_fleet
 from tests.helpers import eventually
 
 DEVICE = "sensor-1"  # the same device id at three edges, two of them in one region
@@ -37,7 +36,7 @@ async def connections(plan: FleetPlan) -> AsyncIterator[dict[str, Client]]:
     conns: dict[str, Client] = {}
     try:
         for site in plan.sites:
-            conns[site.name] = await nats.connect(site.server.client_url, allow_reconnect=False)
+            conns[site.name] = await connect_as(plan, site.name, allow_reconnect=False)
         yield conns
     finally:
         for nc in conns.values():
@@ -46,8 +45,8 @@ async def connections(plan: FleetPlan) -> AsyncIterator[dict[str, Client]]:
 
 async def test_no_site_local_subject_is_delivered_at_another_site(tmp_path):
     """Every `SITE_LOCAL` subject, published at each site, reaches subscribers at that site and
-    at no other; a fleet subject published the same way (the control) reaches every site, so
-    the links were up and interest had spread when the local ones were not delivered."""
+    at no other; a fleet subject published the same way (the control) crosses every link both
+    ways, so the links were up and interest had spread when the local ones were not delivered."""
     ports = iter(free_ports(ports_needed(2, 2, mqtt=True)))
     chain = Chain(plan_fleet(tmp_path / "fleet", 2, 2, ports, mqtt=True))
     await chain.start()
@@ -60,28 +59,34 @@ async def test_no_site_local_subject_is_delivered_at_another_site(tmp_path):
                 async def take(msg: Any, at: str = name) -> None:
                     heard[at].append((msg.subject, msg.data.decode()))
 
-                for pattern in (*subjects.SITE_LOCAL, "fleet.probe.>"):
+                for pattern in (*subjects.SITE_LOCAL, f"{subjects.PREFIX}.>"):
                     await nc.subscribe(pattern, cb=take)
                 await nc.flush()
 
-            def controls(at: str, round_: str) -> set[str]:
-                return {d for s, d in heard[at] if s == f"fleet.probe.{round_}"}
+            # A control crosses each link both ways, on the lower site's own subjects: the
+            # only fleet subjects a link lets through in both directions.
+            links = [(s.name, s.upstream, _base(s)) for s in chain.plan.sites if s.upstream]
 
             async def spread(round_: str) -> bool:
-                for name, nc in conns.items():
-                    await nc.publish(f"fleet.probe.{round_}", name.encode())
-                    await nc.flush()
+                for lower, upper, base in links:
+                    for sender in (lower, upper):
+                        await conns[sender].publish(f"{base}.probe.{round_}", sender.encode())
+                        await conns[sender].flush()
                 await asyncio.sleep(0.05)  # poll interval: give them time to cross before looking
-                return all(controls(at, round_) == set(conns) for at in conns)
+                return all(
+                    (f"{base}.probe.{round_}", upper) in heard[lower]
+                    and (f"{base}.probe.{round_}", lower) in heard[upper]
+                    for lower, upper, base in links
+                )
 
-            # Interest has spread over every link once every site hears every other's control.
-            await eventually(lambda: spread("before"), timeout=20, what="controls at every site")
+            # Interest has spread over every link once each end hears the other's control.
+            await eventually(lambda: spread("before"), timeout=20, what="controls across every link")
             for name, nc in conns.items():
                 for pattern in subjects.SITE_LOCAL:
                     await nc.publish(concrete(pattern), name.encode())
                 await nc.flush()
             # Published after the local subjects on the same connections and links.
-            await eventually(lambda: spread("after"), timeout=20, what="second controls at every site")
+            await eventually(lambda: spread("after"), timeout=20, what="second controls across every link")
 
             local = {concrete(p) for p in subjects.SITE_LOCAL}
             for at, messages in heard.items():
@@ -92,6 +97,12 @@ async def test_no_site_local_subject_is_delivered_at_another_site(tmp_path):
         await chain.stop()
 
 
+def _base(site: SitePlan) -> str:
+    if site.tier is Tier.EDGE:
+        return subjects.edge_base(site.region, site.name)
+    return subjects.region_base(site.region)
+
+
 async def registry(client: FleetClient, edge: str) -> list[Any]:
     snapshot = await client.get_inventory(edge)
     return list(snapshot.devices)
@@ -99,7 +110,7 @@ async def registry(client: FleetClient, edge: str) -> list[Any]:
 
 async def telemetry_stored(fleet: Any, edge: str) -> int:
     region = fleet.plan.site(edge).region
-    nc = await nats.connect(fleet.plan.site(edge).server.client_url)
+    nc = await connect_as(fleet.plan, edge)
     try:
         info = await nc.jetstream().stream_info(
             subjects.EVENTS_STREAM, subjects_filter=subjects.events(region, edge, "telemetry")
@@ -116,7 +127,9 @@ async def test_the_same_device_id_at_three_edges_stays_three_devices(tmp_path):
     }
     async with (
         running_fleet(tmp_path, regions=2, edges=2, settings=settings, mqtt=True) as fleet,
-        await FleetClient.connect(fleet.plan.site("hub").server.client_url) as client,
+        await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url, creds=admin_creds(fleet.plan)
+        ) as client,
     ):
         spec = {"telemetry": {"devices/+/telemetry": {"mode": "sample", "interval": 1}}}
         await client.profiles.apply(

@@ -2,11 +2,10 @@
 grows until the site's disk is full; and the hub's streams that sources fill bind no subject.
 Read from the real servers of a running fleet."""
 
-import nats
 import pytest
 from nats.js.errors import NoStreamResponseError
 
-from tests.conftest import running_fleet
+from tests.conftest import connect_as, running_fleet
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -28,7 +27,7 @@ async def test_every_stream_at_every_tier_has_a_size_cap(tmp_path):
             "r1-e1": {"EVENTS", "INVENTORY", "KV_profiles", "KV_overrides"},
         }
         for site, names in expected.items():
-            nc = await nats.connect(fleet.plan.site(site).server.client_url)
+            nc = await connect_as(fleet.plan, site)
             try:
                 js = nc.jetstream()
 

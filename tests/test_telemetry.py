@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiomqtt
-import nats
 import pytest
 
 from edge.telemetry import TelemetryForwarder, TokenBucket, rules_of, topic_matches
@@ -18,6 +17,7 @@ from schemas import subjects
 from schemas.base import utcnow
 from schemas.event import Event
 from schemas.profile import Profile, ProfileSpec
+from tests.conftest import connect_as
 from tests.helpers import eventually
 from tests.test_dashboard import get as dashboard_get
 from tests.test_devices import EDGE, device_fleet
@@ -196,7 +196,7 @@ async def test_an_invalid_rule_from_an_override_is_skipped_and_the_others_apply(
 
 async def telemetry_count(fleet: Any) -> int:
     """Telemetry events stored in the edge's own EVENTS stream."""
-    nc = await nats.connect(fleet.plan.site(EDGE).server.client_url)
+    nc = await connect_as(fleet.plan, EDGE)
     try:
         info = await nc.jetstream().stream_info(
             subjects.EVENTS_STREAM, subjects_filter=subjects.events("r1", EDGE, "telemetry")

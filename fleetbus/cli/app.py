@@ -18,10 +18,10 @@ import typer
 
 import fleetbus
 from fleetbus.cli import dev, device, profiles, sim, sites, view
-from fleetbus.cli.kit import HubUrl, StateDir, check_range, connect, err, out
+from fleetbus.cli.kit import Creds, HubUrl, StateDir, check_range, connect, err, out
 from fleetbus.deploy.compose import write_compose
 from fleetbus.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, ConflictError, FleetbusError, exit_code
-from fleetbus.sdk.client import DEFAULT_TIMEOUT, TIMEOUT_ENV
+from fleetbus.sdk.client import CREDS_ENV, DEFAULT_TIMEOUT, TIMEOUT_ENV
 from schemas.export import write_json_schemas
 
 app = typer.Typer(
@@ -64,7 +64,19 @@ def _root(
             show_default=False,
         ),
     ] = None,
+    creds: Annotated[
+        Path | None,
+        typer.Option(
+            "--creds",
+            envvar=CREDS_ENV,
+            help="Your identity: an nkey seed file or a JWT .creds file, the formats the nats "
+            "CLI reads (default: the running dev fleet's admin).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
+    if creds is not None:
+        os.environ[CREDS_ENV] = str(creds)  # read by `FleetClient.connect`, like the timeout
     if debug:
         os.environ["FLEETBUS_DEBUG"] = "1"
     if timeout is not None:
@@ -98,7 +110,7 @@ def compose_render(
 
 
 @app.command("info")
-def info(hub: HubUrl = None, state_dir: StateDir = None) -> None:
+def info(hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None) -> None:
     """Connect to the hub and show its JetStream domain and buckets."""
 
     async def fetch() -> None:

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from fleetbus.cli.kit import Fresh, StateDir, check_range, err, out, start_fresh
+from fleetbus.devfleet import identities
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.devfleet import status as fleet_status
@@ -41,6 +42,14 @@ def dev_up(
     heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat period, seconds.")] = 5.0,
     mqtt: Annotated[bool, typer.Option(help="Give every edge an MQTT listener for its devices.")] = True,
     fresh: Fresh = False,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="DEBUGGING ONLY: no identities, no permissions; anyone who reaches a port "
+            "may read and change everything.",
+        ),
+    ] = False,
 ) -> None:
     """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
     check_range("--regions", regions, 1, 50)
@@ -60,12 +69,29 @@ def dev_up(
         ports = iter(free_ports(count))
     plan = fleet_plan.plan_fleet(directory, regions, edges, ports, mqtt=mqtt, links=True)
     out.print(f"starting dev fleet in {directory}: 1 hub, {regions} region(s) x {edges} edge(s)")
-    fleet = DevFleet(plan, heartbeat_interval=heartbeat_interval, progress=out.print)
+    if insecure:
+        warn_insecure()
+    fleet = DevFleet(plan, heartbeat_interval=heartbeat_interval, progress=out.print, insecure=insecure)
     asyncio.run(run_foreground(fleet, _print_fleet))
+
+
+def warn_insecure() -> None:
+    err.print(
+        "[bold red]INSECURE[/]: --insecure starts every server with no identities and no "
+        "permissions: anyone who reaches a port may read and change everything. For "
+        "debugging only; never on a network others reach.",
+        soft_wrap=True,
+    )
 
 
 def _print_fleet(record: fleet_state.FleetRecord) -> None:
     _print_urls(record)
+    if record.insecure:
+        warn_insecure()
+    else:
+        out.print(
+            f"you are admin: {identities.operator_creds(Path(record.state_dir))}  (`fleetbus dev creds`)"
+        )
     out.print(f"fleetbus commands find this fleet from {record.state_dir}")
     out.print("leaf links run through proxies: `fleetbus dev link --help`")
     out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")
@@ -105,6 +131,7 @@ def dev_status(
                     "running": True,
                     "ready": record.ready,
                     "healthy": healthy,
+                    "insecure": record.insecure,
                     "state_dir": record.state_dir,
                     "sites": [h.as_dict() for h in health],
                 },
@@ -125,9 +152,51 @@ def dev_status(
             )
         out.print(table)
         _print_urls(record)
+        if record.insecure:
+            warn_insecure()
         if not record.ready:
             out.print("still starting")
     raise typer.Exit(0 if healthy else 1)
+
+
+@dev_app.command("creds")
+def dev_creds(
+    site: Annotated[
+        str | None, typer.Argument(help="A site (hub, r1, r1-e1); omit with --operator/--viewer.")
+    ] = None,
+    operator: Annotated[bool, typer.Option("--operator", help="The fleet's admin operator.")] = False,
+    viewer: Annotated[bool, typer.Option("--viewer", help="The read-only identity, at the hub.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    state_dir: StateDir = None,
+) -> None:
+    """Print how to act as a site, the admin or the viewer of the running dev fleet: the
+    nats URL and the nkey seed file (what `nats --nkey FILE` and `fleetbus --creds FILE` take)."""
+    if (site is not None) + operator + viewer != 1:
+        msg = "name one SITE, or pass --operator or --viewer"
+        raise ConfigError(msg)
+    directory = state_dir or fleet_state.default_state_dir()
+    record = fleet_state.running_fleet(directory)
+    if record is None:
+        msg = f"no dev fleet running in {directory}; start one with `fleetbus dev up`"
+        raise ConfigError(msg)
+    if record.insecure:
+        msg = "this dev fleet runs --insecure: it has no identities"
+        raise ConfigError(msg)
+    if site is None:
+        name = identities.ADMIN if operator else identities.VIEWER
+        url, nkey = record.hub.client_url, identities.operator_creds(Path(record.state_dir), name)
+    else:
+        found = next((s for s in record.sites if s.name == site), None)
+        if found is None or found.creds is None:
+            known = ", ".join(s.name for s in record.sites)
+            msg = f"no site {site!r} in this dev fleet; sites: {known}"
+            raise ConfigError(msg)
+        url, nkey = found.client_url, Path(found.creds)
+    if as_json:
+        out.print_json(json.dumps({"url": url, "nkey": str(nkey), "ca": None}))
+    else:
+        out.print(f"url   {url}\nnkey  {nkey}", soft_wrap=True, highlight=False)
+        out.print(f"try   nats --server {url} --nkey {nkey} ...", soft_wrap=True, highlight=False)
 
 
 @dev_app.command("down")

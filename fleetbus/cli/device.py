@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from fleetbus.cli.kit import Actor, AsJson, HubUrl, StateDir, actor_name, out, with_client
+from fleetbus.cli.kit import Actor, AsJson, Creds, HubUrl, StateDir, actor_name, out, with_client
 from fleetbus.errors import ConfigError
 from fleetbus.sdk.documents import load_mapping
 from schemas.base import check_token
@@ -26,6 +26,7 @@ def send(
     actor: Actor = None,
     as_json: AsJson = False,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Publish the payload on devices/<DEVICE>/cmd at EDGE; online edges only (exit 2 otherwise)."""

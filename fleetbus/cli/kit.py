@@ -2,6 +2,7 @@
 to it), `--actor`, `--json`, `--fresh`."""
 
 import asyncio
+import contextlib
 import getpass
 import os
 import socket
@@ -12,9 +13,9 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 
-from fleetbus.devfleet import state
+from fleetbus.devfleet import identities, state
 from fleetbus.errors import ConfigError
-from fleetbus.sdk.client import HUB_URL_ENV, FleetClient
+from fleetbus.sdk.client import CREDS_ENV, HUB_URL_ENV, FleetClient, resolve_creds
 
 T = TypeVar("T")
 
@@ -34,6 +35,24 @@ HubUrl = Annotated[
     typer.Option(
         "--hub",
         help="Hub nats URL (default: $FLEETBUS_HUB_URL, else the running dev fleet).",
+        show_default=False,
+    ),
+]
+
+
+def _take_creds(value: Path | None) -> Path | None:
+    if value is not None:
+        os.environ[CREDS_ENV] = str(value)  # read by `FleetClient.connect` through `hub_creds`
+    return value
+
+
+Creds = Annotated[
+    Path | None,
+    typer.Option(
+        "--creds",
+        envvar=CREDS_ENV,
+        callback=_take_creds,
+        help="Your identity: an nkey seed file or JWT .creds file (default: the running dev fleet's admin).",
         show_default=False,
     ),
 ]
@@ -78,6 +97,22 @@ def hub_url(hub: str | None, state_dir: Path | None) -> str:
         return hub
     if env := os.environ.get(HUB_URL_ENV):
         return env
+    return _dev_fleet(state_dir).hub.client_url
+
+
+def hub_creds(url: str, state_dir: Path | None) -> Path | None:
+    """`--creds`/$FLEETBUS_CREDS, else the admin identity of the dev fleet whose hub is `url`
+    (found like the hub itself), else None."""
+    if explicit := resolve_creds():
+        return explicit
+    with contextlib.suppress(ConfigError):
+        record = state.running_fleet(state_dir or state.default_state_dir())
+        if record is not None and record.hub.client_url == url and not record.insecure:
+            return identities.operator_creds(Path(record.state_dir))
+    return None
+
+
+def _dev_fleet(state_dir: Path | None) -> state.FleetRecord:
     directory = state_dir or state.default_state_dir()
     record = state.running_fleet(directory)
     if record is None:
@@ -86,12 +121,14 @@ def hub_url(hub: str | None, state_dir: Path | None) -> str:
             f"set {HUB_URL_ENV}, or start one with `fleetbus dev up`"
         )
         raise ConfigError(msg)
-    return record.hub.client_url
+    return record
 
 
 async def connect(hub: str | None, state_dir: Path | None) -> FleetClient:
-    """A client of the hub `hub_url` finds (within the `--timeout` deadline)."""
-    return await FleetClient.connect(hub_url(hub, state_dir))
+    """A client of the hub `hub_url` finds (within the `--timeout` deadline), as the identity
+    `hub_creds` finds."""
+    url = hub_url(hub, state_dir)
+    return await FleetClient.connect(url, creds=hub_creds(url, state_dir))
 
 
 def with_client(hub: str | None, state_dir: Path | None, work: Callable[[FleetClient], Awaitable[T]]) -> T:

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from fleetbus.cli.kit import Actor, AsJson, HubUrl, StateDir, actor_name, err, out, with_client
+from fleetbus.cli.kit import Actor, AsJson, Creds, HubUrl, StateDir, actor_name, err, out, with_client
 from fleetbus.core.selector import matches
 from fleetbus.errors import ConfigError, ConflictError
 from fleetbus.sdk.client import FleetClient
@@ -68,6 +68,7 @@ def profile_apply(
     ] = None,
     actor: Actor = None,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Validate a profile, show its diff against the current revision, publish it."""
@@ -94,7 +95,9 @@ def profile_apply(
 
 
 @profile_app.command("ls")
-def profile_ls(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir = None) -> None:
+def profile_ls(
+    as_json: AsJson = False, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
     """List profiles in merge order (priority, then name)."""
 
     async def work(fleet: FleetClient) -> list[Profile]:
@@ -132,6 +135,7 @@ def profile_show(
     revision: Annotated[int | None, typer.Option("--revision", help="An earlier revision.", min=1)] = None,
     as_json: AsJson = False,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Print a profile (current revision, or `--revision N`)."""
@@ -144,7 +148,7 @@ def profile_show(
 
 
 @profile_app.command("history")
-def profile_history(name: str, hub: HubUrl = None, state_dir: StateDir = None) -> None:
+def profile_history(name: str, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None) -> None:
     """Revisions of a profile still kept at the hub (16 most recent)."""
     history = with_client(hub, state_dir, lambda f: f.profiles.history(name))
     if not history:
@@ -166,6 +170,7 @@ def profile_diff(
     a: Annotated[int, typer.Argument(help="Older revision.")],
     b: Annotated[int, typer.Argument(help="Newer revision.")],
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Show what changed between two revisions."""
@@ -187,6 +192,7 @@ def profile_rollback(
     to: Annotated[int, typer.Option("--to", help="Revision whose content to publish again.", min=1)],
     actor: Actor = None,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Publish an earlier revision's content as a new revision."""
@@ -195,7 +201,7 @@ def profile_rollback(
 
 
 @profile_app.command("delete")
-def profile_delete(name: str, hub: HubUrl = None, state_dir: StateDir = None) -> None:
+def profile_delete(name: str, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None) -> None:
     """Delete a profile: edges stop applying it (its history stays at the hub)."""
     profile = with_client(hub, state_dir, lambda f: f.profiles.delete(name))
     out.print(f"profile {name!r} deleted (was revision {profile.revision})")
@@ -244,6 +250,7 @@ def override_set(
     group: GroupFlag = False,
     actor: Actor = None,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Set the override of one edge or group (replaces the previous one)."""
@@ -279,7 +286,9 @@ def _load_patch(file: Path) -> dict[str, Any]:
 
 
 @override_app.command("ls")
-def override_ls(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir = None) -> None:
+def override_ls(
+    as_json: AsJson = False, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
     """List overrides, with who set them, why, and until when."""
 
     async def work(fleet: FleetClient) -> tuple[list[StoredOverride], list[str]]:
@@ -304,7 +313,11 @@ def override_ls(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir
 
 @override_app.command("rm")
 def override_rm(
-    target: str, group: GroupFlag = False, hub: HubUrl = None, state_dir: StateDir = None
+    target: str,
+    group: GroupFlag = False,
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
 ) -> None:
     """Remove the override of one edge or group."""
     scope, name = _target(target, group=group)
@@ -321,6 +334,7 @@ def explain(
     region: Annotated[str | None, typer.Option("--region", help="Region, with --label.")] = None,
     as_json: AsJson = False,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """The effective desired state of an edge and, for each value, the layer that set it."""

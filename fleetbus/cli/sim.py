@@ -4,12 +4,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from fleetbus.cli.kit import Fresh, StateDir, check_range, out, start_fresh
 from fleetbus.core.views import EdgePresence
+from fleetbus.devfleet import identities
 from fleetbus.devfleet import plan as fleet_plan
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.devfleet.hollow import plan_hollow
@@ -78,7 +80,8 @@ async def _run(fleet: DevFleet) -> None:
         ready.set()
 
     own = {(plan.region, edge) for plan in fleet.hollow_plan for edge in plan.edge_ids}
-    counting = asyncio.create_task(_count_online(hub_url, own, ready))
+    creds = None if fleet.insecure else identities.operator_creds(fleet.plan.state_dir)
+    counting = asyncio.create_task(_count_online(hub_url, creds, own, ready))
     try:
         await run_foreground(fleet, on_ready)
     finally:
@@ -93,12 +96,14 @@ def online_of(presence: Iterable[EdgePresence], own: set[tuple[str, str]]) -> in
     return sum(p.state is PresenceState.ONLINE and (p.region, p.edge) in own for p in presence)
 
 
-async def _count_online(hub_url: str, own: set[tuple[str, str]], ready: asyncio.Event) -> None:
+async def _count_online(
+    hub_url: str, creds: Path | None, own: set[tuple[str, str]], ready: asyncio.Event
+) -> None:
     """Say how many of this simulation's edges the hub sees online until all are (progress,
     not a gate)."""
     await ready.wait()
     began = time.monotonic()
-    async with await FleetClient.connect(hub_url) as client:
+    async with await FleetClient.connect(hub_url, creds=creds) as client:
         while True:
             online = online_of(await client.presence(), own)
             took = time.monotonic() - began

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from fleetbus.cli.kit import HubUrl, StateDir, connect, err, out
+from fleetbus.cli.kit import Creds, HubUrl, StateDir, connect, err, out
 from fleetbus.nats.forget import ForgetResult
 from fleetbus.sdk.client import FleetClient
 
@@ -43,6 +43,7 @@ def edge_forget(
     ] = None,
     force: Force = False,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Delete what the fleet keeps about EDGE (refused while it is online).
@@ -58,6 +59,7 @@ def region_forget(
     region: Annotated[str, typer.Argument(help="Region id, e.g. r3.")],
     force: Force = False,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Forget REGION and every edge of it (refused while the hub hears its regional).

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from fleetbus.cli.kit import AsJson, HubUrl, StateDir, connect, out
+from fleetbus.cli.kit import AsJson, Creds, HubUrl, StateDir, connect, out
 from fleetbus.cli.profiles import parse_expiry
 from fleetbus.core.compliance import State
 from fleetbus.core.views import EdgePresence, EdgeStatus
@@ -126,6 +126,7 @@ def watch_inventory(
     as_json: AsJson = False,
     count: Count = None,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Each edge's latest inventory snapshot, then each new one."""
@@ -141,7 +142,11 @@ def watch_inventory(
 
 @watch_app.command("presence")
 def watch_presence(
-    as_json: AsJson = False, count: Count = None, hub: HubUrl = None, state_dir: StateDir = None
+    as_json: AsJson = False,
+    count: Count = None,
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
 ) -> None:
     """Each edge's presence (online/stale/offline/unreachable), then each change."""
     _stream(
@@ -172,6 +177,7 @@ def watch_events(
     as_json: AsJson = False,
     count: Count = None,
     hub: HubUrl = None,
+    _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """The latest event of each kind from each edge (or all since --since), then each new one."""
@@ -226,7 +232,9 @@ def summary(total: int, presence: Counter[str], compliance: Counter[str]) -> str
     return f"{total} edges: {counts(presence, PRESENCE_ORDER)} · {counts(compliance, COMPLIANCE_ORDER)}"
 
 
-def status(as_json: AsJson = False, hub: HubUrl = None, state_dir: StateDir = None) -> None:
+def status(
+    as_json: AsJson = False, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
     """Every edge: presence, last seen, converged?, uplink backlog."""
 
     async def fetch() -> list[EdgeStatus]:

@@ -124,6 +124,8 @@ class Daemon:
                 name=f"fleetbus-{self.tier.value}-{self.site}",
                 source=f"/fleet/{self.tier.value}/{self.site}",
                 metrics=self.metrics,
+                creds=self.settings.nats_creds,
+                site=self.site,
             )
         except BaseException:
             await self.http.stop()  # __aexit__ does not run when __aenter__ fails

@@ -9,9 +9,35 @@ from pathlib import PurePath
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetbus.core.permissions import Permissions
 from schemas.base import SiteId
 from schemas.heartbeat import Tier
 from schemas.subjects import SITE_LOCAL
+
+
+class User(BaseModel):
+    """One identity this server admits: an nkey (public key) or, for the MQTT listener's
+    anonymous devices, a name; `permissions` None means everything (the site itself)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    who: str = Field(description="Rendered as a comment: whose key this is.")
+    nkey: str | None = None
+    name: str | None = None
+    password: str | None = None
+    permissions: Permissions | None = None
+
+
+class Authorization(BaseModel):
+    """Who may connect to a site's server, and as whom it links to the tier above."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    users: tuple[User, ...]
+    # The site's own seed, presented on its leaf link upstream (the config is written 0600).
+    leaf_seed: str | None = None
+    # The user an MQTT client without credentials is taken for (None: refused).
+    mqtt_anonymous: str | None = None
 
 
 class ServerSpec(BaseModel):
@@ -48,6 +74,8 @@ class ServerSpec(BaseModel):
     ping_max: int = Field(default=3, ge=1)
     # Time between a leaf remote's reconnect attempts once its link is lost.
     leaf_reconnect: str = "1s"
+    # None: anyone who reaches a port is admitted (`--insecure`, for debugging only).
+    auth: Authorization | None = None
 
     @property
     def domain(self) -> str:
@@ -87,6 +115,43 @@ def _q(value: object) -> str:
     return json.dumps(str(value))
 
 
+def _subjects(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def _user(user: User) -> list[str]:
+    fields = []
+    if user.nkey:
+        fields.append(f"nkey: {_q(user.nkey)}")
+    if user.name:
+        fields += [f"user: {_q(user.name)}", f"password: {_q(user.password or '')}"]
+    if user.permissions is not None:
+        allow = user.permissions
+        fields.append(
+            f"permissions: {{publish: {{allow: {_subjects(allow.publish)}}}, "
+            f"subscribe: {{allow: {_subjects(allow.subscribe)}}}}}"
+        )
+    return [f"    # {user.who}", "    {" + ", ".join(fields) + "}"]
+
+
+def _authorization(auth: Authorization | None) -> list[str]:
+    if auth is None:
+        return [
+            "",
+            "# INSECURE: no authorization. Anyone who reaches a port of this server may read and",
+            "# write everything, on every tier it links to. Only for debugging (--insecure).",
+        ]
+    lines = [
+        "",
+        "# Every connection (client, leaf link, MQTT) authenticates as one of these.",
+        "authorization {",
+        "  users: [",
+    ]
+    for user in auth.users:
+        lines += _user(user)
+    return [*lines, "  ]", "}"]
+
+
 def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
     """Config text for `spec`. `listen_host` overrides the bind address (0.0.0.0 in containers)."""
     bind = listen_host or spec.host
@@ -100,6 +165,7 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
         "# A silent link loss is noticed after ping_interval x ping_max without an answer.",
         f"ping_interval: {_q(spec.ping_interval)}",
         f"ping_max: {spec.ping_max}",
+        *_authorization(spec.auth),
         "",
         "jetstream {",
         "  # Each site is its own JetStream domain: cross-tier calls use $JS.<domain>.API.",
@@ -134,6 +200,14 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
                 "    {",
                 f"      urls: [{urls}]",
                 "      ignore_discovered_servers: true",
+                *(
+                    [
+                        "      # This site's identity (its own key, generated here).",
+                        f"      nkey: {_q(spec.auth.leaf_seed)}",
+                    ]
+                    if spec.auth and spec.auth.leaf_seed
+                    else []
+                ),
                 "      # Site-local subjects (devices, MQTT internals, JetStream advisories)",
                 "      # never cross this link, either way.",
                 f"      deny_imports: [{local}]",
@@ -148,6 +222,14 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
             "# Local devices publish telemetry here.",
             "mqtt {",
             f"  listen: {_q(f'{bind}:{spec.mqtt_port}')}",
+            *(
+                [
+                    "  # A device without credentials is taken for this user (publish devices/...).",
+                    f"  no_auth_user: {_q(spec.auth.mqtt_anonymous)}",
+                ]
+                if spec.auth and spec.auth.mqtt_anonymous
+                else []
+            ),
             "}",
         ]
     return "\n".join(lines) + "\n"

@@ -39,6 +39,12 @@ class SitePlan:
         return self.server.tier
 
     @property
+    def creds_path(self) -> Path:
+        """The site's identity (nkey seed), generated in its own directory
+        (`fleetbus.devfleet.identities`)."""
+        return self.workdir / "identity" / "site.nk"
+
+    @property
     def daemon_health_url(self) -> str:
         return f"http://{HOST}:{self.daemon_http_port}/healthz"
 
@@ -50,6 +56,8 @@ class SitePlan:
             "http_port": self.daemon_http_port,
             "state_dir": str(self.workdir / "daemon"),
         }
+        if self.server.auth is not None:
+            values["nats_creds"] = str(self.creds_path)
         if self.tier is Tier.EDGE:
             values |= {
                 "region": self.region,

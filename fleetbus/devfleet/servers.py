@@ -75,7 +75,11 @@ class NatsServer(SupervisedProcess):
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(render(self.spec))
+        # Owner-only: the config holds the site's seed for its leaf link.
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(render(self.spec))
+        self.config_path.chmod(0o600)  # an older, wider file keeps its mode on O_TRUNC
         return self.config_path
 
     async def start(self, timeout: float = 20.0) -> None:

@@ -50,6 +50,7 @@ class SiteRecord:
     server_pid: int | None = None
     daemon_pid: int | None = None
     dashboard_url: str | None = None
+    creds: str | None = None  # the site's identity (nkey seed file), None if insecure
 
     @property
     def mqtt_url(self) -> str | None:
@@ -80,6 +81,7 @@ class FleetRecord:
     sites: list[SiteRecord] = field(default_factory=list)
     ready: bool = False  # True once every process started and its PID is recorded
     control_path: str | None = None  # unix socket of `dev link|kill|restart` (see control.py)
+    insecure: bool = False  # started with --insecure: no identities, anyone may do anything
 
     @property
     def hub(self) -> SiteRecord:
@@ -122,7 +124,7 @@ def pid_alive(pid: int | None) -> bool:
 
 
 # What a dev fleet or a simulation keeps in its state dir; `empty()` deletes only these.
-FLEET_ENTRIES = ("sites", "hollow", STATE_FILE)
+FLEET_ENTRIES = ("sites", "hollow", "operators", STATE_FILE)
 
 
 def empty(directory: Path) -> list[Path]:

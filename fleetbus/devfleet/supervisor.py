@@ -17,6 +17,7 @@ import tomllib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.control import ControlServer
 from fleetbus.devfleet.hollow import HollowPlan
 from fleetbus.devfleet.linkproxy import LinkProxy
@@ -67,8 +68,13 @@ class DevFleet:
         settings: dict[Tier, dict[str, object]] | None = None,
         hollow: list[HollowPlan] | None = None,
         hollow_settings: dict[str, object] | None = None,
+        insecure: bool = False,
     ) -> None:
-        self.plan = plan
+        # Every server admits only its identities (generated now if missing), unless
+        # `insecure`: then anyone who reaches a port may do anything (debugging only).
+        self.insecure = insecure
+        self.plan = plan if insecure else identities.secure(plan)
+        plan = self.plan
         self.hollow_plan = hollow or []  # `fleetbus sim`: hollow-edge processes per regional
         self.hollow_settings = hollow_settings or {}
         self.heartbeat_interval = heartbeat_interval
@@ -146,6 +152,8 @@ class DevFleet:
         for plan in self.hollow_plan:
             plan.workdir.mkdir(parents=True, exist_ok=True)
             values = plan.settings(self.heartbeat_interval, **self.hollow_settings)
+            if not self.insecure:
+                values["nats_creds"] = str(identities.simulator_creds(self.plan.state_dir, plan.region))
             (plan.workdir / "daemon.toml").write_text(_toml(values))
         await asyncio.gather(*(p.start() for p in self.hollow.values()))
         count = sum(h.edges for h in self.hollow_plan)
@@ -241,6 +249,7 @@ class DevFleet:
                 server_pid=self.servers[s.name].pid,
                 daemon_pid=self.daemons[s.name].pid,
                 dashboard_url=s.dashboard_url,
+                creds=None if self.insecure else str(s.creds_path),
             )
             for s in self.plan.sites
         ]
@@ -250,6 +259,7 @@ class DevFleet:
             sites=sites,
             ready=ready,
             control_path=str(self.control_path) if self.control_path else None,
+            insecure=self.insecure,
         )
 
 

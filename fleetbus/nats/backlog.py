@@ -6,7 +6,6 @@ holds, and compares with what it stores itself: what waits, how old the oldest w
 is, and what the stream's limits evicted before it was forwarded (a loss, reported as such).
 """
 
-import json
 from dataclasses import dataclass
 
 from nats.js.errors import NotFoundError
@@ -42,10 +41,11 @@ class BacklogMeter:
     async def _forwarded(self, uplink: Uplink) -> int | None:
         """The edge sequence of the newest message of ours the regional holds; None if it
         cannot be asked now."""
-        request = json.dumps({"last_by_subj": uplink.filter}).encode()
-        subject = f"{subjects.js_api_prefix(self.region)}.DIRECT.GET.{uplink.stream}"
+        # The last-by-subject form names the subject in the request's own subject (empty
+        # body), which the edge's link permissions pin to its own subjects.
+        subject = f"{subjects.js_api_prefix(self.region)}.DIRECT.GET.{uplink.stream}.{uplink.filter}"
         try:
-            reply = await self.bus.nc.request(subject, request, timeout=self.timeout)
+            reply = await self.bus.nc.request(subject, b"", timeout=self.timeout)
         except TRANSIENT:
             return None
         headers = reply.headers or {}

@@ -9,6 +9,7 @@ import contextlib
 import math
 import socket
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import nats
@@ -19,12 +20,13 @@ from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from fleetbus.errors import DecodeError, ServerUnreachableError, TemporaryError
+from fleetbus.errors import CredentialsRefusedError, DecodeError, ServerUnreachableError, TemporaryError
 from fleetbus.nats.errors import TRANSIENT
-from fleetbus.runtime import log
+from fleetbus.runtime import identity, log
 from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.retry import retry
+from schemas import subjects
 from schemas.base import Message, utcnow
 from schemas.event import Event
 from schemas.headers import envelope, open_envelope
@@ -62,6 +64,8 @@ class Bus:
         self.metrics = metrics
         self.changed_at: datetime | None = None  # when `connected` last changed
         self.last_error: Exception | None = None  # the last connection error nats-py reported
+        # Once refused, nats-py's next tries may end in a reset connection: remember the cause.
+        self.was_refused = False
         # A short-lived client reports one error line itself: its connection events are not
         # logged (nats-py retries twice a second, and each retry would be a warning).
         self._quiet = quiet
@@ -171,6 +175,7 @@ class Bus:
 
     async def _on_error(self, exc: Exception) -> None:
         self.last_error = exc
+        self.was_refused = self.was_refused or refused(exc)
         if not self._quiet:
             logger.warning("nats error", error=str(exc) or type(exc).__name__)
 
@@ -244,14 +249,21 @@ async def connect(
     source: str,
     metrics: DaemonMetrics | None = None,
     attempts: int = 0,
+    creds: Path | None = None,
+    site: str | None = None,
     **options: Any,
 ) -> Bus:
-    """Connect to `url`, retrying with jittered back-off (`attempts=0`: forever).
+    """Connect to `url`, retrying with jittered back-off (`attempts=0`: forever), as the
+    identity in `creds`; `site` gives replies the site's own inbox prefix, which is all its
+    link permissions let it receive (docs/security.md).
 
     After the first connection nats-py reconnects by itself, forever: a site's daemon must
     outlive restarts of its own server.
     """
     backoff, tried = Backoff(0.1, cap=5.0), 0
+    options |= identity.connect_options(creds)
+    if site:
+        options["inbox_prefix"] = subjects.inbox_prefix(site)
     while True:
         tried += 1
         bus = Bus(Client(), url=url, source=source, metrics=metrics)
@@ -269,7 +281,11 @@ async def connect(
                 reconnected_cb=bus._on_reconnected,
                 **options,
             )
-        except (NoServersError, OSError, TimeoutError) as exc:
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            if bus.was_refused or refused(exc):
+                raise CredentialsRefusedError(url, creds) from exc
+            if not isinstance(exc, NoServersError | OSError | TimeoutError):
+                raise
             if attempts and tried >= attempts:
                 msg = f"cannot connect to {url} after {tried} attempts: {exc}"
                 raise TemporaryError(msg) from exc
@@ -286,8 +302,19 @@ RECONNECT_WAIT = 0.5  # seconds between a client's connection attempts
 FIRST_CONNECT_TRIES = 3  # a server restarting gets about a second before a client gives up
 
 
+def refused(exc: BaseException) -> bool:
+    """nats-py's way of saying the server refused our credentials."""
+    return "authorization violation" in str(exc).lower()
+
+
 async def connect_within(
-    url: str, *, name: str, source: str, timeout: float, persistent: bool = False
+    url: str,
+    *,
+    name: str,
+    source: str,
+    timeout: float,
+    persistent: bool = False,
+    creds: Path | None = None,
 ) -> Bus:
     """Connect a short-lived client (the CLI, scripts) to `url`, or raise
     `ServerUnreachableError` within `timeout` seconds; never wait forever.
@@ -311,11 +338,14 @@ async def connect_within(
                 error_cb=bus._on_error,
                 disconnected_cb=bus._on_disconnected,
                 reconnected_cb=bus._on_reconnected,
+                **identity.connect_options(creds),
             ),
             timeout,
         )
     except (nats.errors.Error, OSError, TimeoutError) as exc:
         await bus.nc.close()  # stop whatever nats-py left retrying
+        if bus.was_refused or refused(exc):
+            raise CredentialsRefusedError(url, creds) from exc
         raise ServerUnreachableError(url, unreachable_reason(bus.last_error or exc, timeout)) from exc
     # nats-py reads this before each reconnect: from now on a lost server gets the deadline.
     bus.nc.options["max_reconnect_attempts"] = (

@@ -46,14 +46,26 @@ from schemas.subjects import js_api_prefix
 logger = log.get_logger(__name__)
 
 
-def source(stream: str, domain: str, *, filters: Sequence[str] = ()) -> StreamSource:
-    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are)."""
+def source(
+    stream: str, domain: str, *, deliver: str | None = None, filters: Sequence[str] = ()
+) -> StreamSource:
+    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are),
+    its messages delivered across the link on `deliver` (`subjects.deliver_down`/`_up`: the
+    lower site's own subjects, which its link permissions name)."""
     transforms = [SubjectTransform(src=f, dest=f) for f in filters] or None
     return StreamSource(
         name=stream,
-        external=ExternalStream(api=js_api_prefix(domain)),
+        external=ExternalStream(api=js_api_prefix(domain), deliver=deliver),
         subject_transforms=transforms,
     )
+
+
+def source_domain(item: StreamSource) -> str | None:
+    """The domain a source reads from (`$JS.<domain>.API`), None for a local one."""
+    api = item.external.api if item.external else None
+    if not api or not api.startswith("$JS.") or not api.endswith(".API"):
+        return None
+    return api.removeprefix("$JS.").removesuffix(".API")
 
 
 def source_key(item: StreamSource) -> tuple[str, str]:
@@ -104,13 +116,17 @@ class SourcedStream:
         metrics: DaemonMetrics | None = None,
         *,
         per_site: Callable[[str], StreamSource] | None = None,
+        deliver: Callable[[str], str] | None = None,
     ) -> None:
         self.js = js
         self.config = config
         self.name = config.name or ""
         self.metrics = metrics
-        # The source to add for a site heard from below (default: its same-named stream).
-        self.per_site = per_site or (lambda site: source(self.name, site))
+        # The source to add for a site heard from below (default: its same-named stream,
+        # delivered on the prefix `deliver` gives for that site).
+        self.per_site = per_site or (
+            lambda site: source(self.name, site, deliver=deliver(site) if deliver else None)
+        )
         self._lock = asyncio.Lock()
 
     async def ensure(self, *, keep_sources: bool = False) -> None:
@@ -120,12 +136,21 @@ class SourcedStream:
             if keep_sources:
                 with contextlib.suppress(NotFoundError):
                     info = await self.js.stream_info(self.name)
-                    kept = list(info.config.sources or [])
+                    kept = [self._current(s) for s in info.config.sources or []]
                     keys = {source_key(s) for s in kept}
                     config.sources = kept + [
                         s for s in self.config.sources or [] if source_key(s) not in keys
                     ]
             await ensure_stream(self.js, config)
+
+    def _current(self, kept: StreamSource) -> StreamSource:
+        """A source added at run time, as this version of fleetbus would add it now (a
+        stream created by an older one may lack the deliver prefix link permissions need)."""
+        domain = source_domain(kept)
+        if domain is None:
+            return kept
+        now = self.per_site(domain)
+        return now if source_key(now) == source_key(kept) else kept
 
     async def add(self, new: StreamSource) -> bool:
         """Add `new` unless a source with its name and API is there; True if added."""

@@ -32,6 +32,13 @@ class DaemonSettings(BaseSettings):
 
     site: SiteId = Field(description="This site's id; also its JetStream domain.")
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="The site's own server.")
+    nats_creds: Path | None = Field(
+        default=None,
+        description=(
+            "The site's identity: an nkey seed file (or a JWT .creds file) the daemon connects "
+            "with. None connects anonymously, which only an --insecure server admits."
+        ),
+    )
     state_dir: Path = Field(default=Path("state"), description="Where the daemon keeps files.")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, ge=0, le=65535, description="/metrics and /healthz; 0 = any.")

@@ -30,6 +30,7 @@ import os
 from collections.abc import AsyncGenerator, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
@@ -67,6 +68,7 @@ logger = log.get_logger(__name__)
 T = TypeVar("T")
 
 HUB_URL_ENV = "FLEETBUS_HUB_URL"
+CREDS_ENV = "FLEETBUS_CREDS"
 TIMEOUT_ENV = "FLEETBUS_TIMEOUT"
 DEFAULT_TIMEOUT = 5.0
 
@@ -85,6 +87,14 @@ def resolve_timeout(timeout: float | None = None) -> float:
         msg = f"{source} must be a number of seconds > 0, got {text!r}"
         raise ConfigError(msg)
     return value
+
+
+def resolve_creds(creds: Path | str | None = None) -> Path | None:
+    """`creds`, else $FLEETBUS_CREDS, else None (connect without an identity)."""
+    if creds:
+        return Path(creds)
+    env = os.environ.get(CREDS_ENV)
+    return Path(env) if env else None
 
 
 def resolve_hub_url(hub: str | None = None) -> str:
@@ -128,9 +138,11 @@ class FleetClient:
         *,
         timeout: float | None = None,
         persistent: bool = False,
+        creds: Path | str | None = None,
     ) -> "FleetClient":
         """Connect to the hub (`hub`, else $FLEETBUS_HUB_URL) within
-        `timeout` seconds ($FLEETBUS_TIMEOUT, else 5), else `HubUnreachableError`.
+        `timeout` seconds ($FLEETBUS_TIMEOUT, else 5), else `HubUnreachableError`, as the
+        identity in `creds` (else $FLEETBUS_CREDS): an nkey seed file or a JWT .creds file.
 
         Each request has the same deadline. A lost connection is retried for that long and
         then closed, ending what waits on it; a `persistent` client (a program that outlives
@@ -139,7 +151,12 @@ class FleetClient:
         seconds = resolve_timeout(timeout)
         try:
             bus = await connect_within(
-                url, name="fleetbus-client", source="/fleet/client", timeout=seconds, persistent=persistent
+                url,
+                name="fleetbus-client",
+                source="/fleet/client",
+                timeout=seconds,
+                persistent=persistent,
+                creds=resolve_creds(creds),
             )
         except ServerUnreachableError as exc:
             raise HubUnreachableError(url, exc.reason) from exc

@@ -1,0 +1,199 @@
+"""Who may publish and subscribe to what, per identity: the rules every nats-server enforces.
+
+Pure: a role and its site ids in, allow-lists of subjects out. `fleetbus.devfleet.natsconf`
+renders them into each server's `authorization` block, and docs/security.md's table is
+generated from `table()`. nats-server checks a permission on the subject as the client or
+leaf link sends it, before any domain mapping, so JetStream calls across a link are named
+here with their domain prefix (`$JS.<domain>.API.…`); `$JS.API.>` itself is never allowed
+across a link (and leaf links block it anyway).
+
+What crosses a leaf link, and in which direction, was read off a traced nats-server 2.15.1
+(docs/security.md#what-crosses-a-link):
+
+- a stream in the lower domain sourcing a stream of the upper one asks for a consumer on
+  `$JS.<upper>.API.CONSUMER.CREATE.<stream>.<name>[.<filter>]` (reply `$JSC.R.<id>`), then
+  receives on its deliver prefix (`subjects.deliver_down`) and answers flow control on
+  `$JS.FC.<stream>.…`;
+- the upper domain sourcing the lower one asks through `$JS.<lower>.API.>` and receives on
+  `subjects.deliver_up`;
+- a link's publish permission is what the lower site may send up, its subscribe permission
+  what the upper site lets it receive (its interest is not even forwarded otherwise).
+"""
+
+from dataclasses import dataclass
+
+from schemas import subjects
+from schemas.subjects import HUB_DOMAIN, OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """Allow-lists; anything not listed is refused by the server."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def _consumer_create(domain: str, bucket: str, key: str | None = None) -> tuple[str, ...]:
+    """The API subjects a source or watch of `bucket` in `domain` creates its consumer on.
+    With `key`, only a consumer filtered to that key: a single-filter consumer names its
+    filter in the subject, and the server refuses a request whose body filters otherwise."""
+    stream = kv_stream(bucket)
+    create = f"{subjects.js_api_prefix(domain)}.CONSUMER.CREATE.{stream}"
+    if key:
+        return (f"{create}.*.{subjects.kv_subject(bucket, key)}",)
+    # An unfiltered source asks on the stream's subject alone (its body may filter: any key
+    # of this one stream), a named consumer on `.<name>[.<filter>]`.
+    return (create, f"{create}.*", f"{create}.*.>")
+
+
+def _flow_control(bucket: str) -> tuple[str, ...]:
+    """Flow-control answers of a source reading `bucket` one tier up (with and without the
+    domain-qualified form the server also uses)."""
+    stream = kv_stream(bucket)
+    return (f"$JS.FC.{stream}.>", f"$JS.FC.*.*.{stream}.>")
+
+
+def regional_link(region: str) -> Permissions:
+    """Regional `region` at the hub (its leaf link, and its daemon's requests through it).
+
+    It may send its own heartbeats and deliveries, read the profiles and overrides buckets
+    (its replicas' sources), answer the hub's calls into its own domain and the hub's
+    commands to its edges. It reaches no stream-management API of the hub.
+    """
+    base = subjects.region_base(region)
+    return Permissions(
+        publish=(
+            f"{base}.>",
+            *_consumer_create(HUB_DOMAIN, PROFILES_BUCKET),
+            *_consumer_create(HUB_DOMAIN, OVERRIDES_BUCKET),
+            *_flow_control(PROFILES_BUCKET),
+            *_flow_control(OVERRIDES_BUCKET),
+            f"{subjects.js_api_prefix(HUB_DOMAIN)}.INFO",  # the upstream probe
+            "$JSC.R.*",  # answers to the hub's calls into this domain
+            "_INBOX.>",  # answers to requests from the hub (commands to edges)
+        ),
+        subscribe=(
+            f"{base}.>",
+            f"{PREFIX_EDGE}.{region}.>",  # commands to the region's edges
+            subjects.hub_hello(),
+            f"{subjects.js_api_prefix(region)}.>",  # the hub sourcing this region's streams
+            "$JSC.R.*",
+            "$JS.FC.>",
+            f"{subjects.inbox_prefix(region)}.>",
+        ),
+    )
+
+
+PREFIX_EDGE = f"{subjects.PREFIX}.edge"
+
+
+def edge_link(region: str, edge: str) -> Permissions:
+    """Edge `edge` at its regional (its leaf link, and its daemon's requests through it).
+
+    It may publish only under its own subjects, ask to enroll, read every profile and only
+    its own and group overrides, and answer calls into its own domain. It reaches no
+    stream-management API and no other edge's keys.
+    """
+    base = subjects.edge_base(region, edge)
+    api = subjects.js_api_prefix(region)
+    return Permissions(
+        publish=(
+            f"{base}.>",
+            subjects.region_enroll(region),
+            *_consumer_create(region, PROFILES_BUCKET),
+            *_consumer_create(region, OVERRIDES_BUCKET, subjects.override_key("edge", edge)),
+            *_consumer_create(region, OVERRIDES_BUCKET, "group.*"),
+            *_flow_control(PROFILES_BUCKET),
+            *_flow_control(OVERRIDES_BUCKET),
+            f"{api}.INFO",  # the upstream probe
+            # How far the regional's copy of its streams is: a direct get of its own last
+            # message, the subject naming it (docs/security.md).
+            f"{api}.DIRECT.GET.{subjects.EVENTS_STREAM}.{base}.>",
+            f"{api}.DIRECT.GET.{subjects.INVENTORY_STREAM}.{subjects.edge_inventory(region, edge)}",
+            "$JSC.R.*",  # answers to the regional's calls into this domain
+            "_INBOX.>",  # answers to commands
+        ),
+        subscribe=(
+            f"{base}.>",
+            f"{subjects.js_api_prefix(edge)}.>",  # the regional sourcing this edge's streams
+            "$JSC.R.*",
+            "$JS.FC.>",
+            f"{subjects.inbox_prefix(edge)}.>",
+        ),
+    )
+
+
+def simulator(region: str, site: str) -> Permissions:
+    """A simulator of hollow edges in `region` (`fleetbus sim`, one connection for all of
+    them): the subjects of every edge of the region, and reads of the region's buckets. A
+    dev and test identity; a real thin edge is an edge (`edge_link`)."""
+    return Permissions(
+        publish=(
+            f"{PREFIX_EDGE}.{region}.*.>",
+            subjects.region_enroll(region),
+            "$JS.API.INFO",
+            f"$JS.API.STREAM.INFO.{kv_stream(PROFILES_BUCKET)}",
+            f"$JS.API.STREAM.INFO.{kv_stream(OVERRIDES_BUCKET)}",
+            f"$JS.API.CONSUMER.CREATE.{kv_stream(PROFILES_BUCKET)}",
+            f"$JS.API.CONSUMER.CREATE.{kv_stream(PROFILES_BUCKET)}.>",
+            f"$JS.API.CONSUMER.CREATE.{kv_stream(OVERRIDES_BUCKET)}",
+            f"$JS.API.CONSUMER.CREATE.{kv_stream(OVERRIDES_BUCKET)}.>",
+            f"$JS.API.DIRECT.GET.{kv_stream(PROFILES_BUCKET)}.>",
+            f"$JS.API.DIRECT.GET.{kv_stream(OVERRIDES_BUCKET)}.>",
+            # How far the regional's copy of the hollow edges' streams is (their uplinks).
+            f"$JS.API.STREAM.MSG.GET.{subjects.INVENTORY_STREAM}",
+            f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
+            "_INBOX.>",
+        ),
+        subscribe=(f"{PREFIX_EDGE}.{region}.*.>", f"{subjects.inbox_prefix(site)}.>"),
+    )
+
+
+# A dashboard builder's read-only identity at the hub: read every bucket and stream, change
+# nothing, delete nothing (no CONSUMER.DELETE: ephemeral consumers expire by themselves).
+_READ_API = (
+    "INFO",
+    "STREAM.INFO.*",
+    "STREAM.NAMES",
+    "STREAM.LIST",
+    "CONSUMER.INFO.*.*",
+    "CONSUMER.CREATE.*",
+    "CONSUMER.CREATE.*.>",
+    "CONSUMER.MSG.NEXT.*.*",
+    "DIRECT.GET.*",
+    "DIRECT.GET.*.>",
+    "STREAM.MSG.GET.*",
+)
+
+
+def viewer() -> Permissions:
+    """Read-only, at the hub: dashboards in any language subscribe to buckets and streams."""
+    return Permissions(
+        publish=(*(f"$JS.API.{call}" for call in _READ_API), "$JS.FC.>"),
+        subscribe=("_INBOX.>",),
+    )
+
+
+def table() -> list[tuple[str, str, Permissions]]:
+    """(identity, where it connects, permissions) with example ids, for the docs."""
+    return [
+        ("regional `r1`", "hub (leaf link)", regional_link("r1")),
+        ("edge `r1-e1`", "regional r1 (leaf link)", edge_link("r1", "r1-e1")),
+        ("simulator `r1-hollow`", "regional r1 (client)", simulator("r1", "r1-hollow")),
+        ("viewer", "hub (client)", viewer()),
+    ]
+
+
+def markdown() -> str:
+    """`table()` as the Markdown table in docs/security.md (a test keeps that copy current)."""
+    rows = [
+        "| identity | connects to | may publish | may subscribe |",
+        "| --- | --- | --- | --- |",
+    ]
+    for who, where, perms in table():
+        rows.append(
+            f"| {who} | {where} | {'<br>'.join(f'`{s}`' for s in perms.publish)} "
+            f"| {'<br>'.join(f'`{s}`' for s in perms.subscribe)} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,127 @@
+"""The identities of a dev fleet: one nkey per site, generated in that site's own directory,
+an admin and a viewer operator, and one simulator per region for `fleetbus sim`.
+
+`secure(plan)` generates what is missing (`fleetbus.runtime.identity`) and returns the plan
+with every server's `authorization` filled in from `fleetbus.core.permissions`: each server
+learns only public keys; a seed is read only by its own site's server (its leaf link) and
+daemon.
+"""
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from fleetbus.core import permissions
+from fleetbus.devfleet.natsconf import Authorization, User
+from fleetbus.devfleet.plan import FleetPlan, SitePlan
+from fleetbus.runtime import identity
+from fleetbus.runtime.identity import Identity
+from schemas.heartbeat import Tier
+
+OPERATORS_DIR = "operators"
+ADMIN = "admin"
+VIEWER = "viewer"
+SITE_KEY = "site"
+# What an MQTT client that presents no credentials is taken for (docs/security.md#devices).
+DEVICES_USER = "devices"
+DEVICES = permissions.Permissions(publish=("devices.>",), subscribe=("devices.*.cmd",))
+
+
+def simulator_workdir(state_dir: Path, region: str) -> Path:
+    """Where `fleetbus sim` keeps the hollow edges of `region` (and their identity)."""
+    return state_dir / "hollow" / region
+
+
+def simulator_name(region: str) -> str:
+    return f"{region}-hollow"
+
+
+@dataclass(frozen=True)
+class FleetIdentities:
+    sites: dict[str, Identity]
+    admin: Identity
+    viewer: Identity
+    simulators: dict[str, Identity]  # by region
+
+
+def _ensure(path: Path) -> Path:
+    identity.ensure(path.parent, path.name.removesuffix(identity.SEED_SUFFIX))
+    return path
+
+
+def simulator_creds(state_dir: Path, region: str) -> Path:
+    return simulator_workdir(state_dir, region) / "identity" / f"{SITE_KEY}{identity.SEED_SUFFIX}"
+
+
+def ensure_identities(plan: FleetPlan) -> FleetIdentities:
+    """Every identity `plan` needs, generated where it is used if not there yet."""
+    operators = plan.state_dir / OPERATORS_DIR
+    return FleetIdentities(
+        sites={s.name: identity.load(_ensure(s.creds_path), name=s.name) for s in plan.sites},
+        admin=identity.ensure(operators, ADMIN),
+        viewer=identity.ensure(operators, VIEWER),
+        simulators={
+            s.region: identity.load(_ensure(simulator_creds(plan.state_dir, s.region)))
+            for s in plan.by_tier(Tier.REGIONAL)
+        },
+    )
+
+
+def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities) -> list[User]:
+    own = User(who=f"{site.name} itself (its daemon)", nkey=ids.sites[site.name].public_key)
+    below = [s for s in plan.sites if s.upstream == site.name]
+    if site.tier is Tier.HUB:
+        return [
+            own,
+            User(who="operator admin", nkey=ids.admin.public_key),
+            User(who="viewer (read-only)", nkey=ids.viewer.public_key, permissions=permissions.viewer()),
+            *(
+                User(
+                    who=f"regional {s.name}",
+                    nkey=ids.sites[s.name].public_key,
+                    permissions=permissions.regional_link(s.region),
+                )
+                for s in below
+            ),
+        ]
+    if site.tier is Tier.REGIONAL:
+        return [
+            own,
+            *(
+                User(
+                    who=f"edge {s.name}",
+                    nkey=ids.sites[s.name].public_key,
+                    permissions=permissions.edge_link(s.region, s.name),
+                )
+                for s in below
+            ),
+            User(
+                who=f"hollow-edge simulator {simulator_name(site.region)}",
+                nkey=ids.simulators[site.region].public_key,
+                permissions=permissions.simulator(site.region, simulator_name(site.region)),
+            ),
+        ]
+    users = [own]
+    if site.server.mqtt_port is not None:
+        users.append(User(who="MQTT devices without credentials", name=DEVICES_USER, permissions=DEVICES))
+    return users
+
+
+def authorize(plan: FleetPlan, ids: FleetIdentities) -> FleetPlan:
+    """`plan` with each server admitting exactly its identities."""
+    sites = []
+    for site in plan.sites:
+        auth = Authorization(
+            users=tuple(_users(plan, site, ids)),
+            leaf_seed=ids.sites[site.name].seed() if site.upstream else None,
+            mqtt_anonymous=DEVICES_USER if site.server.mqtt_port is not None else None,
+        )
+        sites.append(replace(site, server=site.server.model_copy(update={"auth": auth})))
+    return replace(plan, sites=tuple(sites))
+
+
+def secure(plan: FleetPlan) -> FleetPlan:
+    return authorize(plan, ensure_identities(plan))
+
+
+def operator_creds(state_dir: Path, name: str = ADMIN) -> Path:
+    return state_dir / OPERATORS_DIR / f"{name}{identity.SEED_SUFFIX}"

@@ -1,0 +1,81 @@
+"""A site's or an operator's identity: an nkey pair generated where it is used.
+
+The seed (private key) is written once, mode 0600, and never copied anywhere else: servers
+above learn only the public key. A credentials file is either such a seed file (what `nats
+--nkey` reads) or a JWT `.creds` file (what `nats --creds` reads); `connect_options` tells them
+apart for nats-py.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nkeys
+from nacl.signing import SigningKey
+
+from fleetbus.errors import ConfigError
+
+SEED_SUFFIX = ".nk"
+JWT_MARKER = "-----BEGIN NATS USER JWT-----"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An nkey pair on disk: `seed_path` holds the seed, `public_key` is what others pin."""
+
+    name: str
+    seed_path: Path
+    public_key: str
+
+    def seed(self) -> str:
+        return self.seed_path.read_text().strip()
+
+
+def generate_seed() -> str:
+    """A fresh user nkey seed (`SU…`), from the operating system's random source."""
+    raw = bytes(SigningKey.generate())
+    return str(nkeys.encode_seed(raw, nkeys.PREFIX_BYTE_USER).decode())
+
+
+def public_key(seed: str) -> str:
+    try:
+        return str(nkeys.from_seed(seed.strip().encode()).public_key.decode())
+    except Exception as exc:  # nkeys raises its own error types and binascii errors alike
+        msg = f"not an nkey seed: {type(exc).__name__}"
+        raise ConfigError(msg) from exc
+
+
+def ensure(directory: Path, name: str) -> Identity:
+    """The identity `name` in `directory`, generated there on first use (seed mode 0600)."""
+    path = directory / f"{name}{SEED_SUFFIX}"
+    if not path.exists():
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(generate_seed() + "\n")
+    return load(path, name=name)
+
+
+def load(path: Path, *, name: str | None = None) -> Identity:
+    try:
+        seed = path.read_text()
+    except OSError as exc:
+        msg = f"cannot read the credentials file {path}: {exc.strerror or exc}"
+        raise ConfigError(msg) from exc
+    return Identity(name or path.stem, path, public_key(seed))
+
+
+def connect_options(creds: Path | None) -> dict[str, Any]:
+    """nats-py `connect()` options for a credentials file (nkey seed or JWT creds)."""
+    if creds is None:
+        return {}
+    try:
+        text = creds.read_text()
+    except OSError as exc:
+        msg = f"cannot read the credentials file {creds}: {exc.strerror or exc}; pass another with --creds"
+        raise ConfigError(msg) from exc
+    if JWT_MARKER in text:
+        return {"user_credentials": str(creds)}
+    public_key(text)  # a clear error now rather than an authorization violation later
+    return {"nkeys_seed": str(creds)}

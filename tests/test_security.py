@@ -1,0 +1,381 @@
+"""Attacks on a running dev fleet with the attacker's real credentials (docs/security.md).
+
+The attacker is root on an edge (it has the edge's key and controls the edge's own server),
+or holds a regional's key, or a dashboard's read-only key. Every refusal here comes from a
+nats-server: a permissions violation the server reports, or a message that never crosses a
+link. Each refused call is paired with the same call as the identity that may make it, so a
+refusal cannot come from a wrong subject name.
+"""
+
+import asyncio
+import secrets
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from fleetbus.devfleet import identities
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.runtime import identity
+from schemas import subjects
+from schemas.subjects import OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
+from tests.conftest import admin_creds, hub_args, running_fleet
+from tests.helpers import arun_cli, eventually
+
+pytestmark = pytest.mark.slow
+
+REGION, EDGE, OTHER = "r1", "r1-e1", "r1-e2"
+
+
+class Session:
+    """A connection as one identity, keeping what the server refused it."""
+
+    def __init__(self, nc: Client, refusals: list[str], domain: str) -> None:
+        self.nc = nc
+        self.refusals = refusals
+        self.domain = domain  # of the server it is connected to
+
+    async def publish_refused(self, subject: str, body: bytes = b"{}") -> bool:
+        """Publish, then tell whether the server refused it. The server reports violations in
+        order but not before the PONG of a flush that follows, so a subject no identity may
+        publish follows it, and its refusal is awaited."""
+        await self.nc.publish(subject, body)
+        return await self._refused_before_sentinel("publish", subject)
+
+    async def subscribe_refused(self, subject: str) -> bool:
+        await self.nc.subscribe(subject)
+        return await self._refused_before_sentinel("subscription", subject)
+
+    async def _refused_before_sentinel(self, what: str, subject: str) -> bool:
+        sentinel = f"nobody.may.{secrets.token_hex(4)}"
+        await self.nc.publish(sentinel, b"")
+        await self.nc.flush(timeout=5)
+        await eventually(lambda: _true(self._refused("publish", sentinel)), timeout=5, what="the sentinel")
+        return self._refused(what, subject)
+
+    def _refused(self, what: str, subject: str) -> bool:
+        # A server takes its own domain's API prefix off before it checks a client's subject.
+        own = f"{subjects.js_api_prefix(self.domain)}."
+        checked = subject.replace(own, "$JS.API.", 1) if subject.startswith(own) else subject
+        return any(f'permissions violation for {what} to "{checked.lower()}"' in r for r in self.refusals)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def session(url: str, creds: Path, inbox: str, domain: str) -> Session:
+    refusals: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        refusals.append(str(exc).lower())
+
+    nc = await nats.connect(
+        url,
+        nkeys_seed=str(creds),
+        inbox_prefix=subjects.inbox_prefix(inbox),
+        error_cb=on_error,
+        allow_reconnect=False,
+    )
+    return Session(nc, refusals, domain)
+
+
+class Attack:
+    """The fleet, and sessions as its identities (closed at the end)."""
+
+    def __init__(self, fleet: DevFleet) -> None:
+        self.fleet = fleet
+        self.plan = fleet.plan
+        self.sessions: list[Session] = []
+
+    async def at(self, server: str, *, creds: Path, inbox: str) -> Session:
+        s = await session(self.plan.site(server).server.client_url, creds, inbox, server)
+        self.sessions.append(s)
+        return s
+
+    async def as_site(self, site: str, *, at: str | None = None) -> Session:
+        """`site`'s own key, at its own server or (`at`) at the server above it."""
+        return await self.at(at or site, creds=self.plan.site(site).creds_path, inbox=site)
+
+    async def close(self) -> None:
+        for s in self.sessions:
+            await s.nc.close()
+
+
+@pytest.fixture
+async def attack(tmp_path: Path) -> AsyncIterator[Attack]:
+    async with running_fleet(tmp_path) as fleet:
+        a = Attack(fleet)
+        try:
+            # Desired state to steal and to destroy: a profile and each edge's own override.
+            profile = tmp_path / "base.yaml"
+            profile.write_text("name: base\nselector: {}\nspec: {config: {secret: s3cret}}\n")
+            assert (
+                await arun_cli("profile", "apply", "-f", str(profile), *hub_args(fleet.plan))
+            ).returncode == 0
+            for edge in (EDGE, OTHER):
+                patch = tmp_path / f"{edge}.yaml"
+                patch.write_text(f"config: {{pin: {edge}}}\n")
+                done = await arun_cli(
+                    "override", "set", edge, "-f", str(patch), "--reason", "test", *hub_args(fleet.plan)
+                )
+                assert done.returncode == 0, done.stderr
+            yield a
+        finally:
+            await a.close()
+
+
+async def _stream_subjects(nc: Client, stream: str, domain: str | None = None) -> int:
+    return (await nc.jetstream(domain=domain, timeout=2).stream_info(stream)).state.messages
+
+
+# --- nobody without a key ------------------------------------------------------------------
+
+
+def _raw_connect(port: int) -> str:
+    """Speak the protocol's CONNECT with no credentials to a port; the server's answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.recv(4096)  # INFO
+        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
+        return sock.recv(4096).decode()
+
+
+async def test_no_key_or_an_unknown_key_is_refused_on_every_port(attack):
+    stranger = identity.ensure(attack.plan.state_dir / "stranger", "stranger").seed_path
+    for site in attack.plan.sites:
+        url = site.server.client_url
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            await nats.connect(url, nkeys_seed=str(stranger), allow_reconnect=False)
+        if site.server.leaf_port is not None:
+            answer = await asyncio.to_thread(_raw_connect, site.server.leaf_port)
+            assert "Authorization Violation" in answer, (site.name, answer)
+    # Every key is known only to the servers it is meant for: an edge's key is a stranger
+    # at the hub, a regional's at an edge.
+    for site, at in ((EDGE, "hub"), (REGION, EDGE), (OTHER, EDGE)):
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            await nats.connect(
+                attack.plan.site(at).server.client_url,
+                nkeys_seed=str(attack.plan.site(site).creds_path),
+                allow_reconnect=False,
+            )
+
+
+async def test_an_operator_without_the_fleets_key_is_told_so(attack, tmp_path):
+    stranger = identity.ensure(tmp_path / "stranger", "me").seed_path
+    hub = attack.plan.site("hub").server.client_url
+    result = await arun_cli("profile", "ls", "--hub", hub, "--creds", str(stranger))
+    assert result.returncode != 0
+    assert "refused" in result.stderr, result.stderr
+    assert str(stranger) in result.stderr
+
+
+# --- a stolen edge key -----------------------------------------------------------------------
+
+
+async def test_a_stolen_edge_key_manages_no_stream_at_its_regional_or_the_hub(attack):
+    edge = await attack.as_site(EDGE, at=REGION)
+    regional = await attack.as_site(REGION)
+    hub = await attack.at("hub", creds=admin_creds(attack.plan), inbox="admin")
+    before = {
+        stream: await _stream_subjects(regional.nc, stream)
+        for stream in (kv_stream(PROFILES_BUCKET), kv_stream(OVERRIDES_BUCKET), subjects.EVENTS_STREAM)
+    }
+    hub_profiles = await _stream_subjects(hub.nc, kv_stream(PROFILES_BUCKET))
+    for domain in (REGION, "hub"):
+        api = subjects.js_api_prefix(domain)
+        for call in ("DELETE", "UPDATE", "PURGE"):
+            for stream in (kv_stream(PROFILES_BUCKET), subjects.EVENTS_STREAM):
+                subject = f"{api}.STREAM.{call}.{stream}"
+                assert await edge.publish_refused(subject), subject
+        assert await edge.publish_refused(f"{api}.STREAM.CREATE.EVIL")
+    # Nor the regional's own API without a domain, nor a bucket's subjects directly.
+    assert await edge.publish_refused(f"$JS.API.STREAM.DELETE.{kv_stream(PROFILES_BUCKET)}")
+    assert await edge.publish_refused(subjects.kv_subject(PROFILES_BUCKET, "base"))
+    assert await edge.publish_refused(subjects.kv_subject(OVERRIDES_BUCKET, f"edge.{OTHER}"))
+    after = {stream: await _stream_subjects(regional.nc, stream) for stream in before}
+    assert after == before
+    assert await _stream_subjects(hub.nc, kv_stream(PROFILES_BUCKET)) == hub_profiles
+    # What its leaf link may send is what its replicas need (test_an_edges_own_server_…).
+    assert not await edge.publish_refused(subjects.edge_heartbeat(REGION, EDGE))
+
+
+async def test_a_stolen_edge_key_speaks_only_for_its_own_edge(attack):
+    edge = await attack.as_site(EDGE, at=REGION)
+    for subject in (
+        subjects.edge_heartbeat(REGION, OTHER),
+        subjects.edge_inventory(REGION, OTHER),
+        subjects.edge_event(REGION, OTHER, "apply_result"),
+        subjects.edge_heartbeat("r2", EDGE),  # its own name in another region
+        subjects.regional_heartbeat(REGION),
+        subjects.hub_hello(),
+    ):
+        assert await edge.publish_refused(subject), subject
+    assert not await edge.publish_refused(subjects.edge_heartbeat(REGION, EDGE))
+
+
+async def test_a_stolen_edge_key_reads_no_other_edges_override_and_sees_no_other_traffic(attack):
+    edge = await attack.as_site(EDGE, at=REGION)
+    api = subjects.js_api_prefix(REGION)
+    overrides = kv_stream(OVERRIDES_BUCKET)
+    others = _override_subject(OTHER)
+    for subject in (
+        f"{api}.CONSUMER.CREATE.{overrides}.x.{others}",
+        f"{api}.CONSUMER.CREATE.{overrides}.x.$KV.{OVERRIDES_BUCKET}.>",
+        f"{api}.DIRECT.GET.{overrides}",
+        f"{api}.DIRECT.GET.{overrides}.{others}",
+        f"{api}.STREAM.MSG.GET.{overrides}",
+        f"{api}.STREAM.INFO.{overrides}",
+    ):
+        assert await edge.publish_refused(subject), subject
+    # An unfiltered create names only the stream; its body's filter is any key, so it is
+    # not allowed at all. (Its replica's own, filtered to its key, crosses its leaf link:
+    # test_an_edges_own_server_relays_nothing_its_key_may_not_send.)
+    assert await edge.publish_refused(f"{api}.CONSUMER.CREATE.{overrides}")
+    # Traffic: everything, another edge's subjects, the enrollment it could answer.
+    for subject in (">", "fleet.>", f"{subjects.edge_base(REGION, OTHER)}.>", subjects.region_enroll(REGION)):
+        assert await edge.subscribe_refused(subject), subject
+    assert not await edge.subscribe_refused(f"{subjects.edge_base(REGION, EDGE)}.>")
+
+
+async def _filtered_consumer(nc: Client, domain: str | None, stream: str, subject: str) -> Any:
+    """The last message on `subject` through a consumer filtered to it, created the way a
+    replica's source creates one (named, its filter in the request subject)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    js = nc.jetstream(domain=domain, timeout=3)
+    await js.add_consumer(
+        stream,
+        config=ConsumerConfig(
+            name=f"probe{secrets.token_hex(4)}",
+            filter_subject=subject,
+            deliver_subject=inbox,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=AckPolicy.NONE,
+            inactive_threshold=5.0,
+        ),
+    )
+    try:
+        return await sub.next_msg(timeout=5)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_an_edges_own_server_relays_nothing_its_key_may_not_send(attack):
+    """Root on an edge controls its server, whose leaf link carries the edge's key: what the
+    regional refuses to a client with that key, it drops from the link too."""
+    local = await attack.as_site(EDGE)  # everything is allowed on the edge's own server
+    regional = await attack.as_site(REGION)
+    seen: list[str] = []
+
+    async def record(msg: Any) -> None:
+        seen.append(msg.subject)
+
+    await regional.nc.subscribe(f"{subjects.PREFIX}.edge.{REGION}.>", cb=record)
+    await regional.nc.flush()
+    forged = subjects.edge_heartbeat(REGION, OTHER)
+    marker = subjects.edge_event(REGION, EDGE, "probe")
+    # The regional's subscription reaches the edge's server once the link carries its interest.
+    await eventually(
+        lambda: _published_and_seen(local.nc, marker, seen),
+        timeout=15,
+        what="the link up",
+    )
+    seen.clear()
+    await local.nc.publish(forged, b"{}")
+    await local.nc.publish(marker, b"{}")
+    await local.nc.flush()
+    # One link, in order: once the marker is through, the forged message would have been too.
+    await eventually(lambda: _seen(marker, seen), timeout=10, what="the marker")
+    assert forged not in seen
+    # JetStream across the link: what its replicas need is answered, the rest finds no one.
+    api = subjects.js_api_prefix(REGION)
+    overrides = kv_stream(OVERRIDES_BUCKET)
+    assert (await local.nc.request(f"{api}.INFO", b"", timeout=5)).data
+    own = await _filtered_consumer(local.nc, REGION, overrides, _override_subject(EDGE))
+    assert own.subject == _override_subject(EDGE)
+    assert EDGE.encode() in own.data
+    for subject in (
+        f"{api}.CONSUMER.CREATE.{overrides}.x.{_override_subject(OTHER)}",
+        f"{api}.CONSUMER.CREATE.{overrides}",
+        f"{api}.DIRECT.GET.{overrides}.{_override_subject(OTHER)}",
+        f"{api}.STREAM.DELETE.{kv_stream(PROFILES_BUCKET)}",
+        f"{api}.STREAM.PURGE.{subjects.EVENTS_STREAM}",
+        f"{subjects.js_api_prefix('hub')}.STREAM.DELETE.{kv_stream(PROFILES_BUCKET)}",
+        f"{subjects.js_api_prefix('hub')}.INFO",
+    ):
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+            await local.nc.request(subject, b"{}", timeout=2)
+    assert await _stream_subjects(regional.nc, kv_stream(PROFILES_BUCKET)) > 0
+
+
+def _override_subject(edge: str) -> str:
+    return subjects.kv_subject(OVERRIDES_BUCKET, subjects.override_key("edge", edge))
+
+
+async def _published_and_seen(nc: Client, subject: str, seen: list[str]) -> bool:
+    await nc.publish(subject, b"{}")
+    await nc.flush()
+    await asyncio.sleep(0.05)  # poll interval
+    return subject in seen
+
+
+async def _seen(subject: str, seen: list[str]) -> bool:
+    return subject in seen
+
+
+# --- a stolen regional key -------------------------------------------------------------------
+
+
+async def test_a_stolen_regional_key_writes_no_desired_state_and_speaks_only_for_its_region(attack):
+    regional = await attack.as_site(REGION, at="hub")
+    hub = await attack.at("hub", creds=admin_creds(attack.plan), inbox="admin")
+    profiles = kv_stream(PROFILES_BUCKET)
+    before = await _stream_subjects(hub.nc, profiles)
+    api = subjects.js_api_prefix("hub")
+    for subject in (
+        f"{api}.STREAM.DELETE.{profiles}",
+        f"{api}.STREAM.PURGE.{profiles}",
+        f"{api}.STREAM.UPDATE.{profiles}",
+        f"$JS.API.STREAM.DELETE.{profiles}",
+        subjects.kv_subject(PROFILES_BUCKET, "base"),
+        subjects.kv_subject(OVERRIDES_BUCKET, f"edge.{EDGE}"),
+        subjects.regional_heartbeat("r2"),
+        subjects.hub_hello(),
+    ):
+        assert await regional.publish_refused(subject), subject
+    assert await _stream_subjects(hub.nc, profiles) == before
+    assert not await regional.publish_refused(subjects.regional_heartbeat(REGION))
+
+
+# --- the read-only identity ------------------------------------------------------------------
+
+
+async def test_the_viewer_reads_every_bucket_and_changes_nothing(attack):
+    creds = identities.operator_creds(attack.plan.state_dir, identities.VIEWER)
+    viewer = await attack.at("hub", creds=creds, inbox="viewer")
+    kv = await viewer.nc.jetstream(timeout=3).key_value(PROFILES_BUCKET)
+    entry = await kv.get("base")
+    assert b"s3cret" in (entry.value or b"")
+    watched = await _filtered_consumer(
+        viewer.nc, None, kv_stream(OVERRIDES_BUCKET), subjects.kv_subject(OVERRIDES_BUCKET, ">")
+    )
+    assert watched is not None
+    profiles = kv_stream(PROFILES_BUCKET)
+    before = await _stream_subjects(viewer.nc, profiles)
+    for subject in (
+        subjects.edge_command(REGION, EDGE, "restart"),
+        subjects.kv_subject(PROFILES_BUCKET, "base"),
+        f"$JS.API.STREAM.DELETE.{profiles}",
+        f"$JS.API.STREAM.PURGE.{profiles}",
+        f"$JS.API.STREAM.MSG.DELETE.{profiles}",
+        f"$JS.API.CONSUMER.DELETE.{profiles}.x",
+    ):
+        assert await viewer.publish_refused(subject), subject
+    assert await _stream_subjects(viewer.nc, profiles) == before
