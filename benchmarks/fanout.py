@@ -115,7 +115,14 @@ async def idle_cpu(fleet: DevFleet, window: float) -> dict[str, float]:
 
 
 async def run_fleet(
-    label: str, edges_per_region: int, hollow: int, args: argparse.Namespace, *, beat: float, rounds: int
+    label: str,
+    edges_per_region: int,
+    hollow: int,
+    args: argparse.Namespace,
+    *,
+    beat: float,
+    rounds: int,
+    insecure: bool = False,
 ) -> tuple[list[float], float, dict[str, float] | None]:
     with tempfile.TemporaryDirectory() as tmp:
         ports = iter(free_ports(ports_needed(REGIONS, edges_per_region, mqtt=False) + REGIONS))
@@ -127,13 +134,14 @@ async def run_fleet(
             hollow=plan_hollow(plan, hollow, ports) if hollow else None,
             hollow_settings={"log_level": "warning", "start_rate": args.start_rate},
             settings={Tier.EDGE: {"log_level": "warning"}},
+            insecure=insecure,
         )
         edges = hollow or REGIONS * edges_per_region
         began = time.monotonic()
         await fleet.start()
         try:
             async with await FleetClient.connect(
-                plan.site("hub").server.client_url, creds=admin_creds(plan)
+                plan.site("hub").server.client_url, creds=None if insecure else admin_creds(plan)
             ) as client:
                 await eventually(
                     lambda: all_reported(client, edges), timeout=args.timeout, what=f"{edges} edges reporting"
@@ -146,7 +154,7 @@ async def run_fleet(
                     samples += took
                     p50, p99, top = summary(took)
                     print(f"    round {round_no}: p50 {p50:.2f}s p99 {p99:.2f}s max {top:.2f}s", flush=True)
-                cpu = await idle_cpu(fleet, args.idle_window) if hollow == args.idle_at else None
+                cpu = await idle_cpu(fleet, args.idle_window) if hollow and hollow == args.idle_at else None
                 return samples, up, cpu
         finally:
             await fleet.stop()
@@ -166,23 +174,53 @@ async def main() -> None:
     parser.add_argument("--idle-at", type=int, default=1000, help="hollow fleet whose idle CPU is measured")
     parser.add_argument("--idle-window", type=float, default=20.0, help="idle CPU window, s")
     parser.add_argument("--beats", default="5,1", help="heartbeat intervals (s) for the idle CPU runs")
+    parser.add_argument(
+        "--security",
+        choices=("on", "both"),
+        default="on",
+        help="both: each fleet also --insecure (no identities, no permissions), for the cost ratio",
+    )
     args = parser.parse_args()
     log.configure(level="warning")
     beats = [float(b) for b in args.beats.split(",") if b]
-    rows, cpu_rows = [], []
+    rows, cpu_rows, ratios = [], [], []
     fleets = [(f"{n} hollow", 0, n) for n in args.hollow]
     if args.real:
         fleets.append((f"{REGIONS * args.real} real", args.real, 0))
+
+    def shown(v: float) -> str:
+        return f"{v:.2f}" if v != float("inf") else "lost"
+
     for label, per_region, hollow in fleets:
+        if args.security == "both":
+            # The identity layer's cost: the same fleet without it, measured in this run.
+            plain, _, _ = await run_fleet(
+                f"{label} --insecure",
+                per_region,
+                hollow,
+                args,
+                beat=beats[0],
+                rounds=args.rounds,
+                insecure=True,
+            )
+            p50_plain, p99_plain, top_plain = summary(plain)
+            rows.append(
+                [
+                    f"{label} --insecure",
+                    str(len(plain)),
+                    shown(p50_plain),
+                    shown(p99_plain),
+                    shown(top_plain),
+                    "",
+                ]
+            )
         samples, filled, cpu = await run_fleet(
             label, per_region, hollow, args, beat=beats[0], rounds=args.rounds
         )
         p50, p99, top = summary(samples)
-
-        def shown(v: float) -> str:
-            return f"{v:.2f}" if v != float("inf") else "lost"
-
         rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), f"{filled:.1f}"])
+        if args.security == "both":
+            ratios.append([label, f"{p50 / p50_plain:.2f}", f"{p99 / p99_plain:.2f}"])
         if cpu is not None:
             cpu_rows.append((beats[0], cpu))
             for beat in beats[1:]:
@@ -191,6 +229,9 @@ async def main() -> None:
                     cpu_rows.append((beat, more))
     lines = [f"Profile fan-out over {REGIONS} regionals, {args.rounds} profile changes per fleet:", ""]
     lines += table(["edges", "samples", "p50 s", "p99 s", "max s", "all reporting, s after start"], rows)
+    if ratios:
+        lines += ["", "Cost of identities and permissions (secure / --insecure, same run):", ""]
+        lines += table(["edges", "p50 ratio", "p99 ratio"], ratios)
     if cpu_rows:
         roles = list(cpu_rows[0][1])
         lines += ["", f"Idle CPU (% of one core, summed per role) with {args.idle_at} hollow edges:", ""]
