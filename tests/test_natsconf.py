@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from fleetbus.core import permissions
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.natsconf import ServerSpec, render
 from fleetbus.devfleet.plan import plan_fleet
 from fleetbus.devfleet.servers import find_binary
@@ -14,12 +15,22 @@ from schemas.heartbeat import Tier
 from tests.helpers import ROOT
 
 
-def test_every_tier_renders_a_config_nats_server_accepts(tmp_path: Path):
+@pytest.mark.parametrize("secured", [True, False], ids=["secured", "insecure"])
+def test_every_tier_renders_a_config_nats_server_accepts(tmp_path: Path, secured: bool):
     plan = plan_fleet(tmp_path, regions=1, edges=1, ports=iter(range(20000, 20100)), mqtt=True)
+    plan = identities.secure(plan) if secured else plan
     assert [s.tier for s in plan.sites] == [Tier.HUB, Tier.REGIONAL, Tier.EDGE]
     for site in plan.sites:
         path = tmp_path / f"{site.name}.conf"
-        path.write_text(render(site.server))
+        text = render(site.server)
+        # Secured: users with permissions, TLS on every leaf link; else the loud warning.
+        assert ("authorization {" in text) is secured
+        assert ("INSECURE" in text) is not secured
+        if secured and site.tier is not Tier.EDGE:
+            assert "verify: true" in text
+        if secured and site.upstream:
+            assert "ca_file:" in text.split("remotes")[1]
+        path.write_text(text)
         result = subprocess.run(
             [str(find_binary()), "-t", "-c", str(path)], capture_output=True, text=True, check=False
         )

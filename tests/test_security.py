@@ -10,6 +10,7 @@ refusal cannot come from a wrong subject name.
 import asyncio
 import secrets
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from fleetbus.devfleet import identities
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.runtime import identity
+from fleetbus.runtime import identity, pki
 from schemas import subjects
 from schemas.subjects import OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
 from tests.conftest import admin_creds, hub_args, running_fleet
@@ -137,12 +138,51 @@ async def _stream_subjects(nc: Client, stream: str, domain: str | None = None) -
 # --- nobody without a key ------------------------------------------------------------------
 
 
-def _raw_connect(port: int) -> str:
-    """Speak the protocol's CONNECT with no credentials to a port; the server's answer."""
+def _raw_connect(port: int, tls: ssl.SSLContext | None = None) -> str:
+    """Speak the protocol's CONNECT with no credentials to a leaf port (in TLS if `tls`); the
+    server's answer, or the TLS error."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.recv(4096)  # INFO
-        sock.sendall(b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n')
-        return sock.recv(4096).decode()
+        sock.recv(4096)  # INFO, in plaintext: the upgrade to TLS follows it
+        hello = b'CONNECT {"verbose":false,"pedantic":false}\r\nPING\r\n'
+        if tls is None:
+            sock.sendall(hello)
+            return sock.recv(4096).decode()
+        try:
+            with tls.wrap_socket(sock, server_hostname="127.0.0.1") as secured:
+                secured.sendall(hello)
+                return secured.recv(4096).decode()
+        except ssl.SSLError as exc:
+            return f"TLS: {exc.reason}"
+
+
+def _tls_context(ca: Path, cert: pki.CertFiles | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(ca))
+    if cert is not None:
+        context.load_cert_chain(cert.cert, cert.key)
+    return context
+
+
+async def test_leaf_ports_take_only_tls_with_a_certificate_of_the_fleet_ca(attack, tmp_path):
+    ca = identities.ca_cert(attack.plan.state_dir)
+    edge_dir = attack.plan.site(EDGE).creds_path.parent
+    own = pki.CertFiles(edge_dir / "tls.pem", edge_dir / "tls-key.pem", ca)
+    other_ca = pki.ensure_ca(tmp_path / "other-ca")
+    mallory = pki.ensure_site_cert(other_ca, tmp_path / "mallory", EDGE, ("127.0.0.1",))
+    for site in (s for s in attack.plan.sites if s.server.leaf_port is not None):
+        port = site.server.leaf_port
+        assert port is not None
+        tries = {
+            "plaintext": None,
+            "no certificate": _tls_context(ca, None),
+            "another CA's certificate": _tls_context(ca, mallory),
+            "the fleet CA's certificate": _tls_context(ca, own),
+        }
+        answers = {what: await asyncio.to_thread(_raw_connect, port, tls) for what, tls in tries.items()}
+        assert answers["plaintext"] == "", answers  # closed: TLS is required
+        assert answers["no certificate"] == "TLS: TLSV13_ALERT_CERTIFICATE_REQUIRED", answers
+        assert answers["another CA's certificate"] == "TLS: TLSV1_ALERT_UNKNOWN_CA", answers
+        # A certificate gets TLS, not a link: the key is still asked for.
+        assert "Authorization Violation" in answers["the fleet CA's certificate"], answers
 
 
 async def test_no_key_or_an_unknown_key_is_refused_on_every_port(attack):
@@ -153,9 +193,6 @@ async def test_no_key_or_an_unknown_key_is_refused_on_every_port(attack):
             await nats.connect(url, allow_reconnect=False, max_reconnect_attempts=0)
         with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
             await nats.connect(url, nkeys_seed=str(stranger), allow_reconnect=False)
-        if site.server.leaf_port is not None:
-            answer = await asyncio.to_thread(_raw_connect, site.server.leaf_port)
-            assert "Authorization Violation" in answer, (site.name, answer)
     # Every key is known only to the servers it is meant for: an edge's key is a stranger
     # at the hub, a regional's at an edge.
     for site, at in ((EDGE, "hub"), (REGION, EDGE), (OTHER, EDGE)):

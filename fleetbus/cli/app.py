@@ -20,7 +20,10 @@ import fleetbus
 from fleetbus.cli import dev, device, profiles, sim, sites, view
 from fleetbus.cli.kit import Creds, HubUrl, StateDir, check_range, connect, err, out
 from fleetbus.deploy.compose import write_compose
+from fleetbus.devfleet import identities
+from fleetbus.devfleet import state as fleet_state
 from fleetbus.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, ConflictError, FleetbusError, exit_code
+from fleetbus.runtime import pki
 from fleetbus.sdk.client import CREDS_ENV, DEFAULT_TIMEOUT, TIMEOUT_ENV
 from schemas.export import write_json_schemas
 
@@ -41,6 +44,8 @@ app.command("sim")(sim.sim)
 app.add_typer(device.device_app, name="device")
 app.add_typer(sites.edge_app, name="edge")
 app.add_typer(sites.region_app, name="region")
+pki_app = typer.Typer(help="The fleet's certificate authority (TLS on the leaf links).", no_args_is_help=True)
+app.add_typer(pki_app, name="pki")
 
 
 def _show_version(wanted: bool) -> None:
@@ -107,6 +112,23 @@ def compose_render(
 ) -> None:
     """Render docker-compose.yml and deploy/compose/*.conf (the container dev fleet)."""
     _write_files(f"compose files under {root}", lambda: write_compose(root))
+
+
+@pki_app.command("init")
+def pki_init(
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Where the CA lives. [default: <state dir>/pki, what `dev up` uses]"),
+    ] = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Create the fleet's CA (kept if it exists): its certificate verifies every site's, its
+    key (mode 0600) signs them. `fleetbus dev up` does this by itself."""
+    where = directory or (state_dir or fleet_state.default_state_dir()) / identities.PKI_DIR
+    existed = (where / pki.CA_CERT).exists()
+    cert = pki.ensure_ca(where)
+    out.print(f"{'kept' if existed else 'created'} the fleet CA: {cert}", soft_wrap=True, highlight=False)
+    out.print(f"its key: {where / pki.CA_KEY} (keep it off the sites)", soft_wrap=True, highlight=False)
 
 
 @app.command("info")

@@ -11,13 +11,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleetbus.core import permissions
-from fleetbus.devfleet.natsconf import Authorization, User
+from fleetbus.devfleet.natsconf import Authorization, LinkTls, User
 from fleetbus.devfleet.plan import FleetPlan, SitePlan
-from fleetbus.runtime import identity
+from fleetbus.runtime import identity, pki
 from fleetbus.runtime.identity import Identity
 from schemas.heartbeat import Tier
 
 OPERATORS_DIR = "operators"
+PKI_DIR = "pki"
 ADMIN = "admin"
 VIEWER = "viewer"
 SITE_KEY = "site"
@@ -41,6 +42,7 @@ class FleetIdentities:
     admin: Identity
     viewer: Identity
     simulators: dict[str, Identity]  # by region
+    tls: dict[str, pki.CertFiles]  # by site
 
 
 def _ensure(path: Path) -> Path:
@@ -48,13 +50,24 @@ def _ensure(path: Path) -> Path:
     return path
 
 
+def ca_cert(state_dir: Path) -> Path:
+    """The fleet CA's certificate (`fleetbus pki init`), created on first use."""
+    return pki.ensure_ca(state_dir / PKI_DIR)
+
+
 def simulator_creds(state_dir: Path, region: str) -> Path:
     return simulator_workdir(state_dir, region) / "identity" / f"{SITE_KEY}{identity.SEED_SUFFIX}"
+
+
+def _hosts(site: SitePlan) -> tuple[str, ...]:
+    """What the tier below may dial to reach `site` (directly or through a proxy here)."""
+    return (site.server.host, "localhost", site.name)
 
 
 def ensure_identities(plan: FleetPlan) -> FleetIdentities:
     """Every identity `plan` needs, generated where it is used if not there yet."""
     operators = plan.state_dir / OPERATORS_DIR
+    ca = ca_cert(plan.state_dir)
     return FleetIdentities(
         sites={s.name: identity.load(_ensure(s.creds_path), name=s.name) for s in plan.sites},
         admin=identity.ensure(operators, ADMIN),
@@ -63,6 +76,7 @@ def ensure_identities(plan: FleetPlan) -> FleetIdentities:
             s.region: identity.load(_ensure(simulator_creds(plan.state_dir, s.region)))
             for s in plan.by_tier(Tier.REGIONAL)
         },
+        tls={s.name: pki.ensure_site_cert(ca, s.creds_path.parent, s.name, _hosts(s)) for s in plan.sites},
     )
 
 
@@ -110,10 +124,12 @@ def authorize(plan: FleetPlan, ids: FleetIdentities) -> FleetPlan:
     """`plan` with each server admitting exactly its identities."""
     sites = []
     for site in plan.sites:
+        tls = ids.tls[site.name]
         auth = Authorization(
             users=tuple(_users(plan, site, ids)),
             leaf_seed=ids.sites[site.name].seed() if site.upstream else None,
             mqtt_anonymous=DEVICES_USER if site.server.mqtt_port is not None else None,
+            tls=LinkTls(cert=tls.cert, key=tls.key, ca=tls.ca),
         )
         sites.append(replace(site, server=site.server.model_copy(update={"auth": auth})))
     return replace(plan, sites=tuple(sites))

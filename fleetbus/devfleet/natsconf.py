@@ -28,6 +28,28 @@ class User(BaseModel):
     permissions: Permissions | None = None
 
 
+class LinkTls(BaseModel):
+    """Paths of a site's TLS certificate and key, and of the CA that verifies its peers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cert: PurePath
+    key: PurePath
+    ca: PurePath
+
+
+def _tls_block(tls: LinkTls, indent: str, *, verify: bool) -> list[str]:
+    return [
+        f"{indent}tls {{",
+        f"{indent}  cert_file: {_q(str(tls.cert))}",
+        f"{indent}  key_file: {_q(str(tls.key))}",
+        f"{indent}  ca_file: {_q(str(tls.ca))}",
+        *([f"{indent}  verify: true"] if verify else []),
+        f"{indent}  timeout: 2",
+        f"{indent}}}",
+    ]
+
+
 class Authorization(BaseModel):
     """Who may connect to a site's server, and as whom it links to the tier above."""
 
@@ -38,6 +60,9 @@ class Authorization(BaseModel):
     leaf_seed: str | None = None
     # The user an MQTT client without credentials is taken for (None: refused).
     mqtt_anonymous: str | None = None
+    # The site's certificate, key and the fleet CA: leaf links are TLS both ways, each end
+    # verifying the other's certificate (None: leaf links in plaintext).
+    tls: LinkTls | None = None
 
 
 class ServerSpec(BaseModel):
@@ -189,6 +214,14 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
                 "  # Leaves must keep using the URL they were given (a proxy, a load balancer):",
                 "  # never gossip this server's own addresses to them.",
                 "  no_advertise: true",
+                *(
+                    [
+                        "  # TLS only; a leaf must present a certificate of the fleet CA.",
+                        *_tls_block(spec.auth.tls, "  ", verify=True),
+                    ]
+                    if spec.auth and spec.auth.tls
+                    else []
+                ),
             ]
         if spec.upstream:
             urls = ", ".join(_q(u) for u in spec.upstream)
@@ -206,6 +239,14 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
                         f"      nkey: {_q(spec.auth.leaf_seed)}",
                     ]
                     if spec.auth and spec.auth.leaf_seed
+                    else []
+                ),
+                *(
+                    [
+                        "      # TLS: the upstream's certificate is verified against the fleet CA.",
+                        *_tls_block(spec.auth.tls, "      ", verify=False),
+                    ]
+                    if spec.auth and spec.auth.tls
                     else []
                 ),
                 "      # Site-local subjects (devices, MQTT internals, JetStream advisories)",
