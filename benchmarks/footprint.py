@@ -32,13 +32,10 @@ from tests.helpers import eventually
 MB = 2**20
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--edges", type=int, default=3, help="edges in the fleet")
-    parser.add_argument("--settle", type=float, default=20.0, help="s after every edge reports")
-    parser.add_argument("--window", type=float, default=30.0, help="CPU window, s")
-    args = parser.parse_args()
-    log.configure(level="warning")
+async def measure(
+    args: argparse.Namespace, *, insecure: bool
+) -> tuple[dict[str, int], dict[str, float], list[str]]:
+    """RSS and CPU per process of one fleet (and the bare server beside it), and its edges."""
     with tempfile.TemporaryDirectory() as tmp:
         ports = iter(free_ports(ports_needed(1, args.edges, mqtt=False) + 2))
         plan = plan_fleet(Path(tmp), 1, args.edges, ports)
@@ -53,13 +50,13 @@ async def main() -> None:
             ),
             Path(tmp) / "bare",
         )
-        fleet = DevFleet(plan, progress=lambda _line: None)
+        fleet = DevFleet(plan, progress=lambda _line: None, insecure=insecure)
         await fleet.start()
         await bare.start()
         try:
             edges = [s.name for s in plan.by_tier(Tier.EDGE)]
             async with await FleetClient.connect(
-                plan.site("hub").server.client_url, creds=admin_creds(plan)
+                plan.site("hub").server.client_url, creds=None if insecure else admin_creds(plan)
             ) as client:
 
                 async def all_reported() -> bool:
@@ -79,29 +76,57 @@ async def main() -> None:
         finally:
             await bare.stop()
             await fleet.stop()
+    return rss, used, edges
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edges", type=int, default=3, help="edges in the fleet")
+    parser.add_argument("--settle", type=float, default=20.0, help="s after every edge reports")
+    parser.add_argument("--window", type=float, default=30.0, help="CPU window, s")
+    parser.add_argument(
+        "--security",
+        choices=("on", "both"),
+        default="on",
+        help="both: also a fleet --insecure (no identities, permissions or TLS), for the cost ratio",
+    )
+    args = parser.parse_args()
+    log.configure(level="warning")
     rows = []
-    for role, label in (("daemon", "edge daemon"), ("server", "edge nats-server")):
-        names = [n for n in known if n.startswith(role)]
-        mean_rss = sum(rss[n] for n in names) / len(names) / MB
-        mean_cpu = sum(used[n] for n in names) / len(names)
+    means: dict[tuple[str, bool], tuple[float, float]] = {}
+    for insecure in (False, True) if args.security == "both" else (False,):
+        rss, used, edges = await measure(args, insecure=insecure)
+        suffix = " --insecure" if insecure else ""
+        for role, label in (("daemon", "edge daemon"), ("server", "edge nats-server")):
+            names = [n for n in rss if n.startswith(role)]
+            mean_rss = sum(rss[n] for n in names) / len(names) / MB
+            mean_cpu = sum(used[n] for n in names) / len(names)
+            means[(role, insecure)] = (mean_rss, mean_cpu)
+            rows.append(
+                [
+                    label + suffix,
+                    f"{mean_rss:.1f}",
+                    f"{max(rss[n] for n in names) / MB:.1f}",
+                    f"{mean_cpu:.2f}",
+                    f"{max(used[n] for n in names):.2f}",
+                ]
+            )
         rows.append(
             [
-                label,
-                f"{mean_rss:.1f}",
-                f"{max(rss[n] for n in names) / MB:.1f}",
-                f"{mean_cpu:.2f}",
-                f"{max(used[n] for n in names):.2f}",
+                f"bare nats-server (JetStream, empty){suffix and ' beside it'}",
+                f"{rss['bare'] / MB:.1f}",
+                "",
+                f"{used['bare']:.2f}",
+                "",
             ]
         )
-    rows.append(
-        ["bare nats-server (JetStream, empty)", f"{rss['bare'] / MB:.1f}", "", f"{used['bare']:.2f}", ""]
-    )
     title = f"Edge footprint, {len(edges)} idle edges (5 s beats and scans), CPU over {args.window:g} s:"
-    lines = [
-        title,
-        "",
-        *table(["process", "RSS MB", "worst", "CPU % of a core", "worst"], rows),
-    ]
+    lines = [title, "", *table(["process", "RSS MB", "worst", "CPU % of a core", "worst"], rows)]
+    if args.security == "both":
+        ratio_rows = [
+            [role, f"{means[(role, False)][0] / means[(role, True)][0]:.2f}"] for role in ("daemon", "server")
+        ]
+        lines += ["", "Secure / --insecure, same run:", "", *table(["edge", "RSS ratio"], ratio_rows)]
     append_results("Edge footprint", lines)
 
 

@@ -6,7 +6,8 @@
 Two real dev fleets run side by side (1 hub, 2 regions; servers and daemons as processes, a TCP
 proxy on every leaf link, heartbeats every 5 s): one with heal acceleration (the default), one
 with `heal_acceleration = false` at every tier, which leaves catch-up to nats-server's own source
-retry back-off: the baseline, measured in the same run.
+retry back-off: the baseline, measured in the same run. `--modes on,insecure` instead runs the
+accelerated fleet with and without identities, permissions and TLS (the cost of them).
 
 In each fleet, edge i of r1 has its uplink cut again and again for `--edge-cuts`[i] seconds, and
 r2's uplink (the whole region) is cut in turn for each of `--region-cuts` seconds, until the
@@ -95,7 +96,7 @@ class Run:
             )
             expected[edge] = (await self.client.explain(edge))[0].hash
             url = self.fleet.plan.site(edge).server.client_url
-            creds = self.fleet.plan.site(edge).creds_path
+            creds = None if self.fleet.insecure else self.fleet.plan.site(edge).creds_path
             event_id = await emit_event(url, region, edge, creds=creds, data={"heal": marker})
             if event_id is None:
                 msg = f"{edge}'s own stream did not acknowledge an event"
@@ -141,7 +142,8 @@ class Run:
 
 
 async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
-    accelerate = mode == "on"
+    accelerate = mode != "off"
+    insecure = mode == "insecure"  # accelerated, without identities, permissions or TLS
     edges_r1 = len(args.edge_cuts)
     settings: dict[Tier, dict[str, object]] = {
         tier: {"heal_acceleration": accelerate} for tier in (Tier.HUB, Tier.REGIONAL, Tier.EDGE)
@@ -149,11 +151,17 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
     with tempfile.TemporaryDirectory() as tmp:
         ports = iter(free_ports(ports_needed(2, edges_r1, mqtt=False, links=True)))
         plan = plan_fleet(Path(tmp), 2, edges_r1, ports, links=True)
-        fleet = DevFleet(plan, heartbeat_interval=args.heartbeat, progress=lambda _l: None, settings=settings)
+        fleet = DevFleet(
+            plan,
+            heartbeat_interval=args.heartbeat,
+            progress=lambda _l: None,
+            settings=settings,
+            insecure=insecure,
+        )
         await fleet.start()
         try:
             async with await FleetClient.connect(
-                plan.site("hub").server.client_url, creds=admin_creds(plan)
+                plan.site("hub").server.client_url, creds=None if insecure else admin_creds(plan)
             ) as client:
                 run = Run(mode, fleet, client, args.timeout, args.fault)
                 edges = {r: [(r, f"{r}-e{i}") for i in range(1, edges_r1 + 1)] for r in ("r1", "r2")}
@@ -177,21 +185,31 @@ async def run_mode(mode: str, args: argparse.Namespace) -> list[Sample]:
             await fleet.stop()
 
 
+def _ratio(p99s: dict[str, float], a: str, b: str) -> str:
+    return f"x{p99s[a] / p99s[b]:.2f}" if {a, b} <= p99s.keys() and p99s[b] else "-"
+
+
+MODES = {"on": "with acceleration", "off": "nats-server alone", "insecure": "accelerated, --insecure"}
+
+
 def report(samples: list[Sample], timeout: float, fault: str) -> list[str]:
     groups: dict[tuple[str, float], dict[str, list[float | None]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
         groups[(s.tier, s.cut_s)][s.mode].append(s.converge_s)
     head = f"{'n':>3} {'p50':>7} {'p99':>7} {'max':>6}"
+    present = [m for m in MODES if any(m in modes for modes in groups.values())]
     lines = [
         f"Heal-to-converge after a {fault} (s from heal until the hub shows every edge converged):",
         "",
         "```",
-        f"{'tier':<7} {fault[:6]:>6} | {'with acceleration':^26} | {'nats-server alone':^26} | p99 ratio",
-        f"{'':<7} {'':>6} | {head} | {head} |",
+        f"{'tier':<7} {fault[:6]:>6} | "
+        + " | ".join(f"{MODES[m]:^26}" for m in present)
+        + " | p99 off/on | p99 on/insecure",
+        f"{'':<7} {'':>6} | " + " | ".join(head for _ in present) + " |",
     ]
     for (tier, cut), modes in sorted(groups.items()):
         cells, p99s = [], {}
-        for mode in ("on", "off"):
+        for mode in present:
             values = modes.get(mode, [])
             done = [v for v in values if v is not None]
             missed = len(values) - len(done)
@@ -202,8 +220,8 @@ def report(samples: list[Sample], timeout: float, fault: str) -> list[str]:
             p99s[mode] = worst
             shown = f">{timeout:g}" if missed else f"{worst:.2f}"
             cells.append(f"{len(values):>3} {statistics.median(done):>7.2f} {shown:>7} {max(done):>6.2f}")
-        ratio = f"x{p99s['off'] / p99s['on']:.1f}" if {"on", "off"} <= p99s.keys() and p99s["on"] else "-"
-        lines.append(f"{tier:<7} {cut:>5g}s | {cells[0]} | {cells[1]} | {ratio}")
+        ratios = " | ".join(_ratio(p99s, a, b) for a, b in (("off", "on"), ("on", "insecure")))
+        lines.append(f"{tier:<7} {cut:>5g}s | " + " | ".join(cells) + f" | {ratios}")
     noticed = sorted((s.tier, s.cut_s, s.noticed_s) for s in samples if s.noticed_s is not None)
     if noticed:
         lines += ["", "Loss shown at the hub (s from the fault until no edge behind it was online):"]
@@ -224,7 +242,11 @@ async def main() -> None:
     parser.add_argument("--region-cuts", type=seconds_list, default=[5, 60], help="s, in turn")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="heartbeat interval, s (every tier)")
     parser.add_argument("--timeout", type=float, default=200.0, help="give up on one convergence after, s")
-    parser.add_argument("--modes", default="on,off", help="on (accelerated), off (nats-server alone)")
+    parser.add_argument(
+        "--modes",
+        default="on,off",
+        help="on (accelerated), off (nats-server alone), insecure (accelerated, no identities: their cost)",
+    )
     parser.add_argument("--fault", choices=("cut", "blackhole"), default="cut", help="how the link fails")
     args = parser.parse_args()
     log.configure(level="warning")
