@@ -65,9 +65,11 @@ async def connect_as(plan: FleetPlan, site: str, **options: Any) -> Client:
 
 
 @contextlib.asynccontextmanager
-async def running_chain(tmp_path: Path, regions: int, edges: int) -> AsyncIterator[Chain]:
+async def running_chain(
+    tmp_path: Path, regions: int, edges: int, *, mqtt: bool = False
+) -> AsyncIterator[Chain]:
     ports = iter(free_ports(64))
-    running = Chain(plan_fleet(tmp_path / "fleet", regions, edges, ports))
+    running = Chain(plan_fleet(tmp_path / "fleet", regions, edges, ports, mqtt=mqtt))
     try:
         await running.start()
         yield running

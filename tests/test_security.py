@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import nats
 import pytest
 from nats.aio.client import Client
@@ -25,7 +26,7 @@ from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.runtime import identity, pki
 from schemas import subjects
 from schemas.subjects import OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
-from tests.conftest import admin_creds, hub_args, running_fleet
+from tests.conftest import admin_creds, hub_args, running_chain, running_fleet
 from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
@@ -416,3 +417,36 @@ async def test_the_viewer_reads_every_bucket_and_changes_nothing(attack):
     ):
         assert await viewer.publish_refused(subject), subject
     assert await _stream_subjects(viewer.nc, profiles) == before
+
+
+# --- a device on the store LAN ---------------------------------------------------------------
+
+
+async def test_an_anonymous_device_reaches_devices_subjects_only(tmp_path):
+    """No MQTT credentials: the `devices` user, on the MQTT listener only (docs/security.md#devices)."""
+    async with running_chain(tmp_path, 1, 1, mqtt=True) as chain:
+        edge = chain.plan.site(EDGE).server
+        assert edge.mqtt_port is not None
+        # The same name and an empty password on the client port: refused.
+        with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
+            await nats.connect(edge.client_url, user="devices", password="", allow_reconnect=False)
+        local = await chain.connect(EDGE)
+        seen: list[str] = []
+
+        async def record(msg: Any) -> None:
+            seen.append(msg.subject)
+
+        try:
+            await local.subscribe(">", cb=record)
+            await local.flush()
+            forged = subjects.edge_heartbeat(REGION, EDGE)
+            async with aiomqtt.Client("127.0.0.1", edge.mqtt_port, identifier="sensor-9") as device:
+                await device.publish(forged.replace(".", "/"), b"{}", qos=1)
+                await device.publish("devices/sensor-9/telemetry", b"{}", qos=1)
+            # In order from one device: once its reading is through, the forged one would be.
+            await eventually(
+                lambda: _seen("devices.sensor-9.telemetry", seen), timeout=10, what="the device's reading"
+            )
+            assert forged not in seen
+        finally:
+            await local.close()

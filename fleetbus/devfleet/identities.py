@@ -116,7 +116,16 @@ def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities) -> list[User]:
         ]
     users = [own]
     if site.server.mqtt_port is not None:
-        users.append(User(who="MQTT devices without credentials", name=DEVICES_USER, permissions=DEVICES))
+        # Only on the MQTT listener: on the client port this name and an empty password
+        # would otherwise be an anonymous login (tests/test_security.py).
+        users.append(
+            User(
+                who="MQTT devices without credentials",
+                name=DEVICES_USER,
+                permissions=DEVICES,
+                connection_types=("MQTT",),
+            )
+        )
     return users
 
 

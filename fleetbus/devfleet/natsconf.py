@@ -26,6 +26,9 @@ class User(BaseModel):
     name: str | None = None
     password: str | None = None
     permissions: Permissions | None = None
+    # Which listeners may admit it (nats-server's `allowed_connection_types`, e.g. "MQTT");
+    # empty: any.
+    connection_types: tuple[str, ...] = ()
 
 
 class LinkTls(BaseModel):
@@ -150,6 +153,8 @@ def _user(user: User) -> list[str]:
         fields.append(f"nkey: {_q(user.nkey)}")
     if user.name:
         fields += [f"user: {_q(user.name)}", f"password: {_q(user.password or '')}"]
+    if user.connection_types:
+        fields.append(f"allowed_connection_types: {_subjects(user.connection_types)}")
     if user.permissions is not None:
         allow = user.permissions
         fields.append(
