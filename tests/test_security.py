@@ -310,24 +310,25 @@ async def test_an_edges_own_server_relays_nothing_its_key_may_not_send(attack):
     regional refuses to a client with that key, it drops from the link too."""
     local = await attack.as_site(EDGE)  # everything is allowed on the edge's own server
     regional = await attack.as_site(REGION)
-    seen: list[str] = []
+    seen: list[tuple[str, bytes]] = []
 
     async def record(msg: Any) -> None:
-        seen.append(msg.subject)
+        seen.append((msg.subject, msg.data))
 
     await regional.nc.subscribe(f"{subjects.PREFIX}.edge.{REGION}.>", cb=record)
     await regional.nc.flush()
-    forged = subjects.edge_heartbeat(REGION, OTHER)
-    marker = subjects.edge_event(REGION, EDGE, "probe")
+    # The real OTHER edge publishes its own heartbeats on this subject: the forgery is told
+    # apart by its body.
+    forged = (subjects.edge_heartbeat(REGION, OTHER), b'{"forged":"%s"}' % secrets.token_hex(4).encode())
+    marker = (subjects.edge_event(REGION, EDGE, "probe"), b'{"marker":"%s"}' % secrets.token_hex(4).encode())
     # The regional's subscription reaches the edge's server once the link carries its interest.
     await eventually(
-        lambda: _published_and_seen(local.nc, marker, seen),
+        lambda: _published_and_seen(local.nc, marker[0], seen),
         timeout=15,
         what="the link up",
     )
-    seen.clear()
-    await local.nc.publish(forged, b"{}")
-    await local.nc.publish(marker, b"{}")
+    await local.nc.publish(*forged)
+    await local.nc.publish(*marker)
     await local.nc.flush()
     # One link, in order: once the marker is through, the forged message would have been too.
     await eventually(lambda: _seen(marker, seen), timeout=10, what="the marker")
@@ -357,15 +358,15 @@ def _override_subject(edge: str) -> str:
     return subjects.kv_subject(OVERRIDES_BUCKET, subjects.override_key("edge", edge))
 
 
-async def _published_and_seen(nc: Client, subject: str, seen: list[str]) -> bool:
+async def _published_and_seen(nc: Client, subject: str, seen: list[tuple[str, bytes]]) -> bool:
     await nc.publish(subject, b"{}")
     await nc.flush()
     await asyncio.sleep(0.05)  # poll interval
-    return subject in seen
+    return any(got == subject for got, _ in seen)
 
 
-async def _seen(subject: str, seen: list[str]) -> bool:
-    return subject in seen
+async def _seen(message: tuple[str, bytes], seen: list[tuple[str, bytes]]) -> bool:
+    return message in seen
 
 
 # --- a stolen regional key -------------------------------------------------------------------
