@@ -3,12 +3,13 @@
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from edge import streams
 from edge.devices import DeviceGateway, DeviceRegistry
 from edge.drivers import ClusterDriver, Driver
 from edge.drivers.local import LocalDriver
-from edge.enrollment import enroll, enrolled_before
+from edge.enrollment import enroll, enrolled_before, join, joined_before, machine_id, read_token
 from edge.inventory import InventoryPublisher, host_facts
 from edge.reconciler import Reconciler
 from edge.telemetry import TelemetryForwarder
@@ -19,6 +20,7 @@ from fleetbus.nats.backlog import BacklogMeter, Uplink
 from fleetbus.nats.bus import store_event
 from fleetbus.nats.provisioning import ensure_stream
 from fleetbus.nats.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
+from fleetbus.runtime import identity
 from fleetbus.runtime.settings import EdgeSettings
 from schemas import subjects
 from schemas.event import EventKind
@@ -56,7 +58,20 @@ async def run(settings: EdgeSettings) -> None:
                 for replica in replicas:
                     await replica.kick(from_domain(region))
 
+        token = read_token(settings.enroll_token, settings.enroll_token_file)
+
         async def enrollment() -> None:
+            if token and not joined_before(settings.state_dir, token):
+                settings.state_dir.mkdir(parents=True, exist_ok=True)
+                await join(
+                    token,
+                    region=region,
+                    edge=edge,
+                    public_key=_public_key(settings.nats_creds),
+                    machine=machine_id(settings.machine_id),
+                    url=settings.enroll_url,
+                    state_dir=settings.state_dir,
+                )
             await enroll(
                 daemon.bus, region=region, edge=edge, labels=settings.labels, state_dir=settings.state_dir
             )
@@ -165,3 +180,11 @@ async def _bridge(url: str, topics: list[str], registry: DeviceRegistry, edge: s
         msg = f"mqtt_bridge_url needs aiomqtt ({exc}): pip install 'fleetbus[mqtt]'"
         raise ConfigError(msg) from exc
     await mqttbridge.run(url, topics, registry, client_id=f"fleetbus-{edge}")
+
+
+def _public_key(creds: Path | None) -> str:
+    """The edge's own public key, which its enrollment binds (its seed stays here)."""
+    if creds is None:
+        msg = "an edge enrolling with a token needs its identity: set nats_creds to its nkey seed file"
+        raise ConfigError(msg)
+    return identity.load(creds).public_key

@@ -1,5 +1,11 @@
 """Enrollment: the edge asks its regional to admit it before its heartbeats count there.
 
+A new edge first redeems its one-time token (`join`): it connects to its regional's client
+port as the knock-only `join` user, sends the token with its public key and machine id, and
+takes only an answer whose HMAC (keyed by the token) verifies, so nobody else can answer for
+the regional. Once admitted, its server's leaf link (its own key) is let in, and it enrolls
+over it as every edge does (`enroll`), under its own subjects.
+
 The regional ignores (and counts) heartbeats from edges it has not enrolled, so a typo in an
 edge id or a stray publisher never appears in the fleet's presence. The answer is remembered
 in the state dir: a restarted edge heartbeats at once, and enrolls again in the background
@@ -10,18 +16,20 @@ import asyncio
 import json
 from pathlib import Path
 
-from fleetbus.errors import DecodeError, PermanentError
-from fleetbus.nats.bus import Bus
+from fleetbus.errors import ConfigError, DecodeError, PermanentError
+from fleetbus.nats.bus import Bus, connect
 from fleetbus.nats.errors import TRANSIENT
-from fleetbus.runtime import log
+from fleetbus.runtime import enrolltoken, log
 from fleetbus.runtime.backoff import Backoff
 from schemas import subjects
 from schemas.base import utcnow
-from schemas.enrollment import Enrollment, EnrollmentReply
+from schemas.enrollment import Enrollment, EnrollmentReply, JoinReply, JoinRequest
 
 logger = log.get_logger(__name__)
 
 MARKER = "enrolled.json"
+JOINED = "joined.json"  # the token was redeemed: this edge's key is admitted
+PENDING_POLL = 2.0  # seconds between asks while an operator has not approved the edge yet
 
 
 def _remember(state_dir: Path, region: str) -> None:
@@ -46,7 +54,9 @@ async def enroll(
     backoff = Backoff(0.2, cap=10.0)
     while True:
         try:
-            reply = await bus.request(subjects.region_enroll(region), request, EnrollmentReply, timeout=2.0)
+            reply = await bus.request(
+                subjects.edge_enroll(region, edge), request, EnrollmentReply, timeout=2.0
+            )
         except (*TRANSIENT, DecodeError) as exc:
             logger.info("regional not answering enrollment yet; retrying", region=region, error=repr(exc))
             await backoff.wait()
@@ -57,3 +67,109 @@ async def enroll(
         await asyncio.to_thread(_remember, state_dir, region)
         logger.info("enrolled", region=region)
         return reply
+
+
+def joined_before(state_dir: Path, token: str) -> bool:
+    try:
+        record = json.loads((state_dir / JOINED).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("token_id") == _token_id(token)
+
+
+def _token_id(token: str) -> str:
+    return enrolltoken.unverified_claims(token).token_id
+
+
+def read_token(token: str | None, token_file: Path | None) -> str | None:
+    if token_file is not None:
+        try:
+            return token_file.read_text().strip() or None
+        except OSError as exc:
+            msg = f"enroll_token_file {token_file}: {exc.strerror or exc}"
+            raise ConfigError(msg) from exc
+    return token.strip() if token else None
+
+
+def machine_id(configured: str | None) -> str:
+    if configured:
+        return configured
+    try:
+        return Path("/etc/machine-id").read_text().strip()
+    except OSError:
+        return ""
+
+
+async def join(
+    token: str,
+    *,
+    region: str,
+    edge: str,
+    public_key: str,
+    machine: str,
+    url: str | None,
+    state_dir: Path,
+) -> None:
+    """Redeem `token` at the regional until it admits this edge; `PermanentError` if it
+    refuses (a refusal is final: it needs a new token)."""
+    claims = enrolltoken.unverified_claims(token)
+    if (claims.region, claims.edge) != (region, edge):
+        msg = (
+            f"the enrollment token is for edge {claims.edge!r} of region {claims.region!r}, "
+            f"not {edge!r} of {region!r}"
+        )
+        raise ConfigError(msg)
+    target = url or claims.url
+    if not target:
+        msg = "the enrollment token names no regional URL; set enroll_url to the regional's client port"
+        raise ConfigError(msg)
+    request = JoinRequest(
+        region=region,
+        edge=edge,
+        token=token,
+        public_key=public_key,
+        machine_id=machine,
+        requested_at=utcnow(),
+    )
+
+    def genuine(reply: JoinReply) -> bool:
+        return reply.edge == edge and enrolltoken.proof_ok(token, reply.proof, *reply.proof_fields())
+
+    bus = await connect(
+        target,
+        name=f"fleetbus-edge-{edge}-join",
+        source=edge,
+        user=JOIN_USER,
+        password="",
+        inbox_prefix=subjects.JOIN_INBOX,
+    )
+    backoff = Backoff(0.5, cap=10.0)
+    try:
+        while True:
+            try:
+                reply = await bus.request_first(
+                    subjects.region_join(region, edge), request, JoinReply, genuine, timeout=3.0
+                )
+            except TRANSIENT as exc:
+                reply, error = None, repr(exc)
+            else:
+                error = "no answer from the regional"
+            if reply is None:
+                logger.info("regional not answering the token yet; retrying", url=target, error=error)
+                await backoff.wait()
+                continue
+            if reply.status == "refused":
+                msg = f"regional {region!r} refused the enrollment token of edge {edge!r}: {reply.reason}"
+                raise PermanentError(msg)
+            if reply.status == "admitted":
+                record = {"token_id": claims.token_id, "joined_at": utcnow().isoformat()}
+                await asyncio.to_thread((state_dir / JOINED).write_text, json.dumps(record))
+                logger.info("enrollment token redeemed: admitted", region=region)
+                return
+            logger.info("waiting for an operator: fleetbus edge approve", edge=edge, region=region)
+            await asyncio.sleep(PENDING_POLL)  # poll interval while pending
+    finally:
+        await bus.close()
+
+
+JOIN_USER = "join"  # the regional's knock-only user (fleetbus.devfleet.identities.JOIN_USER)

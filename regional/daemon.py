@@ -23,6 +23,7 @@ from fleetbus.nats.replication import (
 from fleetbus.runtime import log
 from fleetbus.runtime.settings import RegionalSettings
 from regional import streams
+from regional.admission import AdmissionDesk
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply
@@ -46,11 +47,14 @@ def heartbeat_problem(beat: Heartbeat, subject: str, region: str, enrolled: set[
 
 
 def enrollment_reply(
-    request: Enrollment, region: str, enrolled: set[str], max_edges: int, now: datetime
+    request: Enrollment, subject: str, region: str, enrolled: set[str], max_edges: int, now: datetime
 ) -> EnrollmentReply:
-    """Admit `request` or say why not: it names another region, or the region is full (an
-    edge already enrolled is always admitted again)."""
-    if request.region != region:
+    """Admit `request` or say why not: it came on another edge's subject (which the edge's
+    link permission lets only that edge publish), it names another region, or the region is
+    full (an edge already enrolled is always admitted again)."""
+    if subjects.edge_of(subject) != (request.region, request.edge):
+        reason = f"edge {request.edge!r} of region {request.region!r} asked on {subject}"
+    elif request.region != region:
         reason = f"this is region {region!r}; the edge is configured for {request.region!r}"
     elif request.edge not in enrolled and len(enrolled) >= max_edges:
         reason = f"region {region!r} enrolls at most {max_edges:,} edges (max_edges)"
@@ -87,6 +91,12 @@ class Regional:
             daemon.bus.jetstream(HUB_DOMAIN, timeout=0.5), HUB_DOMAIN, self.hub_returned, metrics=metrics
         )
         self._last_hello = -HELLO_SPACING
+        # Tokens, approval and revocation, when the server's users are kept in files here.
+        self.desk = (
+            AdmissionDesk(daemon.bus, settings, settings.admission_dir, metrics)
+            if settings.admission_dir is not None
+            else None
+        )
 
     def wire(self) -> None:
         daemon = self.daemon
@@ -121,7 +131,9 @@ class Regional:
             self.metrics.peers_heard.set(len(self.follower.heard))
 
     async def on_enroll(self, request: Enrollment, msg: Msg) -> None:
-        reply = enrollment_reply(request, self.region, self.enrolled, self.settings.max_edges, utcnow())
+        reply = enrollment_reply(
+            request, msg.subject, self.region, self.enrolled, self.settings.max_edges, utcnow()
+        )
         if reply.accepted:
             await self.edges.put(subjects.edge_key(self.region, request.edge), request)
             self.enrolled.add(request.edge)
@@ -140,7 +152,9 @@ class Regional:
         self.enrolled.update(e.edge for e in await self.edges.values())
         restored = await self.presence.restore()
         logger.info("region state loaded", enrolled=len(self.enrolled), presence=restored)
-        await bus.subscribe(subjects.region_enroll(self.region), Enrollment, self.on_enroll)
+        await bus.subscribe(subjects.edge_enrolls(self.region), Enrollment, self.on_enroll)
+        if self.desk is not None:
+            await self.desk.start()
         await bus.subscribe(subjects.edge_heartbeats(self.region), Heartbeat, self.on_edge_heartbeat)
         if self.settings.heal_acceleration:
             await bus.nc.subscribe(subjects.hub_hello(), cb=self.on_hub_hello)
@@ -167,5 +181,10 @@ class Regional:
 
 async def run(settings: RegionalSettings) -> None:
     async with Daemon(settings, tier=Tier.REGIONAL) as daemon:
-        Regional(daemon, settings).wire()
-        await daemon.run()
+        regional = Regional(daemon, settings)
+        regional.wire()
+        try:
+            await daemon.run()
+        finally:
+            if regional.desk is not None:
+                await regional.desk.close()

@@ -2,7 +2,15 @@
 
 from schemas.base import Message, SiteId
 from schemas.catalog import MESSAGE_TYPES
-from schemas.enrollment import Enrollment, EnrollmentReply
+from schemas.enrollment import (
+    AdmissionCommand,
+    AdmissionReply,
+    AdmittedEdge,
+    Enrollment,
+    EnrollmentReply,
+    JoinReply,
+    JoinRequest,
+)
 from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, Severity
 from schemas.heartbeat import Heartbeat, Tier
 from schemas.inventory import InventorySnapshot
@@ -12,6 +20,9 @@ from schemas.profile import Component, LabelSelector, Profile, ProfileSpec
 
 __all__ = [
     "MESSAGE_TYPES",
+    "AdmissionCommand",
+    "AdmissionReply",
+    "AdmittedEdge",
     "ApplyResult",
     "ApplyStatus",
     "Component",
@@ -21,6 +32,8 @@ __all__ = [
     "EventKind",
     "Heartbeat",
     "InventorySnapshot",
+    "JoinReply",
+    "JoinRequest",
     "LabelSelector",
     "Message",
     "Override",

@@ -2,7 +2,14 @@
 
 from schemas.base import Message
 from schemas.device import DeviceCommand, DeviceCommandReply
-from schemas.enrollment import Enrollment, EnrollmentReply
+from schemas.enrollment import (
+    AdmissionCommand,
+    AdmissionReply,
+    Enrollment,
+    EnrollmentReply,
+    JoinReply,
+    JoinRequest,
+)
 from schemas.event import Event
 from schemas.heartbeat import Heartbeat
 from schemas.inventory import InventorySnapshot
@@ -19,6 +26,10 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     Event,
     Enrollment,
     EnrollmentReply,
+    JoinRequest,
+    JoinReply,
+    AdmissionCommand,
+    AdmissionReply,
     DeviceCommand,
     DeviceCommandReply,
 )

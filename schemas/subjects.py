@@ -8,8 +8,10 @@ Layout (all under `fleet.`):
     fleet.edge.<region>.<edge>.cmd.<name>       hub -> edge commands (request/reply)
     fleet.edge.<region>.<edge>.outbox.events.<kind>  a thin edge's events -> regional EVENTS
     fleet.edge.<region>.<edge>.outbox.inventory      a thin edge's inventory -> regional INVENTORY
+    fleet.edge.<region>.<edge>.enroll           edge -> its regional: enrollment, labels (request/reply)
     fleet.region.<region>.hb                    regional heartbeat -> hub (core NATS)
-    fleet.region.<region>.enroll                edge -> its regional: enrollment (request/reply)
+    fleet.region.<region>.join.<edge>           a new edge redeems its token (request/reply)
+    fleet.region.<region>.admission             operator -> regional: approve, revoke, list
     fleet.hub.hello                             hub -> regionals: heartbeat now (core NATS)
 
 Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`) or is
@@ -186,9 +188,29 @@ def regional_heartbeat(region: str) -> str:
     return f"{PREFIX}.region.{_tokens(region)}.hb"
 
 
-def region_enroll(region: str) -> str:
-    """Where an edge asks its regional to admit it (request/reply)."""
-    return f"{PREFIX}.region.{_tokens(region)}.enroll"
+def edge_enroll(region: str, edge: str) -> str:
+    """Where a linked edge (re)registers with its regional, with its labels (request/reply);
+    under the edge's own subjects, so its link permission pins the id it speaks for."""
+    return f"{edge_base(region, edge)}.enroll"
+
+
+def edge_enrolls(region: str) -> str:
+    """What a regional subscribes to: every edge of its region registering."""
+    return f"{PREFIX}.edge.{_tokens(region)}.*.enroll"
+
+
+def region_join(region: str, edge: str = "*") -> str:
+    """Where a new edge redeems its enrollment token, before its link is admitted."""
+    return f"{PREFIX}.region.{_tokens(region)}.join.{edge if edge == '*' else _tokens(edge)}"
+
+
+def region_admission(region: str) -> str:
+    """Where operators approve, revoke and list a regional's edges (request/reply)."""
+    return f"{PREFIX}.region.{_tokens(region)}.admission"
+
+
+# The inbox prefix of a new edge redeeming its token as the regional's `join` user.
+JOIN_INBOX = "_INBOX.join"
 
 
 def regional_heartbeats() -> str:

@@ -5,6 +5,9 @@ from datetime import UTC, datetime
 from hypothesis import strategies as st
 
 from schemas import (
+    AdmissionCommand,
+    AdmissionReply,
+    AdmittedEdge,
     ApplyResult,
     ApplyStatus,
     Component,
@@ -14,6 +17,8 @@ from schemas import (
     EventKind,
     Heartbeat,
     InventorySnapshot,
+    JoinReply,
+    JoinRequest,
     LabelSelector,
     Override,
     OverrideScope,
@@ -205,6 +210,54 @@ enrollment_replies = st.builds(
     enrolled_at=st.none() | times,
 )
 
+join_requests = st.builds(
+    JoinRequest,
+    region=ids,
+    edge=ids,
+    token=st.text(max_size=40),
+    public_key=st.text(max_size=56),
+    machine_id=st.text(max_size=20),
+    requested_at=times,
+)
+
+join_replies = st.builds(
+    JoinReply,
+    region=ids,
+    edge=ids,
+    status=st.sampled_from(["admitted", "pending", "refused"]),
+    reason=st.text(max_size=20),
+    proof=st.text(max_size=64),
+)
+
+admission_commands = st.builds(
+    AdmissionCommand,
+    region=ids,
+    action=st.sampled_from(["approve", "revoke", "list", "issued"]),
+    edge=st.none() | ids,
+    sent_by=st.text(max_size=10),
+    token_id=st.text(max_size=10),
+    expires=st.none() | times,
+)
+
+admission_replies = st.builds(
+    AdmissionReply,
+    region=ids,
+    ok=st.booleans(),
+    reason=st.text(max_size=20),
+    edges=st.lists(
+        st.builds(
+            AdmittedEdge,
+            edge=ids,
+            status=st.sampled_from(["admitted", "pending", "revoked"]),
+            machine_id=st.text(max_size=10),
+            public_key=st.text(max_size=10),
+            since=st.none() | times,
+        ),
+        max_size=3,
+    ),
+    enroll_url=st.text(max_size=20),
+)
+
 device_commands = st.builds(
     DeviceCommand,
     region=ids,
@@ -234,6 +287,10 @@ BY_TYPE = {
     Event: events(),
     Enrollment: enrollments,
     EnrollmentReply: enrollment_replies,
+    JoinRequest: join_requests,
+    JoinReply: join_replies,
+    AdmissionCommand: admission_commands,
+    AdmissionReply: admission_replies,
     DeviceCommand: device_commands,
     DeviceCommandReply: device_command_replies,
 }

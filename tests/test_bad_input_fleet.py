@@ -66,7 +66,9 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
                 await profiles.put(f"fuzz-{n}", body)
                 await overrides.put(f"edge.{EDGE}", body)
                 for nc, subject in (
-                    (regional, "fleet.region.r1.enroll"),
+                    (regional, f"fleet.edge.r1.{EDGE}.enroll"),
+                    (regional, "fleet.region.r1.join.r1-x9"),
+                    (regional, "fleet.region.r1.admission"),
                     (edge, f"fleet.edge.r1.{EDGE}.cmd.device"),
                 ):
                     with contextlib.suppress(NatsError, TimeoutError):  # a refusal or no answer: both fine
@@ -151,7 +153,9 @@ async def test_a_region_enrolls_at_most_max_edges(tmp_path):
 
             async def enroll(edge: str) -> EnrollmentReply:
                 request = Enrollment(region="r1", edge=edge, requested_at=utcnow())
-                return await bus.request(subjects.region_enroll("r1"), request, EnrollmentReply, timeout=5)
+                return await bus.request(
+                    subjects.edge_enroll("r1", edge), request, EnrollmentReply, timeout=5
+                )
 
             await eventually(lambda: enroll(EDGE), timeout=20, what="the regional answering")
             assert (await enroll("r1-x1")).accepted

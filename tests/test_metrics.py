@@ -261,7 +261,7 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
             await m.moves(
                 "fleetbus_enrollments_total",
                 region,
-                lambda: bus.request(subjects.region_enroll(region), wrong, EnrollmentReply),
+                lambda: bus.request(subjects.edge_enroll(region, "r7-e1"), wrong, EnrollmentReply),
                 lambda b, a: (
                     a.value("fleetbus_enrollments_total", outcome="refused")
                     > b.value("fleetbus_enrollments_total", outcome="refused")

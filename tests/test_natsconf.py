@@ -10,7 +10,7 @@ from fleetbus.core import permissions
 from fleetbus.devfleet import identities
 from fleetbus.devfleet.natsconf import ServerSpec, render
 from fleetbus.devfleet.plan import plan_fleet
-from fleetbus.devfleet.servers import find_binary
+from fleetbus.devfleet.servers import NatsServer, find_binary
 from schemas.heartbeat import Tier
 from tests.helpers import ROOT
 
@@ -21,8 +21,9 @@ def test_every_tier_renders_a_config_nats_server_accepts(tmp_path: Path, secured
     plan = identities.secure(plan) if secured else plan
     assert [s.tier for s in plan.sites] == [Tier.HUB, Tier.REGIONAL, Tier.EDGE]
     for site in plan.sites:
-        path = tmp_path / f"{site.name}.conf"
-        text = render(site.server)
+        # As the dev fleet writes it (with a regional's admission files beside it).
+        path = NatsServer(site.server, tmp_path / site.name).write_config()
+        text = path.read_text()
         # Secured: users with permissions, TLS on every leaf link; else the loud warning.
         assert ("authorization {" in text) is secured
         assert ("INSECURE" in text) is not secured
@@ -30,7 +31,10 @@ def test_every_tier_renders_a_config_nats_server_accepts(tmp_path: Path, secured
             assert "verify: true" in text
         if secured and site.upstream:
             assert "ca_file:" in text.split("remotes")[1]
-        path.write_text(text)
+        if secured and site.tier is Tier.REGIONAL:
+            users = (path.parent / "admission" / "users.conf").read_text()
+            assert "edge r1-e1" in users
+            assert "system_account: SYS" in text
         result = subprocess.run(
             [str(find_binary()), "-t", "-c", str(path)], capture_output=True, text=True, check=False
         )

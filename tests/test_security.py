@@ -277,7 +277,7 @@ async def test_a_stolen_edge_key_reads_no_other_edges_override_and_sees_no_other
     # test_an_edges_own_server_relays_nothing_its_key_may_not_send.)
     assert await edge.publish_refused(f"{api}.CONSUMER.CREATE.{overrides}")
     # Traffic: everything, another edge's subjects, the enrollment it could answer.
-    for subject in (">", "fleet.>", f"{subjects.edge_base(REGION, OTHER)}.>", subjects.region_enroll(REGION)):
+    for subject in (">", "fleet.>", f"{subjects.edge_base(REGION, OTHER)}.>", subjects.region_join(REGION)):
         assert await edge.subscribe_refused(subject), subject
     assert not await edge.subscribe_refused(f"{subjects.edge_base(REGION, EDGE)}.>")
 

@@ -99,8 +99,7 @@ def edge_link(region: str, edge: str) -> Permissions:
     api = subjects.js_api_prefix(region)
     return Permissions(
         publish=(
-            f"{base}.>",
-            subjects.region_enroll(region),
+            f"{base}.>",  # its heartbeats, events, enrollment (labels), command answers
             *_consumer_create(region, PROFILES_BUCKET),
             *_consumer_create(region, OVERRIDES_BUCKET, subjects.override_key("edge", edge)),
             *_consumer_create(region, OVERRIDES_BUCKET, "group.*"),
@@ -124,6 +123,14 @@ def edge_link(region: str, edge: str) -> Permissions:
     )
 
 
+def joiner(region: str) -> Permissions:
+    """Anyone holding an enrollment token, at the regional's client port before the edge's
+    key is admitted (user `join`, no password): it may ask to redeem a token and read the
+    answers, nothing else. The token is checked by the regional daemon (a signature); the
+    answer carries an HMAC keyed by the token."""
+    return Permissions(publish=(subjects.region_join(region),), subscribe=(f"{subjects.JOIN_INBOX}.>",))
+
+
 def simulator(region: str, site: str) -> Permissions:
     """A simulator of hollow edges in `region` (`fleetbus sim`, one connection for all of
     them): the subjects of every edge of the region, and reads of the region's buckets. A
@@ -131,7 +138,6 @@ def simulator(region: str, site: str) -> Permissions:
     return Permissions(
         publish=(
             f"{PREFIX_EDGE}.{region}.*.>",
-            subjects.region_enroll(region),
             "$JS.API.INFO",
             f"$JS.API.STREAM.INFO.{kv_stream(PROFILES_BUCKET)}",
             f"$JS.API.STREAM.INFO.{kv_stream(OVERRIDES_BUCKET)}",
@@ -180,6 +186,7 @@ def table() -> list[tuple[str, str, Permissions]]:
     return [
         ("regional `r1`", "hub (leaf link)", regional_link("r1")),
         ("edge `r1-e1`", "regional r1 (leaf link)", edge_link("r1", "r1-e1")),
+        ("new edge with a token (`join`)", "regional r1 (client)", joiner("r1")),
         ("simulator `r1-hollow`", "regional r1 (client)", simulator("r1", "r1-hollow")),
         ("viewer", "hub (client)", viewer()),
     ]

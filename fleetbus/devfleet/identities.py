@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from fleetbus.core import permissions
-from fleetbus.devfleet.natsconf import Authorization, LinkTls, User
+from fleetbus.devfleet.natsconf import Authorization, LinkTls
 from fleetbus.devfleet.plan import FleetPlan, SitePlan
 from fleetbus.runtime import identity, pki
+from fleetbus.runtime.admission import User
 from fleetbus.runtime.identity import Identity
 from schemas.heartbeat import Tier
 
@@ -24,6 +25,7 @@ VIEWER = "viewer"
 SITE_KEY = "site"
 # What an MQTT client that presents no credentials is taken for (docs/security.md#devices).
 DEVICES_USER = "devices"
+JOIN_USER = "join"
 DEVICES = permissions.Permissions(publish=("devices.>",), subscribe=("devices.*.cmd",))
 
 
@@ -43,6 +45,7 @@ class FleetIdentities:
     viewer: Identity
     simulators: dict[str, Identity]  # by region
     tls: dict[str, pki.CertFiles]  # by site
+    systems: dict[str, Identity]  # regional daemons' system-account identities, by site
 
 
 def _ensure(path: Path) -> Path:
@@ -77,6 +80,7 @@ def ensure_identities(plan: FleetPlan) -> FleetIdentities:
             for s in plan.by_tier(Tier.REGIONAL)
         },
         tls={s.name: pki.ensure_site_cert(ca, s.creds_path.parent, s.name, _hosts(s)) for s in plan.sites},
+        systems={s.name: identity.load(_ensure(s.system_creds_path)) for s in plan.by_tier(Tier.REGIONAL)},
     )
 
 
@@ -98,15 +102,14 @@ def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities) -> list[User]:
             ),
         ]
     if site.tier is Tier.REGIONAL:
+        # Its edges are admitted through its admission files (`authorize`).
         return [
             own,
-            *(
-                User(
-                    who=f"edge {s.name}",
-                    nkey=ids.sites[s.name].public_key,
-                    permissions=permissions.edge_link(s.region, s.name),
-                )
-                for s in below
+            User(
+                who="new edges redeeming an enrollment token (no password; docs/security.md#enrollment)",
+                name=JOIN_USER,
+                permissions=permissions.joiner(site.region),
+                connection_types=("STANDARD",),
             ),
             User(
                 who=f"hollow-edge simulator {simulator_name(site.region)}",
@@ -134,11 +137,19 @@ def authorize(plan: FleetPlan, ids: FleetIdentities) -> FleetPlan:
     sites = []
     for site in plan.sites:
         tls = ids.tls[site.name]
+        regional = site.tier is Tier.REGIONAL
         auth = Authorization(
             users=tuple(_users(plan, site, ids)),
             leaf_seed=ids.sites[site.name].seed() if site.upstream else None,
             mqtt_anonymous=DEVICES_USER if site.server.mqtt_port is not None else None,
             tls=LinkTls(cert=tls.cert, key=tls.key, ca=tls.ca),
+            admission=(
+                {s.name: ids.sites[s.name].public_key for s in plan.sites if s.upstream == site.name}
+                if regional
+                else None
+            ),
+            system_nkey=ids.systems[site.name].public_key if regional else None,
+            enroll_issuers=(ids.admin.public_key,) if regional else (),
         )
         sites.append(replace(site, server=site.server.model_copy(update={"auth": auth})))
     return replace(plan, sites=tuple(sites))

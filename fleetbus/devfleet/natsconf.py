@@ -9,26 +9,11 @@ from pathlib import PurePath
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleetbus.core.permissions import Permissions
+from fleetbus.runtime.admission import DIR as ADMISSION_DIR
+from fleetbus.runtime.admission import USERS_FILE, User, render_user
 from schemas.base import SiteId
 from schemas.heartbeat import Tier
 from schemas.subjects import SITE_LOCAL
-
-
-class User(BaseModel):
-    """One identity this server admits: an nkey (public key) or, for the MQTT listener's
-    anonymous devices, a name; `permissions` None means everything (the site itself)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    who: str = Field(description="Rendered as a comment: whose key this is.")
-    nkey: str | None = None
-    name: str | None = None
-    password: str | None = None
-    permissions: Permissions | None = None
-    # Which listeners may admit it (nats-server's `allowed_connection_types`, e.g. "MQTT");
-    # empty: any.
-    connection_types: tuple[str, ...] = ()
 
 
 class LinkTls(BaseModel):
@@ -66,6 +51,16 @@ class Authorization(BaseModel):
     # The site's certificate, key and the fleet CA: leaf links are TLS both ways, each end
     # verifying the other's certificate (None: leaf links in plaintext).
     tls: LinkTls | None = None
+    # A regional's: `users` is only the base; the edges it admits are kept in
+    # admission/ beside the config and rendered into the users file it includes
+    # (fleetbus.runtime.admission), which the regional daemon rewrites and reloads. The
+    # edges admitted before the first start (edge id -> public key):
+    admission: dict[SiteId, str] | None = None
+    # Whose enrollment tokens the regional daemon accepts (public keys; not the server's).
+    enroll_issuers: tuple[str, ...] = ()
+    # The public key of the site daemon's system-account identity, with which it asks its
+    # server to reload and closes revoked links (None: no system account).
+    system_nkey: str | None = None
 
 
 class ServerSpec(BaseModel):
@@ -143,27 +138,6 @@ def _q(value: object) -> str:
     return json.dumps(str(value))
 
 
-def _subjects(values: tuple[str, ...]) -> str:
-    return "[" + ", ".join(_q(v) for v in values) + "]"
-
-
-def _user(user: User) -> list[str]:
-    fields = []
-    if user.nkey:
-        fields.append(f"nkey: {_q(user.nkey)}")
-    if user.name:
-        fields += [f"user: {_q(user.name)}", f"password: {_q(user.password or '')}"]
-    if user.connection_types:
-        fields.append(f"allowed_connection_types: {_subjects(user.connection_types)}")
-    if user.permissions is not None:
-        allow = user.permissions
-        fields.append(
-            f"permissions: {{publish: {{allow: {_subjects(allow.publish)}}}, "
-            f"subscribe: {{allow: {_subjects(allow.subscribe)}}}}}"
-        )
-    return [f"    # {user.who}", "    {" + ", ".join(fields) + "}"]
-
-
 def _authorization(auth: Authorization | None) -> list[str]:
     if auth is None:
         return [
@@ -171,15 +145,29 @@ def _authorization(auth: Authorization | None) -> list[str]:
             "# INSECURE: no authorization. Anyone who reaches a port of this server may read and",
             "# write everything, on every tier it links to. Only for debugging (--insecure).",
         ]
-    lines = [
-        "",
-        "# Every connection (client, leaf link, MQTT) authenticates as one of these.",
-        "authorization {",
-        "  users: [",
-    ]
-    for user in auth.users:
-        lines += _user(user)
-    return [*lines, "  ]", "}"]
+    lines = ["", "# Every connection (client, leaf link, MQTT) authenticates as one of these."]
+    if auth.admission is not None:
+        lines += [
+            "# This site's own identities and the edges admitted so far, kept by its daemon as",
+            "# edges are enrolled and revoked (docs/security.md#enrollment).",
+            "authorization {",
+            f"  include {_q(f'{ADMISSION_DIR}/{USERS_FILE}')}",
+            "}",
+        ]
+    else:
+        lines += ["authorization {", "  users: ["]
+        for user in auth.users:
+            lines += render_user(user)
+        lines += ["  ]", "}"]
+    if auth.system_nkey:
+        lines += [
+            "",
+            "# The site daemon's system identity: it asks this server to reload and closes the",
+            "# links of revoked edges ($SYS.REQ.SERVER.<id>.RELOAD / KICK).",
+            f"accounts {{ SYS {{ users: [ {{nkey: {_q(auth.system_nkey)}}} ] }} }}",
+            "system_account: SYS",
+        ]
+    return lines
 
 
 def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:

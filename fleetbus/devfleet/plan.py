@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetbus.devfleet.natsconf import ServerSpec
+from fleetbus.runtime.admission import DIR as ADMISSION_DIR
 from schemas.heartbeat import Tier
 from schemas.subjects import HUB_DOMAIN
 
@@ -45,6 +46,11 @@ class SitePlan:
         return self.workdir / "identity" / "site.nk"
 
     @property
+    def system_creds_path(self) -> Path:
+        """A regional daemon's second identity, in its server's system account."""
+        return self.workdir / "identity" / "system.nk"
+
+    @property
     def daemon_health_url(self) -> str:
         return f"http://{HOST}:{self.daemon_http_port}/healthz"
 
@@ -66,6 +72,14 @@ class SitePlan:
             }
         elif self.tier is Tier.REGIONAL:
             values["heartbeat_interval"] = heartbeat_interval
+            auth = self.server.auth
+            if auth is not None and auth.admission is not None:
+                values |= {
+                    "admission_dir": str(self.workdir / ADMISSION_DIR),
+                    "system_creds": str(self.system_creds_path),
+                    "enroll_issuers": list(auth.enroll_issuers),
+                    "enroll_url": self.server.client_url,
+                }
         elif self.dashboard_port:
             values["dashboard_port"] = self.dashboard_port
         return values

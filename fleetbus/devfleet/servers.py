@@ -10,11 +10,17 @@ import shutil
 import sysconfig
 from pathlib import Path
 
+from fleetbus.core.admission import Entry, Registry
 from fleetbus.devfleet.natsconf import ServerSpec, render
 from fleetbus.devfleet.netutil import port_in_use
 from fleetbus.devfleet.process import SupervisedProcess
 from fleetbus.errors import ServerError
+from fleetbus.runtime.admission import DIR as ADMISSION_DIR
+from fleetbus.runtime.admission import AdmissionFiles
+from schemas.base import utcnow
 
+# The token id of the edges a dev fleet admits before its first start (planned with it).
+PLANNED = "planned-with-the-fleet"
 NATS_SERVER_ENV = "FLEETBUS_NATS_SERVER"
 NATS_SERVER_VERSION = "2.15.1"
 INSTALL_HINT = (
@@ -80,6 +86,15 @@ class NatsServer(SupervisedProcess):
         with os.fdopen(fd, "w") as out:
             out.write(render(self.spec))
         self.config_path.chmod(0o600)  # an older, wider file keeps its mode on O_TRUNC
+        auth = self.spec.auth
+        if auth is not None and auth.admission is not None:
+            initial = Registry(
+                admitted={
+                    edge: Entry(nkey=key, token_id=PLANNED, at=utcnow())
+                    for edge, key in auth.admission.items()
+                }
+            )
+            AdmissionFiles(self.workdir / ADMISSION_DIR, self.spec.name).setup(auth.users, initial)
         return self.config_path
 
     async def start(self, timeout: float = 20.0) -> None:

@@ -127,6 +127,42 @@ class Bus:
         self._count_out(message)
         return open_envelope(reply, answer.data, answer.headers, subject=subject)
 
+    async def request_first(
+        self,
+        subject: str,
+        message: Message,
+        reply: type[M],
+        accept: Callable[[M], bool],
+        *,
+        timeout: float = 2.0,
+    ) -> M | None:
+        """Like `request`, but the first answer `accept` takes, within `timeout` (None if there
+        is none): answers it rejects (a third party's) and undecodable ones are skipped."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            body, headers = envelope(message, source=self.source)
+            await self.nc.publish(subject, body, reply=inbox, headers=headers)
+            self._count_out(message)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                try:
+                    answer = await sub.next_msg(timeout=left)
+                except nats.errors.TimeoutError:
+                    return None
+                try:
+                    decoded = open_envelope(reply, answer.data, answer.headers, subject=subject)
+                except DecodeError as exc:
+                    logger.warning("skipped an undecodable answer", subject=subject, reason=exc.reason)
+                    continue
+                if accept(decoded):
+                    return decoded
+                logger.warning("skipped an answer that failed its check", subject=subject)
+            return None
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
     async def respond(self, msg: Msg, message: Message) -> None:
         """Answer the request `msg` with `message`."""
         if msg.reply:

@@ -91,6 +91,35 @@ class RegionalSettings(DaemonSettings):
         ),
     )
 
+    admission_dir: Path | None = Field(
+        default=None,
+        description=(
+            "The directory beside the server's config holding the users it admits "
+            "(docs/security.md#enrollment); the daemon rewrites it as edges are enrolled and "
+            "revoked. None: the server's config lists its edges, and tokens, approval and "
+            "revocation are unavailable."
+        ),
+    )
+    system_creds: Path | None = Field(
+        default=None,
+        description="The daemon's identity in its server's system account (reload, close revoked links).",
+    )
+    enroll_issuers: list[str] = Field(
+        default_factory=list,
+        description="Public keys (nkeys) whose enrollment tokens this regional accepts.",
+    )
+    enroll_policy: Literal["token", "approve"] = Field(
+        default="token",
+        description=(
+            "token: a valid enrollment token admits the edge; approve: it waits as pending "
+            "until `fleetbus edge approve`."
+        ),
+    )
+    enroll_url: str | None = Field(
+        default=None,
+        description="The URL edges redeem tokens at (this server's client port), written into tokens.",
+    )
+
     @property
     def region(self) -> str:
         return self.site
@@ -163,6 +192,23 @@ class EdgeSettings(DaemonSettings):
         default=10000,
         ge=0,
         description="Sampled readings stored at the edge while the uplink is down; more are dropped.",
+    )
+    enroll_token: str | None = Field(
+        default=None,
+        description=(
+            "A one-time enrollment token (`fleetbus edge token create`); also "
+            "FLEETBUS_ENROLL_TOKEN. The edge redeems it at its regional before it links."
+        ),
+    )
+    enroll_token_file: Path | None = Field(
+        default=None, description="A file holding the enrollment token (instead of enroll_token)."
+    )
+    machine_id: str | None = Field(
+        default=None, description="Bound to the edge at enrollment; default: /etc/machine-id."
+    )
+    enroll_url: str | None = Field(
+        default=None,
+        description="The regional's client URL to redeem the token at; default: the URL in the token.",
     )
     mqtt_bridge_url: str | None = Field(
         default=None,

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from pydantic import JsonValue
 
@@ -58,6 +58,7 @@ from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from schemas import subjects
 from schemas.base import check_token, utcnow
 from schemas.device import DeviceCommand, DeviceCommandReply
+from schemas.enrollment import AdmissionCommand, AdmissionReply
 from schemas.event import Event
 from schemas.inventory import InventorySnapshot
 from schemas.presence import PresenceChange, PresenceState
@@ -377,6 +378,45 @@ class FleetClient:
         ):
             if not wanted or event.kind in wanted:
                 yield event
+
+    # Admission: enrollment tokens, approval, revocation (docs/security.md#enrollment).
+
+    async def admission(
+        self, region: str, action: str, edge: str | None = None, *, sent_by: str = "", **fields: Any
+    ) -> AdmissionReply:
+        """Ask `region`'s regional to `action` (approve, revoke, list, issued); `RefusedError`
+        with its reason if it refuses, `EdgeUnreachableError` if it does not answer."""
+        check_token(region)
+        if edge is not None:
+            check_token(edge)
+        command = AdmissionCommand(region=region, action=action, edge=edge, sent_by=sent_by, **fields)
+        try:
+            reply = await self.bus.request(
+                subjects.region_admission(region), command, AdmissionReply, timeout=self.timeout
+            )
+        except NO_ANSWER as exc:
+            msg = (
+                f"the regional of {region!r} did not answer within {self.timeout:g} s: it is down, its "
+                "link to the hub is down, or the region does not exist (`fleetbus status` lists regions)"
+            )
+            raise EdgeUnreachableError(msg) from exc
+        if not reply.ok:
+            raise RefusedError(f"regional {region}: {reply.reason}")
+        return reply
+
+    async def admitted_edges(self, region: str | None = None) -> dict[str, AdmissionReply]:
+        """Each region's registry (admitted, pending, revoked), by region; a regional that does
+        not answer is left out (logged)."""
+        regions = [region] if region else sorted({r.region for r in await self.regions()})
+        found = {}
+        for name in regions:
+            try:
+                found[name] = await self.admission(name, "list")
+            except EdgeUnreachableError as exc:
+                if region:
+                    raise
+                logger.warning("regional not answering", region=name, error=str(exc))
+        return found
 
     # Forgetting edges and regions that are gone for good (see `fleetbus.nats.forget`).
 

@@ -1,0 +1,156 @@
+"""Who a regional's server admits on its leaf port, kept in files beside its config.
+
+A regional's nats-server config includes `admission/users.conf`; that file is rendered from
+two others in the same directory:
+
+- `base.json`: the users every start has (the site itself, the simulator), written by
+  whoever renders the server's config (the dev fleet, `fleetbus compose`);
+- `edges.json`: the edges admitted, pending and revoked, written by the regional daemon as
+  tokens are redeemed and edges approved or revoked (`fleetbus.core.admission` decides).
+
+The daemon rewrites `users.conf` and asks its server to reload (`fleetbus.nats.sysadmin`); a
+revoked edge's key is then unknown to the server, which refuses its reconnects. Every write is
+atomic (a temporary file renamed over the old one): a reload never reads half a file.
+"""
+
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleetbus.core import permissions
+from fleetbus.core.admission import Registry
+from fleetbus.core.permissions import Permissions
+from fleetbus.errors import ConfigError
+
+DIR = "admission"
+USERS_FILE = "users.conf"
+BASE_FILE = "base.json"
+EDGES_FILE = "edges.json"
+
+
+class User(BaseModel):
+    """One identity a server admits: an nkey (public key) or, for the MQTT listener's
+    anonymous devices, a name; `permissions` None means everything (the site itself)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    who: str = Field(description="Rendered as a comment: whose key this is.")
+    nkey: str | None = None
+    name: str | None = None
+    password: str | None = None
+    permissions: Permissions | None = None
+    # Which listeners may admit it (nats-server's `allowed_connection_types`, e.g. "MQTT");
+    # empty: any.
+    connection_types: tuple[str, ...] = ()
+
+
+def _q(value: object) -> str:
+    """Quote a value for the nats-server config grammar (a JSON string is valid there)."""
+    return json.dumps(str(value))
+
+
+def _subjects(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(_q(v) for v in values) + "]"
+
+
+def render_user(user: User, indent: str = "    ") -> list[str]:
+    fields = []
+    if user.nkey:
+        fields.append(f"nkey: {_q(user.nkey)}")
+    if user.name:
+        fields += [f"user: {_q(user.name)}", f"password: {_q(user.password or '')}"]
+    if user.connection_types:
+        fields.append(f"allowed_connection_types: {_subjects(user.connection_types)}")
+    if user.permissions is not None:
+        allow = user.permissions
+        fields.append(
+            f"permissions: {{publish: {{allow: {_subjects(allow.publish)}}}, "
+            f"subscribe: {{allow: {_subjects(allow.subscribe)}}}}}"
+        )
+    return [f"{indent}# {user.who}", indent + "{" + ", ".join(fields) + "}"]
+
+
+def users(base: tuple[User, ...], registry: Registry, region: str) -> tuple[User, ...]:
+    """Everyone the regional's server admits: `base` and each admitted edge with its link's
+    permissions. Pending and revoked edges are not there: the server refuses them."""
+    return (
+        *base,
+        *(
+            User(
+                who=f"edge {edge} (admitted {entry.at})",
+                nkey=entry.nkey,
+                permissions=permissions.edge_link(region, edge),
+            )
+            for edge, entry in sorted(registry.admitted.items())
+        ),
+    )
+
+
+def render_users(admitted: tuple[User, ...]) -> str:
+    lines = [
+        "# Rendered by fleetbus from base.json and edges.json beside this file; the regional",
+        "# daemon rewrites it as edges are admitted and revoked.",
+        "users: [",
+    ]
+    for user in admitted:
+        lines += render_user(user, "  ")
+    return "\n".join([*lines, "]"]) + "\n"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    tmp.replace(path)
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    users: tuple[User, ...]
+
+
+class AdmissionFiles:
+    """The admission directory of one regional's server."""
+
+    def __init__(self, directory: Path, region: str) -> None:
+        self.directory, self.region = directory, region
+
+    @property
+    def users_path(self) -> Path:
+        return self.directory / USERS_FILE
+
+    def base(self) -> tuple[User, ...]:
+        path = self.directory / BASE_FILE
+        try:
+            return _Base.model_validate_json(path.read_text()).users
+        except (OSError, ValidationError) as exc:
+            msg = f"cannot read the admission base {path}: {exc}; render the server's config again"
+            raise ConfigError(msg) from exc
+
+    def registry(self) -> Registry:
+        path = self.directory / EDGES_FILE
+        try:
+            return Registry.model_validate_json(path.read_text())
+        except FileNotFoundError:
+            return Registry()
+        except (OSError, ValidationError) as exc:
+            msg = f"cannot read the admission registry {path}: {exc}"
+            raise ConfigError(msg) from exc
+
+    def write(self, registry: Registry) -> None:
+        """Save `registry` and render `users.conf` from it (the server reads it on reload)."""
+        _write(self.directory / EDGES_FILE, registry.model_dump_json(indent=2) + "\n")
+        _write(self.users_path, render_users(users(self.base(), registry, self.region)))
+
+    def setup(self, base: tuple[User, ...], initial: Registry) -> None:
+        """Before the server starts: its base users now, the registry only if there is none
+        yet (what the daemon admitted and revoked outlives a restart of the fleet)."""
+        _write(self.directory / BASE_FILE, _Base(users=base).model_dump_json(indent=2) + "\n")
+        registry = self.registry() if (self.directory / EDGES_FILE).exists() else initial
+        self.write(registry)
