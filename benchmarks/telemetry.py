@@ -23,12 +23,14 @@ import asyncio
 import contextlib
 import json
 import re
+import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import aiomqtt
+import bcrypt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -143,7 +145,16 @@ async def run(fleet: DevFleet, args: argparse.Namespace) -> None:
     port = fleet.plan.site(EDGE).server.mqtt_port
     assert port is not None
     try:
-        async with aiomqtt.Client("127.0.0.1", port, identifier="bench-devices") as mqtt:
+        # One site gateway speaks for every device (`fleetbus device add --gateway`).
+        password = secrets.token_urlsafe(18)
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=10)).decode()
+        region = fleet.plan.site(EDGE).region
+        await client.device_credentials(
+            EDGE, "bench-gw", "add", password_hash=hashed, gateway=True, region=region
+        )
+        async with aiomqtt.Client(
+            "127.0.0.1", port, identifier="bench-devices", username="bench-gw", password=password
+        ) as mqtt:
             # Interest for the raw subscription crosses two leaf links: wait until it is there.
             await mqtt.publish("devices/warmup/telemetry", json.dumps({"v": 0}), qos=1)
             await wait_for(lambda: _has(via_raw, via_fleetbus, "warmup"), 30, "the first reading at the hub")

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from edge import streams
+from edge.credentials import CredentialsDesk
 from edge.devices import DeviceGateway, DeviceRegistry
 from edge.drivers import ClusterDriver, Driver
 from edge.drivers.local import LocalDriver
@@ -40,9 +41,7 @@ async def run(settings: EdgeSettings) -> None:
             metrics=daemon.metrics,
         )
         replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]
-        enrolled = asyncio.Event()
-        if enrolled_before(settings.state_dir, region):
-            enrolled.set()
+        enrolled = _enrolled(settings)
 
         async def provision() -> None:
             await ensure_stream(js, streams.events_stream(region, edge))
@@ -58,20 +57,8 @@ async def run(settings: EdgeSettings) -> None:
                 for replica in replicas:
                     await replica.kick(from_domain(region))
 
-        token = read_token(settings.enroll_token, settings.enroll_token_file)
-
         async def enrollment() -> None:
-            if token and not joined_before(settings.state_dir, token):
-                settings.state_dir.mkdir(parents=True, exist_ok=True)
-                await join(
-                    token,
-                    region=region,
-                    edge=edge,
-                    public_key=_public_key(settings.nats_creds),
-                    machine=machine_id(settings.machine_id),
-                    url=settings.enroll_url,
-                    state_dir=settings.state_dir,
-                )
+            await _redeem_token(settings)
             await enroll(
                 daemon.bus, region=region, edge=edge, labels=settings.labels, state_dir=settings.state_dir
             )
@@ -124,9 +111,7 @@ async def run(settings: EdgeSettings) -> None:
         )
         daemon.on_start(provision)
         daemon.on_start(DeviceGateway(daemon.bus, registry, region=region, edge=edge).start)
-        if settings.mqtt_bridge_url:
-            bridge_url, topics = settings.mqtt_bridge_url, settings.mqtt_bridge_topics
-            daemon.add_task("mqtt-bridge", lambda: _bridge(bridge_url, topics, registry, edge))
+        _add_bridge(daemon, settings, registry)
         daemon.add_heartbeat(
             subjects.edge_heartbeat(region, edge),
             region=region,
@@ -142,7 +127,12 @@ async def run(settings: EdgeSettings) -> None:
         daemon.add_task("replica-repair", lambda: repair_sources(replicas, probe))
         daemon.add_task("inventory", inventory.run)
         daemon.add_task("telemetry", telemetry.run)
-        await daemon.run()
+        desk = _credentials_desk(daemon, settings)
+        try:
+            await daemon.run()
+        finally:
+            if desk is not None:
+                await desk.close()
 
 
 @contextlib.asynccontextmanager
@@ -180,6 +170,52 @@ async def _bridge(url: str, topics: list[str], registry: DeviceRegistry, edge: s
         msg = f"mqtt_bridge_url needs aiomqtt ({exc}): pip install 'fleetbus[mqtt]'"
         raise ConfigError(msg) from exc
     await mqttbridge.run(url, topics, registry, client_id=f"fleetbus-{edge}")
+
+
+def _enrolled(settings: EdgeSettings) -> asyncio.Event:
+    """Set once the regional admitted this edge (at once if it did before a restart)."""
+    enrolled = asyncio.Event()
+    if enrolled_before(settings.state_dir, settings.region):
+        enrolled.set()
+    return enrolled
+
+
+def _add_bridge(daemon: Daemon, settings: EdgeSettings, registry: DeviceRegistry) -> None:
+    if settings.mqtt_bridge_url:
+        url, topics, edge = settings.mqtt_bridge_url, settings.mqtt_bridge_topics, settings.site
+        daemon.add_task("mqtt-bridge", lambda: _bridge(url, topics, registry, edge))
+
+
+async def _redeem_token(settings: EdgeSettings) -> None:
+    """A new edge's first step: redeem its enrollment token, unless done before."""
+    token = read_token(settings.enroll_token, settings.enroll_token_file)
+    if token and not joined_before(settings.state_dir, token):
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        await join(
+            token,
+            region=settings.region,
+            edge=settings.site,
+            public_key=_public_key(settings.nats_creds),
+            machine=machine_id(settings.machine_id),
+            url=settings.enroll_url,
+            state_dir=settings.state_dir,
+        )
+
+
+def _credentials_desk(daemon: Daemon, settings: EdgeSettings) -> CredentialsDesk | None:
+    """Devices' MQTT credentials, when the server's users are kept in files here."""
+    if settings.admission_dir is None:
+        return None
+    desk = CredentialsDesk(
+        daemon.bus,
+        region=settings.region,
+        edge=settings.site,
+        directory=settings.admission_dir,
+        system_creds=settings.system_creds,
+        nats_url=settings.nats_url,
+    )
+    daemon.on_start(desk.start)
+    return desk
 
 
 def _public_key(creds: Path | None) -> str:

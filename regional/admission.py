@@ -16,7 +16,7 @@ from fleetbus.errors import FleetbusError
 from fleetbus.nats.bus import Bus, Msg, connect
 from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import enrolltoken, log
-from fleetbus.runtime.admission import AdmissionFiles
+from fleetbus.runtime.admission import regional_files
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import RegionalSettings
 from schemas import subjects
@@ -45,7 +45,7 @@ class AdmissionDesk:
     def __init__(self, bus: Bus, settings: RegionalSettings, directory: Path, metrics: DaemonMetrics) -> None:
         self.bus, self.settings, self.metrics = bus, settings, metrics
         self.region = settings.region
-        self.files = AdmissionFiles(directory, self.region)
+        self.files = regional_files(directory, self.region)
         self.issuers = frozenset(settings.enroll_issuers)
         self.lock = asyncio.Lock()  # one change of the registry at a time
         self.control: ServerControl | None = None

@@ -1,7 +1,7 @@
 """The list of message types: what `schema export` writes and the golden tests cover."""
 
 from schemas.base import Message
-from schemas.device import DeviceCommand, DeviceCommandReply
+from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.enrollment import (
     AdmissionCommand,
     AdmissionReply,
@@ -32,4 +32,5 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     AdmissionReply,
     DeviceCommand,
     DeviceCommandReply,
+    DeviceCredentials,
 )

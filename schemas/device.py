@@ -55,3 +55,19 @@ class DeviceCommandReply(Message):
     device_known: bool = Field(default=False, description="The edge has heard this device.")
     device_online: bool = False
     reason: str = ""
+
+
+class DeviceCredentials(Message):
+    """An operator adds or removes a device's MQTT credentials at its edge (core request;
+    answered with a `DeviceCommandReply`). Only the bcrypt hash of the password travels: the
+    password is shown once, to the operator."""
+
+    SCHEMA: ClassVar[str] = "fleet.device_credentials"
+
+    region: SiteId
+    edge: SiteId
+    device: SiteId
+    action: Literal["add", "remove"]
+    password_hash: str = Field(default="", max_length=128)
+    gateway: bool = Field(default=False, description="It may speak for every device of the edge.")
+    sent_by: str = ""

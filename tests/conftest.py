@@ -1,6 +1,7 @@
 """Fixtures that start real nats-server processes on free ports (never a mocked NATS)."""
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from fleetbus.devfleet.servers import NatsServer
 from fleetbus.devfleet.supervisor import DevFleet
 from schemas import subjects
 from schemas.heartbeat import Tier
+from tests.helpers import arun_cli
 
 
 class Chain:
@@ -54,6 +56,25 @@ def admin_creds(plan: FleetPlan) -> Path:
 def hub_args(plan: FleetPlan) -> tuple[str, ...]:
     """The CLI options that reach this fleet's hub as its admin."""
     return ("--hub", plan.site("hub").server.client_url, "--creds", str(admin_creds(plan)))
+
+
+async def device_login(plan: FleetPlan, edge: str, device: str, *, gateway: bool = False) -> dict[str, str]:
+    """MQTT credentials of `device` at `edge` (`fleetbus device add`), as aiomqtt's
+    `username`/`password` keywords; a `gateway` may publish for every device of the edge."""
+    done = await arun_cli(
+        "device",
+        "add",
+        edge,
+        device,
+        "--json",
+        "--region",
+        plan.site(edge).region,
+        *(["--gateway"] if gateway else []),
+        *hub_args(plan),
+    )
+    assert done.returncode == 0, done.stderr
+    login = json.loads(done.stdout)
+    return {"username": login["username"], "password": login["password"]}
 
 
 async def connect_as(plan: FleetPlan, site: str, **options: Any) -> Client:

@@ -30,7 +30,7 @@ from schemas import (
     Severity,
     Tier,
 )
-from schemas.device import DeviceCommand, DeviceCommandReply
+from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.inventory import AppliedState, HostFacts, LinkState, StreamBacklog
 from schemas.profile import LabelRequirement, SelectorOperator
 
@@ -278,6 +278,17 @@ device_command_replies = st.builds(
     reason=st.text(max_size=20),
 )
 
+device_credentials = st.builds(
+    DeviceCredentials,
+    region=ids,
+    edge=ids,
+    device=ids,
+    action=st.sampled_from(["add", "remove"]),
+    password_hash=st.text(max_size=60),
+    gateway=st.booleans(),
+    sent_by=st.text(max_size=10),
+)
+
 BY_TYPE = {
     Profile: profiles,
     Override: overrides,
@@ -293,4 +304,5 @@ BY_TYPE = {
     AdmissionReply: admission_replies,
     DeviceCommand: device_commands,
     DeviceCommandReply: device_command_replies,
+    DeviceCredentials: device_credentials,
 }

@@ -22,7 +22,7 @@ from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply
 from schemas.heartbeat import Tier
 from schemas.profile import Profile
-from tests.conftest import admin_creds, connect_as, running_fleet
+from tests.conftest import admin_creds, connect_as, device_login, running_fleet
 from tests.fleetprobe import applied_hash
 from tests.helpers import eventually
 from tests.test_decoders_fuzz import CORPUS
@@ -82,7 +82,8 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
         # The same from a device on the edge's MQTT listener, then one good reading: it is taken.
         mqtt_port = fleet.plan.site(EDGE).server.mqtt_port
         assert mqtt_port is not None
-        async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="sensor-2") as device:
+        login = await device_login(fleet.plan, EDGE, "sensor-2")
+        async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="sensor-2", **login) as device:
             for body in (b for b in CORPUS.values() if len(b) < 1_000_000):
                 for channel in ("telemetry", "status"):
                     await device.publish(f"devices/sensor-2/{channel}", body, qos=1)

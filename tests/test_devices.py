@@ -20,7 +20,7 @@ from fleetbus.errors import EdgeUnreachableError
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
-from tests.conftest import admin_creds, hub_args, running_fleet
+from tests.conftest import admin_creds, device_login, hub_args, running_fleet
 from tests.helpers import arun_cli, eventually, require_tool
 from tests.test_metrics import CHECKED_ELSEWHERE, Metrics
 
@@ -114,7 +114,8 @@ async def test_devices_on_the_edge_mqtt_listener_reach_the_hub_and_take_commands
     async with device_fleet(tmp_path) as (fleet, client):
         mqtt_port = fleet.plan.site(EDGE).server.mqtt_port
         assert mqtt_port is not None
-        async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="sensor-1") as device:
+        login = await device_login(fleet.plan, EDGE, "sensor-1")
+        async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="sensor-1", **login) as device:
             await device.subscribe("devices/sensor-1/cmd", qos=1)
             await device.publish("devices/sensor-1/status", json.dumps({"state": "ok"}), qos=1)
             await device.publish("devices/sensor-1/telemetry", json.dumps({"temp": 21.5}), qos=1)
@@ -134,7 +135,11 @@ async def test_devices_on_the_edge_mqtt_listener_reach_the_hub_and_take_commands
             await device.publish("devices/sensor-1/telemetry", b"not json", qos=1)
             await device.publish("devices/sensor-1/telemetry", json.dumps({"temp": [1, 2]}), qos=1)
             await device.publish("devices/sensor-1/telemetry", b"x" * (1024 * 1024 - 200), qos=1)
-            await device.publish("devices/bad.id/telemetry", json.dumps({"temp": 1}), qos=1)
+            # An id that is not one (a dot) can come only from a gateway: a device's own
+            # credentials reach only its own topics.
+            gateway = await device_login(fleet.plan, EDGE, "gw-1", gateway=True)
+            async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="gw-1", **gateway) as gw:
+                await gw.publish("devices/bad.id/telemetry", json.dumps({"temp": 1}), qos=1)
             metrics = Metrics(fleet)
 
             async def rejected() -> dict[str, float] | None:

@@ -8,6 +8,7 @@ refusal cannot come from a wrong subject name.
 """
 
 import asyncio
+import contextlib
 import secrets
 import socket
 import ssl
@@ -26,7 +27,7 @@ from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.runtime import identity, pki
 from schemas import subjects
 from schemas.subjects import OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
-from tests.conftest import admin_creds, hub_args, running_chain, running_fleet
+from tests.conftest import admin_creds, connect_as, device_login, hub_args, running_fleet
 from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
@@ -423,15 +424,28 @@ async def test_the_viewer_reads_every_bucket_and_changes_nothing(attack):
 # --- a device on the store LAN ---------------------------------------------------------------
 
 
-async def test_an_anonymous_device_reaches_devices_subjects_only(tmp_path):
-    """No MQTT credentials: the `devices` user, on the MQTT listener only (docs/security.md#devices)."""
-    async with running_chain(tmp_path, 1, 1, mqtt=True) as chain:
-        edge = chain.plan.site(EDGE).server
-        assert edge.mqtt_port is not None
-        # The same name and an empty password on the client port: refused.
+async def test_a_device_logs_in_with_its_own_credentials_and_speaks_only_for_itself(tmp_path):
+    """MQTT devices authenticate (docs/security.md#devices): no credentials, a wrong password,
+    another device's topic, a fleet subject and a removed device are all refused by the edge's
+    server; only the device's own topics pass."""
+    async with running_fleet(tmp_path, regions=1, edges=1, mqtt=True) as fleet:
+        edge = fleet.plan.site(EDGE).server
+        port = edge.mqtt_port
+        assert port is not None
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", port, identifier="anonymous"):
+                pass
+        login = await device_login(fleet.plan, EDGE, "sensor-9")
+        wrong = {"username": "sensor-9", "password": secrets.token_urlsafe(18)}
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", port, identifier="guess", **wrong):
+                pass
+        # Its name and password on the NATS client port: refused (MQTT listener only).
         with pytest.raises(nats.errors.Error, match=r"(?i)authorization"):
-            await nats.connect(edge.client_url, user="devices", password="", allow_reconnect=False)
-        local = await chain.connect(EDGE)
+            await nats.connect(
+                edge.client_url, user="sensor-9", password=login["password"], allow_reconnect=False
+            )
+        local = await connect_as(fleet.plan, EDGE)
         seen: list[str] = []
 
         async def record(msg: Any) -> None:
@@ -440,14 +454,27 @@ async def test_an_anonymous_device_reaches_devices_subjects_only(tmp_path):
         try:
             await local.subscribe(">", cb=record)
             await local.flush()
-            forged = subjects.edge_heartbeat(REGION, EDGE)
-            async with aiomqtt.Client("127.0.0.1", edge.mqtt_port, identifier="sensor-9") as device:
-                await device.publish(forged.replace(".", "/"), b"{}", qos=1)
+            forged = (subjects.edge_heartbeat(REGION, EDGE), "devices.sensor-8.telemetry")
+            async with aiomqtt.Client("127.0.0.1", port, identifier="sensor-9", **login) as device:
+                for subject in forged:
+                    with contextlib.suppress(aiomqtt.MqttError):  # refused: dropped or disconnected
+                        await device.publish(subject.replace(".", "/"), b"{}", qos=0)
+            async with aiomqtt.Client("127.0.0.1", port, identifier="sensor-9", **login) as device:
                 await device.publish("devices/sensor-9/telemetry", b"{}", qos=1)
-            # In order from one device: once its reading is through, the forged one would be.
-            await eventually(
-                lambda: _seen("devices.sensor-9.telemetry", seen), timeout=10, what="the device's reading"
+                # In order from one device: once its reading is through, a forged one would be.
+                await eventually(
+                    lambda: _true("devices.sensor-9.telemetry" in seen),
+                    timeout=10,
+                    what="the device's reading",
+                )
+            assert not set(forged) & set(seen), seen
+            # Removed: refused from then on.
+            done = await arun_cli(
+                "device", "remove", EDGE, "sensor-9", "--region", REGION, *hub_args(fleet.plan)
             )
-            assert forged not in seen
+            assert done.returncode == 0, done.stderr
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", port, identifier="sensor-9", **login):
+                    pass
         finally:
             await local.close()

@@ -19,7 +19,7 @@ from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.heartbeat import Tier
 from schemas.profile import Profile, ProfileSpec
-from tests.conftest import Chain, admin_creds, connect_as, running_fleet
+from tests.conftest import Chain, admin_creds, connect_as, device_login, running_fleet
 from tests.helpers import eventually
 
 DEVICE = "sensor-1"  # the same device id at three edges, two of them in one region
@@ -149,7 +149,10 @@ async def test_the_same_device_id_at_three_edges_stays_three_devices(tmp_path):
             for edge in EDGES:
                 port = fleet.plan.site(edge).server.mqtt_port
                 assert port is not None
-                device = await stack.enter_async_context(aiomqtt.Client("127.0.0.1", port, identifier=DEVICE))
+                login = await device_login(fleet.plan, edge, DEVICE)
+                device = await stack.enter_async_context(
+                    aiomqtt.Client("127.0.0.1", port, identifier=DEVICE, **login)
+                )
                 await device.subscribe(f"devices/{DEVICE}/cmd", qos=1)
                 await device.publish(f"devices/{DEVICE}/telemetry", json.dumps({"edge": edge}), qos=1)
                 devices[edge] = device

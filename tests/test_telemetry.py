@@ -17,7 +17,7 @@ from schemas import subjects
 from schemas.base import utcnow
 from schemas.event import Event
 from schemas.profile import Profile, ProfileSpec
-from tests.conftest import connect_as
+from tests.conftest import connect_as, device_login
 from tests.helpers import eventually
 from tests.test_dashboard import get as dashboard_get
 from tests.test_devices import EDGE, device_fleet
@@ -239,7 +239,9 @@ async def test_selected_telemetry_reaches_the_hub_through_a_cut_link_within_its_
         mqtt_port = fleet.plan.site(EDGE).server.mqtt_port
         assert mqtt_port is not None
         try:
-            async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="site-devices") as mqtt:
+            # One site gateway speaks for both devices.
+            login = await device_login(fleet.plan, EDGE, "site-gw", gateway=True)
+            async with aiomqtt.Client("127.0.0.1", mqtt_port, identifier="site-devices", **login) as mqtt:
                 await mqtt.publish("devices/fridge-1/telemetry", json.dumps({"temp": 4.0, "hum": 50}), qos=1)
                 await mqtt.publish("devices/door-1/status", json.dumps({"state": "closed"}), qos=1)
                 await mqtt.publish("devices/door-1/telemetry", json.dumps({"battery": 90}), qos=1)

@@ -50,6 +50,14 @@ def dev_up(
             "may read and change everything.",
         ),
     ] = False,
+    mqtt_anonymous: Annotated[
+        bool,
+        typer.Option(
+            "--mqtt-anonymous",
+            help="UNSAFE: admit MQTT devices without credentials; any of them may then publish "
+            "as any other device (never a fleet subject). Default: `fleetbus device add`.",
+        ),
+    ] = False,
 ) -> None:
     """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
     check_range("--regions", regions, 1, 50)
@@ -71,7 +79,19 @@ def dev_up(
     out.print(f"starting dev fleet in {directory}: 1 hub, {regions} region(s) x {edges} edge(s)")
     if insecure:
         warn_insecure()
-    fleet = DevFleet(plan, heartbeat_interval=heartbeat_interval, progress=out.print, insecure=insecure)
+    if mqtt_anonymous:
+        err.print(
+            "[bold red]UNSAFE[/]: --mqtt-anonymous admits MQTT devices without credentials: any "
+            "device on a store's LAN may publish as any other.",
+            soft_wrap=True,
+        )
+    fleet = DevFleet(
+        plan,
+        heartbeat_interval=heartbeat_interval,
+        progress=out.print,
+        insecure=insecure,
+        mqtt_anonymous=mqtt_anonymous,
+    )
     asyncio.run(run_foreground(fleet, _print_fleet))
 
 

@@ -1,17 +1,100 @@
-"""`fleetbus device send`: a command from the hub to one device at one edge."""
+"""`fleetbus device send|add|remove`: a command from the hub to one device at one edge, and
+the devices' MQTT credentials (docs/security.md#devices)."""
 
 import json
+import secrets
 from pathlib import Path
 from typing import Annotated
 
+import bcrypt
 import typer
 
-from fleetbus.cli.kit import Actor, AsJson, Creds, HubUrl, StateDir, actor_name, out, with_client
+from fleetbus.cli.kit import Actor, AsJson, Creds, HubUrl, StateDir, actor_name, err, out, with_client
 from fleetbus.errors import ConfigError
 from fleetbus.sdk.documents import load_mapping
 from schemas.base import check_token
 
-device_app = typer.Typer(help="Devices at the edges (MQTT): commands.", no_args_is_help=True)
+device_app = typer.Typer(help="Devices at the edges (MQTT): credentials, commands.", no_args_is_help=True)
+BCRYPT_ROUNDS = 10  # the edge's server checks the hash on every MQTT connect: ~50 ms here
+
+
+def _check_ids(edge: str, device: str) -> None:
+    for name, value in (("EDGE", edge), ("DEVICE", device)):
+        try:
+            check_token(value)
+        except ValueError as exc:
+            raise ConfigError(f"{name} {value!r}: {exc}") from exc
+
+
+@device_app.command("add")
+def add(
+    edge: Annotated[str, typer.Argument(help="The edge the device connects to.")],
+    device: Annotated[
+        str, typer.Argument(help="The device id: its MQTT username, its topics devices/<id>/...")
+    ],
+    gateway: Annotated[
+        bool, typer.Option("--gateway", help="It may publish for every device of the edge (a site gateway).")
+    ] = False,
+    region: Annotated[
+        str | None, typer.Option(help="The edge's region (default: from its inventory).")
+    ] = None,
+    actor: Actor = None,
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Create DEVICE's MQTT password at EDGE (online edges only); shown once, here.
+
+    The device logs in with username DEVICE and this password; it may publish only
+    devices/DEVICE/... and receive only devices/DEVICE/cmd. Adding it again replaces the
+    password."""
+    _check_ids(edge, device)
+    password = secrets.token_urlsafe(18)
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
+    with_client(
+        hub,
+        state_dir,
+        lambda fleet: fleet.device_credentials(
+            edge,
+            device,
+            "add",
+            password_hash=hashed,
+            gateway=gateway,
+            region=region,
+            sent_by=actor_name(actor),
+        ),
+    )
+    if as_json:
+        out.print_json(json.dumps({"edge": edge, "device": device, "username": device, "password": password}))
+        return
+    kind = "gateway" if gateway else "device"
+    out.print(f"{kind} {device} at {edge}: username {device}, password {password}", highlight=False)
+    err.print("the password is shown only now; `fleetbus device add` again replaces it")
+
+
+@device_app.command("remove")
+def remove(
+    edge: Annotated[str, typer.Argument(help="The edge the device connects to.")],
+    device: Annotated[str, typer.Argument(help="The device id.")],
+    region: Annotated[
+        str | None, typer.Option(help="The edge's region (default: from its inventory).")
+    ] = None,
+    actor: Actor = None,
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Remove DEVICE's MQTT credentials at EDGE: its connection is closed and refused."""
+    _check_ids(edge, device)
+    with_client(
+        hub,
+        state_dir,
+        lambda fleet: fleet.device_credentials(
+            edge, device, "remove", region=region, sent_by=actor_name(actor)
+        ),
+    )
+    out.print(f"removed device {device} at {edge}: its MQTT login is refused")
 
 
 @device_app.command("send")

@@ -131,6 +131,19 @@ def joiner(region: str) -> Permissions:
     return Permissions(publish=(subjects.region_join(region),), subscribe=(f"{subjects.JOIN_INBOX}.>",))
 
 
+def device(device_id: str) -> Permissions:
+    """An MQTT device at its edge (`fleetbus device add`): its own topics `devices/<id>/…`,
+    and its own command topic to receive."""
+    base = f"devices.{device_id}"
+    return Permissions(publish=(f"{base}.>",), subscribe=(f"{base}.cmd",))
+
+
+def gateway() -> Permissions:
+    """A site gateway at its edge (`fleetbus device add --gateway`): it speaks for every
+    device of the edge, and never on a fleet subject."""
+    return Permissions(publish=("devices.>",), subscribe=("devices.*.cmd",))
+
+
 def simulator(region: str, site: str) -> Permissions:
     """A simulator of hollow edges in `region` (`fleetbus sim`, one connection for all of
     them): the subjects of every edge of the region, and reads of the region's buckets. A
@@ -189,6 +202,8 @@ def table() -> list[tuple[str, str, Permissions]]:
         ("new edge with a token (`join`)", "regional r1 (client)", joiner("r1")),
         ("simulator `r1-hollow`", "regional r1 (client)", simulator("r1", "r1-hollow")),
         ("viewer", "hub (client)", viewer()),
+        ("device `sensor-1`", "edge (MQTT)", device("sensor-1")),
+        ("gateway (`--gateway`)", "edge (MQTT)", gateway()),
     ]
 
 

@@ -26,7 +26,7 @@ SITE_KEY = "site"
 # What an MQTT client that presents no credentials is taken for (docs/security.md#devices).
 DEVICES_USER = "devices"
 JOIN_USER = "join"
-DEVICES = permissions.Permissions(publish=("devices.>",), subscribe=("devices.*.cmd",))
+DEVICES = permissions.gateway()
 
 
 def simulator_workdir(state_dir: Path, region: str) -> Path:
@@ -45,7 +45,7 @@ class FleetIdentities:
     viewer: Identity
     simulators: dict[str, Identity]  # by region
     tls: dict[str, pki.CertFiles]  # by site
-    systems: dict[str, Identity]  # regional daemons' system-account identities, by site
+    systems: dict[str, Identity]  # regional and edge daemons' system-account identities, by site
 
 
 def _ensure(path: Path) -> Path:
@@ -80,11 +80,17 @@ def ensure_identities(plan: FleetPlan) -> FleetIdentities:
             for s in plan.by_tier(Tier.REGIONAL)
         },
         tls={s.name: pki.ensure_site_cert(ca, s.creds_path.parent, s.name, _hosts(s)) for s in plan.sites},
-        systems={s.name: identity.load(_ensure(s.system_creds_path)) for s in plan.by_tier(Tier.REGIONAL)},
+        systems={s.name: identity.load(_ensure(s.system_creds_path)) for s in plan.sites if _has_system(s)},
     )
 
 
-def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities) -> list[User]:
+def _has_system(site: SitePlan) -> bool:
+    """Regionals (their edges) and edges with an MQTT listener (their devices) keep users in
+    admission files, which their daemons reload through the system account."""
+    return site.tier is Tier.REGIONAL or site.server.mqtt_port is not None
+
+
+def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities, *, mqtt_anonymous: bool) -> list[User]:
     own = User(who=f"{site.name} itself (its daemon)", nkey=ids.sites[site.name].public_key)
     below = [s for s in plan.sites if s.upstream == site.name]
     if site.tier is Tier.HUB:
@@ -118,7 +124,7 @@ def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities) -> list[User]:
             ),
         ]
     users = [own]
-    if site.server.mqtt_port is not None:
+    if site.server.mqtt_port is not None and mqtt_anonymous:
         # Only on the MQTT listener: on the client port this name and an empty password
         # would otherwise be an anonymous login (tests/test_security.py).
         users.append(
@@ -132,31 +138,34 @@ def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities) -> list[User]:
     return users
 
 
-def authorize(plan: FleetPlan, ids: FleetIdentities) -> FleetPlan:
-    """`plan` with each server admitting exactly its identities."""
+def authorize(plan: FleetPlan, ids: FleetIdentities, *, mqtt_anonymous: bool = False) -> FleetPlan:
+    """`plan` with each server admitting exactly its identities; MQTT devices need their
+    own credentials (`fleetbus device add`) unless `mqtt_anonymous` (unsafe: any device may
+    then speak for any other)."""
     sites = []
     for site in plan.sites:
         tls = ids.tls[site.name]
         regional = site.tier is Tier.REGIONAL
         auth = Authorization(
-            users=tuple(_users(plan, site, ids)),
+            users=tuple(_users(plan, site, ids, mqtt_anonymous=mqtt_anonymous)),
             leaf_seed=ids.sites[site.name].seed() if site.upstream else None,
-            mqtt_anonymous=DEVICES_USER if site.server.mqtt_port is not None else None,
+            mqtt_anonymous=DEVICES_USER if site.server.mqtt_port is not None and mqtt_anonymous else None,
             tls=LinkTls(cert=tls.cert, key=tls.key, ca=tls.ca),
             admission=(
                 {s.name: ids.sites[s.name].public_key for s in plan.sites if s.upstream == site.name}
                 if regional
                 else None
             ),
-            system_nkey=ids.systems[site.name].public_key if regional else None,
+            devices=site.server.mqtt_port is not None,
+            system_nkey=ids.systems[site.name].public_key if _has_system(site) else None,
             enroll_issuers=(ids.admin.public_key,) if regional else (),
         )
         sites.append(replace(site, server=site.server.model_copy(update={"auth": auth})))
     return replace(plan, sites=tuple(sites))
 
 
-def secure(plan: FleetPlan) -> FleetPlan:
-    return authorize(plan, ensure_identities(plan))
+def secure(plan: FleetPlan, *, mqtt_anonymous: bool = False) -> FleetPlan:
+    return authorize(plan, ensure_identities(plan), mqtt_anonymous=mqtt_anonymous)
 
 
 def operator_creds(state_dir: Path, name: str = ADMIN) -> Path:

@@ -56,6 +56,9 @@ class Authorization(BaseModel):
     # (fleetbus.runtime.admission), which the regional daemon rewrites and reloads. The
     # edges admitted before the first start (edge id -> public key):
     admission: dict[SiteId, str] | None = None
+    # An edge's: its MQTT devices' credentials are kept in admission/ by its daemon
+    # (`fleetbus device add`), rendered into the users file it includes.
+    devices: bool = False
     # Whose enrollment tokens the regional daemon accepts (public keys; not the server's).
     enroll_issuers: tuple[str, ...] = ()
     # The public key of the site daemon's system-account identity, with which it asks its
@@ -146,10 +149,15 @@ def _authorization(auth: Authorization | None) -> list[str]:
             "# write everything, on every tier it links to. Only for debugging (--insecure).",
         ]
     lines = ["", "# Every connection (client, leaf link, MQTT) authenticates as one of these."]
-    if auth.admission is not None:
+    if auth.admission is not None or auth.devices:
+        kept = (
+            "the edges admitted so far, kept by its daemon as edges are enrolled and revoked"
+            if auth.admission is not None
+            else "its devices' credentials, kept by its daemon (fleetbus device add)"
+        )
         lines += [
-            "# This site's own identities and the edges admitted so far, kept by its daemon as",
-            "# edges are enrolled and revoked (docs/security.md#enrollment).",
+            "# This site's own identities and " + kept,
+            "# (docs/security.md).",
             "authorization {",
             f"  include {_q(f'{ADMISSION_DIR}/{USERS_FILE}')}",
             "}",
@@ -163,7 +171,7 @@ def _authorization(auth: Authorization | None) -> list[str]:
         lines += [
             "",
             "# The site daemon's system identity: it asks this server to reload and closes the",
-            "# links of revoked edges ($SYS.REQ.SERVER.<id>.RELOAD / KICK).",
+            "# connections of revoked keys ($SYS.REQ.SERVER.<id>.RELOAD / KICK).",
             f"accounts {{ SYS {{ users: [ {{nkey: {_q(auth.system_nkey)}}} ] }} }}",
             "system_account: SYS",
         ]

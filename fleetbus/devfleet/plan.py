@@ -47,7 +47,7 @@ class SitePlan:
 
     @property
     def system_creds_path(self) -> Path:
-        """A regional daemon's second identity, in its server's system account."""
+        """A regional's or edge's daemon's second identity, in its server's system account."""
         return self.workdir / "identity" / "system.nk"
 
     @property
@@ -70,6 +70,11 @@ class SitePlan:
                 "heartbeat_interval": heartbeat_interval,
                 "labels": {"region": self.region, "env": "dev"},
             }
+            if self.server.auth is not None and self.server.auth.devices:
+                values |= {
+                    "admission_dir": str(self.workdir / ADMISSION_DIR),
+                    "system_creds": str(self.system_creds_path),
+                }
         elif self.tier is Tier.REGIONAL:
             values["heartbeat_interval"] = heartbeat_interval
             auth = self.server.auth

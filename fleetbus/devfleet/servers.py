@@ -16,7 +16,7 @@ from fleetbus.devfleet.netutil import port_in_use
 from fleetbus.devfleet.process import SupervisedProcess
 from fleetbus.errors import ServerError
 from fleetbus.runtime.admission import DIR as ADMISSION_DIR
-from fleetbus.runtime.admission import AdmissionFiles
+from fleetbus.runtime.admission import Devices, edge_files, regional_files
 from schemas.base import utcnow
 
 # The token id of the edges a dev fleet admits before its first start (planned with it).
@@ -94,7 +94,9 @@ class NatsServer(SupervisedProcess):
                     for edge, key in auth.admission.items()
                 }
             )
-            AdmissionFiles(self.workdir / ADMISSION_DIR, self.spec.name).setup(auth.users, initial)
+            regional_files(self.workdir / ADMISSION_DIR, self.spec.name).setup(auth.users, initial)
+        if auth is not None and auth.devices:
+            edge_files(self.workdir / ADMISSION_DIR).setup(auth.users, Devices())
         return self.config_path
 
     async def start(self, timeout: float = 20.0) -> None:

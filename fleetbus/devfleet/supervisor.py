@@ -69,11 +69,13 @@ class DevFleet:
         hollow: list[HollowPlan] | None = None,
         hollow_settings: dict[str, object] | None = None,
         insecure: bool = False,
+        mqtt_anonymous: bool = False,
     ) -> None:
         # Every server admits only its identities (generated now if missing), unless
         # `insecure`: then anyone who reaches a port may do anything (debugging only).
         self.insecure = insecure
-        self.plan = plan if insecure else identities.secure(plan)
+        # `mqtt_anonymous`: MQTT devices need no credentials (unsafe; `dev up --mqtt-anonymous`).
+        self.plan = plan if insecure else identities.secure(plan, mqtt_anonymous=mqtt_anonymous)
         plan = self.plan
         self.hollow_plan = hollow or []  # `fleetbus sim`: hollow-edge processes per regional
         self.hollow_settings = hollow_settings or {}

@@ -1,21 +1,25 @@
-"""Who a regional's server admits on its leaf port, kept in files beside its config.
+"""Who a site's server admits beyond its fixed users, kept in files beside its config.
 
-A regional's nats-server config includes `admission/users.conf`; that file is rendered from
-two others in the same directory:
+A regional's or an edge's nats-server config includes `admission/users.conf`; that file is
+rendered from two others in the same directory:
 
 - `base.json`: the users every start has (the site itself, the simulator), written by
   whoever renders the server's config (the dev fleet, `fleetbus compose`);
-- `edges.json`: the edges admitted, pending and revoked, written by the regional daemon as
-  tokens are redeemed and edges approved or revoked (`fleetbus.core.admission` decides).
+- a registry the site's daemon keeps: a regional's `edges.json` (edges admitted, pending and
+  revoked, as tokens are redeemed and edges approved or revoked; `fleetbus.core.admission`
+  decides), an edge's `devices.json` (its MQTT devices' credentials, `fleetbus device add`).
 
 The daemon rewrites `users.conf` and asks its server to reload (`fleetbus.nats.sysadmin`); a
-revoked edge's key is then unknown to the server, which refuses its reconnects. Every write is
+revoked key is then unknown to the server, which refuses its reconnects. Every write is
 atomic (a temporary file renamed over the old one): a reload never reads half a file.
 """
 
 import json
 import os
+from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,6 +32,8 @@ DIR = "admission"
 USERS_FILE = "users.conf"
 BASE_FILE = "base.json"
 EDGES_FILE = "edges.json"
+DEVICES_FILE = "devices.json"
+R = TypeVar("R", bound=BaseModel)
 
 
 class User(BaseModel):
@@ -72,19 +78,16 @@ def render_user(user: User, indent: str = "    ") -> list[str]:
     return [f"{indent}# {user.who}", indent + "{" + ", ".join(fields) + "}"]
 
 
-def users(base: tuple[User, ...], registry: Registry, region: str) -> tuple[User, ...]:
-    """Everyone the regional's server admits: `base` and each admitted edge with its link's
-    permissions. Pending and revoked edges are not there: the server refuses them."""
-    return (
-        *base,
-        *(
-            User(
-                who=f"edge {edge} (admitted {entry.at})",
-                nkey=entry.nkey,
-                permissions=permissions.edge_link(region, edge),
-            )
-            for edge, entry in sorted(registry.admitted.items())
-        ),
+def edge_users(registry: Registry, region: str) -> tuple[User, ...]:
+    """Each edge a regional admits, with its link's permissions. Pending and revoked edges
+    are not there: the server refuses them."""
+    return tuple(
+        User(
+            who=f"edge {edge} (admitted {entry.at})",
+            nkey=entry.nkey,
+            permissions=permissions.edge_link(region, edge),
+        )
+        for edge, entry in sorted(registry.admitted.items())
     )
 
 
@@ -115,11 +118,49 @@ class _Base(BaseModel):
     users: tuple[User, ...]
 
 
-class AdmissionFiles:
-    """The admission directory of one regional's server."""
+class DeviceEntry(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
-    def __init__(self, directory: Path, region: str) -> None:
-        self.directory, self.region = directory, region
+    password_hash: str = Field(description="bcrypt; the password itself was shown once, to the operator.")
+    gateway: bool = False  # may speak for every device of the edge (a site gateway)
+    at: datetime
+
+
+class Devices(BaseModel):
+    """An edge's MQTT credentials, by device id (`fleetbus device add`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    devices: dict[str, DeviceEntry] = Field(default_factory=dict)
+
+
+def device_users(devices: Devices) -> tuple[User, ...]:
+    """Each device as a user of the MQTT listener only, pinned to its own topics."""
+    return tuple(
+        User(
+            who=f"{'gateway' if entry.gateway else 'device'} {device} (added {entry.at})",
+            name=device,
+            password=entry.password_hash,
+            permissions=permissions.gateway() if entry.gateway else permissions.device(device),
+            connection_types=("MQTT",),
+        )
+        for device, entry in sorted(devices.devices.items())
+    )
+
+
+class AdmissionFiles(Generic[R]):
+    """The admission directory beside one server's config: `base.json`, a registry (a
+    regional's edges, an edge's devices) and the `users.conf` rendered from both."""
+
+    def __init__(
+        self,
+        directory: Path,
+        registry_file: str,
+        model: type[R],
+        registry_users: Callable[[R], tuple[User, ...]],
+    ) -> None:
+        self.directory, self.registry_file, self.model = directory, registry_file, model
+        self.registry_users = registry_users
 
     @property
     def users_path(self) -> Path:
@@ -133,24 +174,32 @@ class AdmissionFiles:
             msg = f"cannot read the admission base {path}: {exc}; render the server's config again"
             raise ConfigError(msg) from exc
 
-    def registry(self) -> Registry:
-        path = self.directory / EDGES_FILE
+    def registry(self) -> R:
+        path = self.directory / self.registry_file
         try:
-            return Registry.model_validate_json(path.read_text())
+            return self.model.model_validate_json(path.read_text())
         except FileNotFoundError:
-            return Registry()
+            return self.model()
         except (OSError, ValidationError) as exc:
             msg = f"cannot read the admission registry {path}: {exc}"
             raise ConfigError(msg) from exc
 
-    def write(self, registry: Registry) -> None:
+    def write(self, registry: R) -> None:
         """Save `registry` and render `users.conf` from it (the server reads it on reload)."""
-        _write(self.directory / EDGES_FILE, registry.model_dump_json(indent=2) + "\n")
-        _write(self.users_path, render_users(users(self.base(), registry, self.region)))
+        _write(self.directory / self.registry_file, registry.model_dump_json(indent=2) + "\n")
+        _write(self.users_path, render_users((*self.base(), *self.registry_users(registry))))
 
-    def setup(self, base: tuple[User, ...], initial: Registry) -> None:
+    def setup(self, base: tuple[User, ...], initial: R) -> None:
         """Before the server starts: its base users now, the registry only if there is none
         yet (what the daemon admitted and revoked outlives a restart of the fleet)."""
         _write(self.directory / BASE_FILE, _Base(users=base).model_dump_json(indent=2) + "\n")
-        registry = self.registry() if (self.directory / EDGES_FILE).exists() else initial
+        registry = self.registry() if (self.directory / self.registry_file).exists() else initial
         self.write(registry)
+
+
+def regional_files(directory: Path, region: str) -> AdmissionFiles[Registry]:
+    return AdmissionFiles(directory, EDGES_FILE, Registry, lambda registry: edge_users(registry, region))
+
+
+def edge_files(directory: Path) -> AdmissionFiles[Devices]:
+    return AdmissionFiles(directory, DEVICES_FILE, Devices, device_users)

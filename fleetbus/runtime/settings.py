@@ -193,6 +193,16 @@ class EdgeSettings(DaemonSettings):
         ge=0,
         description="Sampled readings stored at the edge while the uplink is down; more are dropped.",
     )
+    admission_dir: Path | None = Field(
+        default=None,
+        description=(
+            "The directory beside the server's config holding its MQTT devices' credentials "
+            "(`fleetbus device add`); None: device credentials cannot be added here."
+        ),
+    )
+    system_creds: Path | None = Field(
+        default=None, description="The daemon's identity in its server's system account (reload)."
+    )
     enroll_token: str | None = Field(
         default=None,
         description=(

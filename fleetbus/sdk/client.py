@@ -57,7 +57,7 @@ from fleetbus.runtime import log
 from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from schemas import subjects
 from schemas.base import check_token, utcnow
-from schemas.device import DeviceCommand, DeviceCommandReply
+from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.enrollment import AdmissionCommand, AdmissionReply
 from schemas.event import Event
 from schemas.inventory import InventorySnapshot
@@ -306,6 +306,44 @@ class FleetClient:
                 "the command was not delivered (commands go to online edges only)"
             )
             raise EdgeUnreachableError(msg) from exc
+
+    async def device_credentials(
+        self,
+        edge: str,
+        device: str,
+        action: str,
+        *,
+        password_hash: str = "",
+        gateway: bool = False,
+        region: str | None = None,
+        sent_by: str = "",
+    ) -> DeviceCommandReply:
+        """Add (`password_hash`: bcrypt) or remove a device's MQTT credentials at `edge`, which
+        must be online. `RefusedError` with the edge's reason if it could not apply it."""
+        check_token(device)
+        if region is None:
+            region = (await self.get_inventory(edge)).region
+        request = DeviceCredentials(
+            region=region,
+            edge=edge,
+            device=device,
+            action=action,
+            password_hash=password_hash,
+            gateway=gateway,
+            sent_by=sent_by,
+        )
+        subject = subjects.edge_command(region, edge, "device_credentials")
+        try:
+            reply = await self.bus.request(subject, request, DeviceCommandReply, timeout=self.timeout)
+        except NO_ANSWER as exc:
+            msg = (
+                f"edge {edge!r} did not answer within {self.timeout:g} s: it is offline or its link is "
+                "down; device credentials are changed at online edges only"
+            )
+            raise EdgeUnreachableError(msg) from exc
+        if not reply.delivered:
+            raise RefusedError(f"edge {edge}: {reply.reason}")
+        return reply
 
     async def watch_inventory(self, region: str | None = None) -> AsyncGenerator[InventorySnapshot, None]:
         """Every edge's latest snapshot (of `region`), then each new one as the hub gets it.
