@@ -163,13 +163,21 @@ async def _driver(settings: EdgeSettings) -> AsyncIterator[Driver]:
         await api.close()
 
 
-async def _bridge(url: str, topics: list[str], registry: DeviceRegistry, edge: str) -> None:
+async def _bridge(url: str, settings: EdgeSettings, registry: DeviceRegistry) -> None:
     try:
         from edge import mqttbridge  # noqa: PLC0415 - an optional dependency
     except ImportError as exc:
         msg = f"mqtt_bridge_url needs aiomqtt ({exc}): pip install 'fleetbus[mqtt]'"
         raise ConfigError(msg) from exc
-    await mqttbridge.run(url, topics, registry, client_id=f"fleetbus-{edge}")
+    await mqttbridge.run(
+        url,
+        settings.mqtt_bridge_topics,
+        registry,
+        client_id=f"fleetbus-{settings.site}",
+        username=settings.mqtt_bridge_username,
+        password_file=settings.mqtt_bridge_password_file,
+        ca=settings.mqtt_bridge_ca,
+    )
 
 
 def _enrolled(settings: EdgeSettings) -> asyncio.Event:
@@ -182,8 +190,8 @@ def _enrolled(settings: EdgeSettings) -> asyncio.Event:
 
 def _add_bridge(daemon: Daemon, settings: EdgeSettings, registry: DeviceRegistry) -> None:
     if settings.mqtt_bridge_url:
-        url, topics, edge = settings.mqtt_bridge_url, settings.mqtt_bridge_topics, settings.site
-        daemon.add_task("mqtt-bridge", lambda: _bridge(url, topics, registry, edge))
+        url = settings.mqtt_bridge_url
+        daemon.add_task("mqtt-bridge", lambda: _bridge(url, settings, registry))
 
 
 async def _redeem_token(settings: EdgeSettings) -> None:

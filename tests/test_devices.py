@@ -5,6 +5,8 @@ Devices are aiomqtt clients; servers and daemons are real processes."""
 import asyncio
 import contextlib
 import json
+import secrets
+import ssl
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +19,7 @@ import pytest
 from edge.devices import DeviceRegistry
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.errors import EdgeUnreachableError
+from fleetbus.runtime import pki
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
@@ -201,10 +204,10 @@ async def test_devices_on_the_edge_mqtt_listener_reach_the_hub_and_take_commands
 
 
 @contextlib.contextmanager
-def mosquitto(tmp_path: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+def mosquitto(tmp_path: Path, port: int, conf: str | None = None) -> Iterator[subprocess.Popen[bytes]]:
     binary = require_tool("/usr/sbin/mosquitto", "mosquitto")
     config = tmp_path / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    config.write_text(conf or f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     process = subprocess.Popen(
         [binary, "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -241,3 +244,55 @@ async def test_the_bridge_reconnects_after_mosquitto_restarts_and_loses_nothing(
             again = await eventually(lambda: bridged(1300), timeout=60, what="the bridge reconnected")
         assert again.first_seen == first.first_seen  # the registry lost nothing
         assert again.messages > first.messages
+
+
+@pytest.mark.slow
+async def test_the_bridge_logs_in_over_tls_to_a_broker_that_requires_it(tmp_path):
+    """mqtts:// with the broker's certificate verified, and a username and password: a
+    broker refusing anonymous and plaintext clients still feeds the registry."""
+    [port] = free_ports(1)
+    ca = pki.ensure_ca(tmp_path / "pki")
+    cert = pki.ensure_site_cert(ca, tmp_path / "broker", "broker", ("127.0.0.1",))
+    passwords = tmp_path / "passwords"
+    tool = require_tool("/usr/bin/mosquitto_passwd", "mosquitto")
+    plc_login = {"username": "plc-9", "password": secrets.token_urlsafe(12)}
+    bridge_password = secrets.token_urlsafe(12)
+    for user, password in (("fleetbus", bridge_password), tuple(plc_login.values())):
+        flags = ["-c"] if not passwords.exists() else []
+        subprocess.run([tool, *flags, "-b", str(passwords), user, password], check=True)
+    (tmp_path / "secret").write_text(bridge_password + "\n")
+    conf = (
+        # As root, mosquitto drops to its own user, which cannot read pytest's private tmp dir.
+        f"user root\nlistener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+        f"certfile {cert.cert}\nkeyfile {cert.key}\ncafile {cert.ca}\npersistence false\n"
+    )
+    bridge = {
+        "mqtt_bridge_url": f"mqtts://127.0.0.1:{port}",
+        "mqtt_bridge_username": "fleetbus",
+        "mqtt_bridge_password_file": str(tmp_path / "secret"),
+        "mqtt_bridge_ca": str(cert.ca),
+    }
+    context = ssl.create_default_context(cafile=str(cert.ca))
+    async with device_fleet(tmp_path, **bridge) as (_, client):
+        with mosquitto(tmp_path, port, conf):
+            # The broker refuses a plaintext client and a client without credentials.
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", port, identifier="plain", **plc_login):
+                    pass
+            with pytest.raises(aiomqtt.MqttError):
+                async with aiomqtt.Client("127.0.0.1", port, identifier="anon", tls_context=context):
+                    pass
+
+            async def bridged() -> Any:
+                async with aiomqtt.Client(
+                    "127.0.0.1",
+                    port,
+                    identifier="plc-9",
+                    **plc_login,
+                    tls_context=context,
+                ) as device:
+                    await device.publish("devices/plc-9/telemetry", json.dumps({"rpm": 900}), qos=1)
+                return await device_record(client, "plc-9", last_telemetry={"rpm": 900})
+
+            record = await eventually(bridged, timeout=30, what="the bridged device at the hub")
+            assert record.source == "bridge"

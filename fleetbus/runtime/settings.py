@@ -222,7 +222,19 @@ class EdgeSettings(DaemonSettings):
     )
     mqtt_bridge_url: str | None = Field(
         default=None,
-        description="A site MQTT broker to take devices from as well, e.g. mqtt://10.0.0.5:1883.",
+        description=(
+            "A site MQTT broker to take devices from as well, e.g. mqtt://10.0.0.5:1883, or "
+            "mqtts://broker.store.example:8883 (TLS, its certificate verified)."
+        ),
+    )
+    mqtt_bridge_username: str | None = Field(
+        default=None, description="The bridge's login at the site broker."
+    )
+    mqtt_bridge_password_file: Path | None = Field(
+        default=None, description="A file holding the bridge's password at the site broker."
+    )
+    mqtt_bridge_ca: Path | None = Field(
+        default=None, description="CA certificate(s) to verify an mqtts:// broker (default: the system's)."
     )
     mqtt_bridge_topics: list[str] = Field(
         default_factory=lambda: ["devices/+/telemetry", "devices/+/status"],
