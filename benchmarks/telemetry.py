@@ -24,6 +24,7 @@ import contextlib
 import json
 import re
 import secrets
+import ssl
 import sys
 import tempfile
 import time
@@ -35,6 +36,7 @@ import bcrypt
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import admin_creds, append_results, connect_as, summary, table
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import free_ports, http_get
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
@@ -152,8 +154,14 @@ async def run(fleet: DevFleet, args: argparse.Namespace) -> None:
         await client.device_credentials(
             EDGE, "bench-gw", "add", password_hash=hashed, gateway=True, region=region
         )
+        tls = ssl.create_default_context(cafile=str(identities.ca_cert(fleet.plan.state_dir)))
         async with aiomqtt.Client(
-            "127.0.0.1", port, identifier="bench-devices", username="bench-gw", password=password
+            "127.0.0.1",
+            port,
+            identifier="bench-devices",
+            username="bench-gw",
+            password=password,
+            tls_context=tls,
         ) as mqtt:
             # Interest for the raw subscription crosses two leaf links: wait until it is there.
             await mqtt.publish("devices/warmup/telemetry", json.dumps({"v": 0}), qos=1)

@@ -75,6 +75,10 @@ class CredentialsDesk:
             raise ValueError(msg)
         async with self.lock:
             devices = await asyncio.to_thread(self.files.registry)
+            taken = {u.name for u in await asyncio.to_thread(self.files.base) if u.name}
+            if request.device in taken:
+                msg = f"{request.device!r} is a name this edge's server reserves; choose another device id"
+                raise ValueError(msg)
             if request.action == "add":
                 if not request.password_hash.startswith(BCRYPT_PREFIXES):
                     msg = "password_hash must be a bcrypt hash"
@@ -86,8 +90,12 @@ class CredentialsDesk:
             else:
                 msg = f"device {request.device!r} has no credentials at edge {self.edge!r}"
                 raise ValueError(msg)
-            await asyncio.to_thread(self.files.write, updated)
             if self.control is None:
-                msg = "no system_creds: the edge's server reads the change only when it restarts"
+                msg = "no system_creds: this edge cannot make its server reload its users"
                 raise ConfigError(msg)
-            await self.control.reload()
+            await asyncio.to_thread(self.files.write, updated)
+            try:
+                await self.control.reload()
+            except Exception:
+                await asyncio.to_thread(self.files.write, devices)  # as before: a retry finds it so
+                raise

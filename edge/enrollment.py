@@ -133,7 +133,7 @@ async def join(
     )
 
     def genuine(reply: JoinReply) -> bool:
-        return reply.edge == edge and enrolltoken.proof_ok(token, reply.proof, *reply.proof_fields())
+        return reply.edge == edge and enrolltoken.proof_ok(token, reply.proof, *reply.proof_fields(request))
 
     bus = await connect(
         target,

@@ -7,12 +7,13 @@ each decision as an `audit` event in the region's EVENTS stream.
 """
 
 import asyncio
+import contextlib
 import uuid
 from pathlib import Path
 
 from fleetbus.core import admission as core
 from fleetbus.core.admission import Registry, Status
-from fleetbus.errors import FleetbusError
+from fleetbus.errors import FleetbusError, TemporaryError
 from fleetbus.nats.bus import Bus, Msg, connect
 from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import enrolltoken, log
@@ -52,7 +53,7 @@ class AdmissionDesk:
         self._system: Bus | None = None
 
     async def start(self) -> None:
-        self.files.registry()  # a clear error now if it is unreadable
+        registry = self.files.registry()  # a clear error now if it is unreadable
         if self.settings.system_creds is None:
             logger.warning("no system_creds: revoked edges stay linked until their server reconnects")
         else:
@@ -64,6 +65,9 @@ class AdmissionDesk:
             )
             self.control = ServerControl(self._system)
             await self.control.start()
+        # The server admits what the registry says, whatever happened before a crash.
+        async with self.lock:
+            await self._apply(registry, registry)
         await self.bus.subscribe(subjects.region_join(self.region), JoinRequest, self.on_join)
         await self.bus.subscribe(subjects.region_admission(self.region), AdmissionCommand, self.on_command)
 
@@ -71,11 +75,21 @@ class AdmissionDesk:
         if self._system is not None:
             await self._system.close()
 
-    async def _apply(self, registry: Registry) -> None:
-        """Make the server admit exactly `registry`'s admitted keys."""
-        await asyncio.to_thread(self.files.write, registry)
-        if self.control is not None:
-            await self.control.reload()
+    async def _apply(self, registry: Registry, before: Registry) -> None:
+        """Make the server admit exactly `registry`'s admitted keys; if its server cannot be
+        made to reload, put `before` back (the caller's retry then finds the same state)."""
+        try:
+            await asyncio.to_thread(self.files.write, registry)
+            if self.control is not None:
+                await self.control.reload()
+        except (TemporaryError, OSError) as exc:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.files.write, before)
+            msg = f"the regional's server did not take the change: {exc}"
+            raise TemporaryError(msg) from exc
+
+    async def _drop(self, nkey: str) -> list[int]:
+        return await self.control.drop(nkey) if self.control is not None else []
 
     async def _audit(self, what: str, edge: str, **data: str) -> None:
         event = Event(
@@ -101,44 +115,58 @@ class AdmissionDesk:
 
         def answer(status: str, reason: str = "") -> JoinReply:
             reply = JoinReply(region=self.region, edge=request.edge, status=status, reason=reason)
-            reply.proof = enrolltoken.reply_proof(request.token, *reply.proof_fields())
+            reply.proof = enrolltoken.reply_proof(request.token, *reply.proof_fields(request))
             return reply
 
-        if subject_edge != request.edge:
-            reply = answer("refused", f"asked on {msg.subject} for edge {request.edge!r}")
-        else:
-            try:
-                claims = enrolltoken.verify(request.token, self.issuers)
-            except enrolltoken.TokenError as exc:
-                reply = answer("refused", str(exc))
-            else:
-                async with self.lock:
-                    before = await asyncio.to_thread(self.files.registry)
-                    after, decided = core.redeem(
-                        before,
-                        claims,
-                        region=self.region,
-                        edge=request.edge,
-                        nkey=request.public_key,
-                        machine_id=request.machine_id,
-                        policy=self.settings.enroll_policy,
-                        max_edges=self.settings.max_edges,
-                        now=utcnow(),
-                    )
-                    if after != before:
-                        await self._apply(after)
-                        await self._audit(
-                            f"redeemed a token: {decided.status}", request.edge, token=claims.token_id
-                        )
-                reply = answer(decided.status, decided.reason)
+        if msg.reply is None or not msg.reply.startswith(f"{subjects.JOIN_INBOX}."):
+            logger.warning("token redemption ignored: not asked from a join inbox", reply=msg.reply)
+            return
+        try:
+            status, reason = await self._redeem(request, subject_edge)
+        except (TemporaryError, OSError) as exc:  # no answer: the edge asks again
+            logger.warning("token redemption not applied; the edge will ask again", error=str(exc))
+            return
+        reply = answer(status, reason)
         self.metrics.enrollments.labels(outcome=f"join_{reply.status}").inc()
         logger.info("token redemption answered", edge=request.edge, status=reply.status, reason=reply.reason)
         await self.bus.respond(msg, reply)
 
+    async def _redeem(self, request: JoinRequest, subject_edge: str) -> tuple[str, str]:
+        if subject_edge != request.edge:
+            return "refused", f"asked on the join subject of {subject_edge!r} for edge {request.edge!r}"
+        try:
+            claims = enrolltoken.verify(request.token, self.issuers)
+            enrolltoken.user_key(request.public_key)
+        except (enrolltoken.TokenError, ValueError) as exc:
+            return "refused", str(exc)
+        async with self.lock:
+            base = await asyncio.to_thread(self.files.base)
+            if request.public_key in {u.nkey for u in base}:
+                return "refused", "that key is one of the regional's own identities"
+            before = await asyncio.to_thread(self.files.registry)
+            after, decided = core.redeem(
+                before,
+                claims,
+                region=self.region,
+                edge=request.edge,
+                nkey=request.public_key,
+                machine_id=request.machine_id,
+                policy=self.settings.enroll_policy,
+                max_edges=self.settings.max_edges,
+                now=utcnow(),
+            )
+            if after != before:
+                await self._apply(after, before)
+                old = before.admitted.get(request.edge)
+                if old is not None and old.nkey != request.public_key:
+                    await self._drop(old.nkey)  # re-enrolled with a new key: the old one's link goes
+                await self._audit(f"redeemed a token: {decided.status}", request.edge, token=claims.token_id)
+        return decided.status, decided.reason
+
     async def on_command(self, command: AdmissionCommand, msg: Msg) -> None:
         try:
             reply = await self._command(command)
-        except (core.AdmissionError, FleetbusError) as exc:
+        except (core.AdmissionError, FleetbusError, OSError) as exc:
             reply = AdmissionReply(region=self.region, ok=False, reason=str(exc))
         await self.bus.respond(msg, reply)
 
@@ -163,12 +191,15 @@ class AdmissionDesk:
         async with self.lock:
             registry = await asyncio.to_thread(self.files.registry)
             if command.action == "approve":
-                await self._apply(core.approve(registry, edge))
+                await self._apply(core.approve(registry, edge), registry)
                 await self._audit("approved", edge, operator=command.sent_by)
                 return AdmissionReply(region=self.region, ok=True)
-            updated, entry = core.revoke(registry, edge, utcnow())
-            await self._apply(updated)
-        kicked = await self.control.drop(entry.nkey) if self.control is not None else []
+            if registry.status(edge) == "revoked":
+                updated, entry = registry, registry.revoked[edge]  # asked again: apply it again
+            else:
+                updated, entry = core.revoke(registry, edge, utcnow())
+            await self._apply(updated, registry)
+        kicked = await self._drop(entry.nkey)
         await self._audit("revoked", edge, operator=command.sent_by)
         reason = (
             f"{len(kicked)} link(s) closed"

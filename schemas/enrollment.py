@@ -60,8 +60,18 @@ class JoinReply(Message):
     reason: str = ""
     proof: str = ""
 
-    def proof_fields(self) -> tuple[str, ...]:
-        return (self.region, self.edge, self.status, self.reason)
+    def proof_fields(self, request: "JoinRequest") -> tuple[str, ...]:
+        """What the proof covers: this answer, and the request it answers (its key, machine
+        and time), so an answer to one request cannot be replayed for another."""
+        return (
+            self.region,
+            self.edge,
+            self.status,
+            self.reason,
+            request.public_key,
+            request.machine_id,
+            request.requested_at.isoformat(),
+        )
 
 
 class AdmittedEdge(BaseModel):

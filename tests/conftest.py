@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -58,9 +59,10 @@ def hub_args(plan: FleetPlan) -> tuple[str, ...]:
     return ("--hub", plan.site("hub").server.client_url, "--creds", str(admin_creds(plan)))
 
 
-async def device_login(plan: FleetPlan, edge: str, device: str, *, gateway: bool = False) -> dict[str, str]:
-    """MQTT credentials of `device` at `edge` (`fleetbus device add`), as aiomqtt's
-    `username`/`password` keywords; a `gateway` may publish for every device of the edge."""
+async def device_login(plan: FleetPlan, edge: str, device: str, *, gateway: bool = False) -> dict[str, Any]:
+    """MQTT credentials of `device` at `edge` (`fleetbus device add`) and the TLS context
+    that verifies the edge's listener, as aiomqtt's `username`, `password`, `tls_context`
+    keywords; a `gateway` may publish for every device of the edge."""
     done = await arun_cli(
         "device",
         "add",
@@ -74,7 +76,12 @@ async def device_login(plan: FleetPlan, edge: str, device: str, *, gateway: bool
     )
     assert done.returncode == 0, done.stderr
     login = json.loads(done.stdout)
-    return {"username": login["username"], "password": login["password"]}
+    return {"username": login["username"], "password": login["password"], "tls_context": fleet_tls(plan)}
+
+
+def fleet_tls(plan: FleetPlan) -> ssl.SSLContext:
+    """A client TLS context that verifies the fleet's certificates (its CA)."""
+    return ssl.create_default_context(cafile=str(identities.ca_cert(plan.state_dir)))
 
 
 async def connect_as(plan: FleetPlan, site: str, **options: Any) -> Client:

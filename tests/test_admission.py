@@ -103,11 +103,18 @@ def test_revoked_edges_need_a_new_token_which_binds_a_new_key():
 
 def test_a_full_region_refuses_new_edges_but_not_known_ones():
     registry, _ = redeem(Registry(), claims())
-    _, answer = redeem(registry, claims("r1-e8", tid="t-000003"), edge="r1-e8", max_edges=1)
+    _, answer = redeem(registry, claims("r1-e8", tid="t-000003"), edge="r1-e8", key="UKEY8", max_edges=1)
     assert answer.status is Status.REFUSED
     assert "at most 1 edges" in answer.reason
     _, answer = redeem(registry, claims(tid="t-000004"), key="UKEY5", max_edges=1)
     assert answer.status is Status.ADMITTED
+
+
+def test_a_key_bound_to_one_edge_is_refused_for_another():
+    registry, _ = redeem(Registry(), claims())
+    _, answer = redeem(registry, claims("r1-e8", tid="t-000005"), edge="r1-e8", key="UKEY1")
+    assert answer.status is Status.REFUSED
+    assert "another edge's" in answer.reason
 
 
 def test_tokens_verify_only_with_a_trusted_issuer_and_an_intact_signature():
@@ -130,6 +137,10 @@ def test_the_reply_proof_needs_the_token():
     token, _ = enrolltoken.create(edge="r1-e7", region="r1", expires=NOW, seed=ADMIN)
     proof = enrolltoken.reply_proof(token, "r1", "r1-e7", "admitted", "")
     assert enrolltoken.proof_ok(token, proof, "r1", "r1-e7", "admitted", "")
+    assert enrolltoken.user_key(identity.public_key(ADMIN))
+    for bad in ("", "UKEY1", "N" + identity.public_key(ADMIN)[1:], identity.public_key(ADMIN)[:-1] + "A"):
+        with pytest.raises(ValueError, match="not a user public key"):
+            enrolltoken.user_key(bad)
     assert not enrolltoken.proof_ok(token, proof, "r1", "r1-e7", "refused", "")
     other, _ = enrolltoken.create(edge="r1-e7", region="r1", expires=NOW, seed=ADMIN)
     assert not enrolltoken.proof_ok(other, proof, "r1", "r1-e7", "admitted", "")

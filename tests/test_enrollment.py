@@ -22,7 +22,7 @@ from fleetbus.nats.bus import connect
 from fleetbus.runtime import enrolltoken, identity
 from schemas import subjects
 from schemas.base import utcnow
-from schemas.enrollment import JoinReply, JoinRequest
+from schemas.enrollment import Enrollment, JoinReply, JoinRequest
 from schemas.headers import envelope
 from schemas.heartbeat import Tier
 from tests.conftest import admin_creds, hub_args, running_fleet
@@ -199,6 +199,39 @@ async def test_a_revoked_edge_is_dropped_and_only_a_new_token_brings_it_back(tmp
         assert "used already" in reply.reason
         # Each decision is an audit event of the edge, at the hub.
         await audited(fleet, began, NEW, {"revoked", "token issued", "redeemed a token: admitted"})
+        await no_answer_to_a_chosen_reply_subject(fleet, token)
+
+
+async def no_answer_to_a_chosen_reply_subject(fleet: DevFleet, token: str) -> None:
+    """A server checks no reply subject against permissions, and the regional daemon may
+    publish anything on its own server: a request whose reply names the API that purges the
+    region's EVENTS (from the join user, and from an edge's key) must get no answer there."""
+    plan = fleet.plan
+    url = plan.site(REGION).server.client_url
+    regional = await nats.connect(url, nkeys_seed=str(plan.site(REGION).creds_path))
+    joiner = await nats.connect(url, user="join", password="", inbox_prefix=subjects.JOIN_INBOX)
+    edge = await nats.connect(url, nkeys_seed=str(plan.site(EDGE).creds_path), inbox_prefix=f"_INBOX.{EDGE}")
+    purge = "$JS.API.STREAM.PURGE.EVENTS"
+    try:
+        js = regional.jetstream()
+        before = (await js.stream_info("EVENTS")).state.messages
+        assert before > 0
+        key = identity.public_key(identity.generate_seed())
+        join = JoinRequest(region=REGION, edge=NEW, token=token, public_key=key, requested_at=utcnow())
+        enrollment = Enrollment(region=REGION, edge=EDGE, requested_at=utcnow())
+        for nc, subject, request in (
+            (joiner, subjects.region_join(REGION, NEW), join),
+            (edge, subjects.edge_enroll(REGION, EDGE), enrollment),
+        ):
+            body, headers = envelope(request, source="attacker")
+            await nc.publish(subject, body, reply=purge, headers=headers)
+            # The same again with an inbox: once it is answered, the daemon has handled the
+            # first (one subscription's messages are handled in order).
+            assert (await nc.request(subject, body, headers=headers, timeout=5)).data
+        assert (await js.stream_info("EVENTS")).state.messages >= before
+    finally:
+        for nc in (regional, joiner, edge):
+            await nc.close()
 
 
 async def test_a_pending_edge_gets_nothing_until_approved_and_a_forged_answer_does_not_stop_it(tmp_path):

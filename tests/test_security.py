@@ -27,7 +27,7 @@ from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.runtime import identity, pki
 from schemas import subjects
 from schemas.subjects import OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
-from tests.conftest import admin_creds, connect_as, device_login, hub_args, running_fleet
+from tests.conftest import admin_creds, connect_as, device_login, fleet_tls, hub_args, running_fleet
 from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
@@ -432,11 +432,17 @@ async def test_a_device_logs_in_with_its_own_credentials_and_speaks_only_for_its
         edge = fleet.plan.site(EDGE).server
         port = edge.mqtt_port
         assert port is not None
+        tls = fleet_tls(fleet.plan)  # every refusal below is the login's, not TLS's
         with pytest.raises(aiomqtt.MqttError):
-            async with aiomqtt.Client("127.0.0.1", port, identifier="anonymous"):
+            async with aiomqtt.Client("127.0.0.1", port, identifier="anonymous", tls_context=tls):
                 pass
         login = await device_login(fleet.plan, EDGE, "sensor-9")
-        wrong = {"username": "sensor-9", "password": secrets.token_urlsafe(18)}
+        # In plaintext, even with the right password: the handshake fails.
+        plain = {"username": login["username"], "password": login["password"]}
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", port, identifier="plain", **plain):
+                pass
+        wrong = {"username": "sensor-9", "password": secrets.token_urlsafe(18), "tls_context": tls}
         with pytest.raises(aiomqtt.MqttError):
             async with aiomqtt.Client("127.0.0.1", port, identifier="guess", **wrong):
                 pass

@@ -1,6 +1,7 @@
 """`fleetbus device send|add|remove`: a command from the hub to one device at one edge, and
 the devices' MQTT credentials (docs/security.md#devices)."""
 
+import contextlib
 import json
 import secrets
 from pathlib import Path
@@ -10,6 +11,7 @@ import bcrypt
 import typer
 
 from fleetbus.cli.kit import Actor, AsJson, Creds, HubUrl, StateDir, actor_name, err, out, with_client
+from fleetbus.devfleet import identities, state
 from fleetbus.errors import ConfigError
 from fleetbus.sdk.documents import load_mapping
 from schemas.base import check_token
@@ -65,12 +67,36 @@ def add(
             sent_by=actor_name(actor),
         ),
     )
+    url, ca = _listener(hub, state_dir, edge)
     if as_json:
-        out.print_json(json.dumps({"edge": edge, "device": device, "username": device, "password": password}))
+        login = {
+            "edge": edge,
+            "device": device,
+            "username": device,
+            "password": password,
+            "url": url,
+            "ca": ca,
+        }
+        out.print_json(json.dumps(login))
         return
     kind = "gateway" if gateway else "device"
     out.print(f"{kind} {device} at {edge}: username {device}, password {password}", highlight=False)
+    if url:
+        out.print(f"its edge's MQTT listener: {url}, certificate of the CA in {ca}", highlight=False)
     err.print("the password is shown only now; `fleetbus device add` again replaces it")
+
+
+def _listener(hub: str | None, state_dir: Path | None, edge: str) -> tuple[str | None, str | None]:
+    """The edge's MQTT URL and the CA that verifies it, when it is a site of the running dev
+    fleet the command talks to; (None, None) otherwise."""
+    with contextlib.suppress(ConfigError):
+        record = state.running_fleet(state_dir or state.default_state_dir())
+        if record is not None and (hub is None or record.hub.client_url == hub):
+            site = next((s for s in record.sites if s.name == edge), None)
+            if site is not None and site.mqtt_url:
+                ca = None if record.insecure else str(identities.ca_cert(Path(record.state_dir)))
+                return site.mqtt_url, ca
+    return None, None
 
 
 @device_app.command("remove")

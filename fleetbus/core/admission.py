@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 Policy = Literal["token", "approve"]
 
@@ -37,7 +37,7 @@ class Claims(BaseModel):
 
     edge: str
     region: str
-    expires: datetime
+    expires: AwareDatetime
     token_id: str = Field(min_length=8)
     issuer: str  # the public key that signed it
     url: str = ""  # where the edge reaches its regional to redeem it (may be empty)
@@ -88,20 +88,29 @@ HOW_TO_RENEW = "create a new one with `fleetbus edge token create`"
 
 
 def _refusal(
-    registry: Registry, claims: Claims, *, region: str, edge: str, max_edges: int, now: datetime
+    registry: Registry, claims: Claims, *, region: str, edge: str, nkey: str, max_edges: int, now: datetime
 ) -> str:
-    if claims.region != region:
-        return f"the token is for region {claims.region!r}, this is {region!r}"
-    if claims.edge != edge:
-        return f"the token is for edge {claims.edge!r}, not {edge!r}"
-    if claims.token_id in registry.used_tokens:
-        return f"the token was used already (with another key or machine id); {HOW_TO_RENEW}"
-    if now >= claims.expires:
-        return f"the token expired at {claims.expires.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC; {HOW_TO_RENEW}"
+    """Why the request cannot be granted, in the order an operator would check; "" if it can."""
+    others = {
+        e.nkey for entries in (registry.admitted, registry.pending) for k, e in entries.items() if k != edge
+    }
     known = edge in registry.admitted or edge in registry.pending
-    if not known and len(registry.admitted) + len(registry.pending) >= max_edges:
-        return f"region {region!r} enrolls at most {max_edges:,} edges (max_edges)"
-    return ""
+    expired = f"{claims.expires.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+    checks = (
+        (nkey in others, "that key is another edge's: each edge generates its own"),
+        (claims.region != region, f"the token is for region {claims.region!r}, this is {region!r}"),
+        (claims.edge != edge, f"the token is for edge {claims.edge!r}, not {edge!r}"),
+        (
+            claims.token_id in registry.used_tokens,
+            f"the token was used already (with another key or machine id); {HOW_TO_RENEW}",
+        ),
+        (now >= claims.expires, f"the token expired at {expired}; {HOW_TO_RENEW}"),
+        (
+            not known and len(registry.admitted) + len(registry.pending) >= max_edges,
+            f"region {region!r} enrolls at most {max_edges:,} edges (max_edges)",
+        ),
+    )
+    return next((reason for failed, reason in checks if failed), "")
 
 
 def redeem(
@@ -128,7 +137,7 @@ def redeem(
             )
             if same:
                 return registry, Answer(status=status)  # asked again: the reply was lost
-    reason = _refusal(registry, claims, region=region, edge=edge, max_edges=max_edges, now=now)
+    reason = _refusal(registry, claims, region=region, edge=edge, nkey=nkey, max_edges=max_edges, now=now)
     if reason:
         return registry, Answer(status=Status.REFUSED, reason=reason)
     entry = Entry(nkey=nkey, machine_id=machine_id, token_id=claims.token_id, at=now)

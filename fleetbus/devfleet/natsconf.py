@@ -266,6 +266,15 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
             f"  listen: {_q(f'{bind}:{spec.mqtt_port}')}",
             *(
                 [
+                    "  # TLS only (mqtts): devices verify this site's certificate against the fleet",
+                    "  # CA and log in with their own password (fleetbus device add).",
+                    *_tls_block(spec.auth.tls, "  ", verify=False),
+                ]
+                if spec.auth and spec.auth.tls
+                else []
+            ),
+            *(
+                [
                     "  # A device without credentials is taken for this user (publish devices/...).",
                     f"  no_auth_user: {_q(spec.auth.mqtt_anonymous)}",
                 ]

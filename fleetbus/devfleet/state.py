@@ -54,11 +54,11 @@ class SiteRecord:
 
     @property
     def mqtt_url(self) -> str | None:
-        return (
-            None
-            if self.mqtt_port is None
-            else f"mqtt://{urlsplit(self.client_url).hostname}:{self.mqtt_port}"
-        )
+        """mqtts:// on a secured fleet (the listener is TLS only), mqtt:// on an --insecure one."""
+        if self.mqtt_port is None:
+            return None
+        scheme = "mqtt" if self.creds is None else "mqtts"
+        return f"{scheme}://{urlsplit(self.client_url).hostname}:{self.mqtt_port}"
 
     def urls(self) -> list[tuple[str, str]]:
         """(what, URL) of everything this site serves, for people: one URL per line."""

@@ -44,6 +44,8 @@ __all__ = ["Bus", "JetStream", "Msg", "connect", "connect_within", "persist", "u
 
 logger = log.get_logger(__name__)
 
+REPLY_PREFIX = "_INBOX."  # the only reply subjects a daemon answers on (see `Bus.respond`)
+
 
 class Bus:
     """A connection to the site's own nats-server, with typed publish and subscribe."""
@@ -164,7 +166,17 @@ class Bus:
                 await sub.unsubscribe()
 
     async def respond(self, msg: Msg, message: Message) -> None:
-        """Answer the request `msg` with `message`."""
+        """Answer the request `msg` with `message`, on its reply subject if that is an inbox.
+
+        A server does not check a reply subject against the requester's permissions, and a
+        daemon may publish anything on its own server: an answer sent to a reply subject of
+        the requester's choosing (`$JS.API.STREAM.PURGE.EVENTS`, a stream's subject) would
+        act with the daemon's rights. Every fleetbus client replies on `_INBOX.…`."""
+        if msg.reply and not msg.reply.startswith(REPLY_PREFIX):
+            logger.warning(
+                "not answering: the reply subject is not an inbox", subject=msg.subject, reply=msg.reply
+            )
+            return
         if msg.reply:
             body, headers = envelope(message, source=self.source)
             await self.nc.publish(msg.reply, body, headers=headers)

@@ -13,6 +13,7 @@ before this watcher started is of unknown owner; `drop` closes those too (an hon
 server reconnects within its `leaf_reconnect`), but never the server's own uplink.
 """
 
+import asyncio
 import json
 from typing import Any
 
@@ -76,19 +77,24 @@ class ServerControl:
     async def drop(self, nkey: str) -> list[int]:
         """Close every leaf connection authenticated as `nkey`, and accepted ones of unknown
         owner; never this server's own links upstream (where it is the spoke)."""
-        kicked = []
+        targets = []
         for leaf in await self.leafs():
             if leaf.get("is_spoke"):
                 continue  # this server dialled it: its uplink
             cid = int(leaf.get("id", 0))
             owner = self.connections.get(cid)
             if cid and owner in (None, nkey):
-                await self._call("KICK", {"cid": cid})
-                kicked.append(cid)
+                targets.append(cid)
                 logger.info(
-                    "leaf connection closed", cid=cid, server_name=leaf.get("name"), known=owner is not None
+                    "closing a leaf connection",
+                    cid=cid,
+                    server_name=leaf.get("name"),
+                    known=owner is not None,
                 )
-        return kicked
+        await asyncio.gather(
+            *(self._call("KICK", {"cid": cid}) for cid in targets)
+        )  # at once, not one by one
+        return targets
 
 
 def _client(msg: Msg) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ atomic (a temporary file renamed over the old one): a reload never reads half a 
 
 import json
 import os
+import secrets
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -104,7 +105,7 @@ def render_users(admitted: tuple[User, ...]) -> str:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")  # no two writers share one
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)

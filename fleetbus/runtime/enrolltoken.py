@@ -57,13 +57,19 @@ def create(*, edge: str, region: str, expires: datetime, seed: str, url: str = "
     return f"{body}.{_b64(keys.sign(body.encode()))}", claims
 
 
-def _verify_key(public_key: str) -> VerifyKey:
-    raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
+def user_key(public_key: str) -> VerifyKey:
+    """The ed25519 key of a user nkey (`U…`); `ValueError` if it is not one (what
+    nats-server would refuse in its config)."""
+    try:
+        raw = base64.b32decode(public_key + "=" * (-len(public_key) % 8))
+    except ValueError as exc:
+        msg = "not a user public key (base32)"
+        raise ValueError(msg) from exc
     if len(raw) != 35 or raw[0] != nkeys.PREFIX_BYTE_USER:  # prefix, 32 key bytes, crc16
         msg = "not a user public key"
         raise ValueError(msg)
     if nkeys.crc16(raw[:-2]) != int.from_bytes(raw[-2:], "little"):
-        msg = "bad checksum"
+        msg = "not a user public key (bad checksum)"
         raise ValueError(msg)
     return VerifyKey(raw[1:33])
 
@@ -84,7 +90,7 @@ def verify(token: str, issuers: frozenset[str] | set[str]) -> Claims:
         msg = "the token was not issued by an operator this regional trusts (enroll_issuers)"
         raise TokenError(msg)
     try:
-        _verify_key(claims.issuer).verify(f"{parts[0]}.{parts[1]}".encode(), signature)
+        user_key(claims.issuer).verify(f"{parts[0]}.{parts[1]}".encode(), signature)
     except (ValueError, BadSignatureError) as exc:
         msg = "the token's signature does not verify"
         raise TokenError(msg) from exc
