@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from fleetbus.core import admission as core
-from fleetbus.core.admission import Registry, Status
+from fleetbus.core.admission import Registry
 from fleetbus.errors import FleetbusError, TemporaryError
 from fleetbus.nats.bus import Bus, Msg, connect
 from fleetbus.nats.sysadmin import ServerControl
@@ -159,7 +159,12 @@ class AdmissionDesk:
                 await self._apply(after, before)
                 old = before.admitted.get(request.edge)
                 if old is not None and old.nkey != request.public_key:
-                    await self._drop(old.nkey)  # re-enrolled with a new key: the old one's link goes
+                    # Re-enrolled with a new key: the old key's link goes (it is refused anyway
+                    # from its next connection; a failed kick is no reason to withhold the answer).
+                    try:
+                        await self._drop(old.nkey)
+                    except TemporaryError as exc:
+                        logger.warning("the old key's link was not closed", edge=request.edge, error=str(exc))
                 await self._audit(f"redeemed a token: {decided.status}", request.edge, token=claims.token_id)
         return decided.status, decided.reason
 
@@ -209,4 +214,4 @@ class AdmissionDesk:
         return AdmissionReply(region=self.region, ok=True, reason=reason)
 
 
-__all__ = ["AdmissionDesk", "Status"]
+__all__ = ["AdmissionDesk"]
