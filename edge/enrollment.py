@@ -30,6 +30,7 @@ logger = log.get_logger(__name__)
 MARKER = "enrolled.json"
 JOINED = "joined.json"  # the token was redeemed: this edge's key is admitted
 PENDING_POLL = 2.0  # seconds between asks while an operator has not approved the edge yet
+JOIN_USER = "join"  # the regional's knock-only user (fleetbus.devfleet.identities.JOIN_USER)
 
 
 def _remember(state_dir: Path, region: str) -> None:
@@ -170,6 +171,3 @@ async def join(
             await asyncio.sleep(PENDING_POLL)  # poll interval while pending
     finally:
         await bus.close()
-
-
-JOIN_USER = "join"  # the regional's knock-only user (fleetbus.devfleet.identities.JOIN_USER)

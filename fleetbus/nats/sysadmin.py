@@ -28,7 +28,6 @@ class ServerControl:
     def __init__(self, bus: Bus, *, timeout: float = 5.0) -> None:
         self.bus, self.timeout = bus, timeout
         self.connections: dict[int, str] = {}  # connection id -> its user (nkey)
-        self._server_id = ""
 
     @property
     def server_id(self) -> str:
@@ -102,6 +101,7 @@ def _client(msg: Msg) -> dict[str, Any] | None:
         event = json.loads(msg.data)
         client = event["client"]
         client["server_id"] = event.get("server", {}).get("id", "")
-        return client if isinstance(client, dict) and "id" in client else None
+        client["id"] = int(client["id"])
+        return client if isinstance(client, dict) else None
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
