@@ -7,8 +7,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fleetbus.cli.sites import parse_duration
 from fleetbus.core import admission
 from fleetbus.core.admission import Claims, Registry, Status
+from fleetbus.errors import ConfigError
 from fleetbus.runtime import enrolltoken, identity
 from fleetbus.runtime.enrolltoken import TokenError
 
@@ -157,3 +159,14 @@ def test_no_string_makes_token_checks_raise_anything_but_token_error(text):
 def test_token_shaped_garbage_raises_only_token_error(text):
     with contextlib.suppress(TokenError):
         enrolltoken.verify(f"fbt1.{text}", ISSUERS)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("30m", 1800), ("24h", 86400), ("1.5d", 129600)])
+def test_token_lifetimes_parse(text, seconds):
+    assert parse_duration("--expires", text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0h", "-1h", "24", "1w", "366d", "99999999999999d", "nan"])
+def test_token_lifetimes_out_of_range_name_the_option(text):
+    with pytest.raises(ConfigError, match="--expires"):
+        parse_duration("--expires", text)

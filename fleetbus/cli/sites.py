@@ -108,15 +108,17 @@ edge_app.add_typer(token_app, name="token")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TOKEN_LIFETIME = timedelta(days=365)
 
 
 def parse_duration(name: str, text: str) -> timedelta:
     """`90s`, `30m`, `24h`, `7d`; `ConfigError` naming the option otherwise."""
     match = _DURATION.match(text)
-    if not match or float(match[1]) <= 0:
-        msg = f"{name} {text!r}: give a positive duration such as 30m, 24h or 7d"
+    seconds = float(match[1]) * _UNIT[match[2]] if match else 0.0
+    if not 0 < seconds <= MAX_TOKEN_LIFETIME.total_seconds():
+        msg = f"{name} {text!r}: give a positive duration up to 365d, such as 30m, 24h or 7d"
         raise ConfigError(msg)
-    return timedelta(seconds=float(match[1]) * _UNIT[match[2]])
+    return timedelta(seconds=seconds)
 
 
 def _signing_seed(hub: str | None, state_dir: Path | None) -> str:
