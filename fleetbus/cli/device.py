@@ -82,7 +82,7 @@ def add(
     kind = "gateway" if gateway else "device"
     out.print(f"{kind} {device} at {edge}: username {device}, password {password}", highlight=False)
     if url:
-        out.print(f"its edge's MQTT listener: {url}, certificate of the CA in {ca}", highlight=False)
+        out.print(f"connect to {url} (TLS: verify with the CA in {ca})", highlight=False)
     err.print("the password is shown only now; `fleetbus device add` again replaces it")
 
 
