@@ -12,7 +12,7 @@ import asyncio
 from pathlib import Path
 
 from fleetbus.errors import ConfigError
-from fleetbus.nats.bus import Bus, Msg, connect
+from fleetbus.nats.bus import Bus, Msg
 from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import log
 from fleetbus.runtime.admission import DeviceEntry, Devices, edge_files
@@ -34,24 +34,19 @@ class CredentialsDesk:
         self.system_creds, self.nats_url = system_creds, nats_url
         self.lock = asyncio.Lock()
         self.control: ServerControl | None = None
-        self._system: Bus | None = None
 
     async def start(self) -> None:
         self.files.registry()  # a clear error now if it is unreadable
         if self.system_creds is not None:
-            self._system = await connect(
-                self.nats_url,
-                name=f"fleetbus-edge-{self.edge}-system",
-                source=self.edge,
-                creds=self.system_creds,
+            self.control = await ServerControl.connect(
+                self.nats_url, self.system_creds, name=f"fleetbus-edge-{self.edge}-system", source=self.edge
             )
-            self.control = ServerControl(self._system)
         subject = subjects.edge_command(self.region, self.edge, "device_credentials")
         await self.bus.subscribe(subject, DeviceCredentials, self._change)
 
     async def close(self) -> None:
-        if self._system is not None:
-            await self._system.close()
+        if self.control is not None:
+            await self.control.close()
 
     async def _change(self, request: DeviceCredentials, msg: Msg) -> None:
         try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from fleetbus.core import admission as core
 from fleetbus.core.admission import Registry
 from fleetbus.errors import FleetbusError, TemporaryError
-from fleetbus.nats.bus import Bus, Msg, connect
+from fleetbus.nats.bus import Bus, Msg
 from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import enrolltoken, log
 from fleetbus.runtime.admission import regional_files
@@ -50,20 +50,18 @@ class AdmissionDesk:
         self.issuers = frozenset(settings.enroll_issuers)
         self.lock = asyncio.Lock()  # one change of the registry at a time
         self.control: ServerControl | None = None
-        self._system: Bus | None = None
 
     async def start(self) -> None:
         registry = self.files.registry()  # a clear error now if it is unreadable
         if self.settings.system_creds is None:
             logger.warning("no system_creds: revoked edges stay linked until their server reconnects")
         else:
-            self._system = await connect(
+            self.control = await ServerControl.connect(
                 self.settings.nats_url,
+                self.settings.system_creds,
                 name=f"fleetbus-regional-{self.region}-system",
                 source=self.region,
-                creds=self.settings.system_creds,
             )
-            self.control = ServerControl(self._system)
             await self.control.start()
         # The server admits what the registry says, whatever happened before a crash.
         async with self.lock:
@@ -72,8 +70,8 @@ class AdmissionDesk:
         await self.bus.subscribe(subjects.region_admission(self.region), AdmissionCommand, self.on_command)
 
     async def close(self) -> None:
-        if self._system is not None:
-            await self._system.close()
+        if self.control is not None:
+            await self.control.close()
 
     async def _apply(self, registry: Registry, before: Registry) -> None:
         """Make the server admit exactly `registry`'s admitted keys; if its server cannot be

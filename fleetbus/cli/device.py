@@ -10,22 +10,27 @@ from typing import Annotated
 import bcrypt
 import typer
 
-from fleetbus.cli.kit import Actor, AsJson, Creds, HubUrl, StateDir, actor_name, err, out, with_client
+from fleetbus.cli.kit import (
+    Actor,
+    AsJson,
+    Creds,
+    HubUrl,
+    StateDir,
+    actor_name,
+    check_ids,
+    err,
+    out,
+    with_client,
+)
 from fleetbus.devfleet import identities, state
 from fleetbus.errors import ConfigError
 from fleetbus.sdk.documents import load_mapping
-from schemas.base import check_token
 
 device_app = typer.Typer(help="Devices at the edges (MQTT): credentials, commands.", no_args_is_help=True)
 BCRYPT_ROUNDS = 10  # the edge's server checks the hash on every MQTT connect: ~50 ms here
 
 
-def _check_ids(edge: str, device: str) -> None:
-    for name, value in (("EDGE", edge), ("DEVICE", device)):
-        try:
-            check_token(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name} {value!r}: {exc}") from exc
+Region = Annotated[str | None, typer.Option(help="The edge's region (default: from its inventory).")]
 
 
 @device_app.command("add")
@@ -37,9 +42,7 @@ def add(
     gateway: Annotated[
         bool, typer.Option("--gateway", help="It may publish for every device of the edge (a site gateway).")
     ] = False,
-    region: Annotated[
-        str | None, typer.Option(help="The edge's region (default: from its inventory).")
-    ] = None,
+    region: Region = None,
     actor: Actor = None,
     as_json: AsJson = False,
     hub: HubUrl = None,
@@ -51,7 +54,7 @@ def add(
     The device logs in with username DEVICE and this password; it may publish only
     devices/DEVICE/... and receive only devices/DEVICE/cmd. Adding it again replaces the
     password."""
-    _check_ids(edge, device)
+    check_ids(("EDGE", edge), ("DEVICE", device))
     password = secrets.token_urlsafe(18)
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS)).decode()
     with_client(
@@ -103,16 +106,14 @@ def _listener(hub: str | None, state_dir: Path | None, edge: str) -> tuple[str |
 def remove(
     edge: Annotated[str, typer.Argument(help="The edge the device connects to.")],
     device: Annotated[str, typer.Argument(help="The device id.")],
-    region: Annotated[
-        str | None, typer.Option(help="The edge's region (default: from its inventory).")
-    ] = None,
+    region: Region = None,
     actor: Actor = None,
     hub: HubUrl = None,
     _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Remove DEVICE's MQTT credentials at EDGE: its connection is closed and refused."""
-    _check_ids(edge, device)
+    check_ids(("EDGE", edge), ("DEVICE", device))
     with_client(
         hub,
         state_dir,
@@ -128,9 +129,7 @@ def send(
     edge: Annotated[str, typer.Argument(help="The edge the device is at.")],
     device: Annotated[str, typer.Argument(help="The device id (its MQTT topics are devices/<id>/...).")],
     file: Annotated[Path, typer.Option("-f", "--file", help="JSON or YAML object: the command's payload.")],
-    region: Annotated[
-        str | None, typer.Option(help="The edge's region (default: from its inventory).")
-    ] = None,
+    region: Region = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the edge's answer.")] = 5.0,
     actor: Actor = None,
     as_json: AsJson = False,
@@ -139,11 +138,7 @@ def send(
     state_dir: StateDir = None,
 ) -> None:
     """Publish the payload on devices/<DEVICE>/cmd at EDGE; online edges only (exit 2 otherwise)."""
-    for name, value in (("EDGE", edge), ("DEVICE", device)):
-        try:
-            check_token(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name} {value!r}: {exc}") from exc
+    check_ids(("EDGE", edge), ("DEVICE", device))
     if timeout <= 0:
         raise ConfigError(f"--timeout must be > 0, got {timeout}")
     payload = load_mapping(file)

@@ -16,6 +16,7 @@ from rich.console import Console
 from fleetbus.devfleet import identities, state
 from fleetbus.errors import ConfigError
 from fleetbus.sdk.client import CREDS_ENV, HUB_URL_ENV, FleetClient, resolve_creds
+from schemas.base import check_token
 
 T = TypeVar("T")
 
@@ -85,6 +86,16 @@ def check_range(name: str, value: float, low: float, high: float) -> None:
     if not low <= value <= high:
         msg = f"{name} must be between {low} and {high}, got {value}"
         raise ConfigError(msg)
+
+
+def check_ids(*named: tuple[str, str]) -> None:
+    """`ConfigError` naming the argument unless each (name, value) is a valid id token."""
+    for name, value in named:
+        try:
+            check_token(value)
+        except ValueError as exc:
+            msg = f"{name} {value!r}: {exc}"
+            raise ConfigError(msg) from exc
 
 
 def actor_name(actor: str | None) -> str:

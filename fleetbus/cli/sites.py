@@ -25,6 +25,7 @@ from fleetbus.cli.kit import (
     HubUrl,
     StateDir,
     actor_name,
+    check_ids,
     connect,
     err,
     hub_creds,
@@ -37,7 +38,7 @@ from fleetbus.errors import ConfigError
 from fleetbus.nats.forget import ForgetResult
 from fleetbus.runtime import enrolltoken
 from fleetbus.sdk.client import FleetClient
-from schemas.base import check_token, utcnow
+from schemas.base import utcnow
 
 edge_app = typer.Typer(help="Manage edges (the daemons run with `fleetbus run edge`).", no_args_is_help=True)
 region_app = typer.Typer(
@@ -153,11 +154,7 @@ def token_create(
     Start the edge with it (`enroll_token`, FLEETBUS_ENROLL_TOKEN or `enroll_token_file`): it
     generates its key and redeems the token once; the regional records the issue and the
     redemption as audit events."""
-    for name, value in (("EDGE", edge), ("--region", region)):
-        try:
-            check_token(value)
-        except ValueError as exc:
-            raise ConfigError(f"{name} {value!r}: {exc}") from exc
+    check_ids(("EDGE", edge), ("--region", region))
     lifetime = parse_duration("--expires", expires)
     seed = _signing_seed(hub, state_dir)
 

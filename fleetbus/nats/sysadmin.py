@@ -15,10 +15,11 @@ server reconnects within its `leaf_reconnect`), but never the server's own uplin
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from fleetbus.errors import TemporaryError
-from fleetbus.nats.bus import Bus, Msg
+from fleetbus.nats.bus import Bus, Msg, connect
 from fleetbus.runtime import log
 
 logger = log.get_logger(__name__)
@@ -33,6 +34,15 @@ class ServerControl:
     def server_id(self) -> str:
         info: dict[str, Any] = getattr(self.bus.nc, "_server_info", {}) or {}
         return str(info.get("server_id", ""))
+
+    @classmethod
+    async def connect(cls, url: str, creds: Path, *, name: str, source: str) -> "ServerControl":
+        """A control of the server at `url`, on a connection of its own as the system user
+        in `creds` (closed by `close`)."""
+        return cls(await connect(url, name=name, source=source, creds=creds))
+
+    async def close(self) -> None:
+        await self.bus.close()
 
     async def start(self) -> None:
         await self.bus.nc.subscribe("$SYS.ACCOUNT.*.CONNECT", cb=self._connected)

@@ -56,7 +56,7 @@ from fleetbus.nats.streams import account_summary, follow_stream
 from fleetbus.runtime import log
 from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from schemas import subjects
-from schemas.base import check_token, utcnow
+from schemas.base import Message, check_token, utcnow
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.enrollment import AdmissionCommand, AdmissionReply
 from schemas.event import Event
@@ -67,6 +67,7 @@ from schemas.subjects import HUB_DOMAIN
 logger = log.get_logger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 HUB_URL_ENV = "FLEETBUS_HUB_URL"
 CREDS_ENV = "FLEETBUS_CREDS"
@@ -297,14 +298,33 @@ class FleetClient:
         command = DeviceCommand(
             region=region, edge=edge, device=device, payload=payload, sent_by=sent_by, sent_at=utcnow()
         )
-        subject = subjects.edge_command(region, edge, "device")
+        return await self._ask(
+            subjects.edge_command(region, edge, "device"),
+            command,
+            DeviceCommandReply,
+            who=f"edge {edge!r}",
+            why="it is offline or its link is down; the command was not delivered "
+            "(commands go to online edges only)",
+            timeout=timeout,
+        )
+
+    async def _ask(
+        self,
+        subject: str,
+        request: Message,
+        reply: type[M],
+        *,
+        who: str,
+        why: str,
+        timeout: float | None = None,
+    ) -> M:
+        """A request to a site through the hub: `EdgeUnreachableError` naming `who` and `why`
+        if nobody answers within `timeout` (default: the client's)."""
+        deadline = self.timeout if timeout is None else timeout
         try:
-            return await self.bus.request(subject, command, DeviceCommandReply, timeout=timeout)
+            return await self.bus.request(subject, request, reply, timeout=deadline)
         except NO_ANSWER as exc:
-            msg = (
-                f"edge {edge!r} did not answer within {timeout:g} s: it is offline or its link is down; "
-                "the command was not delivered (commands go to online edges only)"
-            )
+            msg = f"{who} did not answer within {deadline:g} s: {why}"
             raise EdgeUnreachableError(msg) from exc
 
     async def device_credentials(
@@ -332,15 +352,13 @@ class FleetClient:
             gateway=gateway,
             sent_by=sent_by,
         )
-        subject = subjects.edge_command(region, edge, "device_credentials")
-        try:
-            reply = await self.bus.request(subject, request, DeviceCommandReply, timeout=self.timeout)
-        except NO_ANSWER as exc:
-            msg = (
-                f"edge {edge!r} did not answer within {self.timeout:g} s: it is offline or its link is "
-                "down; device credentials are changed at online edges only"
-            )
-            raise EdgeUnreachableError(msg) from exc
+        reply = await self._ask(
+            subjects.edge_command(region, edge, "device_credentials"),
+            request,
+            DeviceCommandReply,
+            who=f"edge {edge!r}",
+            why="it is offline or its link is down; device credentials are changed at online edges only",
+        )
         if not reply.delivered:
             raise RefusedError(f"edge {edge}: {reply.reason}")
         return reply
@@ -428,16 +446,14 @@ class FleetClient:
         if edge is not None:
             check_token(edge)
         command = AdmissionCommand(region=region, action=action, edge=edge, sent_by=sent_by, **fields)
-        try:
-            reply = await self.bus.request(
-                subjects.region_admission(region), command, AdmissionReply, timeout=self.timeout
-            )
-        except NO_ANSWER as exc:
-            msg = (
-                f"the regional of {region!r} did not answer within {self.timeout:g} s: it is down, its "
-                "link to the hub is down, or the region does not exist (`fleetbus status` lists regions)"
-            )
-            raise EdgeUnreachableError(msg) from exc
+        reply = await self._ask(
+            subjects.region_admission(region),
+            command,
+            AdmissionReply,
+            who=f"the regional of {region!r}",
+            why="it is down, its link to the hub is down, or the region does not exist "
+            "(`fleetbus status` lists regions)",
+        )
         if not reply.ok:
             raise RefusedError(f"regional {region}: {reply.reason}")
         return reply
