@@ -77,7 +77,7 @@ async def full_path(fleet: DevFleet, edges: int, concurrency: int) -> tuple[floa
                 )
                 bus = regional.sharing(f"/fleet/edge/{name}")
                 await bus.js_publish(
-                    subjects.thin_inventory(REGION, name), snapshot, message_id=f"{name}-inventory-1"
+                    subjects.outbox_inventory(REGION, name), snapshot, message_id=f"{name}-inventory-1"
                 )
             size = len(envelope(snapshot, source="/bench")[0])
 

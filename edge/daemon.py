@@ -17,10 +17,11 @@ from edge.telemetry import TelemetryForwarder
 from fleetbus.core.desired import edge_groups
 from fleetbus.daemon.lifecycle import Daemon
 from fleetbus.errors import ConfigError
-from fleetbus.nats.backlog import BacklogMeter, Uplink
+from fleetbus.nats.backlog import BacklogMeter
 from fleetbus.nats.bus import store_event
 from fleetbus.nats.provisioning import ensure_stream
 from fleetbus.nats.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources
+from fleetbus.nats.uplink import Forwarder, Uplink
 from fleetbus.runtime import identity
 from fleetbus.runtime.settings import EdgeSettings
 from schemas import subjects
@@ -50,10 +51,12 @@ async def run(settings: EdgeSettings) -> None:
                 await replica.ensure()
 
         async def upstream_returned() -> None:
+            for forwarder in forwarders:
+                forwarder.poke()  # resume pushing events and inventory up at once
             inventory.poke()
             telemetry.poke()
             if settings.heal_acceleration:
-                daemon.uplink_returned()  # the regional kicks its sources from us on this beat
+                daemon.uplink_returned()
                 for replica in replicas:
                     await replica.kick(from_domain(region))
 
@@ -67,10 +70,7 @@ async def run(settings: EdgeSettings) -> None:
         probe = UpstreamProbe(
             daemon.bus.jetstream(region, timeout=0.5), region, upstream_returned, metrics=daemon.metrics
         )
-        uplinks = [
-            Uplink(subjects.EVENTS_STREAM, subjects.edge_events(region, edge)),
-            Uplink(subjects.INVENTORY_STREAM, subjects.edge_inventory(region, edge), superseded_ok=True),
-        ]
+        forwarders = _forwarders(daemon, region, edge)
         inventory = InventoryPublisher(
             bus=daemon.bus,
             region=region,
@@ -78,7 +78,7 @@ async def run(settings: EdgeSettings) -> None:
             labels=settings.labels,
             driver=driver,
             probe=probe,
-            meter=BacklogMeter(daemon.bus, region, uplinks),
+            meter=BacklogMeter(daemon.bus, forwarders),
             facts_file=settings.facts_file or settings.state_dir / "facts.json",
             host=lambda: asyncio.to_thread(host_facts, settings.state_dir),
             interval=settings.inventory_interval,
@@ -178,6 +178,17 @@ async def _bridge(url: str, settings: EdgeSettings, registry: DeviceRegistry) ->
         password_file=settings.mqtt_bridge_password_file,
         ca=settings.mqtt_bridge_ca,
     )
+
+
+def _forwarders(daemon: Daemon, region: str, edge: str) -> list[Forwarder]:
+    """The tasks that push the edge's events and inventory to its regional."""
+    forwarders = [
+        Forwarder(daemon.bus, uplink, region, metrics=daemon.metrics)
+        for uplink in (Uplink.events(region, edge), Uplink.inventory(region, edge))
+    ]
+    for forwarder in forwarders:
+        daemon.add_task(f"uplink-{forwarder.uplink.stream.lower()}", forwarder.run)
+    return forwarders
 
 
 def _enrolled(settings: EdgeSettings) -> asyncio.Event:

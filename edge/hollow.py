@@ -87,7 +87,7 @@ class HollowEdge:
             host=self._host,
             interval=settings.inventory_interval,
             scan_interval=settings.inventory_scan_interval,
-            subject=subjects.thin_inventory(region, edge),
+            subject=subjects.outbox_inventory(region, edge),
             first_seq=self._last_inventory_seq,
         )
         reconciler = Reconciler(
@@ -100,7 +100,7 @@ class HollowEdge:
             metrics=self.metrics,
             on_applied=inventory.poke,
             inputs=self.inputs,
-            event_subject=lambda kind: subjects.thin_event(region, edge, kind),
+            event_subject=lambda kind: subjects.outbox_event(region, edge, kind),
         )
         await enroll(
             self.bus,

@@ -5,11 +5,10 @@ back), stored in the edge's INVENTORY stream when something material changed, an
 every `interval` regardless. That stream keeps one message, so a partition of any length
 forwards only the latest snapshot when it heals.
 
-Backlog is measured against what the regional actually holds: the last message of this
-edge in the regional's copy of a stream carries, in its `Nats-Stream-Source` header, the
-edge-side sequence it came from. Messages after it are pending; messages the edge's limits
-removed before that point was reached never went upstream (`evicted_unforwarded`, counted
-since the daemon started).
+Backlog is measured against what the regional actually holds: the edge's forwarders know the
+last sequence of each stream the regional confirmed (`fleetbus.nats.uplink`). Messages after
+it are pending; messages the edge's limits removed before that point was reached never went
+upstream (`evicted_unforwarded`, counted since the daemon started).
 """
 
 import asyncio

@@ -103,7 +103,7 @@ class AdmissionDesk:
         try:
             # Stored in the region's EVENTS as the edge's own (the thin-edge path), so the
             # hub's event view shows it with the edge's other events.
-            subject = subjects.thin_event(self.region, edge, EventKind.AUDIT)
+            subject = subjects.outbox_event(self.region, edge, EventKind.AUDIT)
             await self.bus.js_publish(subject, event, message_id=event.id)
         except Exception as exc:  # the decision stands; its record is best effort
             logger.warning("audit event not stored", edge=edge, action=what, error=repr(exc))

@@ -8,18 +8,11 @@ from fleetbus.core.presence import PresencePolicy, PresenceTracker, Transition
 from fleetbus.daemon.lifecycle import Daemon
 from fleetbus.nats import forget
 from fleetbus.nats.bus import Msg
-from fleetbus.nats.heartbeat import HELLO_SPACING
+from fleetbus.nats.heartbeat import HELLO_SPACING, HeartbeatLog
 from fleetbus.nats.kv import Bucket
 from fleetbus.nats.liveness import PresenceBoard
 from fleetbus.nats.provisioning import ensure_stream
-from fleetbus.nats.replication import (
-    SiteFollower,
-    SourcedStream,
-    UpstreamProbe,
-    from_domain,
-    repair_sources,
-    watch_limits,
-)
+from fleetbus.nats.replication import SourcedStream, UpstreamProbe, from_domain, repair_sources, watch_limits
 from fleetbus.runtime import log
 from fleetbus.runtime.settings import RegionalSettings
 from regional import streams
@@ -64,8 +57,8 @@ def enrollment_reply(
 
 
 class Regional:
-    """One region's daemon: enrollment, its edges' presence, the streams it sources from its
-    edges and the replicas of the hub's buckets it keeps."""
+    """One region's daemon: enrollment, its edges' presence, the streams its edges push their
+    events and inventory into, and the replicas of the hub's buckets it keeps."""
 
     def __init__(self, daemon: Daemon, settings: RegionalSettings) -> None:
         self.daemon, self.settings = daemon, settings
@@ -73,11 +66,7 @@ class Regional:
         self.js, self.metrics = js, metrics = daemon.bus.js, daemon.metrics
         self.edges = Bucket(js, subjects.EDGES_BUCKET, Enrollment, metrics=metrics)
         self.replicas = [SourcedStream(js, c, metrics) for c in streams.replicas(region)]
-        deliver = streams.edge_deliver(region)
-        self.events = SourcedStream(js, streams.events_stream(region), metrics, deliver=deliver)
-        self.inventory = SourcedStream(js, streams.inventory_stream(region), metrics, deliver=deliver)
-        self.follower = SiteFollower([self.events, self.inventory], kick=settings.heal_acceleration)
-        daemon.bus.reconnect_listeners.append(self.follower.server_back)  # its server restarted
+        self.heard = HeartbeatLog()
         self.enrolled: set[str] = set()
         self.presence = PresenceBoard(
             js,
@@ -127,8 +116,9 @@ class Regional:
             logger.debug("heartbeat ignored", subject=msg.subject, site=beat.site, reason=problem)
             return
         self.presence.heard(beat.site, beat.interval_seconds)
-        if await self.follower.follow(beat):
-            self.metrics.peers_heard.set(len(self.follower.heard))
+        if self.heard.last(beat.site) is None:
+            self.metrics.peers_heard.set(len(self.heard) + 1)
+        self.heard.record(beat)
 
     async def on_enroll(self, request: Enrollment, msg: Msg) -> None:
         reply = enrollment_reply(
@@ -147,8 +137,10 @@ class Regional:
         await ensure_stream(self.js, streams.edges_bucket(self.region))
         for replica in self.replicas:
             await replica.ensure()
-        await self.events.ensure(keep_sources=True)
-        await self.inventory.ensure(keep_sources=True)
+        # Edges push into these (their outbox subjects); sources per edge that an older
+        # fleetbus added are dropped here.
+        await ensure_stream(self.js, streams.events_stream(self.region))
+        await ensure_stream(self.js, streams.inventory_stream(self.region))
         self.enrolled.update(e.edge for e in await self.edges.values())
         restored = await self.presence.restore()
         logger.info("region state loaded", enrolled=len(self.enrolled), presence=restored)
@@ -175,8 +167,8 @@ class Regional:
                 await replica.kick(from_domain(HUB_DOMAIN))
 
     async def limits(self) -> None:
-        names = [self.events.name, self.inventory.name]
-        await watch_limits(self.js, names, self.metrics, superseded_ok=[self.inventory.name])
+        names = [subjects.EVENTS_STREAM, subjects.INVENTORY_STREAM]
+        await watch_limits(self.js, names, self.metrics, superseded_ok=[subjects.INVENTORY_STREAM])
 
 
 async def run(settings: RegionalSettings) -> None:

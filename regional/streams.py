@@ -1,8 +1,6 @@
 """The regional's streams: replicas of the hub's buckets, the region's events and inventory,
 its edges' presence and enrollments."""
 
-from collections.abc import Callable
-
 from fleetbus.nats.provisioning import scoped_bucket
 from fleetbus.nats.replication import aggregate_stream, replica_bucket, source
 from fleetbus.nats.streams import StreamConfig
@@ -21,34 +19,29 @@ def replicas(region: str) -> list[StreamConfig]:
     ]
 
 
-def edge_deliver(region: str) -> Callable[[str], str]:
-    """Where an edge's sourced messages cross its link: inside its own subjects."""
-    return lambda edge: subjects.deliver_up(subjects.edge_base(region, edge))
-
-
 def events_stream(region: str, *, max_age_s: float = 7 * DAY, max_bytes: int = 1024 * 2**20) -> StreamConfig:
-    """Events of every edge of the region, sourced from each edge's EVENTS (one source per
-    edge, added when the edge is first heard) or published here by thin edges, and sourced in
-    turn by the hub."""
+    """Events of every edge of the region, which each edge pushes here on its outbox subjects
+    (a full edge's forwarder from its own EVENTS, a thin edge directly), and sourced in turn by
+    the hub."""
     return aggregate_stream(
         subjects.EVENTS_STREAM,
-        "Events of this region's edges, sourced from each edge; sourced by the hub.",
+        "Events of this region's edges, pushed by each edge; sourced by the hub.",
         max_age_s=max_age_s,
         max_bytes=max_bytes,
-        direct=subjects.thin_events_transform(region),
+        direct=subjects.outbox_events_transform(region),
     )
 
 
 def inventory_stream(region: str, *, max_bytes: int = 256 * 2**20) -> StreamConfig:
-    """The latest inventory snapshot of each edge (one per subject), sourced from each edge's
-    INVENTORY and sourced in turn by the hub into its `inventory` bucket: after a partition of
-    the edge or of the regional, the hub receives only each edge's latest snapshot."""
+    """The latest inventory snapshot of each edge (one per subject), pushed by each edge and
+    sourced in turn by the hub into its `inventory` bucket: after a partition of the edge or of
+    the regional, the hub receives only each edge's latest snapshot."""
     return aggregate_stream(
         subjects.INVENTORY_STREAM,
-        "Latest inventory snapshot of each of this region's edges; sourced by the hub.",
+        "Latest inventory snapshot of each of this region's edges, pushed by each edge; sourced by the hub.",
         max_bytes=max_bytes,
         per_subject=1,
-        direct=subjects.thin_inventory_transform(region),
+        direct=subjects.outbox_inventory_transform(region),
     )
 
 

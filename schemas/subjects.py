@@ -6,8 +6,8 @@ Layout (all under `fleet.`):
     fleet.edge.<region>.<edge>.events.<kind>    edge-local EVENTS stream
     $KV.inventory.<region>.<edge>               edge-local INVENTORY stream (last value)
     fleet.edge.<region>.<edge>.cmd.<name>       hub -> edge commands (request/reply)
-    fleet.edge.<region>.<edge>.outbox.events.<kind>  a thin edge's events -> regional EVENTS
-    fleet.edge.<region>.<edge>.outbox.inventory      a thin edge's inventory -> regional INVENTORY
+    fleet.edge.<region>.<edge>.outbox.events.<kind>  an edge's events -> regional EVENTS
+    fleet.edge.<region>.<edge>.outbox.inventory      an edge's inventory -> regional INVENTORY
     fleet.edge.<region>.<edge>.enroll           edge -> its regional: enrollment, labels (request/reply)
     fleet.region.<region>.hb                    regional heartbeat -> hub (core NATS)
     fleet.region.<region>.join.<edge>           a new edge redeems its token (request/reply)
@@ -17,9 +17,10 @@ Layout (all under `fleet.`):
 Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`) or is
 its own inventory key `$KV.inventory.<region>.<edge>`, so a leaf-link permission can pin an
 edge to its own subjects; a regional likewise to `fleet.region.<region>.>`. Edge-local
-stream subjects carry the edge's own id, so no other domain ever binds a stream to them:
-upstream tiers get the data by *sourcing* (filters, and transforms where the hub needs a key),
-never by listening on the same subject (docs/architecture.md#invariants: the double-store trap).
+stream subjects carry the edge's own id, so no other domain ever binds a stream to them: an
+edge pushes its data to its regional on outbox subjects, and the hub sources each regional's
+streams (filters, and transforms where the hub needs a key), never by listening on the same
+subject (docs/architecture.md#invariants: the double-store trap).
 """
 
 from schemas.base import check_token
@@ -100,29 +101,36 @@ def inventories(region: str = "*", edge: str = "*") -> str:
     return kv_subject(INVENTORY_BUCKET, f"{region}.{edge}")
 
 
-# Thin edges (no nats-server of their own, docs/architecture.md#thin-edges) publish straight
-# into their regional's EVENTS and INVENTORY streams, which bind these subjects and rewrite them on the way in
-# (a stream subject transform) to the subjects a full edge's messages arrive with by sourcing.
+# Outbox subjects: how an edge's events and snapshots reach its regional. A full edge's
+# forwarder (`fleetbus.nats.uplink`) republishes what its own streams stored; a thin edge (no
+# nats-server of its own, docs/architecture.md#thin-edges) publishes there directly. The
+# regional's EVENTS and INVENTORY bind them and rewrite them on the way in (a stream subject
+# transform) to the subjects the edge's own streams store them under.
 
 
-def thin_event(region: str, edge: str, kind: str) -> str:
+def outbox_event(region: str, edge: str, kind: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.outbox.events.{_tokens(kind)}"
 
 
-def thin_inventory(region: str, edge: str) -> str:
+def outbox_events(region: str, edge: str) -> str:
+    """Where an edge's events of every kind go up."""
+    return f"{PREFIX}.edge.{_tokens(region, edge)}.outbox.events.>"
+
+
+def outbox_inventory(region: str, edge: str) -> str:
     return f"{PREFIX}.edge.{_tokens(region, edge)}.outbox.inventory"
 
 
-def thin_events_transform(region: str) -> tuple[str, str]:
-    """(bound subject, stored subject) of the thin edges' events in a regional's EVENTS."""
+def outbox_events_transform(region: str) -> tuple[str, str]:
+    """(bound subject, stored subject) of the edges' events in a regional's EVENTS."""
     return (
         f"{PREFIX}.edge.{_tokens(region)}.*.outbox.events.>",
         f"{PREFIX}.edge.{region}.{{{{wildcard(1)}}}}.events.>",
     )
 
 
-def thin_inventory_transform(region: str) -> tuple[str, str]:
-    """(bound subject, stored subject) of the thin edges' snapshots in a regional's INVENTORY."""
+def outbox_inventory_transform(region: str) -> tuple[str, str]:
+    """(bound subject, stored subject) of the edges' snapshots in a regional's INVENTORY."""
     return (
         f"{PREFIX}.edge.{_tokens(region)}.*.outbox.inventory",
         kv_subject(INVENTORY_BUCKET, f"{region}.{{{{wildcard(1)}}}}"),

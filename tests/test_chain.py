@@ -22,19 +22,18 @@ async def test_each_tier_reaches_the_domains_its_links_permit(chain):
                 what=f"{site} -> {upstream} JetStream",
             )
             assert info.domain == upstream
-        # Down one hop: the tier above sources each site's streams through its domain's API.
-        for site, below in (("hub", "r1"), ("r1", "r1-e1"), ("r1", "r1-e2")):
-            info = await eventually(
-                lambda s=site, d=below: conns[s].jetstream(domain=d, timeout=1).account_info(),
-                what=f"{site} -> {below} JetStream",
-            )
-            assert info.domain == below
-        # Two hops are not a link: nothing below the hub reaches the hub's API, and the hub's
-        # own calls do not reach an edge's (tests/test_security.py tries harder).
-        with pytest.raises(Exception):  # noqa: B017 - no responders or a timeout
-            await conns["r1-e1"].jetstream(domain="hub", timeout=1).account_info()
-        with pytest.raises(Exception):  # noqa: B017
-            await conns["hub"].jetstream(domain="r1-e1", timeout=1).account_info()
+        # Down one hop, the hub only: it sources each region's streams through the regional's
+        # domain's API.
+        info = await eventually(
+            lambda: conns["hub"].jetstream(domain="r1", timeout=1).account_info(), what="hub -> r1 JetStream"
+        )
+        assert info.domain == "r1"
+        # An edge's domain is its own: its regional does not reach into it (edges push their
+        # data up), nor does the hub. Two hops are not a link: nothing below the hub reaches
+        # the hub's API (tests/test_security.py tries harder).
+        for site, other in (("r1", "r1-e1"), ("r1", "r1-e2"), ("hub", "r1-e1"), ("r1-e1", "hub")):
+            with pytest.raises(Exception):  # noqa: B017 - no responders or a timeout
+                await conns[site].jetstream(domain=other, timeout=1).account_info()
     finally:
         for nc in conns.values():
             await nc.close()

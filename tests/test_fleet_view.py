@@ -21,6 +21,7 @@ from fleetbus.core.views import EdgePresence
 from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.plan import FleetPlan
 from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.nats.uplink import ORIGIN
 from fleetbus.runtime.tasks import cancel_and_wait
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
@@ -31,7 +32,7 @@ from schemas.heartbeat import Heartbeat, Tier
 from schemas.inventory import InventorySnapshot, StreamBacklog
 from schemas.presence import PresenceState
 from tests.conftest import admin_creds, connect_as, hub_args, running_fleet
-from tests.fleetprobe import edge_latest, inventory_differences, set_facts
+from tests.fleetprobe import edge_latest, inventory_differences, set_facts, stream_ids
 from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
@@ -423,6 +424,22 @@ async def test_what_the_edge_limits_evict_before_forwarding_is_reported_as_lost(
             status = await arun_cli("status", *hub_args(fleet.plan))
             assert status.returncode == 0, status.stderr
             assert "(7 lost)" in status.stdout, status.stdout
+            # The edge pushed them (the regional sources nothing): the 3 kept, once each, each
+            # saying where it came from.
+            regional = await connect_as(fleet.plan, "r1")
+            try:
+                rjs = regional.jetstream()
+                for stream in (subjects.EVENTS_STREAM, subjects.INVENTORY_STREAM):
+                    assert not (await rjs.stream_info(stream)).config.sources, stream
+                ids, _ = await stream_ids(rjs, subjects.EVENTS_STREAM)
+                sent = {f"test-{n}" for n in range(10)}
+                assert {i: n for i, n in ids.items() if i in sent} == {f"test-{n}": 1 for n in (7, 8, 9)}
+                last = await rjs.get_last_msg(
+                    subjects.EVENTS_STREAM, subjects.edge_event("r1", "r1-e1", "audit")
+                )
+                assert (last.headers or {}).get(ORIGIN, "").endswith(f" {forwarded + 10}"), last.headers
+            finally:
+                await regional.close()
         finally:
             await client.close()
 

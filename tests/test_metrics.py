@@ -324,14 +324,6 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
         link.heal()
         await m.until(region, "edge heard again", lambda s: s.value("fleetbus_peers_heard") == 1)
         m.moved["fleetbus_peers_heard"] = "regional: 0 after a restart while the edge is cut, 1 on heal"
-        await m.until(
-            region,
-            "edge's sources kicked",
-            lambda s: (
-                s.value("fleetbus_source_kicks_total") > region_restarted.value("fleetbus_source_kicks_total")
-            ),
-        )
-        m.moved["fleetbus_source_kicks_total"] = "regional: the edge is heard again"
         healed = await m.until(
             edge,
             "link up, backlog drained",
@@ -345,6 +337,28 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
             edge_before.value("fleetbus_link_transitions_total", state="up") + 1
         )
         m.moved["fleetbus_link_transitions_total"] = "edge: down on the cut, up on the heal"
+        assert healed.value("fleetbus_uplink_stalls_total", stream="EVENTS") > edge_before.value(
+            "fleetbus_uplink_stalls_total", stream="EVENTS"
+        )
+        m.moved["fleetbus_uplink_stalls_total"] = "edge: pushing up waits while the link is cut"
+        assert healed.value("fleetbus_uplink_forwarded_total", stream="EVENTS") >= (
+            edge_before.value("fleetbus_uplink_forwarded_total", stream="EVENTS") + 3
+        )
+        m.moved["fleetbus_uplink_forwarded_total"] = "edge: the 3 events kept while cut go up on the heal"
+
+        # The regional's own link is cut and healed: the hub restarts its sources from r1.
+        hub_before = await m.scrape(hub)
+        fleet.link(region).cut()
+        await m.until(region, "hub unreachable", lambda s: s.value("fleetbus_upstream_up") == 0)
+        fleet.link(region).heal()
+        await m.until(
+            hub,
+            "r1's sources kicked",
+            lambda s: (
+                s.value("fleetbus_source_kicks_total") > hub_before.value("fleetbus_source_kicks_total")
+            ),
+        )
+        m.moved["fleetbus_source_kicks_total"] = "hub: regional r1 is heard again after its link returned"
         await m.until(
             region,
             "heartbeats counted",

@@ -21,6 +21,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from fleetbus.devfleet import identities
 from fleetbus.devfleet.supervisor import DevFleet
@@ -251,12 +252,15 @@ async def test_a_stolen_edge_key_speaks_only_for_its_own_edge(attack):
         subjects.edge_heartbeat(REGION, OTHER),
         subjects.edge_inventory(REGION, OTHER),
         subjects.edge_event(REGION, OTHER, "apply_result"),
+        subjects.outbox_event(REGION, OTHER, "apply_result"),  # where the regional stores from
+        subjects.outbox_inventory(REGION, OTHER),
         subjects.edge_heartbeat("r2", EDGE),  # its own name in another region
         subjects.regional_heartbeat(REGION),
         subjects.hub_hello(),
     ):
         assert await edge.publish_refused(subject), subject
     assert not await edge.publish_refused(subjects.edge_heartbeat(REGION, EDGE))
+    assert not await edge.publish_refused(subjects.outbox_event(REGION, EDGE, "probe"))
 
 
 async def test_a_stolen_edge_key_reads_no_other_edges_override_and_sees_no_other_traffic(attack):
@@ -353,6 +357,27 @@ async def test_an_edges_own_server_relays_nothing_its_key_may_not_send(attack):
         with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
             await local.nc.request(subject, b"{}", timeout=2)
     assert await _stream_subjects(regional.nc, kv_stream(PROFILES_BUCKET)) > 0
+    # Stored data goes up only on the edge's own outbox subjects: JetStream publishes of another
+    # edge's apply result and inventory find no stream, and the regional stores nothing of them.
+    body = b'{"forged":"%s"}' % secrets.token_hex(4).encode()
+    for subject in (
+        subjects.outbox_event(REGION, OTHER, "apply_result"),
+        subjects.outbox_inventory(REGION, OTHER),
+    ):
+        with pytest.raises((nats.errors.NoRespondersError, nats.errors.TimeoutError)):
+            await local.nc.request(subject, body, timeout=2)
+    ack = await local.nc.request(subjects.outbox_event(REGION, EDGE, "probe"), body, timeout=5)
+    assert b'"stream":"EVENTS"' in ack.data.replace(b" ", b""), ack.data  # its own is stored
+    events = regional.nc.jetstream()
+    assert (
+        await events.get_last_msg(subjects.EVENTS_STREAM, subjects.edge_event(REGION, EDGE, "probe"))
+    ).data == body
+    for stream, subject in (
+        (subjects.EVENTS_STREAM, subjects.apply_results(REGION, OTHER)),
+        (subjects.INVENTORY_STREAM, subjects.edge_inventory(REGION, OTHER)),
+    ):
+        with contextlib.suppress(NotFoundError):  # nothing of OTHER's there is fine
+            assert (await events.get_last_msg(stream, subject)).data != body, subject
 
 
 def _override_subject(edge: str) -> str:
@@ -453,9 +478,13 @@ async def test_a_device_logs_in_with_its_own_credentials_and_speaks_only_for_its
             )
         local = await connect_as(fleet.plan, EDGE)
         seen: list[str] = []
+        marked: list[str] = []  # subjects that carried the forgeries' body
+        marker = secrets.token_hex(8).encode()  # the edge's own heartbeats use the same subject
 
         async def record(msg: Any) -> None:
             seen.append(msg.subject)
+            if msg.data == marker:
+                marked.append(msg.subject)
 
         try:
             await local.subscribe(">", cb=record)
@@ -464,7 +493,7 @@ async def test_a_device_logs_in_with_its_own_credentials_and_speaks_only_for_its
             async with aiomqtt.Client("127.0.0.1", port, identifier="sensor-9", **login) as device:
                 for subject in forged:
                     with contextlib.suppress(aiomqtt.MqttError):  # refused: dropped or disconnected
-                        await device.publish(subject.replace(".", "/"), b"{}", qos=0)
+                        await device.publish(subject.replace(".", "/"), marker, qos=0)
             async with aiomqtt.Client("127.0.0.1", port, identifier="sensor-9", **login) as device:
                 await device.publish("devices/sensor-9/telemetry", b"{}", qos=1)
                 # In order from one device: once its reading is through, a forged one would be.
@@ -473,7 +502,7 @@ async def test_a_device_logs_in_with_its_own_credentials_and_speaks_only_for_its
                     timeout=10,
                     what="the device's reading",
                 )
-            assert not set(forged) & set(seen), seen
+            assert not marked, marked
             # Removed: refused from then on.
             done = await arun_cli(
                 "device", "remove", EDGE, "sensor-9", "--region", REGION, *hub_args(fleet.plan)

@@ -14,8 +14,9 @@ What crosses a leaf link, and in which direction, was read off a traced nats-ser
   `$JS.<upper>.API.CONSUMER.CREATE.<stream>.<name>[.<filter>]` (reply `$JSC.R.<id>`), then
   receives on its deliver prefix (`subjects.deliver_down`) and answers flow control on
   `$JS.FC.<stream>.…`;
-- the upper domain sourcing the lower one asks through `$JS.<lower>.API.>` and receives on
-  `subjects.deliver_up`;
+- the upper domain sourcing the lower one (the hub sourcing a regional) asks through
+  `$JS.<lower>.API.>` and receives on `subjects.deliver_up`; a regional does not source its
+  edges: they push to it (`fleetbus.nats.uplink`), so no call reaches into an edge's domain;
 - a link's publish permission is what the lower site may send up, its subscribe permission
   what the upper site lets it receive (its interest is not even forwarded otherwise).
 """
@@ -91,33 +92,31 @@ PREFIX_EDGE = f"{subjects.PREFIX}.edge"
 def edge_link(region: str, edge: str) -> Permissions:
     """Edge `edge` at its regional (its leaf link, and its daemon's requests through it).
 
-    It may publish only under its own subjects, ask to enroll, read every profile and only
-    its own and group overrides, and answer calls into its own domain. It reaches no
-    stream-management API and no other edge's keys.
+    It may publish only under its own subjects (its events and inventory go up on its outbox
+    subjects, which the regional's streams bind), ask to enroll, and read every profile and
+    only its own and group overrides. It reaches no stream-management API and no other edge's
+    keys, and nothing reaches into its domain.
     """
     base = subjects.edge_base(region, edge)
     api = subjects.js_api_prefix(region)
     return Permissions(
         publish=(
-            f"{base}.>",  # its heartbeats, events, enrollment (labels), command answers
+            f"{base}.>",  # its heartbeats, outbox, enrollment (labels), command answers
             *_consumer_create(region, PROFILES_BUCKET),
             *_consumer_create(region, OVERRIDES_BUCKET, subjects.override_key("edge", edge)),
             *_consumer_create(region, OVERRIDES_BUCKET, "group.*"),
             *_flow_control(PROFILES_BUCKET),
             *_flow_control(OVERRIDES_BUCKET),
             f"{api}.INFO",  # the upstream probe
-            # How far the regional's copy of its streams is: a direct get of its own last
-            # message, the subject naming it (docs/security.md).
+            # Where its forwarder resumes: a direct get of the newest message of its own the
+            # regional holds, the subject naming it (docs/security.md).
             f"{api}.DIRECT.GET.{subjects.EVENTS_STREAM}.{base}.>",
             f"{api}.DIRECT.GET.{subjects.INVENTORY_STREAM}.{subjects.edge_inventory(region, edge)}",
-            "$JSC.R.*",  # answers to the regional's calls into this domain
             "_INBOX.>",  # answers to commands
         ),
         subscribe=(
             f"{base}.>",
-            f"{subjects.js_api_prefix(edge)}.>",  # the regional sourcing this edge's streams
-            "$JSC.R.*",
-            "$JS.FC.>",
+            "$JSC.R.*",  # the regional's answers to its replicas' consumer requests
             f"{subjects.inbox_prefix(edge)}.>",
         ),
     )

@@ -43,6 +43,20 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 [("max by (stream) (fleetbus_uplink_backlog_oldest_age_seconds)", "{{stream}}")],
             ),
             (
+                "Pushed up by edges, and stalls",
+                "short",
+                [
+                    (
+                        f"sum by (stream) (increase(fleetbus_uplink_forwarded_total[{WINDOW}]))",
+                        "forwarded {{stream}}",
+                    ),
+                    (
+                        f"sum by (stream) (increase(fleetbus_uplink_stalls_total[{WINDOW}]))",
+                        "stalls {{stream}}",
+                    ),
+                ],
+            ),
+            (
                 "Sites whose uplink is down",
                 "short",
                 [("count by (job) (fleetbus_upstream_up == 0)", "{{job}}")],

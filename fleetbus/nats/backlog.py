@@ -1,64 +1,33 @@
-"""How far the next tier's copy of each of a site's uplink streams is behind the site's own.
+"""How far the regional's copy of each of an edge's uplink streams is behind the edge's own.
 
-The regional sources an edge's EVENTS and INVENTORY; the edge asks the regional's JetStream
-(a direct get through the regional's domain) for the newest message of its own the regional
-holds, and compares with what it stores itself: what waits, how old the oldest waiting message
-is, and what the stream's limits evicted before it was forwarded (a loss, reported as such).
+The edge's forwarders (`fleetbus.nats.uplink`) know the last sequence of each stream the
+regional confirmed storing; messages after it are pending, and messages the stream's limits
+removed before that point was reached never went upstream (a loss, reported as such).
 """
-
-from dataclasses import dataclass
 
 from nats.js.errors import NotFoundError
 
 from fleetbus.nats.bus import Bus
 from fleetbus.nats.errors import TRANSIENT
-from schemas import subjects
+from fleetbus.nats.uplink import Forwarder, Uplink
 from schemas.base import utcnow
 from schemas.inventory import StreamBacklog
-
-
-@dataclass(frozen=True)
-class Uplink:
-    """One of the edge's streams that the regional sources, and what of it is this edge's."""
-
-    stream: str
-    filter: str
-    superseded_ok: bool = False  # one message per subject: older ones are replaced, not lost
 
 
 class BacklogMeter:
     """How far the regional's copy of each uplink stream is behind the edge's."""
 
-    def __init__(self, bus: Bus, region: str, uplinks: list[Uplink], *, timeout: float = 0.5) -> None:
+    def __init__(self, bus: Bus, forwarders: list[Forwarder]) -> None:
         self.bus = bus
-        self.region = region
-        self.uplinks = uplinks
-        self.timeout = timeout
+        self.forwarders = forwarders
         self.forwarded: dict[str, int] = {}  # last known, kept while the regional is unreachable
         self.lost: dict[str, int] = {}  # evicted before the regional confirmed them, since start
         self._counted: dict[str, int] = {}  # evictions up to this sequence are accounted for
 
-    async def _forwarded(self, uplink: Uplink) -> int | None:
-        """The edge sequence of the newest message of ours the regional holds; None if it
-        cannot be asked now."""
-        # The last-by-subject form names the subject in the request's own subject (empty
-        # body), which the edge's link permissions pin to its own subjects.
-        subject = f"{subjects.js_api_prefix(self.region)}.DIRECT.GET.{uplink.stream}.{uplink.filter}"
-        try:
-            reply = await self.bus.nc.request(subject, b"", timeout=self.timeout)
-        except TRANSIENT:
-            return None
-        headers = reply.headers or {}
-        if headers.get("Status") == "404":
-            return 0  # the regional holds nothing of ours (yet, or any more)
-        origin = headers.get("Nats-Stream-Source", "").split()
-        if len(origin) < 2 or not origin[0].startswith(f"{uplink.stream}:") or not origin[1].isdigit():
-            return None
-        return int(origin[1])
-
     async def measure(self) -> list[StreamBacklog]:
         found = []
-        for uplink in self.uplinks:
+        for forwarder in self.forwarders:
+            uplink = forwarder.uplink
             try:
                 info = await self.bus.js.stream_info(uplink.stream)
             except NotFoundError:
@@ -66,9 +35,8 @@ class BacklogMeter:
             state = info.state
             removed = 0 if uplink.superseded_ok else max(0, state.first_seq - 1)
             self._count_losses(uplink.stream, removed)
-            answer = await self._forwarded(uplink)
-            if answer is not None and (answer or uplink.stream not in self.forwarded):
-                self.forwarded[uplink.stream] = answer
+            if forwarder.confirmed is not None:
+                self.forwarded[uplink.stream] = forwarder.confirmed
             forwarded = min(self.forwarded.get(uplink.stream, 0), state.last_seq)
             pending = max(0, min(state.messages, state.last_seq - forwarded))
             found.append(

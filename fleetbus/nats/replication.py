@@ -1,15 +1,15 @@
 """Store and forward between tiers: streams built from sources, and kicks when a link returns.
 
-Every upstream flow (events, inventory) and every downstream replica (profiles, overrides) is
-a stream with *sources* in another JetStream domain, never subjects of its own
-(docs/architecture.md#data-flows):
+Every downstream replica (profiles, overrides) and the hub's copy of each region's events and
+inventory is a stream with *sources* in another JetStream domain (docs/architecture.md#data-flows):
 
 - a replica bucket is `KV_<bucket>` with no subjects, sourcing the same stream one tier up,
   optionally filtered (an edge takes all profiles but only its own overrides), so nothing
   local can write it and `fleetbus.nats.kv.Bucket` reads and watches it like any bucket;
-- an aggregate stream (a regional's EVENTS, the hub's EVENTS) gains one source per site below
-  it the first time that site is heard from; a regional's also binds one subject of its own
-  for thin edges, which have no stream to source (`aggregate_stream(direct=...)`).
+- an aggregate stream at the hub (EVENTS, INVENTORY) gains one source per region the first
+  time that regional is heard from; a regional's binds its edges' outbox subjects instead
+  (`aggregate_stream(direct=...)`): edges push up (`fleetbus.nats.uplink`), since what a
+  source reads is whatever the other end's server returns, which pins no identity.
 
 After a long outage the server resumes a source only on its own retry back-off (0.3-80 s
 measured); `kick()` removes and re-adds the source, which resumes from the last sequence it
@@ -88,11 +88,10 @@ def aggregate_stream(
     per_subject: int = -1,
     direct: tuple[str, str] | None = None,
 ) -> StreamConfig:
-    """A stream filled by sources added as the sites below are heard; explicit limits (age,
-    bytes, messages per subject), since what they evict is counted. `direct` = (subject,
-    stored as): the one subject it binds itself, for sites below that have no stream to
-    source (thin edges), rewritten on the way in to the subject their data would have come
-    with by sourcing."""
+    """A stream filled from the sites below (sources added as they are heard, or `direct`);
+    explicit limits (age, bytes, messages per subject), since what they evict is counted.
+    `direct` = (subject, stored as): the subject it binds for the sites below to publish into
+    (edges' outbox subjects), rewritten on the way in to the subject the site stores it under."""
     return local_stream(
         name,
         description,

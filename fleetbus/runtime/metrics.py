@@ -99,6 +99,18 @@ class DaemonMetrics:
             ["stream"],
             registry=r,
         )
+        self.uplink_forwarded = Counter(
+            "fleetbus_uplink_forwarded_total",
+            "Messages the regional confirmed storing from this edge's streams, by stream (edge).",
+            ["stream"],
+            registry=r,
+        )
+        self.uplink_stalls = Counter(
+            "fleetbus_uplink_stalls_total",
+            "Times forwarding stopped to wait for the regional (link down, unconfirmed), by stream (edge).",
+            ["stream"],
+            registry=r,
+        )
         self.link_transitions = Counter(
             "fleetbus_link_transitions_total",
             "Times the tier above started (up) or stopped (down) answering.",
