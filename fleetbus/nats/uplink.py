@@ -25,7 +25,7 @@ Guarantees (docs/architecture.md#events-and-inventory-up):
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ from fleetbus.nats.errors import TRANSIENT
 from fleetbus.runtime import log
 from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.headers import NATS_MSG_ID
 
@@ -63,7 +64,7 @@ class Uplink:
 
     @classmethod
     def events(cls, region: str, edge: str) -> "Uplink":
-        local = subjects.edge_events(region, edge).removesuffix(">")  # "fleet.edge.<r>.<e>.events."
+        local = subjects.edge_events(region, edge).removesuffix(">")  # ends with .events.
         outbox = subjects.outbox_events(region, edge).removesuffix(">")
         return cls(
             subjects.EVENTS_STREAM,
@@ -106,17 +107,27 @@ class Forwarder:
         self.origin = ""  # "<stream> <created>" of the stream the positions below refer to
         self.confirmed: int | None = None  # our last sequence the regional holds; None: unknown
         self._wake = asyncio.Event()
+        self._restart = asyncio.Event()
 
     def poke(self) -> None:
         """The link answers again: stop waiting and resume now."""
         self._wake.set()
 
+    def server_back(self) -> None:
+        """The connection to the edge's own server is back, which may have restarted: its
+        pull request is gone, and messages it delivered unacknowledged would not come again.
+        Start a new session (from the last confirmed position) at once."""
+        self._restart.set()
+        self._wake.set()
+
     async def run(self) -> None:
+        self.bus.reconnect_listeners.append(self.server_back)
         backoff = Backoff(0.05, cap=1.0)
         while True:
             sent_before = self._sent
+            self._restart.clear()
             try:
-                await self._session()
+                await self._until_restart(self._session())
             except (*TRANSIENT, UplinkStalledError) as exc:
                 if self.metrics:
                     self.metrics.uplink_stalls.labels(stream=self.uplink.stream).inc()
@@ -124,8 +135,20 @@ class Forwarder:
             if self._sent != sent_before:
                 backoff.reset()  # it was flowing: the next failure is a new one
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff.next_delay())
+            if not self._restart.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff.next_delay())
+
+    async def _until_restart(self, session: Coroutine[Any, Any, None]) -> None:
+        """Run `session` until it ends or `server_back` asks for a new one."""
+        task = asyncio.ensure_future(session)
+        restart = asyncio.ensure_future(self._restart.wait())
+        try:
+            await asyncio.wait({task, restart}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            await cancel_and_wait([restart, task], 5.0)
+        if task.done() and not task.cancelled() and (failure := task.exception()) is not None:
+            raise failure
 
     _sent = 0  # batches the regional confirmed since start
 
