@@ -27,11 +27,19 @@ BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
 
 class CredentialsDesk:
     def __init__(
-        self, bus: Bus, *, region: str, edge: str, directory: Path, system_creds: Path | None, nats_url: str
+        self,
+        bus: Bus,
+        *,
+        region: str,
+        edge: str,
+        directory: Path,
+        system_creds: Path | None,
+        nats_url: str,
+        ca: Path | None = None,
     ) -> None:
         self.bus, self.region, self.edge = bus, region, edge
         self.files = edge_files(directory)
-        self.system_creds, self.nats_url = system_creds, nats_url
+        self.system_creds, self.nats_url, self.ca = system_creds, nats_url, ca
         self.lock = asyncio.Lock()
         self.control: ServerControl | None = None
 
@@ -39,7 +47,11 @@ class CredentialsDesk:
         self.files.registry()  # a clear error now if it is unreadable
         if self.system_creds is not None:
             self.control = await ServerControl.connect(
-                self.nats_url, self.system_creds, name=f"fleetbus-edge-{self.edge}-system", source=self.edge
+                self.nats_url,
+                self.system_creds,
+                name=f"fleetbus-edge-{self.edge}-system",
+                source=self.edge,
+                ca=self.ca,
             )
         subject = subjects.edge_command(self.region, self.edge, "device_credentials")
         await self.bus.subscribe(subject, DeviceCredentials, self._change)

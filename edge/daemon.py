@@ -218,6 +218,7 @@ async def _redeem_token(settings: EdgeSettings) -> None:
             machine=machine_id(settings.machine_id),
             url=settings.enroll_url,
             state_dir=settings.state_dir,
+            ca=settings.nats_ca,
         )
 
 
@@ -232,6 +233,7 @@ def _credentials_desk(daemon: Daemon, settings: EdgeSettings) -> CredentialsDesk
         directory=settings.admission_dir,
         system_creds=settings.system_creds,
         nats_url=settings.nats_url,
+        ca=settings.nats_ca,
     )
     daemon.on_start(desk.start)
     return desk

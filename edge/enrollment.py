@@ -110,9 +110,11 @@ async def join(
     machine: str,
     url: str | None,
     state_dir: Path,
+    ca: Path | None = None,
 ) -> None:
     """Redeem `token` at the regional until it admits this edge; `PermanentError` if it
-    refuses (a refusal is final: it needs a new token)."""
+    refuses (a refusal is final: it needs a new token). `ca` verifies the regional's
+    certificate where its client port takes only TLS."""
     claims = enrolltoken.unverified_claims(token)
     if (claims.region, claims.edge) != (region, edge):
         msg = (
@@ -143,6 +145,7 @@ async def join(
         user=JOIN_USER,
         password="",
         inbox_prefix=subjects.JOIN_INBOX,
+        ca=ca,
     )
     backoff = Backoff(0.5, cap=10.0)
     try:

@@ -147,6 +147,7 @@ async def _connections(settings: HollowSettings, first: Bus, metrics: DaemonMetr
             source=f"/fleet/edge/{settings.site}",
             metrics=metrics,
             creds=settings.nats_creds,
+            ca=settings.nats_ca,
             site=settings.site,
         )
         for index in range(1, wanted)

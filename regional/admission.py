@@ -61,6 +61,7 @@ class AdmissionDesk:
                 self.settings.system_creds,
                 name=f"fleetbus-regional-{self.region}-system",
                 source=self.region,
+                ca=self.settings.nats_ca,
             )
             await self.control.start()
         # The server admits what the registry says, whatever happened before a crash.

@@ -16,6 +16,7 @@ from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
 from fleetbus.devfleet.servers import NatsServer
 from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.runtime import identity
 from schemas import subjects
 from schemas.heartbeat import Tier
 from tests.helpers import arun_cli
@@ -89,6 +90,9 @@ async def connect_as(plan: FleetPlan, site: str, **options: Any) -> Client:
     planned = plan.site(site)
     options.setdefault("nkeys_seed", str(planned.creds_path))
     options.setdefault("inbox_prefix", subjects.inbox_prefix(site))
+    auth = planned.server.auth
+    if auth is not None and auth.tls is not None:
+        options.setdefault("tls", identity.tls_context(Path(auth.tls.ca)))  # used if the port asks
     return await nats.connect(planned.server.client_url, **options)
 
 
@@ -127,11 +131,14 @@ async def running_fleet(
     settings: dict[Tier, dict[str, object]] | None = None,
     *,
     mqtt: bool = False,
+    client_tls: bool = False,
 ) -> AsyncIterator[DevFleet]:
     """Servers, a link proxy on every leaf link, and every tier's daemon as a real process."""
     ports = iter(free_ports(ports_needed(regions, edges, mqtt=mqtt, links=True)))
     plan = plan_fleet(tmp_path / "fleet", regions, edges, ports, mqtt=mqtt, links=True)
-    fleet = DevFleet(plan, heartbeat_interval=1.0, progress=lambda _line: None, settings=settings)
+    fleet = DevFleet(
+        plan, heartbeat_interval=1.0, progress=lambda _line: None, settings=settings, client_tls=client_tls
+    )
     try:
         await fleet.start()
         yield fleet

@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import subprocess
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -318,3 +319,32 @@ def test_dev_link_kill_restart_from_another_terminal(tmp_path: Path):
         if up.poll() is None:
             os.killpg(up.pid, signal.SIGKILL)
             up.wait()
+
+
+def test_client_tls_dev_fleet_gives_every_client_the_ca(tmp_path: Path):
+    """`dev up --client-tls`: `dev creds` names the CA, and the CLI finds it by itself."""
+    state_dir = tmp_path / "client-tls"
+    up = start_up(state_dir, "--regions", "1", "--edges", "1", "--client-tls")
+    try:
+        wait_healthy(state_dir, up)
+        sd = ("--state-dir", str(state_dir))
+        viewer = json.loads(run_cli("dev", "creds", "--viewer", "--json", *sd).stdout)
+        assert viewer["ca"], viewer
+        assert Path(viewer["ca"]).is_file()
+
+        async def read_as_viewer(**tls: Any) -> list[str]:
+            nc = await nats.connect(viewer["url"], nkeys_seed=viewer["nkey"], allow_reconnect=False, **tls)
+            try:
+                return [s.config.name for s in await nc.jetstream().streams_info()]
+            finally:
+                await nc.close()
+
+        fleet_ca = ssl.create_default_context(cafile=viewer["ca"])
+        assert "KV_profiles" in asyncio.run(read_as_viewer(tls=fleet_ca))
+        with pytest.raises(ssl.SSLCertVerificationError):  # the system's CAs do not know the fleet's
+            asyncio.run(read_as_viewer(tls=ssl.create_default_context()))
+        status = run_cli("status", *sd)
+        assert status.returncode == 0, status.stderr
+    finally:
+        os.killpg(up.pid, signal.SIGINT)
+        up.communicate(timeout=60)

@@ -25,11 +25,14 @@ from nats.js.errors import NotFoundError
 
 from fleetbus.devfleet import identities
 from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.errors import HubUnreachableError
 from fleetbus.runtime import identity, pki
+from fleetbus.sdk.client import FleetClient
 from schemas import subjects
+from schemas.profile import Profile
 from schemas.subjects import OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
 from tests.conftest import admin_creds, connect_as, device_login, fleet_tls, hub_args, running_fleet
-from tests.helpers import arun_cli, eventually
+from tests.helpers import arun_cli, cli_env, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -513,3 +516,54 @@ async def test_a_device_logs_in_with_its_own_credentials_and_speaks_only_for_its
                     pass
         finally:
             await local.close()
+
+
+# --- client ports that other machines reach ---------------------------------------------------
+
+
+async def test_client_ports_with_tls_take_only_clients_that_verify_the_fleet_ca(tmp_path):
+    """`dev up --client-tls` (what a site whose client port others reach runs): every daemon
+    and client speaks TLS to it, verifying the fleet CA; plaintext and a certificate of another
+    CA get no connection, and the fleet still converges."""
+    async with running_fleet(tmp_path, regions=1, edges=1, client_tls=True) as fleet:
+        plan = fleet.plan
+        ca = identities.ca_cert(plan.state_dir)
+        other_ca = pki.ensure_ca(tmp_path / "other-pki", "another fleet")
+        for site in plan.sites:
+            port = site.server.client_port
+            # Plaintext CONNECT with the site's own key material nowhere near: closed.
+            assert "INFO" not in _raw_connect(port), site.name
+            assert "CERTIFICATE_VERIFY_FAILED" in _raw_connect(port, _tls_context(other_ca, None)), site.name
+            # The right CA: the handshake passes and the login (none here) is what is refused.
+            assert "Authorization Violation" in _raw_connect(port, _tls_context(ca, None)), site.name
+        hub_url = plan.site("hub").server.client_url
+        with pytest.raises(HubUnreachableError, match="TLS failed"):
+            await FleetClient.connect(hub_url, creds=admin_creds(plan), ca=other_ca, timeout=3)
+        async with await FleetClient.connect(hub_url, creds=admin_creds(plan), ca=ca) as client:
+            await client.profiles.apply(_tls_profile(), actor="test")
+
+            async def applied() -> bool:
+                desired, report = await client.explain(EDGE)
+                return bool(
+                    report and report.apply_result and report.apply_result.desired_hash == desired.hash
+                )
+
+            await eventually(
+                applied, timeout=60, what="the profile applied and reported over TLS client ports"
+            )
+        # The CLI: with the fleet CA it answers; with another, it says what to pass.
+        done = await arun_cli("status", *hub_args(plan), env=cli_env(FLEETBUS_CA=str(ca)))
+        assert done.returncode == 0, done.stderr
+        refused = await arun_cli("status", *hub_args(plan), env=cli_env(FLEETBUS_CA=str(other_ca)))
+        assert refused.returncode == 3, refused.stderr
+        assert "the CA that issued this server's certificate" in refused.stderr, refused.stderr
+        unknown = await arun_cli("status", *hub_args(plan))  # no CA: the system's do not know ours
+        assert unknown.returncode == 3, unknown.stderr
+        assert "pass the fleet CA with --ca" in unknown.stderr, unknown.stderr
+        assert fleet.crashes() == {}
+
+
+def _tls_profile() -> Profile:
+    return Profile.model_validate(
+        {"name": "tls-check", "spec": {"components": [{"name": "app", "image": "reg/app", "version": "1"}]}}
+    )

@@ -24,7 +24,7 @@ from fleetbus.devfleet import identities
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, ConflictError, FleetbusError, exit_code
 from fleetbus.runtime import pki
-from fleetbus.sdk.client import CREDS_ENV, DEFAULT_TIMEOUT, TIMEOUT_ENV
+from fleetbus.sdk.client import CA_ENV, CREDS_ENV, DEFAULT_TIMEOUT, TIMEOUT_ENV
 from schemas.export import write_json_schemas
 
 app = typer.Typer(
@@ -79,9 +79,21 @@ def _root(
             show_default=False,
         ),
     ] = None,
+    ca: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca",
+            envvar=CA_ENV,
+            help="The fleet CA's certificate, which verifies the hub's where its client port "
+            "takes only TLS (default: the running dev fleet's).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     if creds is not None:
         os.environ[CREDS_ENV] = str(creds)  # read by `FleetClient.connect`, like the timeout
+    if ca is not None:
+        os.environ[CA_ENV] = str(ca)
     if debug:
         os.environ["FLEETBUS_DEBUG"] = "1"
     if timeout is not None:

@@ -58,6 +58,14 @@ def dev_up(
             "as any other device (never a fleet subject). Default: `fleetbus device add`.",
         ),
     ] = False,
+    client_tls: Annotated[
+        bool,
+        typer.Option(
+            "--client-tls",
+            help="Client ports take only TLS too, as where other machines reach them (leaf "
+            "links and MQTT always do); clients verify with the fleet CA (`dev creds`).",
+        ),
+    ] = False,
 ) -> None:
     """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
     check_range("--regions", regions, 1, 50)
@@ -79,6 +87,9 @@ def dev_up(
     out.print(f"starting dev fleet in {directory}: 1 hub, {regions} region(s) x {edges} edge(s)")
     if insecure:
         warn_insecure()
+        if client_tls:
+            msg = "--client-tls needs identities and the fleet CA: drop --insecure"
+            raise ConfigError(msg)
     if mqtt_anonymous:
         err.print(
             "[bold red]UNSAFE[/]: --mqtt-anonymous admits MQTT devices without credentials: any "
@@ -91,6 +102,7 @@ def dev_up(
         progress=out.print,
         insecure=insecure,
         mqtt_anonymous=mqtt_anonymous,
+        client_tls=client_tls,
     )
     asyncio.run(run_foreground(fleet, _print_fleet))
 
@@ -204,19 +216,25 @@ def dev_creds(
         raise ConfigError(msg)
     if site is None:
         name = identities.ADMIN if operator else identities.VIEWER
-        url, nkey = record.hub.client_url, identities.operator_creds(Path(record.state_dir), name)
+        found = record.hub
+        nkey = identities.operator_creds(Path(record.state_dir), name)
     else:
-        found = next((s for s in record.sites if s.name == site), None)
-        if found is None or found.creds is None:
+        match = next((s for s in record.sites if s.name == site), None)
+        if match is None or match.creds is None:
             known = ", ".join(s.name for s in record.sites)
             msg = f"no site {site!r} in this dev fleet; sites: {known}"
             raise ConfigError(msg)
-        url, nkey = found.client_url, Path(found.creds)
+        found, nkey = match, Path(match.creds)
+    url = found.client_url
+    ca = found.ca if found.client_tls else None  # what a client needs: the port takes only TLS
     if as_json:
-        out.print_json(json.dumps({"url": url, "nkey": str(nkey), "ca": None}))
+        out.print_json(json.dumps({"url": url, "nkey": str(nkey), "ca": ca}))
     else:
         out.print(f"url   {url}\nnkey  {nkey}", soft_wrap=True, highlight=False)
-        out.print(f"try   nats --server {url} --nkey {nkey} ...", soft_wrap=True, highlight=False)
+        tls = f" --tlsca {ca}" if ca else ""
+        if ca:
+            out.print(f"ca    {ca}", soft_wrap=True, highlight=False)
+        out.print(f"try   nats --server {url} --nkey {nkey}{tls} ...", soft_wrap=True, highlight=False)
 
 
 @dev_app.command("down")

@@ -15,7 +15,7 @@ from rich.console import Console
 
 from fleetbus.devfleet import identities, state
 from fleetbus.errors import ConfigError
-from fleetbus.sdk.client import CREDS_ENV, HUB_URL_ENV, FleetClient, resolve_creds
+from fleetbus.sdk.client import CREDS_ENV, HUB_URL_ENV, FleetClient, resolve_ca, resolve_creds
 from schemas.base import check_token
 
 T = TypeVar("T")
@@ -123,6 +123,17 @@ def hub_creds(url: str, state_dir: Path | None) -> Path | None:
     return None
 
 
+def hub_ca(url: str, state_dir: Path | None) -> Path | None:
+    """`--ca`/$FLEETBUS_CA, else the CA of the dev fleet whose hub is `url`, else None."""
+    if explicit := resolve_ca():
+        return explicit
+    with contextlib.suppress(ConfigError):
+        record = state.running_fleet(state_dir or state.default_state_dir())
+        if record is not None and record.hub.client_url == url and record.hub.ca:
+            return Path(record.hub.ca)
+    return None
+
+
 def _dev_fleet(state_dir: Path | None) -> state.FleetRecord:
     directory = state_dir or state.default_state_dir()
     record = state.running_fleet(directory)
@@ -137,9 +148,9 @@ def _dev_fleet(state_dir: Path | None) -> state.FleetRecord:
 
 async def connect(hub: str | None, state_dir: Path | None) -> FleetClient:
     """A client of the hub `hub_url` finds (within the `--timeout` deadline), as the identity
-    `hub_creds` finds."""
+    `hub_creds` finds, trusting the CA `hub_ca` finds."""
     url = hub_url(hub, state_dir)
-    return await FleetClient.connect(url, creds=hub_creds(url, state_dir))
+    return await FleetClient.connect(url, creds=hub_creds(url, state_dir), ca=hub_ca(url, state_dir))
 
 
 def with_client(hub: str | None, state_dir: Path | None, work: Callable[[FleetClient], Awaitable[T]]) -> T:

@@ -81,7 +81,8 @@ async def _run(fleet: DevFleet) -> None:
 
     own = {(plan.region, edge) for plan in fleet.hollow_plan for edge in plan.edge_ids}
     creds = None if fleet.insecure else identities.operator_creds(fleet.plan.state_dir)
-    counting = asyncio.create_task(_count_online(hub_url, creds, own, ready))
+    ca = None if fleet.insecure else identities.ca_cert(fleet.plan.state_dir)
+    counting = asyncio.create_task(_count_online(hub_url, (creds, ca), own, ready))
     try:
         await run_foreground(fleet, on_ready)
     finally:
@@ -97,13 +98,14 @@ def online_of(presence: Iterable[EdgePresence], own: set[tuple[str, str]]) -> in
 
 
 async def _count_online(
-    hub_url: str, creds: Path | None, own: set[tuple[str, str]], ready: asyncio.Event
+    hub_url: str, login: tuple[Path | None, Path | None], own: set[tuple[str, str]], ready: asyncio.Event
 ) -> None:
     """Say how many of this simulation's edges the hub sees online until all are (progress,
     not a gate)."""
     await ready.wait()
     began = time.monotonic()
-    async with await FleetClient.connect(hub_url, creds=creds) as client:
+    creds, ca = login
+    async with await FleetClient.connect(hub_url, creds=creds, ca=ca) as client:
         while True:
             online = online_of(await client.presence(), own)
             took = time.monotonic() - began

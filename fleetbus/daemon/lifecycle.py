@@ -125,6 +125,7 @@ class Daemon:
                 source=f"/fleet/{self.tier.value}/{self.site}",
                 metrics=self.metrics,
                 creds=self.settings.nats_creds,
+                ca=self.settings.nats_ca,
                 site=self.site,
             )
         except BaseException:

@@ -138,10 +138,12 @@ def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities, *, mqtt_anonym
     return users
 
 
-def authorize(plan: FleetPlan, ids: FleetIdentities, *, mqtt_anonymous: bool = False) -> FleetPlan:
+def authorize(
+    plan: FleetPlan, ids: FleetIdentities, *, mqtt_anonymous: bool = False, client_tls: bool = False
+) -> FleetPlan:
     """`plan` with each server admitting exactly its identities; MQTT devices need their
     own credentials (`fleetbus device add`) unless `mqtt_anonymous` (unsafe: any device may
-    then speak for any other)."""
+    then speak for any other). Leaf links are TLS; with `client_tls`, client ports too."""
     sites = []
     for site in plan.sites:
         tls = ids.tls[site.name]
@@ -151,6 +153,7 @@ def authorize(plan: FleetPlan, ids: FleetIdentities, *, mqtt_anonymous: bool = F
             leaf_seed=ids.sites[site.name].seed() if site.upstream else None,
             mqtt_anonymous=DEVICES_USER if site.server.mqtt_port is not None and mqtt_anonymous else None,
             tls=LinkTls(cert=tls.cert, key=tls.key, ca=tls.ca),
+            client_tls=client_tls,
             admission=(
                 {s.name: ids.sites[s.name].public_key for s in plan.sites if s.upstream == site.name}
                 if regional
@@ -164,8 +167,8 @@ def authorize(plan: FleetPlan, ids: FleetIdentities, *, mqtt_anonymous: bool = F
     return replace(plan, sites=tuple(sites))
 
 
-def secure(plan: FleetPlan, *, mqtt_anonymous: bool = False) -> FleetPlan:
-    return authorize(plan, ensure_identities(plan), mqtt_anonymous=mqtt_anonymous)
+def secure(plan: FleetPlan, *, mqtt_anonymous: bool = False, client_tls: bool = False) -> FleetPlan:
+    return authorize(plan, ensure_identities(plan), mqtt_anonymous=mqtt_anonymous, client_tls=client_tls)
 
 
 def operator_creds(state_dir: Path, name: str = ADMIN) -> Path:

@@ -51,6 +51,9 @@ class Authorization(BaseModel):
     # The site's certificate, key and the fleet CA: leaf links are TLS both ways, each end
     # verifying the other's certificate (None: leaf links in plaintext).
     tls: LinkTls | None = None
+    # The client port takes only TLS too (with `tls`'s certificate; clients verify it against
+    # the fleet CA and still log in with their key): for client ports other machines reach.
+    client_tls: bool = False
     # A regional's: `users` is only the base; the edges it admits are kept in
     # admission/ beside the config and rendered into the users file it includes
     # (fleetbus.runtime.admission), which the regional daemon rewrites and reloads. The
@@ -178,6 +181,16 @@ def _authorization(auth: Authorization | None) -> list[str]:
     return lines
 
 
+def _client_tls(auth: Authorization | None) -> list[str]:
+    if auth is None or auth.tls is None or not auth.client_tls:
+        return []
+    return [
+        "# The client port takes only TLS: clients verify this site's certificate against the",
+        "# fleet CA (and still log in with their own key).",
+        *_tls_block(auth.tls, "", verify=False),
+    ]
+
+
 def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
     """Config text for `spec`. `listen_host` overrides the bind address (0.0.0.0 in containers)."""
     bind = listen_host or spec.host
@@ -186,6 +199,7 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
         "# Rendered by fleetbus from the site's settings; change those and render again.",
         f"server_name: {_q(spec.name)}",
         f"listen: {_q(f'{bind}:{spec.client_port}')}",
+        *_client_tls(spec.auth),
         f"http: {_q(f'{bind}:{spec.http_port}')}",
         f"max_payload: {spec.max_payload}",
         "# A silent link loss is noticed after ping_interval x ping_max without an answer.",

@@ -64,6 +64,8 @@ class SitePlan:
         }
         if self.server.auth is not None:
             values["nats_creds"] = str(self.creds_path)
+            if self.server.auth.tls is not None:
+                values["nats_ca"] = str(self.server.auth.tls.ca)
         if self.tier is Tier.EDGE:
             values |= {
                 "region": self.region,

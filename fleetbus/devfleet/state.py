@@ -51,6 +51,8 @@ class SiteRecord:
     daemon_pid: int | None = None
     dashboard_url: str | None = None
     creds: str | None = None  # the site's identity (nkey seed file), None if insecure
+    ca: str | None = None  # the fleet CA, which verifies this site's certificate; None if insecure
+    client_tls: bool = False  # its client port takes only TLS (`dev up --client-tls`)
 
     @property
     def mqtt_url(self) -> str | None:

@@ -70,12 +70,18 @@ class DevFleet:
         hollow_settings: dict[str, object] | None = None,
         insecure: bool = False,
         mqtt_anonymous: bool = False,
+        client_tls: bool = False,
     ) -> None:
         # Every server admits only its identities (generated now if missing), unless
         # `insecure`: then anyone who reaches a port may do anything (debugging only).
         self.insecure = insecure
         # `mqtt_anonymous`: MQTT devices need no credentials (unsafe; `dev up --mqtt-anonymous`).
-        self.plan = plan if insecure else identities.secure(plan, mqtt_anonymous=mqtt_anonymous)
+        # `client_tls`: client ports take only TLS, as where other machines reach them.
+        self.plan = (
+            plan
+            if insecure
+            else identities.secure(plan, mqtt_anonymous=mqtt_anonymous, client_tls=client_tls)
+        )
         plan = self.plan
         self.hollow_plan = hollow or []  # `fleetbus sim`: hollow-edge processes per regional
         self.hollow_settings = hollow_settings or {}
@@ -156,6 +162,7 @@ class DevFleet:
             values = plan.settings(self.heartbeat_interval, **self.hollow_settings)
             if not self.insecure:
                 values["nats_creds"] = str(identities.simulator_creds(self.plan.state_dir, plan.region))
+                values["nats_ca"] = str(identities.ca_cert(self.plan.state_dir))
             (plan.workdir / "daemon.toml").write_text(_toml(values))
         await asyncio.gather(*(p.start() for p in self.hollow.values()))
         count = sum(h.edges for h in self.hollow_plan)
@@ -252,6 +259,8 @@ class DevFleet:
                 daemon_pid=self.daemons[s.name].pid,
                 dashboard_url=s.dashboard_url,
                 creds=None if self.insecure else str(s.creds_path),
+                ca=str(s.server.auth.tls.ca) if s.server.auth and s.server.auth.tls else None,
+                client_tls=bool(s.server.auth and s.server.auth.client_tls),
             )
             for s in self.plan.sites
         ]

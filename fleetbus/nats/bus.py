@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import math
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -20,7 +21,13 @@ from nats.errors import NoServersError
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from fleetbus.errors import CredentialsRefusedError, DecodeError, ServerUnreachableError, TemporaryError
+from fleetbus.errors import (
+    ConfigError,
+    CredentialsRefusedError,
+    DecodeError,
+    ServerUnreachableError,
+    TemporaryError,
+)
 from fleetbus.nats.errors import TRANSIENT
 from fleetbus.runtime import identity, log
 from fleetbus.runtime.backoff import Backoff
@@ -298,6 +305,7 @@ async def connect(
     metrics: DaemonMetrics | None = None,
     attempts: int = 0,
     creds: Path | None = None,
+    ca: Path | None = None,
     site: str | None = None,
     **options: Any,
 ) -> Bus:
@@ -309,7 +317,7 @@ async def connect(
     outlive restarts of its own server.
     """
     backoff, tried = Backoff(0.1, cap=5.0), 0
-    options |= identity.connect_options(creds)
+    options |= identity.connect_options(creds, ca)
     if site:
         options["inbox_prefix"] = subjects.inbox_prefix(site)
     while True:
@@ -332,6 +340,8 @@ async def connect(
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             if bus.was_refused or refused(exc):
                 raise CredentialsRefusedError(url, creds) from exc
+            if isinstance(exc, ssl.SSLError):  # retrying will not change the certificates
+                raise ConfigError(f"cannot connect to {url}: {tls_reason(exc, ca)}") from exc
             if not isinstance(exc, NoServersError | OSError | TimeoutError):
                 raise
             if attempts and tried >= attempts:
@@ -363,6 +373,7 @@ async def connect_within(
     timeout: float,
     persistent: bool = False,
     creds: Path | None = None,
+    ca: Path | None = None,
 ) -> Bus:
     """Connect a short-lived client (the CLI, scripts) to `url`, or raise
     `ServerUnreachableError` within `timeout` seconds; never wait forever.
@@ -386,7 +397,7 @@ async def connect_within(
                 error_cb=bus._on_error,
                 disconnected_cb=bus._on_disconnected,
                 reconnected_cb=bus._on_reconnected,
-                **identity.connect_options(creds),
+                **identity.connect_options(creds, ca),
             ),
             timeout,
         )
@@ -394,7 +405,7 @@ async def connect_within(
         await bus.nc.close()  # stop whatever nats-py left retrying
         if bus.was_refused or refused(exc):
             raise CredentialsRefusedError(url, creds) from exc
-        raise ServerUnreachableError(url, unreachable_reason(bus.last_error or exc, timeout)) from exc
+        raise ServerUnreachableError(url, unreachable_reason(bus.last_error or exc, timeout, ca)) from exc
     # nats-py reads this before each reconnect: from now on a lost server gets the deadline.
     bus.nc.options["max_reconnect_attempts"] = (
         -1 if persistent else max(1, math.ceil(timeout / RECONNECT_WAIT))
@@ -403,8 +414,20 @@ async def connect_within(
     return bus
 
 
-def unreachable_reason(exc: BaseException, timeout: float) -> str:
+def tls_reason(exc: ssl.SSLError, ca: Path | None) -> str:
+    """A failed TLS handshake, with what to try."""
+    what = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    if ca is None:
+        return (
+            f"TLS failed ({what}); the server takes only TLS: pass the fleet CA with --ca (or $FLEETBUS_CA)"
+        )
+    return f"TLS failed ({what}): is {ca} the CA that issued this server's certificate (fleetbus pki init)?"
+
+
+def unreachable_reason(exc: BaseException, timeout: float, ca: Path | None = None) -> str:
     """What went wrong, in the words of someone who typed the URL."""
+    if isinstance(exc, ssl.SSLError):
+        return tls_reason(exc, ca)
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):

@@ -36,10 +36,12 @@ class ServerControl:
         return str(info.get("server_id", ""))
 
     @classmethod
-    async def connect(cls, url: str, creds: Path, *, name: str, source: str) -> "ServerControl":
+    async def connect(
+        cls, url: str, creds: Path, *, name: str, source: str, ca: Path | None = None
+    ) -> "ServerControl":
         """A control of the server at `url`, on a connection of its own as the system user
         in `creds` (closed by `close`)."""
-        return cls(await connect(url, name=name, source=source, creds=creds))
+        return cls(await connect(url, name=name, source=source, creds=creds, ca=ca))
 
     async def close(self) -> None:
         await self.bus.close()

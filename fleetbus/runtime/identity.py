@@ -7,6 +7,7 @@ apart for nats-py.
 """
 
 import os
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,16 +67,30 @@ def load(path: Path, *, name: str | None = None) -> Identity:
     return Identity(name or path.stem, path, public_key(seed))
 
 
-def connect_options(creds: Path | None) -> dict[str, Any]:
-    """nats-py `connect()` options for a credentials file (nkey seed or JWT creds)."""
+def connect_options(creds: Path | None, ca: Path | None = None) -> dict[str, Any]:
+    """nats-py `connect()` options for a credentials file (nkey seed or JWT creds) and the CA
+    that verifies the server's certificate where its client port takes only TLS (nats-py
+    starts TLS only when the server asks for it, so `ca` is harmless elsewhere)."""
+    options: dict[str, Any] = {"tls": tls_context(ca)} if ca is not None else {}
     if creds is None:
-        return {}
+        return options
     try:
         text = creds.read_text()
     except OSError as exc:
         msg = f"cannot read the credentials file {creds}: {exc.strerror or exc}; pass another with --creds"
         raise ConfigError(msg) from exc
     if JWT_MARKER in text:
-        return {"user_credentials": str(creds)}
+        return options | {"user_credentials": str(creds)}
     public_key(text)  # a clear error now rather than an authorization violation later
-    return {"nkeys_seed": str(creds)}
+    return options | {"nkeys_seed": str(creds)}
+
+
+def tls_context(ca: Path) -> ssl.SSLContext:
+    """A client's TLS context: the server's certificate must be issued by `ca` (the fleet CA,
+    `fleetbus pki init`) for the host dialled."""
+    try:
+        return ssl.create_default_context(cafile=str(ca))
+    except (OSError, ssl.SSLError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        msg = f"cannot use {ca} as the CA certificate: {why}; pass another with --ca"
+        raise ConfigError(msg) from exc

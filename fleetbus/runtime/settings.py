@@ -39,6 +39,13 @@ class DaemonSettings(BaseSettings):
             "with. None connects anonymously, which only an --insecure server admits."
         ),
     )
+    nats_ca: Path | None = Field(
+        default=None,
+        description=(
+            "The fleet CA's certificate (fleetbus pki init), which verifies the site's server "
+            "where its client port takes only TLS (and a regional's, for enrollment)."
+        ),
+    )
     state_dir: Path = Field(default=Path("state"), description="Where the daemon keeps files.")
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=0, ge=0, le=65535, description="/metrics and /healthz; 0 = any.")

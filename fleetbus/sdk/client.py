@@ -71,6 +71,7 @@ M = TypeVar("M", bound=Message)
 
 HUB_URL_ENV = "FLEETBUS_HUB_URL"
 CREDS_ENV = "FLEETBUS_CREDS"
+CA_ENV = "FLEETBUS_CA"
 TIMEOUT_ENV = "FLEETBUS_TIMEOUT"
 DEFAULT_TIMEOUT = 5.0
 
@@ -96,6 +97,14 @@ def resolve_creds(creds: Path | str | None = None) -> Path | None:
     if creds:
         return Path(creds)
     env = os.environ.get(CREDS_ENV)
+    return Path(env) if env else None
+
+
+def resolve_ca(ca: Path | str | None = None) -> Path | None:
+    """`ca`, else $FLEETBUS_CA, else None (a hub whose client port takes only TLS refuses)."""
+    if ca:
+        return Path(ca)
+    env = os.environ.get(CA_ENV)
     return Path(env) if env else None
 
 
@@ -141,10 +150,13 @@ class FleetClient:
         timeout: float | None = None,
         persistent: bool = False,
         creds: Path | str | None = None,
+        ca: Path | str | None = None,
     ) -> "FleetClient":
         """Connect to the hub (`hub`, else $FLEETBUS_HUB_URL) within
         `timeout` seconds ($FLEETBUS_TIMEOUT, else 5), else `HubUnreachableError`, as the
         identity in `creds` (else $FLEETBUS_CREDS): an nkey seed file or a JWT .creds file.
+        `ca` (else $FLEETBUS_CA) is the fleet CA's certificate, which verifies the hub's
+        where its client port takes only TLS.
 
         Each request has the same deadline. A lost connection is retried for that long and
         then closed, ending what waits on it; a `persistent` client (a program that outlives
@@ -159,6 +171,7 @@ class FleetClient:
                 timeout=seconds,
                 persistent=persistent,
                 creds=resolve_creds(creds),
+                ca=resolve_ca(ca),
             )
         except ServerUnreachableError as exc:
             raise HubUnreachableError(url, exc.reason) from exc
