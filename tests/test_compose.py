@@ -11,10 +11,20 @@ from typing import Any
 import yaml
 
 from fleetbus.deploy import grafana
-from fleetbus.deploy.compose import DAEMON_HTTP, EDGE_COUNTS, render_compose, sites
-from fleetbus.devfleet.natsconf import render
-from fleetbus.devfleet.plan import plan_fleet
+from fleetbus.deploy.compose import (
+    DAEMON_HTTP,
+    EDGE_COUNTS,
+    PRIVATE_DIR,
+    compose_plan,
+    init_compose,
+    render_compose,
+    sites,
+)
+from fleetbus.devfleet import identities
+from fleetbus.devfleet.natsconf import Authorization, render
+from fleetbus.devfleet.plan import FleetPlan, plan_fleet
 from fleetbus.devfleet.servers import find_binary
+from fleetbus.runtime import identity
 from tests.helpers import ROOT, require_tool
 from tests.test_metrics import documented
 
@@ -26,17 +36,23 @@ def test_committed_compose_files_are_current():
         assert (ROOT / rel).read_text() == config, f"{rel} is stale: run `fleetbus compose` and commit"
 
 
+def _site_configs(root: Path) -> dict[str, str]:
+    """Each site's nats-server config, as `fleetbus compose init` wrote it under `root`."""
+    return {p.parent.name: p.read_text() for p in (root / PRIVATE_DIR / "sites").glob("*/nats-server.conf")}
+
+
 def test_nats_configs_are_valid_for_nats_server(tmp_path):
-    _, configs = render_compose()
-    confs = {rel: text for rel, text in configs.items() if rel.endswith(".conf")}
+    # With this machine's paths (the containers' do not exist here), so every file is checked.
+    init_compose(tmp_path, in_containers=False)
+    confs = _site_configs(tmp_path)
     assert len(confs) == 1 + len(EDGE_COUNTS) + sum(EDGE_COUNTS)
-    for rel, config in confs.items():
-        path = tmp_path / rel.replace("/", "_")
-        path.write_text(config)
+    for site, config in confs.items():
+        path = tmp_path / PRIVATE_DIR / "sites" / site / "nats-server.conf"
+        assert path.read_text() == config
         result = subprocess.run(
             [str(find_binary()), "-t", "-c", str(path)], capture_output=True, text=True, check=False
         )
-        assert result.returncode == 0, (rel, result.stderr)
+        assert result.returncode == 0, (site, result.stderr)
 
 
 def docker_compose_config(*args: str) -> dict[str, Any]:
@@ -65,7 +81,8 @@ def mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def test_docker_compose_accepts_the_file_with_and_without_monitoring():
+def test_docker_compose_accepts_the_file_with_and_without_monitoring(tmp_path):
+    init_compose(tmp_path)  # what the file mounts from deploy/compose/ (not committed)
     plain = docker_compose_config()
     monitored = docker_compose_config("--profile", "monitoring")
     daemons = sorted(n for n in plain["services"] if n.startswith("fleetbus-"))
@@ -77,7 +94,11 @@ def test_docker_compose_accepts_the_file_with_and_without_monitoring():
         if name.startswith(("nats-", "fleetbus-")):
             assert "healthcheck" in service, name
         for source, _target in mounts(service):
-            if source.startswith("/"):  # a bind mount: the file is in the repository
+            private = str(ROOT / PRIVATE_DIR)
+            if source.startswith(private):  # made by `fleetbus compose init`
+                there = Path(str(tmp_path / PRIVATE_DIR) + source.removeprefix(private))
+                assert there.exists(), (name, source)
+            elif source.startswith("/"):  # a bind mount: the file is in the repository
                 assert Path(source).exists(), (name, source)
             else:
                 assert source in monitored["volumes"], (name, source)
@@ -116,8 +137,8 @@ def test_compose_topology_matches_what_fleetbus_dev_renders(tmp_path):
 
     dev = _topology({s.name: render(s.server) for s in plan.sites}, dev_site)
 
-    _, configs = render_compose()
-    compose_confs = {Path(rel).stem: text for rel, text in configs.items() if rel.endswith(".conf")}
+    init_compose(tmp_path / "compose")
+    compose_confs = _site_configs(tmp_path / "compose")
     compose = _topology(compose_confs, lambda host, _port: host.removeprefix("nats-"))
 
     assert compose == dev
@@ -133,6 +154,63 @@ def test_compose_topology_matches_what_fleetbus_dev_renders(tmp_path):
         assert env["FLEETBUS_NATS_URL"] == f"nats://nats-{site.spec.name}:4222"
         assert ("FLEETBUS_DASHBOARD_PORT" in env) == (plan.site(site.spec.name).dashboard_port is not None)
     assert "127.0.0.1:8080:8080" in services["fleetbus-hub"]["ports"]
+
+
+def _auth_shape(plan: FleetPlan) -> dict[str, dict[str, Any]]:
+    """Per site, who its server admits with which rights, and what of TLS it runs; keys left
+    out (each fleet has its own)."""
+
+    def shape(auth: Authorization | None) -> dict[str, Any]:
+        assert auth is not None
+        return {
+            "users": sorted(
+                (u.who, u.name or "", bool(u.nkey), repr(u.permissions), u.connection_types)
+                for u in auth.users
+            ),
+            "leaf_key": auth.leaf_seed is not None,
+            "tls": auth.tls is not None,
+            "client_tls": auth.client_tls,
+            "mqtt_anonymous": auth.mqtt_anonymous,
+            "admits": sorted(auth.admission or {}),
+            "devices": auth.devices,
+            "issuers": len(auth.enroll_issuers),
+            "system": auth.system_nkey is not None,
+        }
+
+    return {s.name: shape(s.server.auth) for s in plan.sites}
+
+
+def test_compose_has_the_identities_and_permissions_of_the_dev_fleet(tmp_path):
+    """`compose init` secures the containers as `dev up --client-tls` secures the dev fleet
+    (one code path: `identities.secure`), and what it renders carries every identity."""
+    root = tmp_path / "compose"
+    init_compose(root)
+    compose = identities.secure(compose_plan(root), client_tls=True)  # the keys init made
+    ports = itertools.count(21000)
+    dev_plan = plan_fleet(
+        tmp_path / "dev", len(EDGE_COUNTS), 0, ports, mqtt=True, links=True, edge_counts=EDGE_COUNTS
+    )
+    dev = identities.secure(dev_plan, client_tls=True)
+    assert _auth_shape(compose) == _auth_shape(dev)
+    regional = _auth_shape(compose)["r1"]
+    assert regional["admits"] == ["r1-e1", "r1-e2"]
+    assert regional["client_tls"]
+    # Each site's files hold every public key its server admits, and its own seed only.
+    configs = _site_configs(root)
+    for site in compose.sites:
+        auth = site.server.auth
+        assert auth is not None
+        text = configs[site.name]
+        users = root / PRIVATE_DIR / "sites" / site.name / "admission" / "users.conf"
+        if users.exists():
+            text += users.read_text()
+        for user in auth.users:
+            assert user.nkey is None or user.nkey in text, (site.name, user.who)
+        for edge, key in (auth.admission or {}).items():
+            assert key in text, (site.name, edge)
+        seeds = set(re.findall(r'nkey: "(S[A-Z0-9]+)"', text))
+        assert seeds == ({identity.load(site.creds_path).seed()} if site.upstream else set())
+        assert "\ntls {" in text, site.name  # the client port takes only TLS
 
 
 def test_prometheus_scrapes_every_daemon_and_grafana_charts_every_documented_metric():

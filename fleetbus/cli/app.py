@@ -19,7 +19,7 @@ import typer
 import fleetbus
 from fleetbus.cli import dev, device, profiles, sim, sites, view
 from fleetbus.cli.kit import Creds, HubUrl, StateDir, check_range, connect, err, out
-from fleetbus.deploy.compose import write_compose
+from fleetbus.deploy.compose import init_compose, write_compose
 from fleetbus.devfleet import identities
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, ConflictError, FleetbusError, exit_code
@@ -44,6 +44,11 @@ app.command("sim")(sim.sim)
 app.add_typer(device.device_app, name="device")
 app.add_typer(sites.edge_app, name="edge")
 app.add_typer(sites.region_app, name="region")
+compose_app = typer.Typer(
+    help="The container fleet: docker-compose.yml, and each site's identity and configs.",
+    no_args_is_help=True,
+)
+app.add_typer(compose_app, name="compose")
 pki_app = typer.Typer(help="The fleet's certificate authority (TLS on the leaf links).", no_args_is_help=True)
 app.add_typer(pki_app, name="pki")
 
@@ -118,12 +123,28 @@ def _write_files(what: str, write: Callable[[], list[Path]]) -> None:
         out.print(f"wrote {path}")
 
 
-@app.command("compose")
+@compose_app.command("render")
 def compose_render(
     root: Annotated[Path, typer.Option("--root", help="Repository root to write into.")] = Path(),
 ) -> None:
-    """Render docker-compose.yml and deploy/compose/*.conf (the container dev fleet)."""
+    """Render docker-compose.yml and the monitoring configs (committed, no secrets)."""
     _write_files(f"compose files under {root}", lambda: write_compose(root))
+
+
+@compose_app.command("init")
+def compose_init(
+    root: Annotated[Path, typer.Option("--root", help="Repository root to write into.")] = Path(),
+) -> None:
+    """Make the container fleet's CA, keys and certificates (kept if there) and write each
+    site's nats-server config, admission files and daemon settings under deploy/compose/
+    (not committed); then `docker compose up`."""
+    _write_files(f"the compose fleet's sites under {root}", lambda: init_compose(root))
+    out.print(
+        "the operator's key: deploy/compose/operators/admin.nk; the CA: deploy/compose/pki/ca.pem; e.g. "
+        "fleetbus --hub nats://localhost:4222 --creds deploy/compose/operators/admin.nk "
+        "--ca deploy/compose/pki/ca.pem status",
+        soft_wrap=True,
+    )
 
 
 @pki_app.command("init")

@@ -1,25 +1,42 @@
-"""docker-compose.yml and its nats-server configs, rendered from the same code as `dev up`.
+"""docker-compose.yml and each site's files, rendered from the same code as `dev up`.
 
-`fleetbus compose` writes them; a test checks the committed files are current, so the
-container fleet and the dev fleet cannot drift apart.
+`fleetbus compose render` writes docker-compose.yml and the monitoring configs; a test checks
+the committed files are current, so the container fleet and the dev fleet cannot drift apart.
+`fleetbus compose init` makes what is not committed, under deploy/compose/: the fleet CA
+(`pki/`), the operators' keys (`operators/`) and per site (`sites/<site>/`) its key, its TLS
+certificate, its nats-server config with the dev fleet's identities and permissions
+(`fleetbus.devfleet.identities`, client ports TLS too), its admission files and its daemon's
+settings. Each site's directory is mounted into its two containers only.
 """
 
 import itertools
 import json
-from pathlib import Path, PurePosixPath
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, NamedTuple
 
 import yaml
 
 from fleetbus.deploy import grafana
-from fleetbus.devfleet.natsconf import ServerSpec, render
-from fleetbus.devfleet.plan import plan_fleet
-from fleetbus.devfleet.servers import NATS_SERVER_VERSION
+from fleetbus.devfleet import identities
+from fleetbus.devfleet.natsconf import LinkTls, ServerSpec
+from fleetbus.devfleet.plan import FleetPlan, SitePlan, plan_fleet
+from fleetbus.devfleet.servers import NATS_SERVER_VERSION, write_site_config
+from fleetbus.devfleet.supervisor import toml_text
+from fleetbus.errors import ConfigError
+from fleetbus.runtime import pki
 from schemas.heartbeat import Tier
 
 NATS_IMAGE = f"nats:{NATS_SERVER_VERSION}-alpine"  # the server version the wheel pins
 CLIENT, MONITOR, LEAF, DAEMON_HTTP, DASHBOARD = 4222, 8222, 7422, 9000, 8080
-CONFIG_DIR = "deploy/compose"
+PRIVATE_DIR = "deploy/compose"  # what `fleetbus compose init` makes (not committed)
+SITE_MOUNT = PurePosixPath("/fleetbus/site")  # a site's directory, in both of its containers
+CA_MOUNT = PurePosixPath("/fleetbus/ca.pem")  # the fleet CA's certificate (public)
+HEARTBEAT = 5.0
+# Daemon settings the compose file gives as environment (they differ from the dev fleet's).
+FROM_ENVIRONMENT = ("http_port", "state_dir", "dashboard_port")
+PATH_SETTINGS = ("nats_creds", "nats_ca", "admission_dir", "system_creds")
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"
 GRAFANA_IMAGE = "grafana/grafana:12.1.1"
 MONITORING = "monitoring"  # the compose profile with Prometheus and Grafana
@@ -50,24 +67,82 @@ class ComposeSite(NamedTuple):
     upstream: str | None  # the site whose server this one is a leaf of
 
 
-def sites() -> list[ComposeSite]:
-    """Every site of the compose fleet, hub first: the sites, regions and leaf links of the
-    dev fleet's planner (`plan_fleet`), with container names and fixed ports."""
+def compose_plan(root: Path) -> FleetPlan:
+    """The compose fleet as the dev fleet's planner (`plan_fleet`) makes it: its sites,
+    regions and leaf links, kept under `root`/deploy/compose, with container names and fixed
+    ports."""
     plan = plan_fleet(
-        Path("/unused"), len(EDGE_COUNTS), 0, itertools.count(1), mqtt=True, edge_counts=EDGE_COUNTS
+        root / PRIVATE_DIR, len(EDGE_COUNTS), 0, itertools.count(1), mqtt=True, edge_counts=EDGE_COUNTS
     )
-    return [ComposeSite(_spec(s.name, s.tier, s.upstream), s.region, s.upstream) for s in plan.sites]
+    return replace(
+        plan, sites=tuple(replace(s, server=_spec(s.name, s.tier, s.upstream)) for s in plan.sites)
+    )
+
+
+def sites() -> list[ComposeSite]:
+    """Every site of the compose fleet, hub first."""
+    return [ComposeSite(s.server, s.region, s.upstream) for s in compose_plan(Path("/unused")).sites]
+
+
+def init_compose(root: Path, *, in_containers: bool = True) -> list[Path]:
+    """Make the compose fleet's identities (kept where they exist: keys are made once) and
+    write each site's nats-server config, admission files and daemon settings, with the
+    paths its containers see them at (`in_containers=False`: this machine's, to check a
+    config with `nats-server -t`). Returns the files written."""
+    plan = identities.secure(compose_plan(root), client_tls=True)
+    ca = identities.ca_cert(plan.state_dir)
+    written = []
+    for site in plan.sites:
+        place = _container_path(site, ca) if in_containers else PurePath
+        auth = site.server.auth
+        if auth is None or auth.tls is None:
+            msg = f"site {site.name} has no identity"  # identities.secure gives every site one
+            raise ConfigError(msg)
+        tls = LinkTls(cert=place(auth.tls.cert), key=place(auth.tls.key), ca=place(auth.tls.ca))
+        spec = site.server.model_copy(
+            update={
+                "auth": auth.model_copy(update={"tls": tls}),
+                "store_dir": site.server.store_dir if in_containers else site.workdir / "jetstream",
+            }
+        )
+        written.append(write_site_config(spec, site.workdir, listen_host="0.0.0.0"))
+        settings = {
+            key: str(place(Path(str(value)))) if key in PATH_SETTINGS else value
+            for key, value in site.daemon_settings(HEARTBEAT).items()
+            if key not in FROM_ENVIRONMENT
+        }
+        path = site.workdir / "daemon.toml"
+        path.write_text(toml_text(settings))
+        written.append(path)
+    return written
+
+
+def _container_path(site: SitePlan, ca: Path) -> Callable[[PurePath], PurePath]:
+    """Where a file of `site` is inside its containers: its directory is mounted at
+    `SITE_MOUNT`, the CA's certificate at `CA_MOUNT`; nothing else of this machine is."""
+
+    def place(path: PurePath) -> PurePath:
+        if Path(path) == ca:
+            return CA_MOUNT
+        try:
+            return SITE_MOUNT / Path(path).relative_to(site.workdir)
+        except ValueError as exc:
+            msg = f"{path} is not in {site.name}'s directory {site.workdir}: it would not be mounted"
+            raise ConfigError(msg) from exc
+
+    return place
 
 
 def _services(spec: ServerSpec, region: str, upstream: str | None) -> dict[str, Any]:
     site, tier = spec.name, spec.tier.value
+    own = [
+        f"./{PRIVATE_DIR}/sites/{site}:{SITE_MOUNT}",
+        f"./{PRIVATE_DIR}/{identities.PKI_DIR}/{pki.CA_CERT}:{CA_MOUNT}:ro",
+    ]
     nats_service: dict[str, Any] = {
         "image": NATS_IMAGE,
-        "command": ["-c", "/etc/nats/nats-server.conf"],
-        "volumes": [
-            f"./{CONFIG_DIR}/{site}.conf:/etc/nats/nats-server.conf:ro",
-            f"{site}-jetstream:/data/jetstream",
-        ],
+        "command": ["-c", f"{SITE_MOUNT}/nats-server.conf"],
+        "volumes": [*own, f"{site}-jetstream:/data/jetstream"],
         "healthcheck": {
             "test": [
                 "CMD",
@@ -103,9 +178,11 @@ def _services(spec: ServerSpec, region: str, upstream: str | None) -> dict[str, 
     daemon: dict[str, Any] = {
         "image": "fleetbus:dev",
         "build": {"context": ".", "dockerfile": "deploy/Dockerfile"},
-        "command": ["python", "-m", tier],
+        "command": ["python", "-m", tier, "--config", f"{SITE_MOUNT}/daemon.toml"],
+        # Root in its own container, to read its site's key (mode 0600 on the bind mount).
+        "user": "0",
         "environment": env,
-        "volumes": [f"{site}-state:/var/lib/fleetbus"],
+        "volumes": [*own, f"{site}-state:/var/lib/fleetbus"],
         "depends_on": {_host(site): {"condition": "service_healthy"}},
         "healthcheck": {
             "test": [
@@ -172,7 +249,7 @@ def _prometheus_config(fleet: list[ComposeSite]) -> str:
     return GENERATED + yaml.safe_dump(config, sort_keys=False)
 
 
-GENERATED = "# Generated by `fleetbus compose`: edit fleetbus/deploy/compose.py, not this file.\n"
+GENERATED = "# Generated by `fleetbus compose render`: edit fleetbus/deploy/compose.py, not this file.\n"
 GRAFANA_DATASOURCE = {
     "apiVersion": 1,
     "datasources": [
@@ -209,7 +286,6 @@ def render_compose() -> tuple[str, dict[str, str]]:
     for spec, region, upstream in fleet:
         services |= _services(spec, region, upstream)
         volumes |= {f"{spec.name}-jetstream": {}, f"{spec.name}-state": {}}
-        configs[f"{CONFIG_DIR}/{spec.name}.conf"] = render(spec, listen_host="0.0.0.0")
     services |= _monitoring()
     volumes |= {"prometheus-data": {}, "grafana-data": {}}
     configs["deploy/prometheus/prometheus.yml"] = _prometheus_config(fleet)
@@ -224,9 +300,10 @@ def render_compose() -> tuple[str, dict[str, str]]:
         "# A fleetbus dev fleet in containers: hub, 2 regionals, 3 edges; each site is the\n"
         "# official nats image plus a fleetbus daemon. Generated by `fleetbus compose render`\n"
         "# from the same code as `fleetbus dev up`: edit that, not this file.\n"
-        "# `docker compose up`; with Prometheus and Grafana: `docker compose --profile monitoring up`.\n"
-        "# INSECURE for now: these servers run without identities or permissions (unlike\n"
-        "# `fleetbus dev up`); keep them off any network others reach. docs/security.md#not-built-yet\n"
+        "# First `fleetbus compose init` (the fleet CA, every site's key, certificate and config,\n"
+        "# the operators' keys: under deploy/compose/, not committed), then `docker compose up`;\n"
+        "# with Prometheus and Grafana: `docker compose --profile monitoring up`. Identities,\n"
+        "# permissions and TLS on every port, as `fleetbus dev up --client-tls` (docs/security.md).\n"
     )
     body = yaml.safe_dump({"services": services, "volumes": volumes}, sort_keys=False, width=120)
     return header + body, configs

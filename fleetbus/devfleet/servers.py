@@ -65,6 +65,29 @@ def check_ports_free(spec: ServerSpec) -> None:
             raise ServerError(msg)
 
 
+def write_site_config(spec: ServerSpec, workdir: Path, *, listen_host: str | None = None) -> Path:
+    """Write `spec`'s config into `workdir` (owner-only: it holds the site's seed for its leaf
+    link), and the admission files it includes where its users are kept there (a regional's
+    edges, planned ones admitted; an edge's devices). `listen_host`: see `natsconf.render`."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "nats-server.conf"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(render(spec, listen_host=listen_host))
+    path.chmod(0o600)  # an older, wider file keeps its mode on O_TRUNC
+    auth = spec.auth
+    if auth is not None and auth.admission is not None:
+        initial = Registry(
+            admitted={
+                edge: Entry(nkey=key, token_id=PLANNED, at=utcnow()) for edge, key in auth.admission.items()
+            }
+        )
+        regional_files(workdir / ADMISSION_DIR, spec.name).setup(auth.users, initial)
+    if auth is not None and auth.devices:
+        edge_files(workdir / ADMISSION_DIR).setup(auth.users, Devices())
+    return path
+
+
 class NatsServer(SupervisedProcess):
     """One site's nats-server, configured from its `ServerSpec`."""
 
@@ -80,24 +103,7 @@ class NatsServer(SupervisedProcess):
         )
 
     def write_config(self) -> Path:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        # Owner-only: the config holds the site's seed for its leaf link.
-        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(render(self.spec))
-        self.config_path.chmod(0o600)  # an older, wider file keeps its mode on O_TRUNC
-        auth = self.spec.auth
-        if auth is not None and auth.admission is not None:
-            initial = Registry(
-                admitted={
-                    edge: Entry(nkey=key, token_id=PLANNED, at=utcnow())
-                    for edge, key in auth.admission.items()
-                }
-            )
-            regional_files(self.workdir / ADMISSION_DIR, self.spec.name).setup(auth.users, initial)
-        if auth is not None and auth.devices:
-            edge_files(self.workdir / ADMISSION_DIR).setup(auth.users, Devices())
-        return self.config_path
+        return write_site_config(self.spec, self.workdir)
 
     async def start(self, timeout: float = 20.0) -> None:
         if not self.running:

@@ -38,7 +38,7 @@ logger = log.get_logger(__name__)
 Progress = Callable[[str], None]
 
 
-def _toml(values: dict[str, object]) -> str:
+def toml_text(values: dict[str, object]) -> str:
     """Just enough TOML for daemon settings files (strings, numbers, booleans, one table)."""
     lines, tables = [], []
     for key, value in values.items():
@@ -140,7 +140,7 @@ class DevFleet:
             await self._start_tier(tier)
         for site in self.plan.sites:
             values = site.daemon_settings(self.heartbeat_interval) | self.settings.get(site.tier, {})
-            (site.workdir / "daemon.toml").write_text(_toml(values))
+            (site.workdir / "daemon.toml").write_text(toml_text(values))
         began = time.monotonic()
         await asyncio.gather(
             *(self._start_staggered(i, self.daemons[s.name]) for i, s in enumerate(self.plan.sites))
@@ -163,7 +163,7 @@ class DevFleet:
             if not self.insecure:
                 values["nats_creds"] = str(identities.simulator_creds(self.plan.state_dir, plan.region))
                 values["nats_ca"] = str(identities.ca_cert(self.plan.state_dir))
-            (plan.workdir / "daemon.toml").write_text(_toml(values))
+            (plan.workdir / "daemon.toml").write_text(toml_text(values))
         await asyncio.gather(*(p.start() for p in self.hollow.values()))
         count = sum(h.edges for h in self.hollow_plan)
         self.progress(
