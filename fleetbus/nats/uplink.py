@@ -108,6 +108,7 @@ class Forwarder:
         self.confirmed: int | None = None  # our last sequence the regional holds; None: unknown
         self._wake = asyncio.Event()
         self._restart = asyncio.Event()
+        self._sent = 0  # batches the regional confirmed since start
 
     def poke(self) -> None:
         """The link answers again: stop waiting and resume now."""
@@ -149,8 +150,6 @@ class Forwarder:
             await cancel_and_wait([restart, task], 5.0)
         if task.done() and not task.cancelled() and (failure := task.exception()) is not None:
             raise failure
-
-    _sent = 0  # batches the regional confirmed since start
 
     async def _session(self) -> None:
         """Resume from the last confirmed position and forward until something fails."""
