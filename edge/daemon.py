@@ -70,7 +70,7 @@ async def run(settings: EdgeSettings) -> None:
         probe = UpstreamProbe(
             daemon.bus.jetstream(region, timeout=0.5), region, upstream_returned, metrics=daemon.metrics
         )
-        forwarders = _forwarders(daemon, region, edge)
+        forwarders = _forwarders(daemon, region, edge, enrolled)
         inventory = InventoryPublisher(
             bus=daemon.bus,
             region=region,
@@ -180,10 +180,10 @@ async def _bridge(url: str, settings: EdgeSettings, registry: DeviceRegistry) ->
     )
 
 
-def _forwarders(daemon: Daemon, region: str, edge: str) -> list[Forwarder]:
-    """The tasks that push the edge's events and inventory to its regional."""
+def _forwarders(daemon: Daemon, region: str, edge: str, enrolled: asyncio.Event) -> list[Forwarder]:
+    """The tasks that push the edge's events and inventory to its regional, once enrolled."""
     forwarders = [
-        Forwarder(daemon.bus, uplink, region, metrics=daemon.metrics)
+        Forwarder(daemon.bus, uplink, region, after=enrolled, metrics=daemon.metrics)
         for uplink in (Uplink.events(region, edge), Uplink.inventory(region, edge))
     ]
     for forwarder in forwarders:

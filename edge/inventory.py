@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import platform
+import secrets
 import shutil
 import time
 from collections.abc import Awaitable, Callable
@@ -191,6 +192,7 @@ class InventoryPublisher:
         self.cluster = cluster  # the site's Kubernetes cluster, with the kubernetes driver
         self.devices = devices  # the device registry
         self.seq = 0
+        self.nonce = secrets.token_hex(8)  # part of each snapshot's dedupe id, see `publish`
         self.last: InventorySnapshot | None = None
         self._facts: dict[str, Any] = {}
         self._facts_error: str | None = None
@@ -236,7 +238,10 @@ class InventoryPublisher:
         )
 
     async def publish(self, snapshot: InventorySnapshot, trigger: str) -> None:
-        await self.bus.js_publish(self.subject, snapshot, message_id=f"{self.edge}-inventory-{snapshot.seq}")
+        # Unguessable: the regional deduplicates ids across all its edges, so another edge must
+        # not be able to send this one's next id first and have its snapshot dropped.
+        message_id = f"{self.edge}-inventory-{snapshot.seq}-{self.nonce}"
+        await self.bus.js_publish(self.subject, snapshot, message_id=message_id)
         self.seq, self.last = snapshot.seq, snapshot
         if self.metrics:
             self.metrics.inventory_published.labels(trigger=trigger).inc()

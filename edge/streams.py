@@ -14,7 +14,7 @@ def events_stream(
     """Every event, at least once; bounded by age and bytes (evictions are counted later)."""
     return local_stream(
         subjects.EVENTS_STREAM,
-        "Events of this edge, sourced upstream by its regional.",
+        "Events of this edge, pushed to its regional by the edge daemon.",
         subjects=[subjects.edge_events(region, edge)],
         max_age_s=max_age_s,
         max_bytes=max_bytes,

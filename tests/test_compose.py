@@ -31,9 +31,9 @@ from tests.test_metrics import documented
 
 def test_committed_compose_files_are_current():
     text, configs = render_compose()
-    assert (ROOT / "docker-compose.yml").read_text() == text, "run `fleetbus compose` and commit"
+    assert (ROOT / "docker-compose.yml").read_text() == text, "run `fleetbus compose render` and commit"
     for rel, config in configs.items():
-        assert (ROOT / rel).read_text() == config, f"{rel} is stale: run `fleetbus compose` and commit"
+        assert (ROOT / rel).read_text() == config, f"{rel} is stale: run `fleetbus compose render` and commit"
 
 
 def _site_configs(root: Path) -> dict[str, str]:

@@ -12,6 +12,7 @@ import contextlib
 import secrets
 import socket
 import ssl
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -534,8 +535,11 @@ async def test_client_ports_with_tls_take_only_clients_that_verify_the_fleet_ca(
             # Plaintext CONNECT with the site's own key material nowhere near: closed.
             assert "INFO" not in _raw_connect(port), site.name
             assert "CERTIFICATE_VERIFY_FAILED" in _raw_connect(port, _tls_context(other_ca, None)), site.name
-            # The right CA: the handshake passes and the login (none here) is what is refused.
-            assert "Authorization Violation" in _raw_connect(port, _tls_context(ca, None)), site.name
+            # The right CA: the handshake passes and the login (none here) is what is refused;
+            # in strict X.509 mode too (Python 3.13's default).
+            strict = _tls_context(ca, None)
+            strict.verify_flags |= ssl.VERIFY_X509_STRICT
+            assert "Authorization Violation" in _raw_connect(port, strict), site.name
         hub_url = plan.site("hub").server.client_url
         with pytest.raises(HubUnreachableError, match="TLS failed"):
             await FleetClient.connect(hub_url, creds=admin_creds(plan), ca=other_ca, timeout=3)
@@ -559,7 +563,21 @@ async def test_client_ports_with_tls_take_only_clients_that_verify_the_fleet_ca(
         assert "the CA that issued this server's certificate" in refused.stderr, refused.stderr
         unknown = await arun_cli("status", *hub_args(plan))  # no CA: the system's do not know ours
         assert unknown.returncode == 3, unknown.stderr
-        assert "pass the fleet CA with --ca" in unknown.stderr, unknown.stderr
+        assert "give the fleet CA (--ca, nats_ca)" in unknown.stderr, unknown.stderr
+        # A daemon given another CA stops at once and says why (exit 2), not retrying forever.
+        hub = plan.site("hub")
+        daemon = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "hub",
+            *("--nats-url", hub.server.client_url, "--nats-creds", str(hub.creds_path)),
+            *("--nats-ca", str(other_ca), "--http-port", "0", "--dashboard", "false"),
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(),
+        )
+        _, stderr = await asyncio.wait_for(daemon.communicate(), 30)
+        assert daemon.returncode == 2, stderr
+        assert b"the CA that issued this server's certificate" in stderr, stderr
         assert fleet.crashes() == {}
 
 

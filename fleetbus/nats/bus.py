@@ -314,9 +314,11 @@ async def connect(
     link permissions let it receive (docs/security.md).
 
     After the first connection nats-py reconnects by itself, forever: a site's daemon must
-    outlive restarts of its own server.
+    outlive restarts of its own server. The first is tried here, one attempt at a time (nats-py
+    would retry a refused key or a failed TLS handshake forever): those end it
+    (`CredentialsRefusedError`, `ConfigError`), an unreachable server is waited for.
     """
-    backoff, tried = Backoff(0.1, cap=5.0), 0
+    backoff, tried = Backoff(0.1, cap=2.0), 0
     options |= identity.connect_options(creds, ca)
     if site:
         options["inbox_prefix"] = subjects.inbox_prefix(site)
@@ -327,11 +329,11 @@ async def connect(
             await bus.nc.connect(
                 url,
                 name=name,
+                allow_reconnect=False,  # this first attempt; set below once connected
                 max_reconnect_attempts=-1,
                 # Typed int in nats-py but used as seconds: reconnect quickly to the local server.
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]
                 connect_timeout=2,
-                allow_reconnect=True,
                 error_cb=bus._on_error,
                 disconnected_cb=bus._on_disconnected,
                 reconnected_cb=bus._on_reconnected,
@@ -342,14 +344,13 @@ async def connect(
                 raise CredentialsRefusedError(url, creds) from exc
             if isinstance(exc, ssl.SSLError):  # retrying will not change the certificates
                 raise ConfigError(f"cannot connect to {url}: {tls_reason(exc, ca)}") from exc
-            if not isinstance(exc, NoServersError | OSError | TimeoutError):
-                raise
             if attempts and tried >= attempts:
                 msg = f"cannot connect to {url} after {tried} attempts: {exc}"
                 raise TemporaryError(msg) from exc
             logger.info("waiting for nats-server", url=url, error=str(exc) or type(exc).__name__)
             await backoff.wait()
             continue
+        bus.nc.options["allow_reconnect"] = True  # nats-py reads it on each loss
         bus.changed_at = utcnow()
         if metrics:
             metrics.nats_connected.set(1)
@@ -415,12 +416,12 @@ async def connect_within(
 
 
 def tls_reason(exc: ssl.SSLError, ca: Path | None) -> str:
-    """A failed TLS handshake, with what to try."""
+    """A failed TLS handshake, with what to try (the CLI's `--ca`, a daemon's `nats_ca`)."""
     what = getattr(exc, "verify_message", None) or exc.reason or str(exc)
     if ca is None:
-        return (
-            f"TLS failed ({what}); the server takes only TLS: pass the fleet CA with --ca (or $FLEETBUS_CA)"
-        )
+        return f"TLS failed ({what}); the server takes only TLS: give the fleet CA (--ca, nats_ca)"
+    if "mismatch" in what.lower():  # the CA is right, the name dialled is not in the certificate
+        return f"TLS failed ({what}): dial the server by a name its certificate has (its site id, localhost)"
     return f"TLS failed ({what}): is {ca} the CA that issued this server's certificate (fleetbus pki init)?"
 
 

@@ -8,15 +8,22 @@ subject it has here. The regional's server lets an edge publish only its own sub
 the regional stores under an edge's name came from that edge (docs/security.md); the regional
 never reaches into an edge's domain.
 
-Guarantees (docs/architecture.md#events-and-inventory-up):
-- in order and at least once: a batch is sent, its acknowledgements awaited, and only then is
-  the position (the durable consumer's ack floor) advanced; anything unconfirmed is sent again;
-- no duplicates in practice: before sending, the forwarder asks the regional for the newest
-  message of this edge it holds (a direct get naming the edge's own subjects) and resumes after
-  it; each message carries its origin (`Fleetbus-Origin`: stream, creation time, sequence) and
-  keeps its `Nats-Msg-Id`, which the regional's stream deduplicates within its window;
+Guarantees (docs/architecture.md#data-flows):
+- nothing stored here is lost on the way (short of the edge's own limits evicting it first):
+  a batch is published in order, the regional's acknowledgements are awaited in order, and the
+  position (the durable consumer's ack floor) advances only over the run that was confirmed;
+  anything after it is sent again;
+- no duplicates in practice: each message keeps its `Nats-Msg-Id`, which the regional's stream
+  deduplicates for 2 minutes; beyond that, when resuming, the forwarder asks the regional for
+  the newest message of this edge it holds (a direct get naming the edge's own subjects) and
+  skips up to it if that message is the one stored here under its `Fleetbus-Origin` sequence
+  (same `Nats-Msg-Id`), so acknowledgements lost to a long partition cost no duplicates;
+- in order, except around a restart of the edge's own server in the middle of a batch: nats-py
+  may send the rest of that batch after reconnecting, so the session that follows re-sends
+  the whole batch (duplicates dropped by id) instead of trusting the regional's newest message;
 - it resumes the moment the link answers (`poke`, from the upstream probe), after any restart
-  of the daemon, the edge's server or the regional's, from the durable position;
+  of the daemon, the edge's server or the regional's, from the durable position, and only once
+  the regional admitted the edge;
 - what the edge's own limits evicted before it was forwarded is skipped (and counted by
   `fleetbus.nats.backlog`); a stream of one message per subject (INVENTORY) forwards only the
   latest after a partition of any length.
@@ -98,17 +105,23 @@ class Forwarder:
         *,
         window: int = 256,
         ack_timeout: float = 2.0,
-        ask_timeout: float = 0.5,
+        ask_timeout: float = 2.0,
+        after: asyncio.Event | None = None,
         metrics: DaemonMetrics | None = None,
     ) -> None:
         self.bus, self.uplink, self.region = bus, uplink, region
         self.window, self.ack_timeout, self.ask_timeout = window, ack_timeout, ask_timeout
+        self.after = after  # set once the regional admitted this edge: nothing goes up before
         self.metrics = metrics
         self.origin = ""  # "<stream> <created>" of the stream the positions below refer to
         self.confirmed: int | None = None  # our last sequence the regional holds; None: unknown
         self._wake = asyncio.Event()
         self._restart = asyncio.Event()
         self._sent = 0  # batches the regional confirmed since start
+        # The edge's own server came back: a batch it was sending may have been cut in two,
+        # nats-py sending the rest after reconnecting, so the regional's newest message does
+        # not prove the ones before it arrived.
+        self._local_restart = False
 
     def poke(self) -> None:
         """The link answers again: stop waiting and resume now."""
@@ -118,11 +131,14 @@ class Forwarder:
         """The connection to the edge's own server is back, which may have restarted: its
         pull request is gone, and messages it delivered unacknowledged would not come again.
         Start a new session (from the last confirmed position) at once."""
+        self._local_restart = True
         self._restart.set()
         self._wake.set()
 
     async def run(self) -> None:
         self.bus.reconnect_listeners.append(self.server_back)
+        if self.after is not None:
+            await self.after.wait()
         backoff = Backoff(0.05, cap=1.0)
         while True:
             sent_before = self._sent
@@ -158,13 +174,20 @@ class Forwarder:
         origin = f"{stream} {int(info.created.timestamp() * 1_000_000)}" if info.created else stream
         if origin != self.origin:  # first session, or the local stream was created anew
             self.origin, self.confirmed = origin, None
-        upstream = await self._upstream_last()
+        last = info.state.last_seq
+        # Never beyond what the stream holds: a server that lost its last writes (a power cut
+        # before they were synced) numbers new messages from there again.
+        known = min(max(self.confirmed or 0, await self._ack_floor()), last)
+        self.confirmed = known  # what the backlog meter shows while the regional is away
+        upstream = await self._upstream_last(last)
         if upstream is None:
             msg = "the regional does not answer"
             raise UplinkStalledError(msg)
-        floor = await self._ack_floor()
-        self.confirmed = max(self.confirmed or 0, floor, upstream)
-        await self._consumer_from(self.confirmed + 1)
+        if upstream > known and not self._local_restart:
+            known = upstream  # stored, but its acknowledgement was lost (a cut link, a crash)
+        self._local_restart = False
+        self.confirmed = known
+        await self._consumer_from(known + 1)
         inbox = self.bus.nc.new_inbox()
         sub = await self.bus.nc.subscribe(inbox)
         try:
@@ -173,10 +196,11 @@ class Forwarder:
             with contextlib.suppress(*TRANSIENT):
                 await sub.unsubscribe()
 
-    async def _upstream_last(self) -> int | None:
-        """Our sequence of the newest message of this edge the regional holds (0: none of this
-        stream's); None if the regional cannot be asked now. The request names the edge's own
-        subjects, the only ones its link permissions let it ask about."""
+    async def _upstream_last(self, last: int) -> int | None:
+        """Our sequence of the newest message of this edge the regional holds, if it is the
+        message we hold under that sequence (its `Nats-Msg-Id`), else 0 (none, or another
+        incarnation's); None if the regional cannot be asked now. The request names the edge's
+        own subjects, the only ones its link permissions let it ask about."""
         api = subjects.js_api_prefix(self.region)
         subject = f"{api}.DIRECT.GET.{self.uplink.stream}.{self.uplink.filter}"
         try:
@@ -188,10 +212,15 @@ class Forwarder:
             return 0
         if headers.get("Status"):
             return None
-        stream, _, seq = headers.get(ORIGIN, "").rpartition(" ")
-        if stream != self.origin or not seq.isdigit():
-            return 0  # forwarded by an earlier incarnation of our stream, or by none
-        return int(seq)
+        seq = _origin_seq(headers, self.uplink.stream)
+        if seq is None or not 0 < seq <= last:
+            return 0
+        try:
+            ours = await self.bus.js.get_msg(self.uplink.stream, seq)
+        except NotFoundError:
+            return seq  # evicted here: everything up to it is gone here too
+        same = (ours.headers or {}).get(NATS_MSG_ID) == headers.get(NATS_MSG_ID)
+        return seq if same and headers.get(NATS_MSG_ID) else 0
 
     async def _ack_floor(self) -> int:
         try:
@@ -262,31 +291,55 @@ class Forwarder:
             raise UplinkStalledError(msg) from exc
 
     async def _send(self, batch: list[Msg]) -> None:
-        """Publish `batch` in order, wait until the regional stored every message, then
-        acknowledge the last one locally (acknowledging all before it)."""
+        """Publish `batch` in order, wait for the regional's acknowledgements in order (each
+        within `ack_timeout` of the one before: a slow link that moves is not a failure), and
+        acknowledge locally the longest run that was confirmed."""
         js = self.bus.js
         futures = [
             await js.publish_async(self.uplink.outbox(m.subject), m.data, headers=self._headers(m))
             for m in batch
         ]
+        confirmed, duplicates, failure = 0, 0, None
         try:
-            acks = await asyncio.wait_for(asyncio.gather(*futures), self.ack_timeout)
-        except (TimeoutError, *TRANSIENT) as exc:
-            raise UplinkStalledError(f"{len(batch)} messages not confirmed: {type(exc).__name__}") from exc
-        finally:
             for future in futures:
-                future.cancel()  # no-op for the answered ones; frees nats-py's slots for the rest
-        last = batch[-1]
-        await last.ack()
-        self.confirmed = last.metadata.sequence.stream
-        self._sent += 1
-        if self.metrics:
-            duplicates = sum(1 for a in acks if a.duplicate)
-            self.metrics.uplink_forwarded.labels(stream=self.uplink.stream).inc(len(batch) - duplicates)
+                ack = await asyncio.wait_for(future, self.ack_timeout)
+                confirmed += 1
+                duplicates += 1 if ack.duplicate else 0
+        except (TimeoutError, *TRANSIENT) as exc:
+            failure = exc
+        finally:
+            for future in futures[confirmed:]:
+                future.cancel()  # frees nats-py's slots for the unanswered ones
+        if confirmed:
+            last = batch[confirmed - 1]
+            await last.ack()  # acknowledges every one before it too
+            self.confirmed = last.metadata.sequence.stream
+            self._sent += 1
+            if self.metrics:
+                self.metrics.uplink_forwarded.labels(stream=self.uplink.stream).inc(confirmed - duplicates)
+        if failure is not None:
+            msg = f"{len(batch) - confirmed} of {len(batch)} messages not confirmed: {type(failure).__name__}"
+            raise UplinkStalledError(msg) from failure
 
     def _headers(self, msg: Msg) -> dict[str, Any]:
+        """The message's own headers (its `Nats-Msg-Id` first of all), and where it came from."""
         headers = dict(msg.headers or {})
         seq = msg.metadata.sequence.stream
         headers[ORIGIN] = f"{self.origin} {seq}"
         headers.setdefault(NATS_MSG_ID, f"{self.origin.replace(' ', '-')}-{seq}")
         return headers
+
+
+def _origin_seq(headers: dict[str, str], stream: str) -> int | None:
+    """The edge-side sequence a message at the regional came from: `Fleetbus-Origin` (what the
+    forwarder sends), else `Nats-Stream-Source` (what the regional's sourcing of an older
+    fleetbus stored), else None."""
+    origin = headers.get(ORIGIN)
+    if origin:
+        _, _, seq = origin.rpartition(" ")
+    else:
+        parts = headers.get("Nats-Stream-Source", "").split()
+        if len(parts) < 2 or not parts[0].startswith(f"{stream}:"):
+            return None
+        seq = parts[1]
+    return int(seq) if seq.isdigit() else None

@@ -74,6 +74,8 @@ def ensure_ca(directory: Path, fleet: str = "fleetbus dev fleet") -> Path:
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=CA_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        # Key identifiers: verifiers in strict X.509 mode (Python 3.13's default) require them.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=True,
@@ -117,15 +119,25 @@ def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     return True
 
 
+def _identified(cert: x509.Certificate) -> bool:
+    """Carries the authority key identifier strict verification looks for."""
+    try:
+        cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return False
+    return True
+
+
 def ensure_site_cert(ca_cert: Path, directory: Path, site: str, hosts: tuple[str, ...]) -> CertFiles:
     """`site`'s certificate for `hosts` (IP addresses or DNS names), its key generated in
-    `directory`; issued again when missing, expiring within 30 days, or from another CA."""
+    `directory`; issued again when missing, expiring within 30 days, from another CA, or
+    without the key identifiers strict X.509 verification requires (issued before they were)."""
     files = CertFiles(directory / "tls.pem", directory / "tls-key.pem", ca_cert)
     ca, ca_key = _load_ca(ca_cert)
     if files.cert.exists() and files.key.exists():
         current = x509.load_pem_x509_certificate(files.cert.read_bytes())
         remaining = current.not_valid_after_utc - _now()
-        if _issued_by(current, ca) and remaining > dt.timedelta(days=30):
+        if _issued_by(current, ca) and remaining > dt.timedelta(days=30) and _identified(current):
             return files
     key = _new_key()
     names: list[x509.GeneralName] = []
@@ -144,6 +156,10 @@ def ensure_site_cert(ca_cert: Path, directory: Path, site: str, hosts: tuple[str
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=SITE_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
             x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
