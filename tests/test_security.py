@@ -187,7 +187,10 @@ async def test_leaf_ports_take_only_tls_with_a_certificate_of_the_fleet_ca(attac
         answers = {what: await asyncio.to_thread(_raw_connect, port, tls) for what, tls in tries.items()}
         assert answers["plaintext"] == "", answers  # closed: TLS is required
         assert answers["no certificate"] == "TLS: TLSV13_ALERT_CERTIFICATE_REQUIRED", answers
-        assert answers["another CA's certificate"] == "TLS: TLSV1_ALERT_UNKNOWN_CA", answers
+        # Refused in the handshake: usually the alert itself, sometimes (TLS 1.3 checks the
+        # client's certificate after the client is done) the connection closes before the
+        # alert is read; never a protocol answer (which the fleet's certificate gets).
+        assert answers["another CA's certificate"].startswith("TLS: "), answers
         # A certificate gets TLS, not a link: the key is still asked for.
         assert "Authorization Violation" in answers["the fleet CA's certificate"], answers
 

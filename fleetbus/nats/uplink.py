@@ -175,9 +175,12 @@ class Forwarder:
         if origin != self.origin:  # first session, or the local stream was created anew
             self.origin, self.confirmed = origin, None
         last = info.state.last_seq
-        # Never beyond what the stream holds: a server that lost its last writes (a power cut
-        # before they were synced) numbers new messages from there again.
-        known = min(max(self.confirmed or 0, await self._ack_floor()), last)
+        # The durable position counts only when this daemon knows none of its own: the server
+        # also moves it past what the stream's limits evicted, which the regional never got
+        # (and `fleetbus.nats.backlog` must count as lost). Never beyond what the stream holds:
+        # a server that lost its last writes (a power cut before they were synced) numbers new
+        # messages from there again.
+        known = min(await self._ack_floor() if self.confirmed is None else self.confirmed, last)
         self.confirmed = known  # what the backlog meter shows while the regional is away
         upstream = await self._upstream_last(last)
         if upstream is None:
