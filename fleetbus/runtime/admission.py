@@ -4,7 +4,7 @@ A regional's or an edge's nats-server config includes `admission/users.conf`; th
 rendered from two others in the same directory:
 
 - `base.json`: the users every start has (the site itself, the simulator), written by
-  whoever renders the server's config (the dev fleet, `fleetbus compose`);
+  whoever renders the server's config (the dev fleet, `fleetbus compose init`);
 - a registry the site's daemon keeps: a regional's `edges.json` (edges admitted, pending and
   revoked, as tokens are redeemed and edges approved or revoked; `fleetbus.core.admission`
   decides), an edge's `devices.json` (its MQTT devices' credentials, `fleetbus device add`).
