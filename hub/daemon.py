@@ -115,7 +115,7 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
                 FleetClient(daemon.bus, settings.nats_url),
                 on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
             )
-            app = web.create_app(view, daemon.metrics)
+            app = web.create_app(view, daemon.metrics, hosts=settings.dashboard_hosts)
             host, port = listener.getsockname()[:2]
             logger.info("dashboard", url=f"http://{host}:{port}/")
             daemon.add_task("fleet-view", view.run)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetbus.core.compliance import State
@@ -47,7 +48,14 @@ KEEPALIVE = 15.0  # s between SSE comments on a quiet fleet (proxies drop idle s
 SSE_PERIOD = 0.25  # s: at most this many batches per second per client, changes coalesced
 
 
-def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAPI:
+def create_app(
+    fleet: FleetView,
+    metrics: DaemonMetrics | None = None,
+    *,
+    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+) -> FastAPI:
+    """The dashboard and API, answering only requests that name one of `hosts` (a web page on
+    another site that rebinds its name to this address gets 400, not the fleet)."""
     app = FastAPI(
         title="fleetbus hub",
         summary="Read-only view of the fleet: edges, regions, profiles, compliance, events.",
@@ -65,6 +73,7 @@ def create_app(fleet: FleetView, metrics: DaemonMetrics | None = None) -> FastAP
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(_HubHeader, fleet=fleet)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     if metrics is not None:
         app.add_middleware(_Counted, counter=metrics.api_requests)
     return app

@@ -71,7 +71,7 @@ class Sse:
 async def sse(fleet: DevFleet) -> AsyncIterator[Sse]:
     port = fleet.plan.site("hub").dashboard_port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /api/stream HTTP/1.1\r\nHost: hub\r\nAccept: text/event-stream\r\n\r\n")
+    writer.write(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n", 1)[0], head
@@ -196,6 +196,25 @@ async def test_api_errors_are_clear_and_never_500(fleet):
     paths = set(schema["paths"])
     expected = {"/api/edges", "/api/edges/{edge}", "/api/profiles", "/api/compliance", "/api/events"}
     assert expected <= paths, paths
+
+    # A page elsewhere that rebinds its own name to this address gets nothing (DNS rebinding):
+    # the API answers only requests naming a host in `dashboard_hosts`.
+    url = urllib.parse.urlsplit(dashboard(fleet))
+    for host, expected_status in (("rebind.example", 400), ("localhost", 200), ("127.0.0.1", 200)):
+        answer = await _raw_get(url.hostname or "", url.port or 80, "/api/edges", f"{host}:{url.port}")
+        assert answer.startswith(f"HTTP/1.1 {expected_status}"), (host, answer[:200])
+        assert ("r1-e1" in answer) == (expected_status == 200), (host, answer[:200])
+
+
+async def _raw_get(address: str, port: int, path: str, host: str) -> str:
+    """GET `path` from `address` with the Host header a browser would send for `host`."""
+    reader, writer = await asyncio.open_connection(address, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return (await asyncio.wait_for(reader.read(), 5)).decode(errors="replace")
+    finally:
+        writer.close()
 
 
 async def test_browser_sees_every_edge_and_a_killed_daemon_turn_stale(fleet):

@@ -210,7 +210,7 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
         feed_port = fleet.plan.site(hub).dashboard_port
         reader, writer = await asyncio.open_connection("127.0.0.1", feed_port)
         try:
-            writer.write(b"GET /api/stream HTTP/1.1\r\nHost: hub\r\n\r\n")
+            writer.write(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             await writer.drain()
             await reader.readuntil(b"\r\n\r\n")
             await m.until(hub, "feed open", lambda s: s.value("fleetbus_dashboard_streams") == 1)

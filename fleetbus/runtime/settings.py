@@ -78,6 +78,13 @@ class HubSettings(DaemonSettings):
     dashboard: bool = Field(default=True, description="Serve the web dashboard and JSON API.")
     dashboard_host: str = Field(default="127.0.0.1", description="Dashboard address; 0.0.0.0 = every.")
     dashboard_port: int = Field(default=8080, ge=0, le=65535, description="Dashboard port; 0 = any.")
+    dashboard_hosts: list[str] = Field(
+        default_factory=lambda: ["localhost", "127.0.0.1"],
+        description=(
+            "Host names the dashboard and API answer to; a request naming another (a DNS "
+            "rebinding page in a browser) gets 400. Add the names it is reached by."
+        ),
+    )
     region_offline_after: float = Field(
         default=60.0, gt=0, description="Silence after which a regional is offline (stale after 2 beats), s."
     )
