@@ -37,7 +37,24 @@ class SiteHealth:
         }
 
 
+PROBE_TRIES = 3  # a server's /healthz can fail once under load: it gives itself 1 ms
+PROBE_SPACING = 0.2  # s between tries
+
+
 async def _probe(url: str) -> tuple[bool, dict[str, Any]]:
+    """(healthy, detail) of `url`; unhealthy only if it fails `PROBE_TRIES` times in a row
+    (seen: nats-server's `/healthz` answered "failed to be ready for connections after 1ms"
+    once while a fleet was starting on a busy machine, and `dev status` said the site was down)."""
+    ok, detail = await _probe_once(url)
+    for _ in range(PROBE_TRIES - 1):
+        if ok:
+            break
+        await asyncio.sleep(PROBE_SPACING)  # a retry interval
+        ok, detail = await _probe_once(url)
+    return ok, detail
+
+
+async def _probe_once(url: str) -> tuple[bool, dict[str, Any]]:
     try:
         status, body = await http_get(url, timeout=2.0)
     except (OSError, TimeoutError) as exc:
