@@ -37,6 +37,7 @@ from fleetbus.core.compliance import State
 from fleetbus.errors import ConfigError
 from fleetbus.runtime import log
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.settings import DASHBOARD_HOSTS
 from hub import api
 from hub.fleetview import RECENT_EVENTS, FleetView
 from schemas.event import Event, Severity
@@ -52,7 +53,7 @@ def create_app(
     fleet: FleetView,
     metrics: DaemonMetrics | None = None,
     *,
-    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
+    hosts: Sequence[str] = DASHBOARD_HOSTS,
 ) -> FastAPI:
     """The dashboard and API, answering only requests that name one of `hosts` (a web page on
     another site that rebinds its name to this address gets 400, not the fleet)."""

@@ -116,21 +116,24 @@ def hub_creds(url: str, state_dir: Path | None) -> Path | None:
     (found like the hub itself), else None."""
     if explicit := resolve_creds():
         return explicit
-    with contextlib.suppress(ConfigError):
-        record = state.running_fleet(state_dir or state.default_state_dir())
-        if record is not None and record.hub.client_url == url and not record.insecure:
-            return identities.operator_creds(Path(record.state_dir))
-    return None
+    record = _dev_fleet_of(url, state_dir)
+    return identities.operator_creds(Path(record.state_dir)) if record and not record.insecure else None
 
 
 def hub_ca(url: str, state_dir: Path | None) -> Path | None:
     """`--ca`/$FLEETBUS_CA, else the CA of the dev fleet whose hub is `url`, else None."""
     if explicit := resolve_ca():
         return explicit
+    record = _dev_fleet_of(url, state_dir)
+    return Path(record.hub.ca) if record and record.hub.ca else None
+
+
+def _dev_fleet_of(url: str, state_dir: Path | None) -> state.FleetRecord | None:
+    """The dev fleet running in `state_dir` (or the default one) if its hub is `url`."""
     with contextlib.suppress(ConfigError):
         record = state.running_fleet(state_dir or state.default_state_dir())
-        if record is not None and record.hub.client_url == url and record.hub.ca:
-            return Path(record.hub.ca)
+        if record is not None and record.hub.client_url == url:
+            return record
     return None
 
 

@@ -73,13 +73,16 @@ class DaemonSettings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
 
 
+DASHBOARD_HOSTS = ("localhost", "127.0.0.1")  # what the dashboard answers to by default
+
+
 class HubSettings(DaemonSettings):
     site: SiteId = HUB_DOMAIN
     dashboard: bool = Field(default=True, description="Serve the web dashboard and JSON API.")
     dashboard_host: str = Field(default="127.0.0.1", description="Dashboard address; 0.0.0.0 = every.")
     dashboard_port: int = Field(default=8080, ge=0, le=65535, description="Dashboard port; 0 = any.")
     dashboard_hosts: list[str] = Field(
-        default_factory=lambda: ["localhost", "127.0.0.1"],
+        default_factory=lambda: list(DASHBOARD_HOSTS),
         description=(
             "Host names the dashboard and API answer to; a request naming another (a DNS "
             "rebinding page in a browser) gets 400. Add the names it is reached by."

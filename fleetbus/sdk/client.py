@@ -94,18 +94,19 @@ def resolve_timeout(timeout: float | None = None) -> float:
 
 def resolve_creds(creds: Path | str | None = None) -> Path | None:
     """`creds`, else $FLEETBUS_CREDS, else None (connect without an identity)."""
-    if creds:
-        return Path(creds)
-    env = os.environ.get(CREDS_ENV)
-    return Path(env) if env else None
+    return _path_or_env(creds, CREDS_ENV)
 
 
 def resolve_ca(ca: Path | str | None = None) -> Path | None:
     """`ca`, else $FLEETBUS_CA, else None (a hub whose client port takes only TLS refuses)."""
-    if ca:
-        return Path(ca)
-    env = os.environ.get(CA_ENV)
-    return Path(env) if env else None
+    return _path_or_env(ca, CA_ENV)
+
+
+def _path_or_env(value: Path | str | None, env: str) -> Path | None:
+    if value:
+        return Path(value)
+    found = os.environ.get(env)
+    return Path(found) if found else None
 
 
 def resolve_hub_url(hub: str | None = None) -> str:
