@@ -62,7 +62,7 @@ async def fan_out(client: FleetClient, edges: int, round_no: int, timeout: float
     try:
         began = time.monotonic()
         plan = await client.profiles.apply(
-            Profile(name=PROFILE, spec=ProfileSpec(config={"round": round_no})), actor="fanout-bench"
+            Profile(name=PROFILE, spec=ProfileSpec(config={"round": round_no}))
         )
         revision = plan.new.revision if plan.new else None
         arrived: dict[str, float] = {}

@@ -92,7 +92,7 @@ class Run:
         expected, events = {}, {}
         for region, edge in edges:  # changes that can only arrive once the link is back
             await self.client.overrides.set(
-                OverrideScope.EDGE, edge, {"config": {"heal": marker}}, owner="heal-bench", reason="benchmark"
+                OverrideScope.EDGE, edge, {"config": {"heal": marker}}, reason="benchmark"
             )
             expected[edge] = (await self.client.explain(edge))[0].hash
             url = self.fleet.plan.site(edge).server.client_url

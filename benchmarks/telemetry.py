@@ -123,7 +123,7 @@ async def run(fleet: DevFleet, args: argparse.Namespace) -> None:
     spec = ProfileSpec.model_validate(
         {"telemetry": {"devices/+/telemetry": {"mode": "sample", "interval": 60}}}
     )
-    await client.profiles.apply(Profile(name="bench", spec=spec), actor="benchmark")
+    await client.profiles.apply(Profile(name="bench", spec=spec))
 
     async def rules_applied() -> bool:
         report = await client.report(EDGE)

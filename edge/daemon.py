@@ -14,6 +14,7 @@ from edge.enrollment import enroll, enrolled_before, join, joined_before, machin
 from edge.inventory import InventoryPublisher, host_facts
 from edge.reconciler import Reconciler
 from edge.telemetry import TelemetryForwarder
+from edge.trust import verifier_of
 from fleetbus.core.desired import edge_groups
 from fleetbus.daemon.lifecycle import Daemon
 from fleetbus.errors import ConfigError
@@ -87,17 +88,7 @@ async def run(settings: EdgeSettings) -> None:
             cluster=cluster.inventory if cluster else None,
             devices=registry.records,
         )
-        telemetry_subject = subjects.edge_event(region, edge, EventKind.TELEMETRY.value)
-        telemetry = TelemetryForwarder(
-            lambda event: store_event(daemon.bus, telemetry_subject, event),
-            region=region,
-            edge=edge,
-            link=probe,
-            max_rate=settings.telemetry_max_rate,
-            max_backlog=settings.telemetry_max_backlog,
-            metrics=daemon.metrics,
-        )
-        registry.listeners.append(telemetry.offer)
+        telemetry = _telemetry(daemon, settings, probe, registry)
         reconciler = Reconciler(
             bus=daemon.bus,
             driver=driver,
@@ -108,6 +99,7 @@ async def run(settings: EdgeSettings) -> None:
             metrics=daemon.metrics,
             on_applied=inventory.poke,
             on_desired=lambda desired: telemetry.configure(desired.document),
+            guard=verifier_of(settings, daemon.metrics),
         )
         daemon.on_start(provision)
         daemon.on_start(DeviceGateway(daemon.bus, registry, region=region, edge=edge).start)
@@ -203,6 +195,25 @@ def _add_bridge(daemon: Daemon, settings: EdgeSettings, registry: DeviceRegistry
     if settings.mqtt_bridge_url:
         url = settings.mqtt_bridge_url
         daemon.add_task("mqtt-bridge", lambda: _bridge(url, settings, registry))
+
+
+def _telemetry(
+    daemon: Daemon, settings: EdgeSettings, probe: UpstreamProbe, registry: DeviceRegistry
+) -> TelemetryForwarder:
+    """Forwards the readings its devices send that the profiles' telemetry rules select."""
+    region, edge = settings.region, settings.site
+    subject = subjects.edge_event(region, edge, EventKind.TELEMETRY.value)
+    telemetry = TelemetryForwarder(
+        lambda event: store_event(daemon.bus, subject, event),
+        region=region,
+        edge=edge,
+        link=probe,
+        max_rate=settings.telemetry_max_rate,
+        max_backlog=settings.telemetry_max_backlog,
+        metrics=daemon.metrics,
+    )
+    registry.listeners.append(telemetry.offer)
+    return telemetry
 
 
 async def _redeem_token(settings: EdgeSettings) -> None:

@@ -29,6 +29,7 @@ from edge.drivers.null import NullDriver
 from edge.enrollment import enroll
 from edge.inventory import InventoryPublisher, host_facts
 from edge.reconciler import DesiredInputs, Reconciler
+from edge.trust import verifier_of
 from fleetbus.core.desired import edge_groups
 from fleetbus.daemon.lifecycle import Daemon
 from fleetbus.nats.bus import Bus, connect
@@ -164,7 +165,7 @@ async def run_edges(
     cancelled; one failing stops them all (the daemon then exits and says why)."""
     links = await _connections(settings, first, metrics)
     host = await asyncio.to_thread(host_facts, settings.state_dir)
-    inputs = DesiredInputs(first, metrics)
+    inputs = DesiredInputs(first, metrics, guard=verifier_of(settings, metrics))
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(inputs.run(), name="desired-inputs")

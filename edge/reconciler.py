@@ -9,6 +9,9 @@ it last reported, applies it through the driver and emits an ApplyResult event i
 edge's EVENTS stream (a thin edge: into its outbox subject, `edge.hollow`).
 
 A value that cannot be decoded is counted and skipped; the last good value of that key stays.
+So is a record the edge's `Verifier` refuses (unsigned, forged, signed by a key it did not
+pin, an older revision replayed: docs/security.md#signed-desired-state), which the reconciler
+also reports upstream as an alert event.
 """
 
 import asyncio
@@ -20,15 +23,18 @@ from typing import Any, TypeVar
 
 from edge.drivers import Drift, Driver, DriverError
 from fleetbus.core.desired import DesiredState, compute
+from fleetbus.core.trust import Record, Refusal
 from fleetbus.nats.bus import Bus, store_event
 from fleetbus.nats.kv import Bucket, Entry, Mirror
 from fleetbus.runtime import log
 from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.signing import Verifier
 from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.base import Message, utcnow
 from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, ObjectResult, Severity
+from schemas.headers import REVISION, SIGNER
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
 
@@ -50,9 +56,13 @@ class DesiredInputs:
     process share one (`edge.hollow`).
     """
 
-    def __init__(self, bus: Bus, metrics: DaemonMetrics) -> None:
-        self._profiles = Mirror(Bucket(bus.js, subjects.PROFILES_BUCKET, Profile, metrics=metrics))
-        self._overrides = Mirror(Bucket(bus.js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics))
+    def __init__(self, bus: Bus, metrics: DaemonMetrics, *, guard: Verifier | None = None) -> None:
+        self._profiles = Mirror(
+            Bucket(bus.js, subjects.PROFILES_BUCKET, Profile, metrics=metrics, guard=guard)
+        )
+        self._overrides = Mirror(
+            Bucket(bus.js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics, guard=guard)
+        )
         self.loaded = asyncio.Event()
         self._listeners: list[Callable[[Changed], None]] = []
         self._profiles.listen(lambda entries: self._heard(subjects.PROFILES_BUCKET, entries))
@@ -110,6 +120,7 @@ class Reconciler:
         on_applied: Callable[[], None] = lambda: None,
         on_desired: Callable[[DesiredState], None] = lambda _: None,
         inputs: DesiredInputs | None = None,
+        guard: Verifier | None = None,
         event_subject: Callable[[str], str] | None = None,
     ) -> None:
         self.bus, self.driver = bus, driver
@@ -122,7 +133,9 @@ class Reconciler:
         # Its own mirror of the site's replicas (a full edge: the replica of `overrides`
         # holds only this edge's), or one shared by many edges, which `run()` does not run.
         self.own_inputs = inputs is None
-        self.inputs = inputs or DesiredInputs(bus, metrics)
+        self.inputs = inputs or DesiredInputs(bus, metrics, guard=guard)
+        if guard is not None:
+            guard.on_refused = self.refused  # reported upstream as alerts
         self.inputs.listen(self._heard)
         self._mine = {
             (subjects.OVERRIDES_BUCKET, subjects.override_key(OverrideScope.EDGE.value, edge)),
@@ -139,6 +152,7 @@ class Reconciler:
         self._reported_ok = True  # whether that last apply succeeded
         self._changed = asyncio.Event()
         self._retry = Backoff(2.0, cap=60.0)
+        self._alerts: set[asyncio.Task[None]] = set()
 
     @property
     def profiles(self) -> dict[str, Profile]:
@@ -266,6 +280,27 @@ class Reconciler:
             + (f": {drift.error}" if drift.error else ""),
             data=drift.as_data(),
         )
+
+    def refused(self, record: Record, refusal: Refusal) -> None:
+        """Report a refused desired-state record upstream (an alert event of this edge)."""
+        headers = record.headers
+        task = asyncio.get_running_loop().create_task(
+            self._emit(
+                EventKind.ALERT,
+                Severity.ERROR,
+                f"refused {record.bucket}/{record.key} ({refusal.value}); the last good state stands",
+                data={
+                    "alert": "desired_state_refused",
+                    "bucket": record.bucket,
+                    "key": record.key,
+                    "reason": refusal.value,
+                    "revision": headers.get(REVISION, ""),
+                    "signer": headers.get(SIGNER, ""),
+                },
+            )
+        )
+        self._alerts.add(task)
+        task.add_done_callback(self._alerts.discard)
 
     async def _emit(self, kind: EventKind, severity: Severity, message: str, **body: Any) -> None:
         """Store one event of this edge (at least once: retried until acknowledged)."""

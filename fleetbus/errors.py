@@ -32,6 +32,11 @@ class RefusedError(PermanentError):
     says how to insist."""
 
 
+class ForbiddenError(PermanentError):
+    """The hub refused a request for who sent it: an unknown or revoked operator, a bad or
+    replayed signature, or a role that may not do it; the message says which."""
+
+
 class ServerUnreachableError(TemporaryError):
     """A nats-server did not accept a connection, or stopped answering, within a deadline."""
 
@@ -108,6 +113,7 @@ __all__ = [
     "DecodeError",
     "EdgeUnreachableError",
     "FleetbusError",
+    "ForbiddenError",
     "HubUnreachableError",
     "MissingError",
     "PermanentError",

@@ -1,5 +1,6 @@
-"""The hub daemon: owns the profile and override buckets, gathers the fleet's events,
-inventory and presence (by sourcing), and tracks which regionals it can hear."""
+"""The hub daemon: owns the profile and override buckets (their one writer: `hub.desk`),
+gathers the fleet's events, inventory and presence (by sourcing), and tracks which regionals
+it can hear."""
 
 import asyncio
 import socket
@@ -13,10 +14,13 @@ from fleetbus.nats.liveness import PresenceBoard
 from fleetbus.nats.provisioning import BucketSpec, ensure_bucket
 from fleetbus.nats.replication import SiteFollower, SourcedStream, watch_limits
 from fleetbus.runtime import log
+from fleetbus.runtime.identity import load as load_identity
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import HubSettings
+from fleetbus.runtime.signing import Signer
 from fleetbus.sdk.client import FleetClient
 from hub import api, streams, web
+from hub.desk import Desk
 from hub.fleetview import FleetView
 from schemas import subjects
 from schemas.heartbeat import Heartbeat, Tier
@@ -48,6 +52,8 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         presence = SourcedStream(js, streams.presence_bucket(), metrics, per_site=streams.presence_source)
         applied = SourcedStream(js, streams.applied_bucket(), metrics)
         follower = SiteFollower([events, inventory, presence], kick=settings.heal_acceleration)
+        signer = Signer(load_identity(settings.signing_key)) if settings.signing_key else None
+        desk = Desk(daemon.bus, settings, metrics, signer)
         daemon.bus.reconnect_listeners.append(follower.server_back)  # its server restarted
         server_back = asyncio.Event()
         daemon.bus.reconnect_listeners.append(server_back.set)
@@ -92,6 +98,7 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
                 await stream.ensure(keep_sources=True)
             await applied.ensure()
             await regions.restore()
+            await desk.provision()
             await daemon.bus.subscribe(subjects.regional_heartbeats(), Heartbeat, on_regional_heartbeat)
             # Regionals that started first beat now instead of one interval from now: until the
             # hub hears a region, it has not added that region's sources (nothing of it shows).
@@ -111,17 +118,25 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         daemon.add_task("presence", regions.run)
         daemon.add_task("limits", limits)
         if listener is not None:
-            view = FleetView(
-                FleetClient(daemon.bus, settings.nats_url),
-                on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
-            )
-            app = web.create_app(view, daemon.metrics, hosts=settings.dashboard_hosts)
-            host, port = listener.getsockname()[:2]
-            logger.info("dashboard", url=f"http://{host}:{port}/")
-            daemon.add_task("fleet-view", view.run)
-            daemon.add_task("fleet-counts", lambda: export_counts(view, metrics))
-            daemon.add_task("dashboard", lambda: web.serve(app, listener))
-        await daemon.run()
+            _dashboard(daemon, settings, listener)
+        try:
+            await daemon.run()
+        finally:
+            await desk.close()
+
+
+def _dashboard(daemon: Daemon, settings: HubSettings, listener: socket.socket) -> None:
+    """The web dashboard and JSON API, on `listener`, from a live view of the hub's buckets."""
+    view = FleetView(
+        FleetClient(daemon.bus, settings.nats_url),
+        on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
+    )
+    app = web.create_app(view, daemon.metrics, hosts=settings.dashboard_hosts)
+    host, port = listener.getsockname()[:2]
+    logger.info("dashboard", url=f"http://{host}:{port}/")
+    daemon.add_task("fleet-view", view.run)
+    daemon.add_task("fleet-counts", lambda: export_counts(view, daemon.metrics))
+    daemon.add_task("dashboard", lambda: web.serve(app, listener))
 
 
 async def export_counts(view: FleetView, metrics: DaemonMetrics, interval: float = 2.0) -> None:

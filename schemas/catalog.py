@@ -1,6 +1,7 @@
 """The list of message types: what `schema export` writes and the golden tests cover."""
 
 from schemas.base import Message
+from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.enrollment import (
     AdmissionCommand,
@@ -33,4 +34,8 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     DeviceCommand,
     DeviceCommandReply,
     DeviceCredentials,
+    DeskRequest,
+    DeskReply,
+    OperatorRecord,
+    AuditRecord,
 )

@@ -61,3 +61,11 @@ def open_envelope(cls: type[M], body: bytes, headers: Mapping[str, str] | None, 
     if ce_type is not None and ce_type != cls.schema_id():
         raise DecodeError(subject, f"ce-type is {ce_type!r}, expected {cls.schema_id()!r}")
     return decode_body(cls, body, subject=subject, content_type=headers.get(CONTENT_TYPE))
+
+
+# Signed desired state (docs/security.md#signed-desired-state): every value and delete the hub
+# stores in `profiles` and `overrides` carries who signed it, the revision it claims, and an
+# ed25519 signature over `fleetbus.core.trust.signed_bytes` (base64).
+SIGNER = "Fleetbus-Signer"
+REVISION = "Fleetbus-Revision"
+SIGNATURE = "Fleetbus-Signature"

@@ -13,6 +13,8 @@ Layout (all under `fleet.`):
     fleet.region.<region>.join.<edge>           a new edge redeems its token (request/reply)
     fleet.region.<region>.admission             operator -> regional: approve, revoke, list
     fleet.hub.hello                             hub -> regionals: heartbeat now (core NATS)
+    fleet.hub.desk                              operator -> hub: signed write requests (request/reply)
+    fleet.hub.audit.<op>                        the hub's AUDIT stream: who did what, why
 
 Everything an edge publishes sits under `fleet.edge.<region>.<edge>.>` (`edge_scope`) or is
 its own inventory key `$KV.inventory.<region>.<edge>`, so a leaf-link permission can pin an
@@ -37,6 +39,8 @@ APPLIED_BUCKET = "applied"  # hub: last ApplyResult event per edge, filled by so
 INVENTORY_BUCKET = "inventory"  # hub: latest snapshot per edge, filled by sourcing
 REGIONS_BUCKET = "regions"  # hub: presence of each regional, as the hub hears it
 EDGES_BUCKET = "edges"  # regional: the edges enrolled in its region
+AUDIT_STREAM = "AUDIT"  # hub: every write request, allowed or refused
+HUB_DESK = "fleet.hub.desk"
 
 HUB_DOMAIN = "hub"
 
@@ -230,6 +234,11 @@ def hub_hello() -> str:
     """The hub, ready to hear regionals, asks them to heartbeat now (core NATS, empty body):
     a regional that started first is heard at once, not one heartbeat interval later."""
     return f"{PREFIX}.hub.hello"
+
+
+def hub_audit(op: str = ">") -> str:
+    """Subject of an audit record of operation `op` (`profile.apply`) in the hub's AUDIT."""
+    return f"{PREFIX}.hub.audit.{op}"
 
 
 def inbox_prefix(site: str) -> str:

@@ -188,10 +188,10 @@ class Runner:
         fleet, client = self.fleet, self.client
         if step.action == "profile":
             name, version = step.arg.split("@")
-            await client.profiles.apply(profile_for(name, version), actor="consistency")
+            await client.profiles.apply(profile_for(name, version))
         elif step.action == "override":
             await client.overrides.set(
-                OverrideScope.EDGE, step.site, {"config": {"knob": int(step.arg)}}, owner="c", reason="suite"
+                OverrideScope.EDGE, step.site, {"config": {"knob": int(step.arg)}}, reason="suite"
             )
         elif step.action == "unoverride":
             with contextlib.suppress(MissingError):  # nothing to remove is fine

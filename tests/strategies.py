@@ -30,6 +30,7 @@ from schemas import (
     Severity,
     Tier,
 )
+from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.inventory import AppliedState, HostFacts, LinkState, StreamBacklog
 from schemas.profile import LabelRequirement, SelectorOperator
@@ -289,6 +290,49 @@ device_credentials = st.builds(
     sent_by=st.text(max_size=10),
 )
 
+small_json = st.dictionaries(
+    st.text(max_size=8), st.one_of(st.none(), st.integers(-(2**53), 2**53), st.text(max_size=8)), max_size=3
+)
+desk_requests = st.builds(
+    DeskRequest,
+    op=st.sampled_from(["profile.apply", "override.set", "operator.add"]),
+    args=small_json,
+    operator=st.text(max_size=56),
+    issued_at=times,
+    nonce=st.text(min_size=8, max_size=64),
+    reason=st.text(max_size=20),
+)
+desk_replies = st.builds(
+    DeskReply,
+    ok=st.booleans(),
+    error_kind=st.none() | st.sampled_from(["config", "forbidden"]),
+    error=st.none() | st.text(max_size=20),
+    actor=st.text(max_size=10),
+    result=small_json,
+)
+operator_records = st.builds(
+    OperatorRecord,
+    name=ids,
+    public_key=st.text(max_size=56),
+    role=st.sampled_from(Role),
+    regions=st.lists(ids, max_size=3),
+    added_by=st.text(max_size=10),
+    added_at=times,
+    revoked_at=st.none() | times,
+)
+audit_records = st.builds(
+    AuditRecord,
+    at=times,
+    actor=st.text(max_size=10),
+    role=st.text(max_size=10),
+    op=st.text(min_size=1, max_size=20),
+    target=st.text(max_size=20),
+    revision=st.none() | counts,
+    outcome=st.sampled_from(["ok", "refused", "failed"]),
+    detail=st.text(max_size=40),
+    reason=st.text(max_size=20),
+)
+
 BY_TYPE = {
     Profile: profiles,
     Override: overrides,
@@ -305,4 +349,8 @@ BY_TYPE = {
     DeviceCommand: device_commands,
     DeviceCommandReply: device_command_replies,
     DeviceCredentials: device_credentials,
+    DeskRequest: desk_requests,
+    DeskReply: desk_replies,
+    OperatorRecord: operator_records,
+    AuditRecord: audit_records,
 }

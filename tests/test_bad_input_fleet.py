@@ -122,7 +122,6 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
                     "spec": {"config": {"ok": 1}},
                 }
             ),
-            actor="test",
         )
 
         async def converged() -> bool:

@@ -49,7 +49,7 @@ async def test_a_blackholed_uplink_is_noticed_by_pings_and_converges_after_the_h
         await eventually(shown_lost, timeout=20, what="the hub showing the edge not online")
         noticed = time.monotonic() - began
         await client.overrides.set(
-            OverrideScope.EDGE, EDGE, {"config": {"during": "blackhole"}}, owner="test", reason="blackhole"
+            OverrideScope.EDGE, EDGE, {"config": {"during": "blackhole"}}, reason="blackhole"
         )
         expected = (await client.explain(EDGE))[0].hash
 

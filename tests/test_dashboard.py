@@ -103,7 +103,7 @@ async def test_api_answers_from_the_fleet_and_streams_changes(fleet):
                 "spec": {"config": {"ntp": "pool.ntp.org"}},
             }
         )
-        await client.profiles.apply(profile, actor="test")
+        await client.profiles.apply(profile)
 
     async def running_everywhere() -> list[dict[str, Any]] | None:
         _, body = await get(fleet, "/api/profiles")
@@ -264,7 +264,7 @@ async def test_the_view_keeps_following_after_the_hubs_server_restarts(fleet):
                 "spec": {"config": {"b": 2}},
             }
         )
-        await eventually(lambda: client.profiles.apply(profile, actor="test"), timeout=30, what="apply")
+        await eventually(lambda: client.profiles.apply(profile), timeout=30, what="apply")
 
     async def followed() -> bool:
         _, profiles = await get(fleet, "/api/profiles")

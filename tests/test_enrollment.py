@@ -17,6 +17,7 @@ from typing import Any
 import nats
 import pytest
 
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.nats.bus import connect
 from fleetbus.runtime import enrolltoken, identity
@@ -72,9 +73,13 @@ async def token_for(fleet: DevFleet, edge: str, *extra: str) -> str:
 
 
 async def restart_with_token(fleet: DevFleet, edge: str, token: str) -> None:
-    """Start `edge`'s daemon again with `token` in its settings (top-level key, first line)."""
+    """Start `edge`'s daemon again with `token` in its settings (top-level key, first line),
+    and no `trusted_keys`: it trusts the hub keys the token carries."""
     settings = fleet.plan.site(edge).workdir / "daemon.toml"
-    settings.write_text(f"enroll_token = {json.dumps(token)}\n" + settings.read_text())
+    kept = [
+        line for line in settings.read_text().splitlines(keepends=True) if not line.startswith("trusted_keys")
+    ]
+    settings.write_text(f"enroll_token = {json.dumps(token)}\n" + "".join(kept))
     await fleet.restart(edge, server=False, daemon=True)
 
 
@@ -192,6 +197,9 @@ async def test_a_revoked_edge_is_dropped_and_only_a_new_token_brings_it_back(tmp
         marker = f"m{time.monotonic_ns()}"
         await apply_marker(fleet, tmp_path, marker)
         await eventually(lambda: has_marker(fleet, NEW, marker), timeout=30, what="the profile at the edge")
+        # It verified that signed profile with the hub key the token carried, pinned now.
+        pinned = fleet.plan.site(NEW).workdir / "daemon" / "trust" / "hub-keys.json"
+        assert json.loads(pinned.read_text()) == [identities.signing_key(fleet.plan).public_key]
         assert (await edge_ls(fleet))[NEW] == "admitted"
         # Used: the same token with another key (someone who copied it) is refused.
         reply = await knock.redeem(NEW, token, identity.public_key(stranger))

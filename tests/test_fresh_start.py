@@ -65,7 +65,7 @@ async def test_a_fresh_fleet_is_listed_and_converges_within_a_second(fresh):
         profile = Profile.model_validate(
             {"name": "base", "selector": {"match_labels": {"env": "dev"}}, "spec": {"config": {"a": 1}}}
         )
-        await client.profiles.apply(profile, actor="test")
+        await client.profiles.apply(profile)
     applied = time.monotonic()
     listed: list[float] = []
 

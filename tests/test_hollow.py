@@ -57,7 +57,7 @@ async def test_hollow_edges_enroll_heartbeat_apply_and_report_like_edges(hollow_
 
     await eventually(all_online, timeout=60, what="every hollow edge online at the hub")
 
-    plan = await client.profiles.apply(Profile(name="sim", spec=ProfileSpec(config={"x": 1})), actor="test")
+    plan = await client.profiles.apply(Profile(name="sim", spec=ProfileSpec(config={"x": 1})))
     revision = plan.new.revision if plan.new else None
 
     async def all_applied() -> bool:
@@ -73,7 +73,7 @@ async def test_hollow_edges_enroll_heartbeat_apply_and_report_like_edges(hollow_
 
     # An override for one hollow edge changes only that edge's desired state.
     before = {r.edge: r.apply_result.desired_hash for r in await client.reports() if r.apply_result}
-    await client.overrides.set(OverrideScope.EDGE, "r2-h3", {"config": {"x": 2}}, owner="test", reason="test")
+    await client.overrides.set(OverrideScope.EDGE, "r2-h3", {"config": {"x": 2}}, reason="test")
     expected = (await client.explain("r2-h3"))[0].hash
 
     async def only_that_edge_changed() -> bool:

@@ -447,7 +447,7 @@ async def test_edge_daemon_with_the_kubernetes_driver_in_a_fleet(tmp_path, stand
             profile = Profile.model_validate(
                 {"name": "shop", "spec": {"driftPolicy": "correct", "components": [WEB, CACHE]}}
             )
-            await client.profiles.apply(profile, actor="test")
+            await client.profiles.apply(profile)
 
             async def applied() -> Any:
                 report = await client.report(SITE)
@@ -494,7 +494,6 @@ async def test_edge_daemon_with_the_kubernetes_driver_in_a_fleet(tmp_path, stand
                 profile.model_copy(update={"spec": profile.spec.model_copy(update={"components": [
                     profile.spec.components[0].model_copy(update={"version": "1.28"})
                 ]})}),
-                actor="test",
             )  # fmt: skip
 
             async def status(wanted: str) -> Any:

@@ -108,6 +108,15 @@ class Metrics:
         self.moved[metric] = f"{site}: {why}"
 
 
+async def _write_unsigned(fleet: DevFleet) -> None:
+    """An unsigned profile value in the hub's bucket, written with the hub's own key."""
+    nc = await connect_as(fleet.plan, "hub")
+    try:
+        await nc.jetstream().publish(subjects.kv_subject(subjects.PROFILES_BUCKET, "unsigned"), b"{}")
+    finally:
+        await nc.close()
+
+
 async def publish_events(fleet: DevFleet, edge: str, count: int, *, keep: int) -> None:
     """Store `count` events in `edge`'s EVENTS, its limit tightened to `keep` messages first."""
     region = fleet.plan.site(edge).region
@@ -153,7 +162,7 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
             async with await FleetClient.connect(
                 fleet.plan.site(hub).server.client_url, creds=admin_creds(fleet.plan)
             ) as client:
-                await client.profiles.apply(profile, actor="test")
+                await client.profiles.apply(profile)
 
         before = await m.scrape(edge)
         await apply_profile()
@@ -177,6 +186,19 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
             "fleetbus_messages_in_total", kind="fleet.profile"
         )
         m.moved["fleetbus_messages_in_total"] = "edge: a profile revision received"
+        hub_now = await m.scrape(hub)
+        assert hub_now.value("fleetbus_desk_requests_total", op="profile.apply", outcome="ok") == 1
+        m.moved["fleetbus_desk_requests_total"] = "hub: its desk stored the profile"
+        await m.moves(
+            "fleetbus_desired_refused_total",
+            edge,
+            lambda: _write_unsigned(fleet),
+            lambda b, a: (
+                a.value("fleetbus_desired_refused_total", bucket="profiles", reason="unsigned")
+                == b.value("fleetbus_desired_refused_total", bucket="profiles", reason="unsigned") + 1
+            ),
+            "an unsigned profile reaches its replica",
+        )
         m.moved["fleetbus_messages_out_total"] = "edge: its ApplyResult event published"
         await m.moves(
             "fleetbus_inventory_snapshots_total",

@@ -116,8 +116,6 @@ async def test_override_changes_one_edge_and_explain_names_it(fleet, tmp_path):
             str(patch),
             "--reason",
             "site NTP",
-            "--actor",
-            "ops",
             *hub_args(fleet),
         )
         assert result.returncode == 0, result.stderr
@@ -130,7 +128,7 @@ async def test_override_changes_one_edge_and_explain_names_it(fleet, tmp_path):
     assert explained.returncode == 0, explained.stderr
     rows = {v["path"]: v for v in json.loads(explained.stdout)["values"]}
     assert rows["config.ntp"]["value"] == "ntp.site.local"
-    assert rows["config.ntp"]["source"] == "override edge/r1-e1 (ops: site NTP)"
+    assert rows["config.ntp"]["source"] == "override edge/r1-e1 (admin: site NTP)"
     assert rows["components.agent.version"]["source"] == "profile base@1"
     human = await arun_cli("explain", "r1-e1", *hub_args(fleet))
     assert "override edge/r1-e1" in human.stdout
@@ -307,9 +305,12 @@ async def _inject_garbage_and_check_edges_keep_state(
     for edge in EDGES:
         url = f"http://127.0.0.1:{fleet.plan.site(edge).daemon_http_port}/metrics"
         await eventually(
-            lambda url=url: _metric_at_least(url, 'fleetbus_decode_errors_total{kind="fleet.profile"}', 1),
+            # Unsigned, it is refused before it is even decoded (docs/security.md).
+            lambda url=url: _metric_at_least(
+                url, 'fleetbus_desired_refused_total{bucket="profiles",reason="unsigned"}', 1
+            ),
             timeout=20,
-            what=f"{edge} counted the bad value",
+            what=f"{edge} refused the bad value",
         )
         assert applied(fleet, edge)["hash"] == before[edge]
         assert fleet.daemons[edge].running

@@ -547,7 +547,7 @@ async def test_client_ports_with_tls_take_only_clients_that_verify_the_fleet_ca(
         with pytest.raises(HubUnreachableError, match="TLS failed"):
             await FleetClient.connect(hub_url, creds=admin_creds(plan), ca=other_ca, timeout=3)
         async with await FleetClient.connect(hub_url, creds=admin_creds(plan), ca=ca) as client:
-            await client.profiles.apply(_tls_profile(), actor="test")
+            await client.profiles.apply(_tls_profile())
 
             async def applied() -> bool:
                 desired, report = await client.explain(EDGE)

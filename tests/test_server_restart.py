@@ -28,9 +28,7 @@ async def test_a_change_made_while_the_edge_server_was_down_applies_right_after_
     ):
         await eventually(lambda: applied_hash(client, EDGE), timeout=30, what="the edge reporting")
         await fleet.kill(EDGE, server=True, daemon=False)
-        await client.overrides.set(
-            OverrideScope.EDGE, EDGE, {"config": {"while": "down"}}, owner="test", reason="restart"
-        )
+        await client.overrides.set(OverrideScope.EDGE, EDGE, {"config": {"while": "down"}}, reason="restart")
         expected = (await client.explain(EDGE))[0].hash
         await fleet.restart(EDGE, server=True, daemon=False)  # returns once the server is healthy
         restarted = time.monotonic()

@@ -132,9 +132,7 @@ async def test_the_same_device_id_at_three_edges_stays_three_devices(tmp_path):
         ) as client,
     ):
         spec = {"telemetry": {"devices/+/telemetry": {"mode": "sample", "interval": 1}}}
-        await client.profiles.apply(
-            Profile(name="sensors", spec=ProfileSpec.model_validate(spec)), actor="test"
-        )
+        await client.profiles.apply(Profile(name="sensors", spec=ProfileSpec.model_validate(spec)))
 
         async def rules_applied(edge: str) -> bool:
             report = await client.report(edge)

@@ -216,9 +216,7 @@ async def test_selected_telemetry_reaches_the_hub_through_a_cut_link_within_its_
                 "devices/door-1/status": {"mode": "last", "interval": 1},
             }
         }
-        await client.profiles.apply(
-            Profile(name="sensors", spec=ProfileSpec.model_validate(spec)), actor="test"
-        )
+        await client.profiles.apply(Profile(name="sensors", spec=ProfileSpec.model_validate(spec)))
 
         async def rules_applied() -> Any:
             report = await client.report(EDGE)
@@ -302,9 +300,7 @@ async def test_selected_telemetry_reaches_the_hub_through_a_cut_link_within_its_
             # The dashboard's event feed leaves telemetry out: once it has an apply result
             # stored after every telemetry event above, it holds none of them.
             spec["config"] = {"revision": 2}
-            await client.profiles.apply(
-                Profile(name="sensors", spec=ProfileSpec.model_validate(spec)), actor="test"
-            )
+            await client.profiles.apply(Profile(name="sensors", spec=ProfileSpec.model_validate(spec)))
 
             async def second_apply_in_feed() -> bool:
                 _, events = await dashboard_get(fleet, f"/api/events?kind=apply_result&edge={EDGE}")

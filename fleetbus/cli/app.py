@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 import fleetbus
-from fleetbus.cli import dev, device, profiles, sim, sites, view
+from fleetbus.cli import dev, device, operators, profiles, sim, sites, view
 from fleetbus.cli.kit import Creds, HubUrl, StateDir, check_range, connect, err, out
 from fleetbus.deploy.compose import init_compose, write_compose
 from fleetbus.devfleet import identities
@@ -44,6 +44,8 @@ app.command("sim")(sim.sim)
 app.add_typer(device.device_app, name="device")
 app.add_typer(sites.edge_app, name="edge")
 app.add_typer(sites.region_app, name="region")
+app.add_typer(operators.operator_app, name="operator")
+app.command("audit")(operators.audit)
 compose_app = typer.Typer(
     help="The container fleet: docker-compose.yml, and each site's identity and configs.",
     no_args_is_help=True,

@@ -59,6 +59,10 @@ Creds = Annotated[
 ]
 
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Reason = Annotated[
+    str,
+    typer.Option("--reason", help="Why: kept with the change in the hub's audit trail (`fleetbus audit`)."),
+]
 Actor = Annotated[
     str | None,
     typer.Option("--actor", help="Who is making the change (default: user@host).", show_default=False),

@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
-from fleetbus.cli.kit import Actor, AsJson, Creds, HubUrl, StateDir, actor_name, err, out, with_client
+from fleetbus.cli.kit import AsJson, Creds, HubUrl, Reason, StateDir, err, out, with_client
 from fleetbus.core.selector import matches
 from fleetbus.errors import ConfigError, ConflictError
 from fleetbus.sdk.client import FleetClient
@@ -66,7 +66,7 @@ def profile_apply(
         int | None,
         typer.Option("--expect-revision", help="Apply only if the current revision is N (0: new).", min=0),
     ] = None,
-    actor: Actor = None,
+    reason: Reason = "",
     hub: HubUrl = None,
     _creds: Creds = None,
     state_dir: StateDir = None,
@@ -79,13 +79,13 @@ def profile_apply(
         known = await fleet.inventory()
         selected = sum(1 for snapshot in known if matches(profile.selector, snapshot.labels))
         if dry_run:
-            plan = await fleet.profiles.plan(profile, actor=actor_name(actor))
+            plan = await fleet.profiles.plan(profile)
             current = plan.current.revision or 0 if plan.current else 0
             if expect_revision is not None and expect_revision != current:
                 msg = f"profile {profile.name!r} is at revision {current}, not {expect_revision}"
                 raise ConflictError(msg)
             return plan, selected, len(known)
-        plan = await fleet.profiles.apply(profile, actor=actor_name(actor), expect_revision=expect_revision)
+        plan = await fleet.profiles.apply(profile, expect_revision=expect_revision, reason=reason)
         return plan, selected, len(known)
 
     plan, selected, known = with_client(hub, state_dir, work)  # a ConflictError exits 4
@@ -190,20 +190,22 @@ def profile_diff(
 def profile_rollback(
     name: str,
     to: Annotated[int, typer.Option("--to", help="Revision whose content to publish again.", min=1)],
-    actor: Actor = None,
+    reason: Reason = "",
     hub: HubUrl = None,
     _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Publish an earlier revision's content as a new revision."""
-    plan = with_client(hub, state_dir, lambda f: f.profiles.rollback(name, to, actor=actor_name(actor)))
+    plan = with_client(hub, state_dir, lambda f: f.profiles.rollback(name, to, reason=reason))
     _report_plan(plan, dry_run=False)
 
 
 @profile_app.command("delete")
-def profile_delete(name: str, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None) -> None:
+def profile_delete(
+    name: str, reason: Reason = "", hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
     """Delete a profile: edges stop applying it (its history stays at the hub)."""
-    profile = with_client(hub, state_dir, lambda f: f.profiles.delete(name))
+    profile = with_client(hub, state_dir, lambda f: f.profiles.delete(name, reason=reason))
     out.print(f"profile {name!r} deleted (was revision {profile.revision})")
 
 
@@ -248,7 +250,6 @@ def override_set(
         str | None, typer.Option("--expires", help="30m, 2h, 7d or an ISO time; stops applying after.")
     ] = None,
     group: GroupFlag = False,
-    actor: Actor = None,
     hub: HubUrl = None,
     _creds: Creds = None,
     state_dir: StateDir = None,
@@ -256,17 +257,14 @@ def override_set(
     """Set the override of one edge or group (replaces the previous one)."""
     scope, name = _target(target, group=group)
     patch = _load_patch(file)
-    now = utcnow()
-    expires_at = parse_expiry(expires, now) if expires else None
+    expires_at = parse_expiry(expires, utcnow()) if expires else None
     if not reason.strip():
         msg = "--reason must not be empty: say why this site is an exception"
         raise ConfigError(msg)
     stored = with_client(
         hub,
         state_dir,
-        lambda f: f.overrides.set(
-            scope, name, patch, owner=actor_name(actor), reason=reason, expires_at=expires_at, now=now
-        ),
+        lambda f: f.overrides.set(scope, name, patch, reason=reason, expires_at=expires_at),
     )
     until = (
         f", expires {stored.override.expires_at:%Y-%m-%d %H:%M:%S %Z}" if stored.override.expires_at else ""
@@ -315,13 +313,14 @@ def override_ls(
 def override_rm(
     target: str,
     group: GroupFlag = False,
+    reason: Reason = "",
     hub: HubUrl = None,
     _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Remove the override of one edge or group."""
     scope, name = _target(target, group=group)
-    with_client(hub, state_dir, lambda f: f.overrides.remove(scope, name))
+    with_client(hub, state_dir, lambda f: f.overrides.remove(scope, name, reason=reason))
     out.print(f"override {scope.value}.{name} removed")
 
 

@@ -149,7 +149,8 @@ def token_create(
     _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
-    """Print a one-time token that lets EDGE join REGION (signed with your operator key).
+    """Print a one-time token that lets EDGE join REGION (signed with your operator key),
+    carrying the hub's desired-state signing keys the edge pins.
 
     Start the edge with it (`enroll_token`, FLEETBUS_ENROLL_TOKEN or `enroll_token_file`): it
     generates its key and redeems the token once; the regional records the issue and the
@@ -160,8 +161,10 @@ def token_create(
 
     async def issue(fleet: FleetClient) -> tuple[str, Claims]:
         where = url or (await fleet.admission(region, "list")).enroll_url
+        # The hub's signing keys the edge is to pin: asked of the hub, not of the regional.
+        keys = await fleet.hub_keys()
         token, claims = enrolltoken.create(
-            edge=edge, region=region, expires=utcnow() + lifetime, seed=seed, url=where
+            edge=edge, region=region, expires=utcnow() + lifetime, seed=seed, url=where, hub_keys=keys
         )
         await fleet.admission(
             region,

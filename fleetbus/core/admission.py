@@ -41,6 +41,9 @@ class Claims(BaseModel):
     token_id: str = Field(min_length=8)
     issuer: str  # the public key that signed it
     url: str = ""  # where the edge reaches its regional to redeem it (may be empty)
+    # The hub's desired-state signing keys the edge pins: the trust anchor comes with the
+    # token the operator hands the edge, never from the regional (docs/security.md).
+    hub_keys: tuple[str, ...] = ()
 
 
 class Entry(BaseModel):

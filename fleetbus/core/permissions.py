@@ -33,6 +33,8 @@ class Permissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    # Refused even where `publish` allows (nats-server's deny wins over allow).
+    deny_publish: tuple[str, ...] = ()
 
 
 def _consumer_create(domain: str, bucket: str, key: str | None = None) -> tuple[str, ...]:
@@ -186,10 +188,42 @@ _READ_API = (
 
 
 def viewer() -> Permissions:
-    """Read-only, at the hub: dashboards in any language subscribe to buckets and streams."""
+    """Read-only, at the hub: dashboards in any language subscribe to buckets and streams.
+    It may ask the hub's desk, which refuses its writes (and records that it tried)."""
     return Permissions(
-        publish=(*(f"$JS.API.{call}" for call in _READ_API), "$JS.FC.>"),
+        publish=(*(f"$JS.API.{call}" for call in _READ_API), "$JS.FC.>", subjects.HUB_DESK),
         subscribe=("_INBOX.>",),
+    )
+
+
+# The stream API calls that change a stream or what it holds.
+_CHANGE_API = ("CREATE", "UPDATE", "DELETE", "PURGE", "RESTORE", "MSG.DELETE")
+
+# What only the hub itself writes: desired state, operators, the audit trail.
+HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET)
+
+
+def admin() -> Permissions:
+    """An operator at the hub (`admin`, and every operator `fleetbus operator add` makes): it
+    may do anything but write what only the hub writes: the desired-state buckets and the
+    AUDIT stream, directly or through their streams' API (in both the local
+    and the domain-qualified form). Its writes go through the hub's desk, which checks its
+    role and signs (docs/security.md#one-writer)."""
+    streams = [kv_stream(b) for b in HUB_OWNED] + [subjects.AUDIT_STREAM]
+    api = ("$JS.API", "$JS.*.API")
+    return Permissions(
+        publish=(">",),
+        subscribe=(">",),
+        deny_publish=(
+            *(subjects.kv_subject(b) for b in HUB_OWNED),
+            subjects.hub_audit(),
+            *(
+                f"{prefix}.STREAM.{call}.{stream}"
+                for prefix in api
+                for call in _CHANGE_API
+                for stream in streams
+            ),
+        ),
     )
 
 
@@ -200,6 +234,7 @@ def table() -> list[tuple[str, str, Permissions]]:
         ("edge `r1-e1`", "regional r1 (leaf link)", edge_link("r1", "r1-e1")),
         ("new edge with a token (`join`)", "regional r1 (client)", joiner("r1")),
         ("simulator `r1-hollow`", "regional r1 (client)", simulator("r1", "r1-hollow")),
+        ("operator (`admin`, `fleetbus operator add`)", "hub (client)", admin()),
         ("viewer", "hub (client)", viewer()),
         ("device `sensor-1`", "edge (MQTT)", device("sensor-1")),
         ("gateway (`--gateway`)", "edge (MQTT)", gateway()),
@@ -209,12 +244,13 @@ def table() -> list[tuple[str, str, Permissions]]:
 def markdown() -> str:
     """`table()` as the Markdown table in docs/security.md (a test keeps that copy current)."""
     rows = [
-        "| identity | connects to | may publish | may subscribe |",
-        "| --- | --- | --- | --- |",
+        "| identity | connects to | may publish | may not publish | may subscribe |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for who, where, perms in table():
         rows.append(
             f"| {who} | {where} | {'<br>'.join(f'`{s}`' for s in perms.publish)} "
+            f"| {'<br>'.join(f'`{s}`' for s in perms.deny_publish)} "
             f"| {'<br>'.join(f'`{s}`' for s in perms.subscribe)} |"
         )
     return "\n".join(rows) + "\n"

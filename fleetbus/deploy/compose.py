@@ -36,7 +36,7 @@ CA_MOUNT = PurePosixPath("/fleetbus/ca.pem")  # the fleet CA's certificate (publ
 HEARTBEAT = 5.0
 # Daemon settings the compose file gives as environment (they differ from the dev fleet's).
 FROM_ENVIRONMENT = ("http_port", "state_dir", "dashboard_port")
-PATH_SETTINGS = ("nats_creds", "nats_ca", "admission_dir", "system_creds")
+PATH_SETTINGS = ("nats_creds", "nats_ca", "admission_dir", "system_creds", "signing_key")
 PROMETHEUS_IMAGE = "prom/prometheus:v3.5.0"
 GRAFANA_IMAGE = "grafana/grafana:12.1.1"
 MONITORING = "monitoring"  # the compose profile with Prometheus and Grafana

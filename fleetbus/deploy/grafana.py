@@ -112,6 +112,26 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 ],
             ),
             (
+                "Desired state refused by edges (forged, unsigned, replayed)",
+                "short",
+                [
+                    (
+                        f"sum by (bucket, reason) (increase(fleetbus_desired_refused_total[{WINDOW}]))",
+                        "{{bucket}} {{reason}}",
+                    )
+                ],
+            ),
+            (
+                "Write requests at the hub's desk",
+                "short",
+                [
+                    (
+                        f"sum by (op, outcome) (increase(fleetbus_desk_requests_total[{WINDOW}]))",
+                        "{{op}} {{outcome}}",
+                    )
+                ],
+            ),
+            (
                 "Heartbeats rejected",
                 "short",
                 [

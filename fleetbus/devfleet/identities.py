@@ -46,6 +46,7 @@ class FleetIdentities:
     simulators: dict[str, Identity]  # by region
     tls: dict[str, pki.CertFiles]  # by site
     systems: dict[str, Identity]  # regional and edge daemons' system-account identities, by site
+    signing: Identity  # the hub's desired-state signing key
 
 
 def _ensure(path: Path) -> Path:
@@ -81,13 +82,15 @@ def ensure_identities(plan: FleetPlan) -> FleetIdentities:
         },
         tls={s.name: pki.ensure_site_cert(ca, s.creds_path.parent, s.name, _hosts(s)) for s in plan.sites},
         systems={s.name: identity.load(_ensure(s.system_creds_path)) for s in plan.sites if _has_system(s)},
+        signing=identity.load(_ensure(plan.by_tier(Tier.HUB)[0].signing_key_path)),
     )
 
 
 def _has_system(site: SitePlan) -> bool:
-    """Regionals (their edges) and edges with an MQTT listener (their devices) keep users in
-    admission files, which their daemons reload through the system account."""
-    return site.tier is Tier.REGIONAL or site.server.mqtt_port is not None
+    """The hub (its operators), regionals (their edges) and edges with an MQTT listener (their
+    devices) keep users in admission files, which their daemons reload through the system
+    account."""
+    return site.tier in (Tier.HUB, Tier.REGIONAL) or site.server.mqtt_port is not None
 
 
 def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities, *, mqtt_anonymous: bool) -> list[User]:
@@ -96,7 +99,7 @@ def _users(plan: FleetPlan, site: SitePlan, ids: FleetIdentities, *, mqtt_anonym
     if site.tier is Tier.HUB:
         return [
             own,
-            User(who="operator admin", nkey=ids.admin.public_key),
+            User(who="operator admin", nkey=ids.admin.public_key, permissions=permissions.admin()),
             User(who="viewer (read-only)", nkey=ids.viewer.public_key, permissions=permissions.viewer()),
             *(
                 User(
@@ -162,6 +165,10 @@ def authorize(
             devices=site.server.mqtt_port is not None,
             system_nkey=ids.systems[site.name].public_key if _has_system(site) else None,
             enroll_issuers=(ids.admin.public_key,) if regional else (),
+            operators=site.tier is Tier.HUB,
+            admins={ADMIN: ids.admin.public_key} if site.tier is Tier.HUB else {},
+            viewers={VIEWER: ids.viewer.public_key} if site.tier is Tier.HUB else {},
+            trusted_keys=(ids.signing.public_key,) if site.tier is Tier.EDGE else (),
         )
         sites.append(replace(site, server=site.server.model_copy(update={"auth": auth})))
     return replace(plan, sites=tuple(sites))
@@ -169,6 +176,11 @@ def authorize(
 
 def secure(plan: FleetPlan, *, mqtt_anonymous: bool = False, client_tls: bool = False) -> FleetPlan:
     return authorize(plan, ensure_identities(plan), mqtt_anonymous=mqtt_anonymous, client_tls=client_tls)
+
+
+def signing_key(plan: FleetPlan) -> Identity:
+    """The hub's desired-state signing key (created with the fleet's identities)."""
+    return identity.load(plan.by_tier(Tier.HUB)[0].signing_key_path)
 
 
 def operator_creds(state_dir: Path, name: str = ADMIN) -> Path:

@@ -67,6 +67,14 @@ class Authorization(BaseModel):
     # The public key of the site daemon's system-account identity, with which it asks its
     # server to reload and closes revoked links (None: no system account).
     system_nkey: str | None = None
+    # Not the server's, its daemon's: the hub's desk bootstrap operators (name -> public
+    # key), and the hub's desired-state signing keys an edge trusts (docs/security.md).
+    # The hub's: operators added later (`fleetbus operator add`) are kept in admission/ by
+    # its daemon, rendered into the users file it includes.
+    operators: bool = False
+    admins: dict[str, str] = Field(default_factory=dict)
+    viewers: dict[str, str] = Field(default_factory=dict)
+    trusted_keys: tuple[str, ...] = ()
 
 
 class ServerSpec(BaseModel):
@@ -152,12 +160,13 @@ def _authorization(auth: Authorization | None) -> list[str]:
             "# write everything, on every tier it links to. Only for debugging (--insecure).",
         ]
     lines = ["", "# Every connection (client, leaf link, MQTT) authenticates as one of these."]
-    if auth.admission is not None or auth.devices:
-        kept = (
-            "the edges admitted so far, kept by its daemon as edges are enrolled and revoked"
-            if auth.admission is not None
-            else "its devices' credentials, kept by its daemon (fleetbus device add)"
-        )
+    if auth.admission is not None or auth.devices or auth.operators:
+        if auth.admission is not None:
+            kept = "the edges admitted so far, kept by its daemon as edges are enrolled and revoked"
+        elif auth.devices:
+            kept = "its devices' credentials, kept by its daemon (fleetbus device add)"
+        else:
+            kept = "the operators added so far, kept by its daemon (fleetbus operator add)"
         lines += [
             "# This site's own identities and " + kept,
             "# (docs/security.md).",

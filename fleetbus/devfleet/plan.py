@@ -51,6 +51,11 @@ class SitePlan:
         return self.workdir / "identity" / "system.nk"
 
     @property
+    def signing_key_path(self) -> Path:
+        """The hub's desired-state signing key (nkey seed), beside its site identity."""
+        return self.workdir / "identity" / "desired-state.nk"
+
+    @property
     def daemon_health_url(self) -> str:
         return f"http://{HOST}:{self.daemon_http_port}/healthz"
 
@@ -62,16 +67,19 @@ class SitePlan:
             "http_port": self.daemon_http_port,
             "state_dir": str(self.workdir / "daemon"),
         }
-        if self.server.auth is not None:
+        auth = self.server.auth
+        if auth is not None:
             values["nats_creds"] = str(self.creds_path)
-            if self.server.auth.tls is not None:
-                values["nats_ca"] = str(self.server.auth.tls.ca)
+            if auth.tls is not None:
+                values["nats_ca"] = str(auth.tls.ca)
         if self.tier is Tier.EDGE:
             values |= {
                 "region": self.region,
                 "heartbeat_interval": heartbeat_interval,
                 "labels": {"region": self.region, "env": "dev"},
             }
+            # An --insecure fleet verifies nothing (and says so); a secure one trusts the hub's key.
+            values |= {"trusted_keys": list(auth.trusted_keys)} if auth else {"verify_desired_state": False}
             if self.server.auth is not None and self.server.auth.devices:
                 values |= {
                     "admission_dir": str(self.workdir / ADMISSION_DIR),
@@ -87,8 +95,22 @@ class SitePlan:
                     "enroll_issuers": list(auth.enroll_issuers),
                     "enroll_url": self.server.client_url,
                 }
-        elif self.dashboard_port:
-            values["dashboard_port"] = self.dashboard_port
+        else:
+            if self.dashboard_port:
+                values["dashboard_port"] = self.dashboard_port
+            if auth is None:
+                values["desk_insecure"] = True
+            else:
+                values |= {
+                    "signing_key": str(self.signing_key_path),
+                    "admins": auth.admins,
+                    "viewers": auth.viewers,
+                }
+                if auth.operators:
+                    values |= {
+                        "admission_dir": str(self.workdir / ADMISSION_DIR),
+                        "system_creds": str(self.system_creds_path),
+                    }
         return values
 
 

@@ -16,7 +16,7 @@ from fleetbus.devfleet.netutil import port_in_use
 from fleetbus.devfleet.process import SupervisedProcess
 from fleetbus.errors import ServerError
 from fleetbus.runtime.admission import DIR as ADMISSION_DIR
-from fleetbus.runtime.admission import Devices, edge_files, regional_files
+from fleetbus.runtime.admission import Devices, Operators, edge_files, hub_files, regional_files
 from schemas.base import utcnow
 
 # The token id of the edges a dev fleet admits before its first start (planned with it).
@@ -85,6 +85,8 @@ def write_site_config(spec: ServerSpec, workdir: Path, *, listen_host: str | Non
         regional_files(workdir / ADMISSION_DIR, spec.name).setup(auth.users, initial)
     if auth is not None and auth.devices:
         edge_files(workdir / ADMISSION_DIR).setup(auth.users, Devices())
+    if auth is not None and auth.operators:
+        hub_files(workdir / ADMISSION_DIR).setup(auth.users, Operators())
     return path
 
 

@@ -163,6 +163,9 @@ class DevFleet:
             if not self.insecure:
                 values["nats_creds"] = str(identities.simulator_creds(self.plan.state_dir, plan.region))
                 values["nats_ca"] = str(identities.ca_cert(self.plan.state_dir))
+                values.setdefault("trusted_keys", [identities.signing_key(self.plan).public_key])
+            else:
+                values["verify_desired_state"] = False
             (plan.workdir / "daemon.toml").write_text(toml_text(values))
         await asyncio.gather(*(p.start() for p in self.hollow.values()))
         count = sum(h.edges for h in self.hollow_plan)

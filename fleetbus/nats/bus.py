@@ -128,10 +128,21 @@ class Bus:
         self._count_out(message)
         return ack
 
-    async def request(self, subject: str, message: Message, reply: type[M], *, timeout: float = 2.0) -> M:
+    async def request(
+        self,
+        subject: str,
+        message: Message,
+        reply: type[M],
+        *,
+        timeout: float = 2.0,
+        sign: Callable[[bytes], dict[str, str]] | None = None,
+    ) -> M:
         """Core request/reply: send `message`, decode the answer as `reply` (DecodeError if it
-        is not one; nats-py's TimeoutError/NoRespondersError if nobody answers)."""
+        is not one; nats-py's TimeoutError/NoRespondersError if nobody answers). `sign` adds
+        headers computed from the body as sent (a signature)."""
         body, headers = envelope(message, source=self.source)
+        if sign is not None:
+            headers |= sign(body)
         answer = await self.nc.request(subject, body, timeout=timeout, headers=headers)
         self._count_out(message)
         return open_envelope(reply, answer.data, answer.headers, subject=subject)

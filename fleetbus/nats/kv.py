@@ -25,7 +25,7 @@ the edges. `Entry.value` is None only for a delete.
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
@@ -36,11 +36,14 @@ from nats.js.api import ConsumerConfig, DeliverPolicy, StreamInfo
 from nats.js.errors import APIError
 from nats.js.errors import NotFoundError as NatsNotFoundError
 
+from fleetbus.core import trust
+from fleetbus.core.trust import Record
 from fleetbus.errors import ConfigError, ConflictError, DecodeError, MissingError
 from fleetbus.nats.errors import is_transient
 from fleetbus.runtime import log
 from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.signing import Signer, Verifier
 from schemas import subjects
 from schemas.base import Message
 from schemas.codec import JSON, decode_body, encode_body
@@ -68,6 +71,7 @@ class Entry(Generic[M]):
     revision: int  # the stream sequence in this bucket (a replica's differ from the origin's)
     stored_at: datetime
     pending: int = 0
+    signed_revision: int | None = None  # the revision its signature claims (signed buckets)
 
     @property
     def deleted(self) -> bool:
@@ -85,8 +89,14 @@ class Bucket(Generic[M]):
         *,
         metrics: DaemonMetrics | None = None,
         on_undecodable: Callable[[str, DecodeError], None] | None = None,
+        signer: Signer | None = None,
+        guard: Verifier | None = None,
     ) -> None:
+        """`signer`: sign every write (the hub's desired-state buckets); `guard`: take only
+        records it accepts, the others are skipped like undecodable ones (an edge's replicas)."""
         self.js = js
+        self.signer = signer
+        self.guard = guard
         self.name = name
         self.model = model
         self.stream = subjects.kv_stream(name)
@@ -145,16 +155,30 @@ class Bucket(Generic[M]):
             self.metrics.messages_in.labels(kind=self.model.SCHEMA).inc()
         return value
 
+    def _guarded(self, key: str, data: bytes, headers: dict[str, str] | None, *, quiet: bool = False) -> bool:
+        """Whether the guard (if any) takes this record."""
+        if self.guard is None:
+            return True
+        operation = trust.DELETE if (headers or {}).get(OPERATION, "") in DELETE_OPERATIONS else trust.PUT
+        return self.guard.accept(Record(self.name, key, operation, data or b"", headers or {}), quiet=quiet)
+
     def _entry(self, msg: Msg) -> Entry[M] | None:
-        """The entry `msg` holds; None if its value cannot be decoded."""
+        """The entry `msg` holds; None if its value cannot be decoded or the guard refuses it."""
         key = msg.subject.removeprefix(self.subject(""))
+        if not self._guarded(key, msg.data, msg.headers):
+            return None
         stored = Entry[M](
-            key, None, msg.metadata.sequence.stream, msg.metadata.timestamp, msg.metadata.num_pending
+            key,
+            None,
+            msg.metadata.sequence.stream,
+            msg.metadata.timestamp,
+            msg.metadata.num_pending,
+            trust.revision_of(msg.headers or {}),
         )
         if (msg.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
             return stored
         value = self._decode(key, msg.data)
-        return None if value is None else Entry(key, value, stored.revision, stored.stored_at, stored.pending)
+        return None if value is None else replace(stored, value=value)
 
     async def _latest(self, key: str) -> tuple[list[Msg], int]:
         """The last record of every key under `key`, and the bucket's last sequence before
@@ -232,10 +256,13 @@ class Bucket(Generic[M]):
             if missing := self._missing(exc):
                 raise missing from exc
             return None
+        if not self._guarded(key, raw.data or b"", raw.headers):
+            good = await self._last_good(key)
+            return None if good is None or good.deleted else good
         if (raw.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
             return None
         if (value := self._decode(key, raw.data or b"")) is not None:
-            return Entry(key, value, raw.seq or 0, raw.time or NEVER)
+            return Entry(key, value, raw.seq or 0, raw.time or NEVER, 0, trust.revision_of(raw.headers or {}))
         good = await self._last_good(key)
         return None if good is None or good.deleted else good
 
@@ -268,11 +295,13 @@ class Bucket(Generic[M]):
                     raise missing from exc
                 return found
             seq = (raw.seq or seq) + 1
-            stored = raw.time or NEVER
+            stored, signed = raw.time or NEVER, trust.revision_of(raw.headers or {})
+            if not self._guarded(key, raw.data or b"", raw.headers, quiet=True):
+                continue
             if (raw.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
-                found.append(Entry(key, None, raw.seq or 0, stored))
+                found.append(Entry(key, None, raw.seq or 0, stored, 0, signed))
             elif (value := self._decode(key, raw.data or b"", quiet=True)) is not None:
-                found.append(Entry(key, value, raw.seq or 0, stored))
+                found.append(Entry(key, value, raw.seq or 0, stored, 0, signed))
 
     async def _last_good(self, key: str) -> Entry[M] | None:
         entries = await self.history(key)
@@ -316,20 +345,36 @@ class Bucket(Generic[M]):
 
     # Writing (a bucket the caller's server holds, not a sourced replica)
 
-    async def put(self, key: str, value: M) -> int:
-        """Store `value` under `key`; returns its revision."""
-        ack = await self.js.publish(self._exact(key), encode_body(value, JSON), stream=self.stream)
+    def _stamp(self, key: str, operation: str, body: bytes, revision: int | None) -> dict[str, str]:
+        """The signature headers of a write, if this bucket signs (then `revision` is required)."""
+        if self.signer is None:
+            return {}
+        if revision is None:
+            msg = f"a write to the signed bucket {self.name!r} must name its revision"
+            raise ValueError(msg)
+        return self.signer.headers(self.name, key, revision, operation, body)
+
+    async def put(self, key: str, value: M, *, revision: int | None = None) -> int:
+        """Store `value` under `key`; returns its bucket sequence. `revision`: what a
+        signed bucket's signature claims."""
+        body = encode_body(value, JSON)
+        headers = self._stamp(key, trust.PUT, body, revision) or None
+        ack = await self.js.publish(self._exact(key), body, stream=self.stream, headers=headers)
         return ack.seq
 
-    async def update(self, key: str, value: M, *, last: int) -> int:
+    async def update(self, key: str, value: M, *, last: int, revision: int | None = None) -> int:
         """Store `value` only if the key's latest record is revision `last` (0: the key was
         never written); else `ConflictError`. Returns the new revision."""
+        body = encode_body(value, JSON)
         try:
             ack = await self.js.publish(
                 self._exact(key),
-                encode_body(value, JSON),
+                body,
                 stream=self.stream,
-                headers={"Nats-Expected-Last-Subject-Sequence": str(last)},
+                headers={
+                    "Nats-Expected-Last-Subject-Sequence": str(last),
+                    **self._stamp(key, trust.PUT, body, revision),
+                },
             )
         except APIError as exc:
             if exc.err_code not in WRONG_LAST_SEQUENCE:
@@ -338,9 +383,10 @@ class Bucket(Generic[M]):
             raise ConflictError(msg) from exc
         return ack.seq
 
-    async def delete(self, key: str) -> None:
+    async def delete(self, key: str, *, revision: int | None = None) -> None:
         """Mark `key` deleted (its history stays, as `nats kv del` leaves it)."""
-        await self.js.publish(self._exact(key), b"", stream=self.stream, headers={OPERATION: "DEL"})
+        headers = {OPERATION: "DEL", **self._stamp(key, trust.DELETE, b"", revision)}
+        await self.js.publish(self._exact(key), b"", stream=self.stream, headers=headers)
 
     async def require(self, key: str, what: str) -> Entry[M]:
         """`get`, or `MissingError(what)`."""

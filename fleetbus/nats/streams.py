@@ -34,6 +34,7 @@ from fleetbus.runtime import log
 from fleetbus.runtime.metrics import DaemonMetrics
 from schemas import subjects
 from schemas.base import Message
+from schemas.codec import decode_body
 from schemas.headers import open_envelope
 
 logger = log.get_logger(__name__)
@@ -119,6 +120,36 @@ async def follow_stream(
     finally:
         with contextlib.suppress(NatsError):  # the connection may already be closed
             await sub.unsubscribe()
+
+
+async def read_stream(
+    js: JetStreamContext, stream: str, subject: str, cls: type[M], *, since: datetime
+) -> list[M]:
+    """Every `cls` stored in `stream` under `subject` from `since` to now (bodies that are
+    not one are skipped): a bounded read, not a follow."""
+    sub = await js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        config=ConsumerConfig(opt_start_time=since),
+    )
+    found: list[M] = []
+    try:
+        info = await sub.consumer_info()  # a push consumer: what it holds may be on its way already
+        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+            return found
+        async for msg in sub.messages:
+            try:
+                found.append(decode_body(cls, msg.data, subject=msg.subject))
+            except DecodeError as exc:
+                logger.warning("undecodable message skipped", subject=msg.subject, reason=exc.reason)
+            if msg.metadata.num_pending == 0:
+                return found
+    finally:
+        with contextlib.suppress(NatsError):
+            await sub.unsubscribe()
+    return found
 
 
 async def last_message(js: JetStreamContext, stream: str, subject: str, cls: type[M]) -> M | None:

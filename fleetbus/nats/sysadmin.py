@@ -85,6 +85,12 @@ class ServerControl:
         data = await self._call("LEAFZ")
         return list(data.get("leafs") or []) if isinstance(data, dict) else []
 
+    async def drop_clients(self, nkey: str) -> list[int]:
+        """Close every client connection authenticated as `nkey` (a revoked operator)."""
+        targets = [cid for cid, user in self.connections.items() if user == nkey]
+        await asyncio.gather(*(self._call("KICK", {"cid": cid}) for cid in targets))
+        return targets
+
     async def drop(self, nkey: str) -> list[int]:
         """Close every leaf connection authenticated as `nkey`, and accepted ones of unknown
         owner; never this server's own links upstream (where it is the spoke)."""

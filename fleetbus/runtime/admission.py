@@ -7,7 +7,8 @@ rendered from two others in the same directory:
   whoever renders the server's config (the dev fleet, `fleetbus compose init`);
 - a registry the site's daemon keeps: a regional's `edges.json` (edges admitted, pending and
   revoked, as tokens are redeemed and edges approved or revoked; `fleetbus.core.admission`
-  decides), an edge's `devices.json` (its MQTT devices' credentials, `fleetbus device add`).
+  decides), an edge's `devices.json` (its MQTT devices' credentials, `fleetbus device add`),
+  the hub's `operators.json` (`fleetbus operator add|revoke`, through the hub's desk).
 
 The daemon rewrites `users.conf` and asks its server to reload (`fleetbus.nats.sysadmin`); a
 revoked key is then unknown to the server, which refuses its reconnects. Every write is
@@ -28,12 +29,14 @@ from fleetbus.core import permissions
 from fleetbus.core.admission import Registry
 from fleetbus.core.permissions import Permissions
 from fleetbus.errors import ConfigError
+from schemas.desk import OperatorRecord, Role
 
 DIR = "admission"
 USERS_FILE = "users.conf"
 BASE_FILE = "base.json"
 EDGES_FILE = "edges.json"
 DEVICES_FILE = "devices.json"
+OPERATORS_FILE = "operators.json"
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -72,8 +75,9 @@ def render_user(user: User, indent: str = "    ") -> list[str]:
         fields.append(f"allowed_connection_types: {_subjects(user.connection_types)}")
     if user.permissions is not None:
         allow = user.permissions
+        deny = f", deny: {_subjects(allow.deny_publish)}" if allow.deny_publish else ""
         fields.append(
-            f"permissions: {{publish: {{allow: {_subjects(allow.publish)}}}, "
+            f"permissions: {{publish: {{allow: {_subjects(allow.publish)}{deny}}}, "
             f"subscribe: {{allow: {_subjects(allow.subscribe)}}}}}"
         )
     return [f"{indent}# {user.who}", indent + "{" + ", ".join(fields) + "}"]
@@ -196,6 +200,31 @@ class AdmissionFiles(Generic[R]):
         _write(self.directory / BASE_FILE, _Base(users=base).model_dump_json(indent=2) + "\n")
         registry = self.registry() if (self.directory / self.registry_file).exists() else initial
         self.write(registry)
+
+
+class Operators(BaseModel):
+    """The operators `fleetbus operator add` made, by name (revoked ones kept, refused)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    operators: dict[str, OperatorRecord] = Field(default_factory=dict)
+
+
+def operator_users(registry: Operators) -> tuple[User, ...]:
+    """Each operator not revoked, with its role's permissions at the hub."""
+    return tuple(
+        User(
+            who=f"operator {name} ({record.role.value}, added by {record.added_by})",
+            nkey=record.public_key,
+            permissions=permissions.viewer() if record.role is Role.VIEWER else permissions.admin(),
+        )
+        for name, record in sorted(registry.operators.items())
+        if record.revoked_at is None
+    )
+
+
+def hub_files(directory: Path) -> AdmissionFiles[Operators]:
+    return AdmissionFiles(directory, OPERATORS_FILE, Operators, operator_users)
 
 
 def regional_files(directory: Path, region: str) -> AdmissionFiles[Registry]:

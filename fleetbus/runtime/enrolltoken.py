@@ -42,8 +42,11 @@ def new_token_id() -> str:
     return secrets.token_hex(12)
 
 
-def create(*, edge: str, region: str, expires: datetime, seed: str, url: str = "") -> tuple[str, Claims]:
-    """A token for `edge` in `region`, signed with the issuer's nkey `seed`."""
+def create(
+    *, edge: str, region: str, expires: datetime, seed: str, url: str = "", hub_keys: tuple[str, ...] = ()
+) -> tuple[str, Claims]:
+    """A token for `edge` in `region`, signed with the issuer's nkey `seed`, carrying the
+    hub's signing keys the edge is to pin."""
     keys = nkeys.from_seed(seed.strip().encode())
     claims = Claims(
         edge=edge,
@@ -52,6 +55,7 @@ def create(*, edge: str, region: str, expires: datetime, seed: str, url: str = "
         token_id=new_token_id(),
         issuer=keys.public_key.decode(),
         url=url,
+        hub_keys=hub_keys,
     )
     body = f"{PREFIX}.{_b64(claims.model_dump_json().encode())}"
     return f"{body}.{_b64(keys.sign(body.encode()))}", claims

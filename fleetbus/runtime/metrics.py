@@ -105,6 +105,19 @@ class DaemonMetrics:
             ["stream"],
             registry=r,
         )
+        self.desired_refused = Counter(
+            "fleetbus_desired_refused_total",
+            "Desired-state records an edge refused (unsigned, malformed, unknown_key, "
+            "bad_signature, replayed); its last good state stands.",
+            ["bucket", "reason"],
+            registry=r,
+        )
+        self.desk_requests = Counter(
+            "fleetbus_desk_requests_total",
+            "Write requests the hub's desk answered, by operation and outcome.",
+            ["op", "outcome"],
+            registry=r,
+        )
         self.uplink_stalls = Counter(
             "fleetbus_uplink_stalls_total",
             "Times forwarding stopped to wait for the regional (link down, unconfirmed), by stream (edge).",

@@ -91,6 +91,35 @@ class HubSettings(DaemonSettings):
     region_offline_after: float = Field(
         default=60.0, gt=0, description="Silence after which a regional is offline (stale after 2 beats), s."
     )
+    signing_key: Path | None = Field(
+        default=None,
+        description=(
+            "The nkey seed the hub signs desired state with (docs/security.md#signed-desired-"
+            "state); edges pin its public key. None: unsigned, which verifying edges refuse."
+        ),
+    )
+    admins: dict[str, str] = Field(
+        default_factory=dict,
+        description="Bootstrap operators with the admin role: name -> public nkey (U…).",
+    )
+    viewers: dict[str, str] = Field(
+        default_factory=dict, description="Bootstrap operators with the viewer role: name -> public nkey."
+    )
+    admission_dir: Path | None = Field(
+        default=None,
+        description=(
+            "The directory beside the server's config holding the operators it admits "
+            "(`fleetbus operator add`); None: operators cannot be added or revoked here."
+        ),
+    )
+    system_creds: Path | None = Field(
+        default=None,
+        description="The daemon's identity in its server's system account (reload, close revoked operators).",
+    )
+    desk_insecure: bool = Field(
+        default=False,
+        description="Take unsigned write requests as an admin's (an --insecure dev fleet; debugging only).",
+    )
 
 
 class RegionalSettings(DaemonSettings):
@@ -237,6 +266,17 @@ class EdgeSettings(DaemonSettings):
         default=None,
         description="The regional's client URL to redeem the token at; default: the URL in the token.",
     )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "The hub's desired-state signing keys (public nkeys) this edge takes profiles and "
+            "overrides signed by; an enrollment token adds the ones it carries."
+        ),
+    )
+    verify_desired_state: bool = Field(
+        default=True,
+        description="Refuse unsigned, forged and replayed desired state; false only to measure the cost.",
+    )
     mqtt_bridge_url: str | None = Field(
         default=None,
         description=(
@@ -281,6 +321,17 @@ class HollowSettings(DaemonSettings):
     inventory_interval: float = Field(default=60.0, gt=0, description="Inventory at least this often, s.")
     inventory_scan_interval: float = Field(default=5.0, gt=0, description="Look for changes this often, s.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels of every hollow edge.")
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "The hub's desired-state signing keys (public nkeys) this edge takes profiles and "
+            "overrides signed by; an enrollment token adds the ones it carries."
+        ),
+    )
+    verify_desired_state: bool = Field(
+        default=True,
+        description="Refuse unsigned, forged and replayed desired state; false only to measure the cost.",
+    )
 
 
 S = TypeVar("S", bound=DaemonSettings)

@@ -1,14 +1,14 @@
 """The Python API for people and tools that drive a fleet from outside: `FleetClient`.
 
     async with await FleetClient.connect("nats://127.0.0.1:4222") as fleet:   # or $FLEETBUS_HUB_URL
-        plan = await fleet.profiles.apply(Profile(name="base", ...), actor="me")
+        plan = await fleet.profiles.apply(Profile(name="base", ...), reason="why")
         print(plan.new.revision, plan.diff)
         for row in await fleet.compliance():
             print(row.edge, row.state)
 
-`fleet.profiles` and `fleet.overrides` are the hub's profile authority
-(`fleetbus.sdk.stores`); `explain()` and `compliance()` compute with the same pure function
-the edges use.
+`fleet.profiles` and `fleet.overrides` read the hub's buckets and write through the hub's
+desk, signed with the operator's key (`fleetbus.sdk.desk`); `explain()` and `compliance()`
+compute with the same pure function the edges use.
 
 Dashboards read the fleet as streams that first yield the current state, then each change:
 
@@ -52,11 +52,13 @@ from fleetbus.nats.bus import Bus, JetStream, connect_within, unreachable_reason
 from fleetbus.nats.errors import NO_ANSWER, UNANSWERED, jetstream_silent
 from fleetbus.nats.forget import ForgetResult
 from fleetbus.nats.kv import Bucket, Entry
-from fleetbus.nats.streams import account_summary, follow_stream
+from fleetbus.nats.streams import account_summary, follow_stream, read_stream
 from fleetbus.runtime import log
+from fleetbus.sdk.desk import DeskClient, Overrides, Profiles, operator_seed
 from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from schemas import subjects
 from schemas.base import Message, check_token, utcnow
+from schemas.desk import AuditRecord
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.enrollment import AdmissionCommand, AdmissionReply
 from schemas.event import Event
@@ -131,13 +133,16 @@ class HubInfo:
 class FleetClient:
     """A connection to the hub's nats-server, speaking fleetbus."""
 
-    def __init__(self, bus: Bus, url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, bus: Bus, url: str, *, timeout: float = DEFAULT_TIMEOUT, operator_seed: str | None = None
+    ) -> None:
         self.bus = bus
         self.url = url
         self.timeout = timeout
         js = bus.jetstream(HUB_DOMAIN, timeout=timeout)
-        self.profiles = ProfileStore(js)
-        self.overrides = OverrideStore(js)
+        self.desk = DeskClient(bus, url, operator_seed, timeout=timeout)
+        self.profiles = Profiles(ProfileStore(js), self.desk)
+        self.overrides = Overrides(OverrideStore(js), self.desk)
         self._inventory = Bucket(js, subjects.INVENTORY_BUCKET, InventorySnapshot)
         self._applied = Bucket(js, subjects.APPLIED_BUCKET, Event)
         self._regions = Bucket(js, subjects.REGIONS_BUCKET, PresenceChange)
@@ -164,6 +169,7 @@ class FleetClient:
         hub restarts: a dashboard, a test suite) retries for as long as it runs."""
         url = resolve_hub_url(hub)
         seconds = resolve_timeout(timeout)
+        creds_path = resolve_creds(creds)
         try:
             bus = await connect_within(
                 url,
@@ -171,12 +177,12 @@ class FleetClient:
                 source="/fleet/client",
                 timeout=seconds,
                 persistent=persistent,
-                creds=resolve_creds(creds),
+                creds=creds_path,
                 ca=resolve_ca(ca),
             )
         except ServerUnreachableError as exc:
             raise HubUnreachableError(url, exc.reason) from exc
-        return cls(bus, url, timeout=seconds)
+        return cls(bus, url, timeout=seconds, operator_seed=operator_seed(creds_path))
 
     async def __aenter__(self) -> Self:
         return self
@@ -202,6 +208,17 @@ class FleetClient:
 
     async def close(self) -> None:
         await self.bus.close(timeout=self.timeout)
+
+    async def audit(self, *, since: datetime) -> list[AuditRecord]:
+        """The hub's audit trail from `since` on: every write request its desk handled."""
+        return await read_stream(
+            self._js, subjects.AUDIT_STREAM, subjects.hub_audit(), AuditRecord, since=since
+        )
+
+    async def hub_keys(self) -> tuple[str, ...]:
+        """The hub's desired-state signing keys (public nkeys), which edges pin."""
+        keys = (await self.desk.call("trust")).result.get("keys")
+        return tuple(str(k) for k in keys) if isinstance(keys, list) else ()
 
     async def hub_info(self) -> HubInfo:
         summary = await account_summary(self._js)

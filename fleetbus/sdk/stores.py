@@ -6,6 +6,11 @@ differ from the hub's). Writes are compare-and-set on the bucket's last sequence
 so two concurrent applies never both win, and `expect_revision` is checked against what the
 hub holds. Values are stored as JSON, readable with any NATS client (`nats kv get`).
 
+At the hub (the one writer, `hub.desk`) the stores sign every record they write
+(`fleetbus.core.trust`): a profile's record claims the profile's revision, a delete the next
+one; an override's record claims one more than the bucket sequence of the key's latest record,
+which only grows. Edges refuse a revision lower than one they took.
+
 The stores raise domain errors (`MissingError`, `ConflictError`, `ConfigError`); the CLI words
 them for its flags.
 """
@@ -19,6 +24,7 @@ from pydantic import ValidationError
 from fleetbus.errors import ConfigError, ConflictError, MissingError
 from fleetbus.nats.bus import JetStream
 from fleetbus.nats.kv import Bucket
+from fleetbus.runtime.signing import Signer
 from fleetbus.sdk.documents import STAMPS, Plan, diff
 from schemas import subjects
 from schemas.base import utcnow
@@ -29,8 +35,8 @@ from schemas.profile import Profile
 class ProfileStore:
     """Profiles in the hub's `profiles` bucket, keyed by name."""
 
-    def __init__(self, js: JetStream) -> None:
-        self.bucket = Bucket(js, subjects.PROFILES_BUCKET, Profile)
+    def __init__(self, js: JetStream, *, signer: Signer | None = None) -> None:
+        self.bucket = Bucket(js, subjects.PROFILES_BUCKET, Profile, signer=signer)
 
     @property
     def undecodable(self) -> list[str]:
@@ -86,8 +92,15 @@ class ProfileStore:
         return Plan(current=current, new=new, diff=diff(current, new))
 
     async def _last_revision(self, name: str) -> int:
-        """Highest revision ever stored under `name` (a re-created profile continues from it)."""
-        return max((p.revision or 0 for p in await self.history(name)), default=0)
+        """Highest revision ever stored under `name`, deletes included (a re-created profile
+        continues from it)."""
+        return max(
+            (
+                (e.value.revision or 0) if e.value is not None else (e.signed_revision or 0)
+                for e in await self.bucket.history(name)
+            ),
+            default=0,
+        )
 
     async def apply(self, profile: Profile, *, actor: str, expect_revision: int | None = None) -> Plan:
         """Store `profile` as the next revision, unless unchanged. Compare-and-set: raises
@@ -104,7 +117,7 @@ class ProfileStore:
         if not plan.changed:
             return plan
         try:
-            await self.bucket.update(profile.name, plan.new, last=sequence)
+            await self.bucket.update(profile.name, plan.new, last=sequence, revision=plan.new.revision)
         except ConflictError as exc:
             latest, _ = await self._current(profile.name)
             now = latest.revision if latest else "deleted"
@@ -119,7 +132,7 @@ class ProfileStore:
 
     async def delete(self, name: str) -> Profile:
         profile = await self.get(name)
-        await self.bucket.delete(name)
+        await self.bucket.delete(name, revision=await self._last_revision(name) + 1)
         return profile
 
 
@@ -132,8 +145,8 @@ class StoredOverride:
 class OverrideStore:
     """Overrides in the hub's `overrides` bucket, keyed `edge.<id>` or `group.<name>`."""
 
-    def __init__(self, js: JetStream) -> None:
-        self.bucket = Bucket(js, subjects.OVERRIDES_BUCKET, Override)
+    def __init__(self, js: JetStream, *, signer: Signer | None = None) -> None:
+        self.bucket = Bucket(js, subjects.OVERRIDES_BUCKET, Override, signer=signer)
 
     async def set(
         self,
@@ -162,7 +175,8 @@ class OverrideStore:
         except ValidationError as exc:
             raise ConfigError(f"invalid override: {exc.errors()[0]['msg']}") from None
         key = subjects.override_key(scope.value, name)
-        await self.bucket.put(key, override)
+        last = await self.bucket.last_revision(key)
+        await self.bucket.update(key, override, last=last, revision=last + 1)
         return StoredOverride(key, override)
 
     @property
@@ -180,4 +194,4 @@ class OverrideStore:
         if key not in await self.bucket.live_keys(key):
             msg = f"no override for {scope.value} {name!r}; `fleetbus override ls` lists them"
             raise MissingError(msg)
-        await self.bucket.delete(key)
+        await self.bucket.delete(key, revision=await self.bucket.last_revision(key) + 1)

@@ -1,0 +1,136 @@
+"""`fleetbus operator add|ls|revoke` and `fleetbus audit`: who may write, and who did.
+
+Each is a request to the hub's desk, signed with your operator key (`hub.desk`); `audit`
+reads the hub's AUDIT stream.
+"""
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from fleetbus.cli.kit import AsJson, Creds, HubUrl, Reason, StateDir, check_ids, out, with_client
+from fleetbus.cli.sites import parse_duration
+from fleetbus.errors import ConfigError
+from fleetbus.runtime import identity
+from fleetbus.sdk.client import FleetClient
+from schemas.base import utcnow
+from schemas.desk import Role
+
+operator_app = typer.Typer(help="Operators of the fleet and their roles (admin only).", no_args_is_help=True)
+
+
+@operator_app.command("add")
+def operator_add(
+    name: Annotated[str, typer.Argument(help="The operator's name, e.g. alice (the audit trail shows it).")],
+    role: Annotated[Role, typer.Option(help="admin (all), operator (profiles, overrides), viewer (read).")],
+    region: Annotated[
+        list[str] | None,
+        typer.Option("--region", help="An operator of these regions only writes their edges' overrides."),
+    ] = None,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where the new key is written (<out>/<name>.nk, mode 0600).")
+    ] = Path(),
+    reason: Reason = "",
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Make an operator: a key pair is generated here (hand the seed file to the operator,
+    who passes it with --creds); the hub learns the public key and the role."""
+    check_ids(("NAME", name), *(("--region", r) for r in region or ()))
+    if region and role is not Role.OPERATOR:
+        msg = (
+            f"--region scopes an operator; a {role.value} has no scope (drop --region or use --role operator)"
+        )
+        raise ConfigError(msg)
+    if (out_dir / f"{name}{identity.SEED_SUFFIX}").exists():
+        msg = f"{out_dir / (name + identity.SEED_SUFFIX)} exists already: choose another --out or name"
+        raise ConfigError(msg)
+    key = identity.ensure(out_dir, name)
+
+    async def add(fleet: FleetClient) -> dict[str, Any]:
+        args = {"name": name, "public_key": key.public_key, "role": role.value, "regions": list(region or [])}
+        return (await fleet.desk.call("operator.add", reason=reason, **args)).result
+
+    try:
+        record = with_client(hub, state_dir, add)
+    except BaseException:
+        key.seed_path.unlink(missing_ok=True)  # not admitted: no key left lying around
+        raise
+    if as_json:
+        out.print_json(json.dumps(record | {"creds": str(key.seed_path)}))
+        return
+    scope = f" of regions {', '.join(region)}" if region else ""
+    out.print(f"operator {name} added as {role.value}{scope}; its key: {key.seed_path} (--creds)")
+
+
+@operator_app.command("ls")
+def operator_ls(
+    as_json: AsJson = False, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
+    """List the operators the hub knows, with their roles (revoked ones marked)."""
+
+    async def ls(fleet: FleetClient) -> list[dict[str, Any]]:
+        found = (await fleet.desk.call("operator.ls")).result.get("operators")
+        return [dict(r) for r in found] if isinstance(found, list) else []  # type: ignore[arg-type]
+
+    rows = with_client(hub, state_dir, ls)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("name", "role", "regions", "added by", "revoked")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            row["role"],
+            ", ".join(row.get("regions") or []) or "all",
+            row["added_by"],
+            row.get("revoked_at") or "",
+        )
+    out.print(table)
+
+
+@operator_app.command("revoke")
+def operator_revoke(
+    name: str, reason: Reason = "", hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
+    """Revoke an operator: the hub's server refuses its key and closes its connections."""
+    check_ids(("NAME", name))
+    with_client(hub, state_dir, lambda f: f.desk.call("operator.revoke", reason=reason, name=name))
+    out.print(f"operator {name} revoked: its key is refused")
+
+
+def audit(
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d.")] = "24h",
+    actor: Annotated[str | None, typer.Option("--actor", help="Only this operator's requests.")] = None,
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Every write request the hub handled: who (as the hub verified it), what, why, when, and
+    whether it was done, refused or failed."""
+    window = parse_duration("--since", since)
+    records = with_client(hub, state_dir, lambda f: f.audit(since=utcnow() - window))
+    records = [r for r in records if actor is None or r.actor == actor]
+    if as_json:
+        out.print_json(json.dumps([r.model_dump(mode="json") for r in records]))
+        return
+    table = Table("time", "actor", "op", "target", "rev", "outcome", "reason", "detail")
+    for r in records:
+        detail = r.detail.splitlines()[0] if r.detail else ""
+        table.add_row(
+            f"{r.at:%Y-%m-%d %H:%M:%S}",
+            r.actor,
+            r.op,
+            r.target,
+            str(r.revision or ""),
+            r.outcome,
+            r.reason,
+            detail,
+        )
+    out.print(table if records else f"no audit records in the last {since}")

@@ -1,0 +1,173 @@
+"""ed25519 for signed desired state (`fleetbus.core.trust` says what is signed and judged).
+
+`Signer` is the hub's: it stamps each record it stores with the headers an edge checks.
+`Verifier` is an edge's (or a simulator's): the keys it pinned, the highest revision it took
+per key (kept in a file across restarts, so a replay of an older revision is refused after a
+restart too), and what it does with a refusal: count it, log it, tell its listener (the edge
+daemon reports an alert event upstream), once per distinct record.
+
+Keys are nkeys (the same ed25519 key pairs as NATS identities): a signer's id is its public
+key, `U…`.
+"""
+
+import base64
+import binascii
+import json
+import os
+import secrets
+from collections.abc import Callable, Collection, Mapping
+from functools import lru_cache
+from pathlib import Path
+
+import nkeys
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from fleetbus.core import trust
+from fleetbus.core.trust import Record, Refusal, Seen
+from fleetbus.errors import ConfigError
+from fleetbus.runtime import log
+from fleetbus.runtime.enrolltoken import user_key
+from fleetbus.runtime.identity import Identity
+from fleetbus.runtime.metrics import DaemonMetrics
+from schemas.headers import REVISION, SIGNATURE, SIGNER
+
+logger = log.get_logger(__name__)
+
+
+class Signer:
+    """Signs records with one nkey seed (the hub's desired-state key)."""
+
+    def __init__(self, identity: Identity) -> None:
+        self.key_id = identity.public_key
+        self._pair = nkeys.from_seed(identity.seed().encode())
+
+    def headers(self, bucket: str, key: str, revision: int, operation: str, body: bytes) -> dict[str, str]:
+        signature = self._pair.sign(trust.signed_bytes(bucket, key, revision, operation, body))
+        return {
+            SIGNER: self.key_id,
+            REVISION: str(revision),
+            SIGNATURE: base64.b64encode(signature).decode(),
+        }
+
+
+@lru_cache(maxsize=64)
+def _public(key: str) -> VerifyKey | None:
+    try:
+        return user_key(key)
+    except ValueError:
+        return None
+
+
+def verify(signer: str, data: bytes, signature: str) -> bool:
+    """True if `signature` (base64) is `signer`'s over `data`."""
+    key = _public(signer)
+    if key is None:
+        return False
+    try:
+        key.verify(data, base64.b64decode(signature, validate=True))
+    except (binascii.Error, ValueError, BadSignatureError):
+        return False
+    return True
+
+
+def check_keys(keys: Collection[str], *, field: str) -> tuple[str, ...]:
+    """`keys` if each is a public nkey, else `ConfigError` naming `field`."""
+    for key in keys:
+        if _public(key) is None:
+            msg = f"{field}: {key!r} is not a public user nkey (U…, 56 characters)"
+            raise ConfigError(msg)
+    return tuple(keys)
+
+
+Refused = Callable[[Record, Refusal], None]
+
+
+class Verifier:
+    """Judges every desired-state record a site reads (`fleetbus.nats.kv.Bucket(guard=…)`)."""
+
+    def __init__(
+        self,
+        trusted: Collection[str],
+        *,
+        state: Path | None = None,
+        metrics: DaemonMetrics | None = None,
+        on_refused: Refused | None = None,
+    ) -> None:
+        if not trusted:
+            msg = (
+                "no trusted hub key to verify desired state with: set trusted_keys "
+                "(FLEETBUS_TRUSTED_KEYS) or enroll with a token that carries them"
+            )
+            raise ConfigError(msg)
+        self.trusted = frozenset(trusted)
+        self.state = state
+        self.metrics = metrics
+        self.on_refused = on_refused
+        self.seen: dict[str, Seen] = self._load()
+        self._told: set[tuple[str, str, str]] = set()  # refusals already counted
+
+    @staticmethod
+    def _id(record: Record) -> str:
+        return f"{record.bucket}/{record.key}"
+
+    def _load(self) -> dict[str, Seen]:
+        if self.state is None or not self.state.exists():
+            return {}
+        try:
+            raw = json.loads(self.state.read_text())
+            return {k: Seen(int(v["revision"]), str(v["digest"])) for k, v in raw.items()}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            # Losing it only weakens replay protection until the next revision: say so.
+            logger.warning(
+                "highest revisions unreadable; starting afresh", file=str(self.state), error=repr(exc)
+            )
+            return {}
+
+    def _save(self) -> None:
+        if self.state is None:
+            return
+        self.state.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp.write_text(
+            json.dumps({k: {"revision": s.revision, "digest": s.digest} for k, s in self.seen.items()})
+        )
+        tmp.replace(self.state)
+
+    def accept(self, record: Record, *, quiet: bool = False) -> bool:
+        """Whether `record` may be taken. Taking it raises the key's highest revision, unless
+        `quiet` (a record of the past read while looking for the last good one)."""
+        seen = self.seen.get(self._id(record))
+        refusal = trust.judge(record, trusted=self.trusted, seen=seen, verify=verify)
+        if refusal is not None:
+            if not quiet:
+                self._refused(record, refusal)
+            return False
+        revision = trust.revision_of(record.headers) or 0
+        if not quiet and (seen is None or revision > seen.revision):
+            self.seen[self._id(record)] = Seen(revision, record.digest)
+            self._save()
+        return True
+
+    def _refused(self, record: Record, refusal: Refusal) -> None:
+        told = (self._id(record), record.digest, refusal.value)
+        if told in self._told:
+            return
+        self._told.add(told)
+        if self.metrics:
+            self.metrics.desired_refused.labels(bucket=record.bucket, reason=refusal.value).inc()
+        logger.warning(
+            "desired state refused; the last good value stands",
+            bucket=record.bucket,
+            key=record.key,
+            reason=refusal.value,
+            revision=record.headers.get(REVISION),
+            signer=record.headers.get(SIGNER),
+        )
+        if self.on_refused:
+            self.on_refused(record, refusal)
+
+
+def describe(headers: Mapping[str, str]) -> str:
+    """`revision N signed by U…` for messages and logs."""
+    return f"revision {headers.get(REVISION, '?')} signed by {headers.get(SIGNER, 'nobody')}"

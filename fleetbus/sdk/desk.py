@@ -1,0 +1,171 @@
+"""The client side of the hub's desk (`hub.desk`): writes of desired state as signed requests.
+
+`FleetClient.profiles` and `.overrides` keep the stores' methods: reads go to the hub's
+buckets directly (`fleetbus.sdk.stores`), writes are `DeskRequest`s signed with the
+operator's nkey (the seed in its credentials file), which the hub checks, authorizes, does,
+signs and records in its audit trail. The identity stamped on what is stored is the one the
+hub verified, never a name the caller gives.
+"""
+
+import base64
+import secrets
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import nkeys
+from pydantic import JsonValue
+
+from fleetbus.errors import (
+    ConfigError,
+    ConflictError,
+    FleetbusError,
+    ForbiddenError,
+    HubUnreachableError,
+    MissingError,
+    RefusedError,
+)
+from fleetbus.nats.bus import Bus
+from fleetbus.nats.errors import NO_ANSWER
+from fleetbus.sdk.documents import Plan
+from fleetbus.sdk.stores import OverrideStore, ProfileStore, StoredOverride
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.desk import DeskReply, DeskRequest
+from schemas.headers import SIGNATURE
+from schemas.override import Override, OverrideScope
+from schemas.profile import Profile
+
+JWT_SEED_MARKER = "-----BEGIN USER NKEY SEED-----"
+ERRORS: dict[str, type[Exception]] = {
+    "config": ConfigError,
+    "missing": MissingError,
+    "conflict": ConflictError,
+    "refused": RefusedError,
+    "forbidden": ForbiddenError,
+}
+
+
+def operator_seed(creds: Path | None) -> str | None:
+    """The nkey seed in a credentials file (an nkey seed file, or a JWT .creds file's seed block)."""
+    if creds is None:
+        return None
+    text = creds.read_text()
+    if JWT_SEED_MARKER in text:
+        block = text.split(JWT_SEED_MARKER, 1)[1]
+        return next((line.strip() for line in block.splitlines() if line.strip().startswith("SU")), None)
+    return text.strip() or None
+
+
+class DeskClient:
+    """Sends signed requests to the hub's desk (unsigned without a seed, which only an
+    --insecure hub takes)."""
+
+    def __init__(self, bus: Bus, url: str, seed: str | None, *, timeout: float) -> None:
+        self.bus, self.url = bus, url
+        self.timeout = timeout
+        self._pair = nkeys.from_seed(seed.encode()) if seed else None
+        self.operator = self._pair.public_key.decode() if self._pair else ""
+
+    def _sign(self, body: bytes) -> dict[str, str]:
+        if self._pair is None:
+            return {}
+        return {SIGNATURE: base64.b64encode(self._pair.sign(body)).decode()}
+
+    async def call(self, op: str, *, reason: str = "", **args: Any) -> DeskReply:
+        """The hub's answer, or the error it names (`ForbiddenError` for a refusal)."""
+        request = DeskRequest(
+            op=op,
+            args=args,
+            operator=self.operator,
+            issued_at=utcnow(),
+            nonce=secrets.token_hex(16),
+            reason=reason,
+        )
+        try:
+            reply = await self.bus.request(
+                subjects.HUB_DESK, request, DeskReply, timeout=self.timeout, sign=self._sign
+            )
+        except NO_ANSWER as exc:
+            why = (
+                f"its desk did not answer {op} within {self.timeout:g} s: is the hub daemon running "
+                "(`fleetbus dev status`), and do these credentials admit sending to it?"
+            )
+            raise HubUnreachableError(self.url, why) from exc
+        if not reply.ok:
+            error = ERRORS.get(reply.error_kind or "", FleetbusError)
+            raise error(reply.error or "the hub refused the request")
+        return reply
+
+
+def _plan(result: dict[str, JsonValue]) -> Plan:
+    current = result.get("current")
+    return Plan(
+        current=Profile.model_validate(current) if current else None,
+        new=Profile.model_validate(result["new"]),
+        diff=str(result.get("diff", "")),
+    )
+
+
+class Profiles:
+    """`ProfileStore`'s reads; its writes through the desk."""
+
+    def __init__(self, store: ProfileStore, desk: DeskClient) -> None:
+        self.store, self.desk = store, desk
+        self.all, self.history, self.get = store.all, store.history, store.get
+
+    @property
+    def undecodable(self) -> list[str]:
+        return self.store.undecodable
+
+    async def plan(self, profile: Profile) -> Plan:
+        """What `apply` would store (stamped as by you; the hub stamps whom it verified)."""
+        return await self.store.plan(profile, actor=self.desk.operator or "you")
+
+    async def apply(self, profile: Profile, *, expect_revision: int | None = None, reason: str = "") -> Plan:
+        body = profile.model_dump(mode="json", exclude_none=True)
+        reply = await self.desk.call(
+            "profile.apply", reason=reason, profile=body, expect_revision=expect_revision
+        )
+        return _plan(reply.result)
+
+    async def rollback(self, name: str, to: int, *, reason: str = "") -> Plan:
+        return _plan((await self.desk.call("profile.rollback", reason=reason, name=name, to=to)).result)
+
+    async def delete(self, name: str, *, reason: str = "") -> Profile:
+        reply = await self.desk.call("profile.delete", reason=reason, name=name)
+        return Profile.model_validate(reply.result["profile"])
+
+
+class Overrides:
+    """`OverrideStore`'s reads; its writes through the desk."""
+
+    def __init__(self, store: OverrideStore, desk: DeskClient) -> None:
+        self.store, self.desk = store, desk
+        self.all = store.all
+
+    @property
+    def undecodable(self) -> list[str]:
+        return self.store.undecodable
+
+    async def set(
+        self,
+        scope: OverrideScope,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        reason: str,
+        expires_at: datetime | None = None,
+    ) -> StoredOverride:
+        reply = await self.desk.call(
+            "override.set",
+            reason=reason,
+            scope=scope.value,
+            name=name,
+            patch=patch,
+            expires_at=expires_at.isoformat() if expires_at else None,
+        )
+        return StoredOverride(str(reply.result["key"]), Override.model_validate(reply.result["override"]))
+
+    async def remove(self, scope: OverrideScope, name: str, *, reason: str = "") -> None:
+        await self.desk.call("override.remove", reason=reason, scope=scope.value, name=name)

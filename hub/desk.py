@@ -1,0 +1,433 @@
+"""The hub's desk: the one writer of desired state (docs/architecture.md#one-writer).
+
+Operators' clients send signed `DeskRequest`s on `fleet.hub.desk`. For each, the desk:
+
+1. authenticates: the `Fleetbus-Signature` header is the named operator's ed25519 signature
+   over the body as sent, the operator is registered (bootstrap `admins`/`viewers` in the
+   hub's settings, or the `operators` bucket) and not revoked, the request was issued within
+   `FRESH` of now and its nonce was not seen before (a replayed request is refused);
+2. authorizes with `fleetbus.core.roles`;
+3. does it with the stores, which sign what they write (`fleetbus.runtime.signing.Signer`);
+4. records an `AuditRecord` in AUDIT (allowed, refused or failed) and answers.
+
+Requests are handled one at a time (one subscription), so the stores' compare-and-set never
+races another writer here. Only the hub's own identity may write the desired-state buckets:
+operators' permissions at the hub's server leave them out (`fleetbus.core.permissions`).
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import JsonValue, ValidationError
+
+from fleetbus.core import roles
+from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedError
+from fleetbus.nats.bus import Bus, Msg
+from fleetbus.nats.kv import Bucket
+from fleetbus.nats.provisioning import ensure_stream
+from fleetbus.nats.streams import local_stream
+from fleetbus.nats.sysadmin import ServerControl
+from fleetbus.runtime import log, signing
+from fleetbus.runtime.admission import Operators, hub_files
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.settings import HubSettings
+from fleetbus.runtime.signing import Signer
+from fleetbus.sdk.documents import Plan
+from fleetbus.sdk.stores import OverrideStore, ProfileStore
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.codec import JSON, encode_body
+from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
+from schemas.headers import SIGNATURE, open_envelope
+from schemas.override import OverrideScope
+from schemas.presence import PresenceChange
+from schemas.profile import Profile
+
+logger = log.get_logger(__name__)
+
+FRESH = timedelta(minutes=2)  # how far a request's issued_at may be from the hub's clock
+ANONYMOUS = "anonymous"
+DAY = 24 * 3600
+
+
+def audit_stream() -> Any:
+    return local_stream(
+        subjects.AUDIT_STREAM,
+        "Every write request the hub's desk handled: who, what, why, when, and the outcome.",
+        subjects=[subjects.hub_audit()],
+        max_age_s=365 * DAY,
+        max_bytes=1 * 2**30,
+    )
+
+
+class DeniedError(Exception):
+    """A request refused: `why` goes to the caller and the audit trail."""
+
+    def __init__(self, why: str, *, actor: str = "", role: str = "") -> None:
+        super().__init__(why)
+        self.why, self.actor, self.role = why, actor, role
+
+
+Done = tuple[dict[str, JsonValue], str, int | None, str]  # result, target, revision, detail
+
+
+class Desk:
+    def __init__(
+        self,
+        bus: Bus,
+        settings: HubSettings,
+        metrics: DaemonMetrics,
+        signer: Signer | None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.bus, self.metrics, self.signer, self.clock = bus, metrics, signer, clock
+        self.insecure = settings.desk_insecure
+        self.bootstrap = {
+            **{
+                key: OperatorRecord(
+                    name=name, public_key=key, role=Role.VIEWER, added_by="settings", added_at=NEVER
+                )
+                for name, key in settings.viewers.items()
+            },
+            **{
+                key: OperatorRecord(
+                    name=name, public_key=key, role=Role.ADMIN, added_by="settings", added_at=NEVER
+                )
+                for name, key in settings.admins.items()
+            },
+        }
+        js = bus.js
+        self.profiles = ProfileStore(js, signer=signer)
+        self.overrides = OverrideStore(js, signer=signer)
+        self.settings = settings
+        self.files = hub_files(settings.admission_dir) if settings.admission_dir else None
+        self.control: ServerControl | None = None
+        self.presence = Bucket(js, subjects.PRESENCE_BUCKET, PresenceChange)
+        self.nonces: dict[str, datetime] = {}
+        self.handlers: dict[str, Callable[[DeskRequest, OperatorRecord], Awaitable[Done]]] = {
+            "whoami": self._whoami,
+            "trust": self._trust,
+            "profile.apply": self._profile_apply,
+            "profile.rollback": self._profile_rollback,
+            "profile.delete": self._profile_delete,
+            "override.set": self._override_set,
+            "override.remove": self._override_remove,
+            "operator.add": self._operator_add,
+            "operator.revoke": self._operator_revoke,
+            "operator.ls": self._operator_ls,
+        }
+
+    async def provision(self) -> None:
+        await ensure_stream(self.bus.js, audit_stream())
+        if self.files is not None:
+            await asyncio.to_thread(self.files.registry)  # a clear error now if it is unreadable
+        if self.settings.system_creds is not None and self.control is None:
+            self.control = await ServerControl.connect(
+                self.settings.nats_url,
+                self.settings.system_creds,
+                name="fleetbus-hub-system",
+                source=self.settings.site,
+                ca=self.settings.nats_ca,
+            )
+            await self.control.start()
+        await self.bus.nc.subscribe(subjects.HUB_DESK, queue="desk", cb=self.on_request)
+        if self.signer is None:
+            logger.warning(
+                "UNSIGNED desired state: the hub has no signing key; verifying edges refuse what it writes"
+            )
+        if self.insecure:
+            logger.warning("INSECURE desk: unsigned requests are taken as an admin's (debugging only)")
+
+    async def close(self) -> None:
+        if self.control is not None:
+            await self.control.close()
+
+    # Authentication
+
+    async def _registry(self) -> Operators:
+        return await asyncio.to_thread(self.files.registry) if self.files else Operators()
+
+    async def _operator(self, key: str) -> OperatorRecord | None:
+        if key in self.bootstrap:
+            return self.bootstrap[key]
+        for record in (await self._registry()).operators.values():
+            if record.public_key == key and record.revoked_at is None:
+                return record
+        return None
+
+    async def authenticate(
+        self, request: DeskRequest, headers: dict[str, str], body: bytes
+    ) -> OperatorRecord:
+        now = self.clock()
+        signature = headers.get(SIGNATURE)
+        if signature is None and not request.operator:
+            if self.insecure:
+                return OperatorRecord(
+                    name=ANONYMOUS, public_key="", role=Role.ADMIN, added_by="desk_insecure", added_at=now
+                )
+            msg = "unsigned request: connect with an operator's credentials (--creds)"
+            raise DeniedError(msg)
+        if not signature or not signing.verify(request.operator, body, signature):
+            msg = "the request's signature does not verify"
+            raise DeniedError(msg)
+        if abs(now - request.issued_at) > FRESH:
+            raise DeniedError(
+                f"the request was issued at {request.issued_at.isoformat()}, more than {FRESH} from the "
+                "hub's clock: check both clocks"
+            )
+        for nonce, at in list(self.nonces.items()):
+            if now - at > 2 * FRESH:
+                del self.nonces[nonce]
+        if request.nonce in self.nonces:
+            msg = "a replayed request (its nonce was seen before)"
+            raise DeniedError(msg)
+        self.nonces[request.nonce] = now
+        record = await self._operator(request.operator)
+        if record is None:
+            raise DeniedError(f"{request.operator} is not an operator the hub knows (or it was revoked)")
+        return record
+
+    # The request loop
+
+    async def on_request(self, msg: Msg) -> None:
+        try:
+            reply = await self.handle(msg.data, dict(msg.headers or {}))
+        except Exception as exc:  # a desk that stops answering stops every write
+            logger.exception("desk request failed", error=repr(exc))
+            reply = DeskReply(ok=False, error_kind="failed", error=f"the hub failed: {exc!r}")
+        await self.bus.respond(msg, reply)
+
+    async def handle(self, body: bytes, headers: dict[str, str]) -> DeskReply:
+        try:
+            request = open_envelope(DeskRequest, body, headers, subject=subjects.HUB_DESK)
+        except Exception as exc:
+            self.metrics.desk_requests.labels(op="?", outcome="malformed").inc()
+            return DeskReply(ok=False, error_kind="config", error=f"not a desk request: {exc}")
+        op, actor, role = request.op, "", ""
+        try:
+            who = await self.authenticate(request, headers, body)
+            actor, role = who.name, who.role.value
+            await self._authorize(request, who)
+            result, target, revision, detail = await self.handlers[op](request, who)
+        except DeniedError as exc:
+            await self._audit(request, actor or f"unverified ({exc.why})", role, "refused", exc.why)
+            self.metrics.desk_requests.labels(op=op, outcome="refused").inc()
+            return DeskReply(ok=False, error_kind="forbidden", error=exc.why, actor=actor)
+        except (ConfigError, MissingError, ConflictError, RefusedError) as exc:
+            kind = {ConflictError: "conflict", MissingError: "missing", RefusedError: "refused"}.get(
+                type(exc), "config"
+            )
+            await self._audit(request, actor, role, "failed", str(exc))
+            self.metrics.desk_requests.labels(op=op, outcome="failed").inc()
+            return DeskReply(ok=False, error_kind=kind, error=str(exc), actor=actor)
+        await self._audit(request, actor, role, "ok", detail, target=target, revision=revision)
+        self.metrics.desk_requests.labels(op=op, outcome="ok").inc()
+        return DeskReply(ok=True, actor=actor, result=result)
+
+    async def _authorize(self, request: DeskRequest, who: OperatorRecord) -> None:
+        scope = target_region = None
+        if request.op in roles.OVERRIDE_WRITES:
+            scope, name = _scope(request.args), _text(request.args, "name")
+            if scope == "edge":
+                keys = await self.presence.keys(f"*.{name}")
+                target_region = keys[0].split(".")[0] if keys else None
+        why = roles.forbidden(who.role, who.regions, request.op, scope=scope, target_region=target_region)
+        if why:
+            raise DeniedError(why, actor=who.name, role=who.role.value)
+
+    async def _audit(
+        self,
+        request: DeskRequest,
+        actor: str,
+        role: str,
+        outcome: str,
+        detail: str,
+        *,
+        target: str = "",
+        revision: int | None = None,
+    ) -> None:
+        if request.op in roles.READS and outcome == "ok":
+            return  # reads leave no trail
+        record = AuditRecord(
+            at=self.clock(),
+            actor=actor,
+            role=role,
+            op=request.op,
+            target=target or _target(request),
+            revision=revision,
+            outcome=outcome,
+            detail=detail[:4000],
+            reason=request.reason,
+        )
+        op = request.op if request.op in roles.OPS else "unknown"
+        await self.bus.js.publish(
+            subjects.hub_audit(op), encode_body(record, JSON), stream=subjects.AUDIT_STREAM
+        )
+
+    # Operations
+
+    async def _whoami(self, _request: DeskRequest, who: OperatorRecord) -> Done:
+        return {"name": who.name, "role": who.role.value, "regions": list(who.regions)}, "", None, ""
+
+    async def _trust(self, _request: DeskRequest, _who: OperatorRecord) -> Done:
+        return {"keys": [self.signer.key_id] if self.signer else []}, "", None, ""
+
+    async def _profile_apply(self, request: DeskRequest, who: OperatorRecord) -> Done:
+        try:
+            profile = Profile.model_validate(request.args.get("profile"))
+        except ValidationError as exc:
+            raise ConfigError(f"not a profile: {exc.errors()[0]['msg']}") from None
+        expect = request.args.get("expect_revision")
+        plan = await self.profiles.apply(
+            profile, actor=who.name, expect_revision=int(expect) if isinstance(expect, int) else None
+        )
+        return _plan(plan), f"profile {profile.name}", plan.new.revision if plan.changed else None, plan.diff
+
+    async def _profile_rollback(self, request: DeskRequest, who: OperatorRecord) -> Done:
+        name, to = _text(request.args, "name"), request.args.get("to")
+        if not isinstance(to, int):
+            msg = "rollback needs `to`, a revision number"
+            raise ConfigError(msg)
+        plan = await self.profiles.rollback(name, to, actor=who.name)
+        return _plan(plan), f"profile {name}", plan.new.revision if plan.changed else None, plan.diff
+
+    async def _profile_delete(self, request: DeskRequest, _who: OperatorRecord) -> Done:
+        name = _text(request.args, "name")
+        profile = await self.profiles.delete(name)
+        return (
+            {"profile": profile.model_dump(mode="json")},
+            f"profile {name}",
+            None,
+            f"deleted at revision {profile.revision}",
+        )
+
+    async def _override_set(self, request: DeskRequest, who: OperatorRecord) -> Done:
+        scope, name = OverrideScope(_scope(request.args)), _text(request.args, "name")
+        patch = request.args.get("patch")
+        if not isinstance(patch, dict):
+            msg = "override.set needs `patch`, an object"
+            raise ConfigError(msg)
+        expires = request.args.get("expires_at")
+        stored = await self.overrides.set(
+            scope,
+            name,
+            patch,
+            owner=who.name,
+            reason=request.reason,
+            expires_at=datetime.fromisoformat(expires) if isinstance(expires, str) else None,
+            now=self.clock(),
+        )
+        return (
+            {"key": stored.key, "override": stored.override.model_dump(mode="json")},
+            stored.key,
+            None,
+            str(patch),
+        )
+
+    async def _override_remove(self, request: DeskRequest, _who: OperatorRecord) -> Done:
+        scope, name = OverrideScope(_scope(request.args)), _text(request.args, "name")
+        await self.overrides.remove(scope, name)
+        return {}, subjects.override_key(scope.value, name), None, "removed"
+
+    async def _operator_add(self, request: DeskRequest, who: OperatorRecord) -> Done:
+        try:
+            record = OperatorRecord(
+                name=_text(request.args, "name"),
+                public_key=signing.check_keys([_text(request.args, "public_key")], field="public_key")[0],
+                role=Role(_text(request.args, "role")),
+                regions=request.args.get("regions") or [],
+                added_by=who.name,
+                added_at=self.clock(),
+            )
+        except (ValidationError, ValueError) as exc:
+            msg = f"cannot add that operator: {exc}"
+            raise ConfigError(msg) from None
+        registry = await self._registry()
+        current = registry.operators.get(record.name)
+        if (current is not None and current.revoked_at is None) or record.name in self._bootstrap_names:
+            msg = f"there is already an operator {record.name!r}; revoke it first"
+            raise ConflictError(msg)
+        if await self._operator(record.public_key) is not None:
+            msg = "that key is already another operator's"
+            raise ConflictError(msg)
+        await self._admit(Operators(operators={**registry.operators, record.name: record}), registry)
+        return record.model_dump(mode="json"), f"operator {record.name}", None, f"role {record.role.value}"
+
+    @property
+    def _bootstrap_names(self) -> set[str]:
+        return {record.name for record in self.bootstrap.values()}
+
+    async def _admit(self, registry: Operators, before: Operators) -> None:
+        """Make the hub's server admit exactly `registry`'s operators (with the bootstrap
+        ones); put `before` back if it cannot reload (a retry then finds the same state)."""
+        if self.files is None or self.control is None:
+            msg = (
+                "this hub keeps no operators of its own (no admission_dir and system_creds): "
+                "list operators in its admins and viewers settings instead"
+            )
+            raise ConfigError(msg)
+        await asyncio.to_thread(self.files.write, registry)
+        try:
+            await self.control.reload()
+        except Exception:
+            await asyncio.to_thread(self.files.write, before)
+            raise
+
+    async def _operator_revoke(self, request: DeskRequest, _who: OperatorRecord) -> Done:
+        name = _text(request.args, "name")
+        if name in self._bootstrap_names:
+            msg = f"operator {name!r} is set in the hub's settings (admins, viewers): remove it there"
+            raise ConfigError(msg)
+        registry = await self._registry()
+        current = registry.operators.get(name)
+        if current is None or current.revoked_at is not None:
+            msg = f"no operator named {name!r}; `fleetbus operator ls` lists them"
+            raise MissingError(msg)
+        record = current.model_copy(update={"revoked_at": self.clock()})
+        await self._admit(Operators(operators={**registry.operators, name: record}), registry)
+        closed = await self.control.drop_clients(record.public_key) if self.control else []
+        detail = f"revoked; {len(closed)} connection(s) closed"
+        return record.model_dump(mode="json"), f"operator {name}", None, detail
+
+    async def _operator_ls(self, _request: DeskRequest, _who: OperatorRecord) -> Done:
+        records = [*self.bootstrap.values(), *(await self._registry()).operators.values()]
+        return {"operators": [r.model_dump(mode="json") for r in records]}, "", None, ""
+
+
+NEVER = datetime.fromisoformat("2000-01-01T00:00:00+00:00")
+
+
+def _text(args: dict[str, JsonValue], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"the request needs `{name}`, a string")
+    return value
+
+
+def _scope(args: dict[str, JsonValue]) -> str:
+    scope = _text(args, "scope")
+    if scope not in {s.value for s in OverrideScope}:
+        raise ConfigError(f"scope {scope!r} is neither edge nor group")
+    return scope
+
+
+def _target(request: DeskRequest) -> str:
+    args = request.args
+    if request.op.startswith("override.") and isinstance(args.get("scope"), str):
+        return f"{args['scope']}.{args.get('name')}"
+    if isinstance(name := args.get("name"), str):
+        return f"{request.op.split('.')[0]} {name}"
+    if isinstance(profile := args.get("profile"), dict) and isinstance(profile.get("name"), str):
+        return f"profile {profile['name']}"
+    return ""
+
+
+def _plan(plan: Plan) -> dict[str, JsonValue]:
+    return {
+        "current": plan.current.model_dump(mode="json") if plan.current else None,
+        "new": plan.new.model_dump(mode="json"),
+        "diff": plan.diff,
+    }

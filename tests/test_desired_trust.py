@@ -1,0 +1,258 @@
+"""Desired state you can trust, attacked on real servers (docs/security.md#signed-desired-state).
+
+A compromised regional (these tests hold its own key) writes forged, tampered, unsigned and
+replayed records into its replica of `profiles`, which its edges source. Every edge keeps
+what it applied, counts each refusal, reports it upstream as an alert that reaches the hub,
+and takes the next genuine revision. Operators' writes go through the hub's desk: a viewer's
+is refused and recorded in the audit trail; an admin cannot write the buckets directly.
+"""
+
+import asyncio
+import json
+import time
+from datetime import timedelta
+
+import nats.errors
+import pytest
+
+from fleetbus.core import trust
+from fleetbus.devfleet import identities
+from fleetbus.devfleet.netutil import http_get
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.errors import CredentialsRefusedError, ForbiddenError
+from fleetbus.runtime import identity
+from fleetbus.runtime.signing import Signer
+from fleetbus.sdk.client import FleetClient
+from schemas import subjects
+from schemas.base import utcnow
+from schemas.codec import JSON, decode_body, encode_body
+from schemas.desk import AuditRecord
+from schemas.override import OverrideScope
+from schemas.profile import Profile, ProfileSpec
+from tests.conftest import admin_creds, connect_as, hub_args
+from tests.fleetprobe import applied_hash
+from tests.helpers import arun_cli, eventually
+
+EDGES = ("r1-e1", "r1-e2")
+PROFILES = subjects.kv_stream(subjects.PROFILES_BUCKET)
+KEY = subjects.kv_subject(subjects.PROFILES_BUCKET, "base")
+
+
+def profile(version: str, revision: int | None = None) -> Profile:
+    return Profile(name="base", revision=revision, spec=ProfileSpec(config={"version": version}))
+
+
+async def client_of(fleet: DevFleet, creds=None) -> FleetClient:
+    return await FleetClient.connect(
+        fleet.plan.site("hub").server.client_url,
+        creds=creds or admin_creds(fleet.plan),
+        ca=identities.ca_cert(fleet.plan.state_dir),
+    )
+
+
+async def all_applied(client: FleetClient) -> dict[str, str] | None:
+    """{edge: hash} once every edge applied what the hub says it should, else None."""
+    hashes = {}
+    for edge in EDGES:
+        desired, _ = await client.explain(edge)
+        if await applied_hash(client, edge) != desired.hash:
+            return None
+        hashes[edge] = desired.hash
+    return hashes
+
+
+async def refusals(fleet: DevFleet, edge: str) -> dict[str, float]:
+    """`fleetbus_desired_refused_total` of `edge`, by reason."""
+    url = f"http://127.0.0.1:{fleet.plan.site(edge).daemon_http_port}/metrics"
+    found = {}
+    for line in (await http_get(url, 2.0))[1].decode().splitlines():
+        if line.startswith('fleetbus_desired_refused_total{bucket="profiles"'):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            found[reason] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+async def test_a_compromised_regional_cannot_make_its_edges_apply_anything(fleet, tmp_path):
+    async with await client_of(fleet) as client:
+        await client.profiles.apply(profile("1"), reason="first")
+        await client.profiles.apply(profile("2"), reason="second")
+        before = await eventually(lambda: all_applied(client), timeout=30, what="v2 applied everywhere")
+        hub = await connect_as(fleet.plan, "hub")
+        try:
+            v1, v2 = [await hub.jetstream().get_msg(PROFILES, seq=seq) for seq in (1, 2)]
+        finally:
+            await hub.close()
+        assert decode_body(Profile, v2.data, subject=KEY).revision == 2
+
+        # The attacker: the regional's own identity at its own server, where it may do anything.
+        regional = await connect_as(fleet.plan, "r1")
+        js = regional.jetstream()
+        replica = (await js.stream_info(PROFILES)).config
+        replica.subjects = [subjects.kv_subject(subjects.PROFILES_BUCKET)]  # now it takes writes
+        await js.update_stream(replica)
+        evil = encode_body(profile("evil", revision=99), JSON)
+        forger = Signer(identity.ensure(tmp_path / "forger", "key"))
+        attacks = {
+            "unknown_key": (evil, forger.headers(subjects.PROFILES_BUCKET, "base", 99, trust.PUT, evil)),
+            "bad_signature": (evil, _signature(v2.headers)),  # the genuine v2's signature on other content
+            "unsigned": (evil, {}),
+            "replayed": (v1.data, _signature(v1.headers)),  # the genuine, signed, older revision 1
+        }
+        try:
+            for reason, (body, headers) in attacks.items():
+                await js.publish(KEY, body, headers=headers or None)
+                for edge in EDGES:
+                    await eventually(
+                        lambda edge=edge, reason=reason: _counted(fleet, edge, reason),
+                        timeout=20,
+                        what=f"{edge} refused the {reason} record",
+                    )
+            # An unsigned delete, too: the profile stays.
+            await js.publish(KEY, b"", headers={"KV-Operation": "DEL"})
+            for edge in EDGES:
+                await eventually(
+                    lambda edge=edge: _counted(fleet, edge, "unsigned", 2), timeout=20, what="unsigned delete"
+                )
+        finally:
+            await regional.close()
+
+        assert await all_applied(client) == before, "an edge applied something the hub did not sign"
+        for edge in EDGES:
+            counts = await refusals(fleet, edge)
+            assert counts == {"unknown_key": 1, "bad_signature": 1, "unsigned": 2, "replayed": 1}, (
+                edge,
+                counts,
+            )
+
+        # Each edge told the hub, as alerts.
+        seen: set[tuple[str, str]] = set()
+        wanted = {(edge, reason) for edge in EDGES for reason in attacks}
+
+        async def alerts() -> None:
+            async for event in client.watch_events(kinds=["alert"], since=utcnow() - timedelta(minutes=5)):
+                if event.data.get("alert") == "desired_state_refused":
+                    seen.add((event.edge, str(event.data.get("reason"))))
+                if wanted <= seen:
+                    return
+
+        await asyncio.wait_for(alerts(), 30)
+
+        # The next genuine revision goes through everywhere.
+        began = time.monotonic()
+        plan = await client.profiles.apply(profile("3"), reason="after the attack")
+        assert plan.new.revision == 3
+        after = await eventually(lambda: all_applied(client), timeout=30, what="v3 applied everywhere")
+        assert after != before
+        print(f"\ngenuine revision after the attacks applied everywhere in {time.monotonic() - began:.2f} s")
+
+
+def _signature(headers) -> dict[str, str]:
+    """A stored record's signature headers (not the compare-and-set one its write carried)."""
+    return {k: v for k, v in (headers or {}).items() if k.startswith("Fleetbus-")}
+
+
+async def _counted(fleet: DevFleet, edge: str, reason: str, least: float = 1) -> bool:
+    return (await refusals(fleet, edge)).get(reason, 0) >= least
+
+
+async def test_writes_go_through_the_desk_with_the_callers_verified_identity(fleet):
+    viewer_creds = identities.operator_creds(fleet.plan.state_dir, identities.VIEWER)
+    async with await client_of(fleet, viewer_creds) as viewer:
+        with pytest.raises(ForbiddenError, match=r"role viewer may not profile\.apply"):
+            await viewer.profiles.apply(profile("1"), reason="a viewer tries")
+        assert await viewer.profiles.all() == []
+    async with await client_of(fleet) as admin:
+        plan = await admin.profiles.apply(profile("1"), reason="the admin does")
+        assert plan.new.updated_by == "admin"  # whom the hub verified
+        # Not even the admin writes the bucket directly: its server refuses.
+        nc = await connect_as(
+            fleet.plan, "hub", nkeys_seed=str(admin_creds(fleet.plan)), inbox_prefix="_INBOX"
+        )
+        try:
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await nc.jetstream(timeout=2).publish(KEY, encode_body(profile("direct", 5), JSON))
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await nc.jetstream(timeout=2).purge_stream(PROFILES)
+        finally:
+            await nc.close()
+        assert [p.spec.config for p in await admin.profiles.all()] == [{"version": "1"}]
+
+    # The audit trail has both, with the verified identities and the reasons.
+    hub = await connect_as(fleet.plan, "hub")
+    try:
+        sub = await hub.jetstream().subscribe(subjects.hub_audit(), ordered_consumer=True)
+        records = []
+        while len(records) < 2:
+            msg = await sub.next_msg(timeout=10)
+            records.append(decode_body(AuditRecord, msg.data, subject=msg.subject))
+    finally:
+        await hub.close()
+    assert [(r.actor, r.op, r.outcome, r.reason) for r in records] == [
+        ("viewer", "profile.apply", "refused", "a viewer tries"),
+        ("admin", "profile.apply", "ok", "the admin does"),
+    ]
+    assert records[1].revision == 1
+    assert records[1].target == "profile base"
+    assert json.dumps(records[0].model_dump(mode="json"))  # plain JSON any tool reads
+
+
+async def test_operators_with_roles_and_regions_and_the_audit_trail(fleet, tmp_path):
+    # The admin makes two operators: their keys are generated here, the hub admits them.
+    for name, role, regions in (("ops-r1", "operator", ["r1"]), ("ops-r2", "operator", ["r2"])):
+        region_args = [arg for r in regions for arg in ("--region", r)]
+        args = ("operator", "add", name, "--role", role, *region_args, "--out", str(tmp_path))
+        done = await arun_cli(*args, "--reason", "on call", *hub_args(fleet.plan))
+        assert done.returncode == 0, done.stderr
+    listed = json.loads((await arun_cli("operator", "ls", "--json", *hub_args(fleet.plan))).stdout)
+    assert {(r["name"], r["role"], tuple(r["regions"])) for r in listed} >= {
+        ("admin", "admin", ()),
+        ("viewer", "viewer", ()),
+        ("ops-r1", "operator", ("r1",)),
+        ("ops-r2", "operator", ("r2",)),
+    }
+    async with await client_of(fleet) as admin:
+        await eventually(
+            lambda: _presence_of(admin, "r1-e1"), timeout=20, what="the hub knows r1-e1's region"
+        )
+    patch = {"config": {"ntp": "ntp.store.local"}}
+    async with await client_of(fleet, tmp_path / "ops-r1.nk") as ops_r1:
+        stored = await ops_r1.overrides.set(OverrideScope.EDGE, "r1-e1", patch, reason="store NTP")
+        assert stored.override.owner == "ops-r1"
+        with pytest.raises(ForbiddenError, match="profiles reach every region"):
+            await ops_r1.profiles.apply(profile("1"), reason="not mine to do")
+        with pytest.raises(ForbiddenError, match="not of groups"):
+            await ops_r1.overrides.set(OverrideScope.GROUP, "r1", patch, reason="a group")
+    async with await client_of(fleet, tmp_path / "ops-r2.nk") as ops_r2:
+        with pytest.raises(ForbiddenError, match="the edge is in region r1"):
+            await ops_r2.overrides.set(OverrideScope.EDGE, "r1-e1", patch, reason="another region's edge")
+
+        # Revoked: its open connection is closed and its key refused from then on.
+        done = await arun_cli("operator", "revoke", "ops-r2", "--reason", "left", *hub_args(fleet.plan))
+        assert done.returncode == 0, done.stderr
+        await eventually(lambda: _dropped(ops_r2), timeout=10, what="ops-r2's connection closed")
+    with pytest.raises(CredentialsRefusedError):
+        await client_of(fleet, tmp_path / "ops-r2.nk")
+
+    # `fleetbus audit` has every write of this test, with the verified identities and reasons.
+    done = await arun_cli("audit", "--since", "1h", "--json", *hub_args(fleet.plan))
+    assert done.returncode == 0, done.stderr
+    rows = [(r["actor"], r["op"], r["outcome"], r["reason"]) for r in json.loads(done.stdout)]
+    assert rows == [
+        ("admin", "operator.add", "ok", "on call"),
+        ("admin", "operator.add", "ok", "on call"),
+        ("ops-r1", "override.set", "ok", "store NTP"),
+        ("ops-r1", "profile.apply", "refused", "not mine to do"),
+        ("ops-r1", "override.set", "refused", "a group"),
+        ("ops-r2", "override.set", "refused", "another region's edge"),
+        ("admin", "operator.revoke", "ok", "left"),
+    ]
+    only = json.loads((await arun_cli("audit", "--actor", "ops-r1", "--json", *hub_args(fleet.plan))).stdout)
+    assert {r["actor"] for r in only} == {"ops-r1"}
+
+
+async def _dropped(client: FleetClient) -> bool:
+    return client.bus.closed or not client.bus.connected
+
+
+async def _presence_of(client: FleetClient, edge: str) -> bool:
+    return any(row.edge == edge for row in await client.presence())
