@@ -5,7 +5,8 @@ The corpus is the decoder fuzz corpus (deep nesting, NaN, huge strings and maps,
 wrong types...), published as an attacker on the box would: heartbeats at the regional and at
 the hub, enrollment requests, thin-edge outbox events and inventory (which the regional stores
 and the hub's EVENTS, `applied` and `inventory` readers then decode), KV values the edges
-replicate (profiles, overrides), device topics (over NATS and from an MQTT client on the edge's
+replicate (profiles, overrides: signed with the hub's key, so that the edges' decoders, behind
+their signature check, see them), device topics (over NATS and from an MQTT client on the edge's
 listener) and command requests at the edge."""
 
 import contextlib
@@ -15,7 +16,10 @@ import aiomqtt
 import pytest
 from nats.errors import Error as NatsError
 
+from fleetbus.core import trust
 from fleetbus.nats.bus import connect
+from fleetbus.runtime import identity
+from fleetbus.runtime.signing import Signer
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.base import utcnow
@@ -45,8 +49,12 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
         conns = {site: await connect_as(fleet.plan, site) for site in SITES}
         try:
             hub, regional, edge = (conns[s] for s in SITES)
-            profiles = await hub.jetstream().key_value("profiles")
-            overrides = await hub.jetstream().key_value("overrides")
+            hub_key = Signer(identity.load(fleet.plan.site("hub").signing_key_path))
+
+            async def signed_put(bucket: str, key: str, body: bytes, revision: int) -> None:
+                headers = hub_key.headers(bucket, key, revision, trust.PUT, body)
+                await hub.jetstream().publish(subjects.kv_subject(bucket, key), body, headers=headers)
+
             counter = itertools.count()
             # Larger bodies never get in: every server's max_payload is 1 MB (nats-py refuses them
             # before sending, the server would close the connection).
@@ -63,8 +71,8 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
                     "fleet.edge.r1.r1-t1.outbox.inventory",
                 ):
                     await regional.jetstream().publish(subject, body)
-                await profiles.put(f"fuzz-{n}", body)
-                await overrides.put(f"edge.{EDGE}", body)
+                await signed_put(subjects.PROFILES_BUCKET, f"fuzz-{n}", body, 1)
+                await signed_put(subjects.OVERRIDES_BUCKET, f"edge.{EDGE}", body, 1_000_000 + n)
                 for nc, subject in (
                     (regional, f"fleet.edge.r1.{EDGE}.enroll"),
                     (regional, "fleet.region.r1.join.r1-x9"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleetbus.daemon.lifecycle import Daemon
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import free_ports, http_get
 from fleetbus.devfleet.process import SupervisedProcess
 from fleetbus.errors import DaemonFailedError
@@ -146,9 +147,19 @@ async def test_edges_heartbeat_their_regional_and_provision_idempotently(chain, 
     regional = daemon_process(
         tmp_path, "regional", "r1", chain.url("r1"), chain.creds("r1"), "--heartbeat-interval", "0.2"
     )
+    trusted = ("--trusted-keys", identities.signing_key(chain.plan).public_key)
     edges = [
         daemon_process(
-            tmp_path, "edge", e, chain.url(e), chain.creds(e), "--region", "r1", "--heartbeat-interval", "0.2"
+            tmp_path,
+            "edge",
+            e,
+            chain.url(e),
+            chain.creds(e),
+            "--region",
+            "r1",
+            "--heartbeat-interval",
+            "0.2",
+            *trusted,
         )
         for e in ("r1-e1", "r1-e2")
     ]

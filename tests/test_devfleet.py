@@ -83,7 +83,8 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
                 record.hub.client_url, nkeys_seed=str(identities.operator_creds(Path(record.state_dir)))
             )
             try:
-                kv = await nc.jetstream().key_value("profiles")
+                # A bucket of its own: the desired-state buckets only the hub writes.
+                kv = await nc.jetstream().create_key_value(bucket="probe")
                 return await kv.put("probe", b"kept across restarts")
             finally:
                 await nc.close()
@@ -108,7 +109,7 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
                 record.hub.client_url, nkeys_seed=str(identities.operator_creds(Path(record.state_dir)))
             )
             try:
-                entry = await (await nc.jetstream().key_value("profiles")).get("probe")
+                entry = await (await nc.jetstream().key_value("probe")).get("probe")
                 return entry.value or b"", entry.revision or 0
             finally:
                 await nc.close()

@@ -1,6 +1,7 @@
 """`python -m hub|regional|edge`: parse flags, load settings, run, exit cleanly.
 
-Every settings field is a flag (`--heartbeat-interval 2`); `--config FILE` reads TOML.
+Every settings field is a flag (`--heartbeat-interval 2`; a list as `--trusted-keys A,B`, a
+mapping as `--labels a=b,c=d`); `--config FILE` reads TOML.
 Errors print one clear message and exit with the code `fleetbus.errors.EXIT_CODES` gives
 (2: settings, 1: a task failed), without a traceback (`--debug` shows it).
 """
@@ -38,8 +39,12 @@ def main(
 ) -> int:
     args = _parser(prog, cls).parse_args(argv)
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "debug") and v is not None}
-    if "labels" in flags:  # --labels a=b,c=d
-        flags["labels"] = dict(p.split("=", 1) for p in flags["labels"].split(",") if "=" in p)
+    for name, value in flags.items():
+        shape = cls.model_fields[name].annotation
+        if shape == dict[str, str]:  # --labels a=b,c=d
+            flags[name] = dict(p.split("=", 1) for p in value.split(",") if "=" in p)
+        elif shape == list[str]:  # --trusted-keys A,B
+            flags[name] = [p for p in value.split(",") if p]
     try:
         settings = load_settings(cls, args.config, **flags)
         log.configure(settings.log_format, settings.log_level, site=settings.site, tier=prog)
