@@ -123,6 +123,7 @@ async def run_fleet(
     beat: float,
     rounds: int,
     insecure: bool = False,
+    verify: bool = True,
 ) -> tuple[list[float], float, dict[str, float] | None]:
     with tempfile.TemporaryDirectory() as tmp:
         ports = iter(free_ports(ports_needed(REGIONS, edges_per_region, mqtt=False) + REGIONS))
@@ -132,8 +133,11 @@ async def run_fleet(
             heartbeat_interval=beat,
             progress=lambda _line: None,
             hollow=plan_hollow(plan, hollow, ports) if hollow else None,
-            hollow_settings={"log_level": "warning", "start_rate": args.start_rate},
-            settings={Tier.EDGE: {"log_level": "warning"}},
+            hollow_settings={"log_level": "warning", "start_rate": args.start_rate}
+            | ({} if verify else {"verify_desired_state": False}),
+            settings={
+                Tier.EDGE: {"log_level": "warning"} | ({} if verify else {"verify_desired_state": False})
+            },
             insecure=insecure,
         )
         edges = hollow or REGIONS * edges_per_region
@@ -160,6 +164,26 @@ async def run_fleet(
             await fleet.stop()
 
 
+def shown(v: float) -> str:
+    return f"{v:.2f}" if v != float("inf") else "lost"
+
+
+async def variant(
+    rows: list[list[str]],
+    label: str,
+    per_region: int,
+    hollow: int,
+    args: argparse.Namespace,
+    beat: float,
+    **kind: bool,
+) -> tuple[float, float]:
+    """A fleet measured only to compare with (a row, no fill time): its p50 and p99."""
+    samples, _, _ = await run_fleet(label, per_region, hollow, args, beat=beat, rounds=args.rounds, **kind)
+    p50, p99, top = summary(samples)
+    rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), ""])
+    return p50, p99
+
+
 def numbers(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
@@ -180,47 +204,42 @@ async def main() -> None:
         default="on",
         help="both: each fleet also --insecure (no identities, no permissions), for the cost ratio",
     )
+    parser.add_argument(
+        "--signatures",
+        choices=("on", "both"),
+        default="on",
+        help="both: each fleet also with edges that verify no signature, for the cost of verifying",
+    )
     args = parser.parse_args()
     log.configure(level="warning")
     beats = [float(b) for b in args.beats.split(",") if b]
-    rows, cpu_rows, ratios = [], [], []
+    rows: list[list[str]] = []
+    ratios: list[list[str]] = []
+    verify_ratios: list[list[str]] = []
+    cpu_rows = []
     fleets = [(f"{n} hollow", 0, n) for n in args.hollow]
     if args.real:
         fleets.append((f"{REGIONS * args.real} real", args.real, 0))
 
-    def shown(v: float) -> str:
-        return f"{v:.2f}" if v != float("inf") else "lost"
-
+    # Baselines measured in this run, each fleet without one layer: identities and
+    # permissions (--insecure), or edges verifying signed desired state (unverified).
+    baselines: list[tuple[str, dict[str, bool], list[list[str]]]] = []
+    if args.security == "both":
+        baselines.append(("--insecure", {"insecure": True}, ratios))
+    if args.signatures == "both":
+        baselines.append(("unverified", {"verify": False}, verify_ratios))
     for label, per_region, hollow in fleets:
-        if args.security == "both":
-            # The identity layer's cost: the same fleet without it, measured in this run.
-            plain, _, _ = await run_fleet(
-                f"{label} --insecure",
-                per_region,
-                hollow,
-                args,
-                beat=beats[0],
-                rounds=args.rounds,
-                insecure=True,
-            )
-            p50_plain, p99_plain, top_plain = summary(plain)
-            rows.append(
-                [
-                    f"{label} --insecure",
-                    str(len(plain)),
-                    shown(p50_plain),
-                    shown(p99_plain),
-                    shown(top_plain),
-                    "",
-                ]
-            )
+        measured = [
+            (await variant(rows, f"{label} {suffix}", per_region, hollow, args, beats[0], **kind), into)
+            for suffix, kind, into in baselines
+        ]
         samples, filled, cpu = await run_fleet(
             label, per_region, hollow, args, beat=beats[0], rounds=args.rounds
         )
         p50, p99, top = summary(samples)
         rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), f"{filled:.1f}"])
-        if args.security == "both":
-            ratios.append([label, f"{p50 / p50_plain:.2f}", f"{p99 / p99_plain:.2f}"])
+        for (base50, base99), into in measured:
+            into.append([label, f"{p50 / base50:.2f}", f"{p99 / base99:.2f}"])
         if cpu is not None:
             cpu_rows.append((beats[0], cpu))
             for beat in beats[1:]:
@@ -229,9 +248,12 @@ async def main() -> None:
                     cpu_rows.append((beat, more))
     lines = [f"Profile fan-out over {REGIONS} regionals, {args.rounds} profile changes per fleet:", ""]
     lines += table(["edges", "samples", "p50 s", "p99 s", "max s", "all reporting, s after start"], rows)
-    if ratios:
-        lines += ["", "Cost of identities and permissions (secure / --insecure, same run):", ""]
-        lines += table(["edges", "p50 ratio", "p99 ratio"], ratios)
+    for title, found in (
+        ("Cost of identities and permissions (secure / --insecure, same run):", ratios),
+        ("Cost of verifying signed desired state (verifying / unverified edges, same run):", verify_ratios),
+    ):
+        if found:
+            lines += ["", title, "", *table(["edges", "p50 ratio", "p99 ratio"], found)]
     if cpu_rows:
         roles = list(cpu_rows[0][1])
         lines += ["", f"Idle CPU (% of one core, summed per role) with {args.idle_at} hollow edges:", ""]
