@@ -13,7 +13,7 @@ from fleetbus.nats.bus import Msg
 from fleetbus.nats.liveness import PresenceBoard
 from fleetbus.nats.provisioning import BucketSpec, ensure_bucket
 from fleetbus.nats.replication import SiteFollower, SourcedStream, watch_limits
-from fleetbus.runtime import log
+from fleetbus.runtime import apitoken, log
 from fleetbus.runtime.identity import load as load_identity
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import HubSettings
@@ -23,6 +23,7 @@ from hub import api, streams, web
 from hub.desk import Desk
 from hub.fleetview import FleetView
 from schemas import subjects
+from schemas.base import utcnow
 from schemas.heartbeat import Heartbeat, Tier
 
 logger = log.get_logger(__name__)
@@ -131,7 +132,11 @@ def _dashboard(daemon: Daemon, settings: HubSettings, listener: socket.socket) -
         FleetClient(daemon.bus, settings.nats_url),
         on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
     )
-    app = web.create_app(view, daemon.metrics, hosts=settings.dashboard_hosts)
+    signer = settings.signing_key and load_identity(settings.signing_key).public_key
+    tokens = (lambda token: apitoken.check(token, {signer}, utcnow())) if signer else None
+    if tokens is None:
+        logger.warning("OPEN dashboard: the hub has no signing key, so its dashboard asks for no token")
+    app = web.create_app(view, daemon.metrics, hosts=settings.dashboard_hosts, tokens=tokens)
     host, port = listener.getsockname()[:2]
     logger.info("dashboard", url=f"http://{host}:{port}/")
     daemon.add_task("fleet-view", view.run)

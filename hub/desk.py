@@ -29,7 +29,7 @@ from fleetbus.nats.kv import Bucket
 from fleetbus.nats.provisioning import ensure_stream
 from fleetbus.nats.streams import local_stream
 from fleetbus.nats.sysadmin import ServerControl
-from fleetbus.runtime import log, signing
+from fleetbus.runtime import apitoken, log, signing
 from fleetbus.runtime.admission import Operators, hub_files
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import HubSettings
@@ -118,6 +118,8 @@ class Desk:
             "operator.add": self._operator_add,
             "operator.revoke": self._operator_revoke,
             "operator.ls": self._operator_ls,
+            "token.create": self._token_create,
+            "keys.resign": self._keys_resign,
         }
 
     async def provision(self) -> None:
@@ -391,6 +393,44 @@ class Desk:
         closed = await self.control.drop_clients(record.public_key) if self.control else []
         detail = f"revoked; {len(closed)} connection(s) closed"
         return record.model_dump(mode="json"), f"operator {name}", None, detail
+
+    async def _keys_resign(self, _request: DeskRequest, who: OperatorRecord) -> Done:
+        """Every current profile and override stored again, signed with the hub's key now:
+        the step of a key rotation after the hub switched keys (docs/security.md)."""
+        if self.signer is None:
+            msg = "this hub has no signing_key to sign with"
+            raise ConfigError(msg)
+        profiles = [p.name for p in await self.profiles.all()]
+        for name in profiles:
+            await self.profiles.resign(name, actor=who.name)
+        overrides = [o.key for o in await self.overrides.all()]
+        for key in overrides:
+            await self.overrides.resign(key)
+        detail = f"{len(profiles)} profile(s) and {len(overrides)} override(s) signed by {self.signer.key_id}"
+        result: dict[str, JsonValue] = {
+            "key": self.signer.key_id,
+            "profiles": len(profiles),
+            "overrides": len(overrides),
+        }
+        return result, "desired state", None, detail
+
+    async def _token_create(self, request: DeskRequest, who: OperatorRecord) -> Done:
+        if self.signer is None:
+            msg = "this hub has no signing_key, so its dashboard takes no tokens (and asks for none)"
+            raise ConfigError(msg)
+        seconds = request.args.get("expires_seconds")
+        if not isinstance(seconds, int) or not 0 < seconds <= 366 * DAY:
+            msg = "token.create needs `expires_seconds`, a whole number of seconds up to a year"
+            raise ConfigError(msg)
+        try:
+            role = Role(_text(request.args, "role"))
+        except ValueError:
+            msg = f"no role {request.args.get('role')!r}: admin, operator or viewer"
+            raise ConfigError(msg) from None
+        expires = self.clock() + timedelta(seconds=seconds)
+        token, claims = apitoken.mint(self.signer, role=role, expires=expires, issued_by=who.name)
+        detail = f"{role.value} token {claims.token_id}, valid until {expires.isoformat()}"  # never the token
+        return {"token": token, **claims.model_dump(mode="json")}, f"token {claims.token_id}", None, detail
 
     async def _operator_ls(self, _request: DeskRequest, _who: OperatorRecord) -> Done:
         records = [*self.bootstrap.values(), *(await self._registry()).operators.values()]

@@ -10,7 +10,12 @@
     /api/hub              the hub's own bus: connected (live) or since when everything is stale
     /api/stream           Server-Sent Events: rows that changed, new events
     /openapi.json, /docs  the API's schema
+    /health               200 {"ok": true}: the one route that needs no token
 
+Every other route needs a token the hub signed (`fleetbus token create`, or the login URL
+`fleetbus dev up` prints): `Authorization: Bearer <token>`, or the cookie the login URL
+sets (`?token=` answers 303 to the same page without it, setting an HttpOnly, SameSite=Strict
+cookie). No token or a bad one: 401; anything but GET/HEAD: 403 (the API is read-only).
 Everything is answered from the `FleetView` in memory; nothing here writes to the fleet.
 Every /api answer carries `X-Fleetbus-Hub: connected` or `disconnected; since=<ISO time>`.
 """
@@ -19,7 +24,8 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Iterator, Sequence
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -27,7 +33,7 @@ import uvicorn
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Counter
 from starlette.middleware.trustedhost import TrustedHostMiddleware
@@ -36,16 +42,19 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from fleetbus.core.compliance import State
 from fleetbus.errors import ConfigError
 from fleetbus.runtime import log
+from fleetbus.runtime.apitoken import ApiClaims, TokenError
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import DASHBOARD_HOSTS
 from hub import api
 from hub.fleetview import RECENT_EVENTS, FleetView
+from schemas.base import utcnow
 from schemas.event import Event, Severity
 
 logger = log.get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE = 15.0  # s between SSE comments on a quiet fleet (proxies drop idle streams)
+TokenCheck = Callable[[str], ApiClaims]  # the claims of a token, or TokenError
 SSE_PERIOD = 0.25  # s: at most this many batches per second per client, changes coalesced
 
 
@@ -54,9 +63,11 @@ def create_app(
     metrics: DaemonMetrics | None = None,
     *,
     hosts: Sequence[str] = DASHBOARD_HOSTS,
+    tokens: TokenCheck | None,
 ) -> FastAPI:
     """The dashboard and API, answering only requests that name one of `hosts` (a web page on
-    another site that rebinds its name to this address gets 400, not the fleet)."""
+    another site that rebinds its name to this address gets 400, not the fleet), and carry a
+    token `tokens` takes (None: no tokens, an --insecure hub)."""
     app = FastAPI(
         title="fleetbus hub",
         summary="Read-only view of the fleet: edges, regions, profiles, compliance, events.",
@@ -72,8 +83,15 @@ def create_app(
     async def index() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    @app.get("/health", tags=["fleet"])
+    async def health() -> dict[str, bool]:
+        """Whether the dashboard answers (no token needed; it tells nothing of the fleet)."""
+        return {"ok": True}
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_middleware(_HubHeader, fleet=fleet)
+    if tokens is not None:
+        app.add_middleware(_Authenticated, check=tokens)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))
     if metrics is not None:
         app.add_middleware(_Counted, counter=metrics.api_requests)
@@ -229,6 +247,62 @@ class _Counted:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.counter.labels(route=route, status=f"{status // 100}xx").inc()
+
+
+COOKIE = "fleetbus_token"
+OPEN = frozenset({"/health"})
+LOGIN_HINT = (
+    "open the login URL `fleetbus dev up` printed, or send Authorization: Bearer <token> "
+    "(an admin makes one: fleetbus token create --role viewer)"
+)
+
+
+class _Authenticated:
+    """Every route but `/health` needs a token the hub signed (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp, check: TokenCheck) -> None:
+        self.app, self.check = app, check
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        bearer = request.headers.get("authorization", "")
+        given = request.query_params.get("token")
+        token = given or bearer.removeprefix("Bearer ").strip() or request.cookies.get(COOKIE)
+        answer: Response | None = None
+        if not token:
+            answer = _error(401, f"this dashboard needs a token: {LOGIN_HINT}")
+        else:
+            try:
+                claims = self.check(token)
+            except TokenError as exc:
+                answer = _error(401, f"{exc}; {LOGIN_HINT}")
+            else:
+                if scope["method"] not in ("GET", "HEAD"):
+                    answer = _error(
+                        403, f"the API is read-only ({claims.role.value} token): write with `fleetbus`"
+                    )
+                elif given:  # the login URL: keep the token in a cookie, and off the address bar
+                    answer = _login(request, token, claims)
+        if answer is None:
+            await self.app(scope, receive, send)
+        else:
+            await answer(scope, receive, send)
+
+
+def _error(status: int, why: str) -> Response:
+    return JSONResponse({"error": why, "status": status}, status_code=status)
+
+
+def _login(request: Request, token: str, claims: ApiClaims) -> Response:
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    target = request.url.path + (f"?{urllib.parse.urlencode(rest)}" if rest else "")
+    answer = RedirectResponse(target, status_code=303)
+    seconds = max(0, int((claims.expires - utcnow()).total_seconds()))
+    answer.set_cookie(COOKIE, token, max_age=seconds, httponly=True, samesite="strict", path="/")
+    return answer
 
 
 class _HubHeader:

@@ -9,6 +9,7 @@ import contextlib
 import json
 import urllib.parse
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,15 @@ from selenium.webdriver.common.by import By
 
 from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.runtime import apitoken, identity
+from fleetbus.runtime.signing import Signer
 from fleetbus.sdk.client import FleetClient
+from schemas.base import utcnow
+from schemas.desk import Role
 from schemas.profile import Profile
 from tests.browser import OUTPUT, chromium
-from tests.conftest import admin_creds, running_fleet
-from tests.helpers import eventually
+from tests.conftest import admin_creds, hub_args, running_fleet
+from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +40,7 @@ def dashboard(fleet: DevFleet) -> str:
 
 
 async def get(fleet: DevFleet, path: str) -> tuple[int, Any]:
-    status, body = await http_get(dashboard(fleet) + path.lstrip("/"), timeout=5)
+    status, body = await http_get(dashboard(fleet) + path.lstrip("/"), timeout=5, token=fleet.dashboard_token)
     return status, json.loads(body)
 
 
@@ -71,7 +76,10 @@ class Sse:
 async def sse(fleet: DevFleet) -> AsyncIterator[Sse]:
     port = fleet.plan.site("hub").dashboard_port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+    auth = f"Authorization: Bearer {fleet.dashboard_token}\r\n"
+    writer.write(
+        f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Accept: text/event-stream\r\n\r\n".encode()
+    )
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     assert b" 200 " in head.split(b"\r\n", 1)[0], head
@@ -201,16 +209,25 @@ async def test_api_errors_are_clear_and_never_500(fleet):
     # the API answers only requests naming a host in `dashboard_hosts`.
     url = urllib.parse.urlsplit(dashboard(fleet))
     for host, expected_status in (("rebind.example", 400), ("localhost", 200), ("127.0.0.1", 200)):
-        answer = await _raw_get(url.hostname or "", url.port or 80, "/api/edges", f"{host}:{url.port}")
+        answer = await _raw_get(
+            url.hostname or "",
+            url.port or 80,
+            "/api/edges",
+            f"{host}:{url.port}",
+            token=fleet.dashboard_token,
+        )
         assert answer.startswith(f"HTTP/1.1 {expected_status}"), (host, answer[:200])
         assert ("r1-e1" in answer) == (expected_status == 200), (host, answer[:200])
 
 
-async def _raw_get(address: str, port: int, path: str, host: str) -> str:
-    """GET `path` from `address` with the Host header a browser would send for `host`."""
+async def _raw_get(
+    address: str, port: int, path: str, host: str, *, token: str | None = None, method: str = "GET"
+) -> str:
+    """`method` `path` at `address` with the Host header a browser would send for `host`."""
     reader, writer = await asyncio.open_connection(address, port)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     try:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        writer.write(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\n\r\n".encode())
         await writer.drain()
         return (await asyncio.wait_for(reader.read(), 5)).decode(errors="replace")
     finally:
@@ -220,7 +237,7 @@ async def _raw_get(address: str, port: int, path: str, host: str) -> str:
 async def test_browser_sees_every_edge_and_a_killed_daemon_turn_stale(fleet):
     await all_online_and_converged(fleet)
     async with chromium() as browser:
-        await asyncio.to_thread(browser.get, dashboard(fleet))
+        await asyncio.to_thread(browser.get, fleet.login_url)  # sets the token's cookie, then `/`
 
         def tiles() -> dict[str, str]:
             found = browser.find_elements(By.CSS_SELECTOR, "a.tile[data-edge]")
@@ -285,6 +302,7 @@ async def test_with_the_hubs_server_dead_nothing_is_shown_as_live(fleet):
     assert hub["connected"] is True
     assert hub["stale_seconds"] == 0
     async with chromium() as browser:
+        await asyncio.to_thread(browser.get, fleet.login_url)
         await asyncio.to_thread(browser.get, dashboard(fleet) + "#/edge/r1-e1")
 
         def badge() -> tuple[str, str]:
@@ -334,7 +352,10 @@ async def _headers(fleet: DevFleet, path: str) -> dict[str, str]:
     url = urllib.parse.urlsplit(dashboard(fleet) + path.lstrip("/"))
     reader, writer = await asyncio.open_connection(url.hostname, url.port)
     try:
-        writer.write(f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n\r\n".encode())
+        auth = f"Authorization: Bearer {fleet.dashboard_token}\r\n"
+        writer.write(
+            f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n{auth}Connection: close\r\n\r\n".encode()
+        )
         await writer.drain()
         head = (await asyncio.wait_for(reader.read(65536), 5)).decode(errors="replace").split("\r\n\r\n")[0]
     finally:
@@ -342,3 +363,61 @@ async def _headers(fleet: DevFleet, path: str) -> dict[str, str]:
     return {
         k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head.splitlines()[1:])
     }
+
+
+async def test_every_route_but_health_needs_a_token_and_a_viewer_only_reads(fleet, tmp_path):
+    url = urllib.parse.urlsplit(dashboard(fleet))
+    host, port = url.hostname or "", url.port or 80
+
+    async def ask(path: str, token: str | None = None, method: str = "GET") -> str:
+        return await _raw_get(host, port, path, f"127.0.0.1:{port}", token=token, method=method)
+
+    assert (await ask("/health")).startswith("HTTP/1.1 200")
+    for path in ("/", "/api/edges", "/api/stream", "/docs", "/openapi.json", "/static/app.js"):
+        answer = await ask(path)
+        assert answer.startswith("HTTP/1.1 401"), (path, answer[:200])
+        assert "fleetbus token create" in answer
+        assert "r1-e1" not in answer
+    # Not the hub's: garbage, a token another key signed, one of the hub's that expired.
+    stranger = Signer(identity.ensure(tmp_path, "stranger"))
+    hub_key = Signer(identity.load(fleet.plan.site("hub").signing_key_path))
+    soon = utcnow() + timedelta(hours=1)
+    forged, _ = apitoken.mint(stranger, role=Role.ADMIN, expires=soon, issued_by="mallory")
+    expired, _ = apitoken.mint(
+        hub_key, role=Role.ADMIN, expires=utcnow() - timedelta(seconds=1), issued_by="x"
+    )
+    for bad, why in (
+        ("fbv1.e30.AAAA", "not a dashboard token"),
+        (forged, "not signed by this hub"),
+        (expired, "expired"),
+    ):
+        answer = await ask("/api/edges", bad)
+        assert answer.startswith("HTTP/1.1 401"), (why, answer[:200])
+        assert why in answer
+
+    # A viewer's token, from `fleetbus token create`: reads work, writes do not.
+    made = await arun_cli(
+        "token", "create", "--role", "viewer", "--expires", "1h", "--reason", "wall", *hub_args(fleet.plan)
+    )
+    assert made.returncode == 0, made.stderr
+    viewer = made.stdout.strip()
+    assert (await ask("/api/edges", viewer)).startswith("HTTP/1.1 200")
+    for method in ("POST", "PUT", "DELETE"):
+        answer = await ask("/api/edges", viewer, method)
+        assert answer.startswith("HTTP/1.1 403"), (method, answer[:200])
+        assert "read-only" in answer
+
+    # The login URL keeps the token in an HttpOnly cookie and takes it off the address bar.
+    answer = await ask(f"/?token={viewer}")
+    head = answer.split("\r\n\r\n", 1)[0].lower()
+    assert head.startswith("http/1.1 303"), head
+    assert "location: /\r\n" in head + "\r\n"
+    assert f"set-cookie: fleetbus_token={viewer.lower()}" in head
+    assert "httponly" in head
+    assert "samesite=strict" in head
+
+    # The audit trail has who asked for the token, never the token.
+    audit = await arun_cli("audit", "--json", *hub_args(fleet.plan))
+    rows = [r for r in json.loads(audit.stdout) if r["op"] == "token.create"]
+    assert [(r["actor"], r["outcome"], r["reason"]) for r in rows][-1] == ("admin", "ok", "wall")
+    assert viewer not in audit.stdout

@@ -104,7 +104,7 @@ def test_rows_for_1000_edges_are_computed_once_per_policy_change():
 async def test_browser_stays_usable_and_live_with_1000_edges():
     view = synthetic_fleet()
     (port,) = free_ports(1)
-    server = asyncio.create_task(web.serve(web.create_app(view), web.bind("127.0.0.1", port)))
+    server = asyncio.create_task(web.serve(web.create_app(view, tokens=None), web.bind("127.0.0.1", port)))
 
     def shown() -> dict[str, Any]:
         return browser.execute_script(

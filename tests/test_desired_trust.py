@@ -184,7 +184,8 @@ async def test_writes_go_through_the_desk_with_the_callers_verified_identity(fle
         records = []
         while len(records) < 2:
             msg = await sub.next_msg(timeout=10)
-            records.append(decode_body(AuditRecord, msg.data, subject=msg.subject))
+            if (record := decode_body(AuditRecord, msg.data, subject=msg.subject)).op == "profile.apply":
+                records.append(record)
     finally:
         await hub.close()
     assert [(r.actor, r.op, r.outcome, r.reason) for r in records] == [
@@ -237,6 +238,8 @@ async def test_operators_with_roles_and_regions_and_the_audit_trail(fleet, tmp_p
     done = await arun_cli("audit", "--since", "1h", "--json", *hub_args(fleet.plan))
     assert done.returncode == 0, done.stderr
     rows = [(r["actor"], r["op"], r["outcome"], r["reason"]) for r in json.loads(done.stdout)]
+    assert rows[0] == ("admin", "token.create", "ok", "dev up: the local admin's login")  # the fleet's start
+    rows = rows[1:]
     assert rows == [
         ("admin", "operator.add", "ok", "on call"),
         ("admin", "operator.add", "ok", "on call"),
@@ -256,3 +259,40 @@ async def _dropped(client: FleetClient) -> bool:
 
 async def _presence_of(client: FleetClient, edge: str) -> bool:
     return any(row.edge == edge for row in await client.presence())
+
+
+def _set_setting(fleet: DevFleet, site: str, name: str, value: object) -> None:
+    """Replace one top-level setting in `site`'s daemon.toml (a restart reads it)."""
+    path = fleet.plan.site(site).workdir / "daemon.toml"
+    lines = [line for line in path.read_text().splitlines(keepends=True) if not line.startswith(f"{name} =")]
+    path.write_text(f"{name} = {json.dumps(value)}\n" + "".join(lines))
+
+
+async def test_a_key_rotation_keeps_every_edge_applying(fleet):
+    old = identities.signing_key(fleet.plan).public_key
+    new = identity.ensure(fleet.plan.site("hub").workdir / "identity", "desired-state-2")
+    async with await client_of(fleet) as client:
+        await client.profiles.apply(profile("1"), reason="before the rotation")
+        await eventually(lambda: all_applied(client), timeout=30, what="v1 applied")
+        # 1. Edges trust both keys; 2. the hub signs with the new one; 3. it signs everything again.
+        for edge in EDGES:
+            _set_setting(fleet, edge, "trusted_keys", [old, new.public_key])
+            await fleet.restart(edge, server=False, daemon=True)
+        _set_setting(fleet, "hub", "signing_key", str(new.seed_path))
+        await fleet.restart("hub", server=False, daemon=True)
+    async with await client_of(fleet) as client:
+        assert await client.hub_keys() == (new.public_key,)
+        done = await arun_cli("keys", "resign", "--reason", "rotation", *hub_args(fleet.plan))
+        assert done.returncode == 0, done.stderr
+        said = " ".join(done.stdout.split())  # rich wraps the key onto a line of its own
+        assert f"1 profile(s) and 0 override(s) now signed by {new.public_key}" in said
+        await eventually(lambda: all_applied(client), timeout=30, what="the re-signed revision applied")
+        # 4. Edges drop the old key: what they hold is signed with the new one, so nothing is refused.
+        for edge in EDGES:
+            _set_setting(fleet, edge, "trusted_keys", [new.public_key])
+            await fleet.restart(edge, server=False, daemon=True)
+        plan = await client.profiles.apply(profile("3"), reason="after the rotation")
+        assert plan.new.revision == 3
+        await eventually(lambda: all_applied(client), timeout=30, what="v3 applied with the new key only")
+        for edge in EDGES:
+            assert await refusals(fleet, edge) == {}, edge

@@ -50,7 +50,7 @@ async def fresh(tmp_path: Path) -> AsyncIterator[tuple[DevFleet, float]]:
 async def get(fleet: DevFleet, path: str) -> Any:
     url = fleet.plan.site("hub").dashboard_url
     assert url
-    status, body = await http_get(url + path.lstrip("/"), timeout=5)
+    status, body = await http_get(url + path.lstrip("/"), timeout=5, token=fleet.dashboard_token)
     assert status == 200, (path, status, body)
     return json.loads(body)
 

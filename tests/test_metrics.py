@@ -215,14 +215,14 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
         dashboard = fleet.plan.site(hub).dashboard_url
 
         async def hub_knows_edge() -> bool:  # until then the request below is a 404
-            status, _ = await http_get(f"{dashboard}api/edges/{edge}")
+            status, _ = await http_get(f"{dashboard}api/edges/{edge}", token=fleet.dashboard_token)
             return status == 200
 
         await eventually(hub_knows_edge, timeout=20, what="the hub's dashboard knows the edge")
         await m.moves(
             "fleetbus_api_requests_total",
             hub,
-            lambda: http_get(f"{dashboard}api/edges/{edge}"),
+            lambda: http_get(f"{dashboard}api/edges/{edge}", token=fleet.dashboard_token),
             lambda b, a: (
                 a.value("fleetbus_api_requests_total", route="/api/edges/{edge}", status="2xx")
                 == b.value("fleetbus_api_requests_total", route="/api/edges/{edge}", status="2xx") + 1
@@ -232,7 +232,8 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
         feed_port = fleet.plan.site(hub).dashboard_port
         reader, writer = await asyncio.open_connection("127.0.0.1", feed_port)
         try:
-            writer.write(b"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            auth = f"Authorization: Bearer {fleet.dashboard_token}\r\n"
+            writer.write(f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n".encode())
             await writer.drain()
             await reader.readuntil(b"\r\n\r\n")
             await m.until(hub, "feed open", lambda s: s.value("fleetbus_dashboard_streams") == 1)

@@ -3,6 +3,8 @@ edge takes (`fleetbus.core.trust`, `fleetbus.runtime.signing`), who may do what
 (`fleetbus.core.roles`)."""
 
 import base64
+import contextlib
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -11,7 +13,7 @@ from hypothesis import strategies as st
 from fleetbus.core import roles, trust
 from fleetbus.core.trust import Record, Refusal
 from fleetbus.errors import ConfigError
-from fleetbus.runtime import identity, signing
+from fleetbus.runtime import apitoken, identity, signing
 from fleetbus.runtime.signing import Signer, Verifier
 from schemas.desk import Role
 from schemas.headers import REVISION, SIGNATURE, SIGNER
@@ -132,3 +134,28 @@ def test_roles():
     assert "does not know" in f(Role.OPERATOR, scoped, "override.remove", scope="edge", target_region=None)
     assert "not of groups" in f(Role.OPERATOR, scoped, "override.set", scope="group")
     assert "no operation" in f(Role.ADMIN, [], "drop.tables")
+
+
+def test_dashboard_tokens_are_the_hubs_and_expire(hub, stranger):
+    now = datetime.now(UTC)
+    token, claims = apitoken.mint(hub, role=Role.VIEWER, expires=now + timedelta(hours=1), issued_by="admin")
+    assert apitoken.check(token, {hub.key_id}, now) == claims
+    with pytest.raises(apitoken.TokenError, match="expired"):
+        apitoken.check(token, {hub.key_id}, now + timedelta(hours=2))
+    forged, _ = apitoken.mint(stranger, role=Role.ADMIN, expires=now + timedelta(hours=1), issued_by="x")
+    with pytest.raises(apitoken.TokenError, match="not signed by this hub"):
+        apitoken.check(forged, {hub.key_id}, now)
+    # The hub's signature on other claims (a viewer's token made an admin's) fails too.
+    prefix, body, signature = token.split(".")
+    admin = base64.urlsafe_b64encode(
+        base64.urlsafe_b64decode(body + "==").replace(b"viewer", b"admin")
+    ).decode()
+    with pytest.raises(apitoken.TokenError, match="not signed by this hub"):
+        apitoken.check(f"{prefix}.{admin.rstrip('=')}.{signature}", {hub.key_id}, now)
+
+
+@given(st.text(max_size=200))
+def test_no_string_makes_token_checking_raise_anything_but_token_error(text):
+    with contextlib.suppress(apitoken.TokenError):
+        apitoken.check(text, {"UX"}, datetime.now(UTC))
+        pytest.fail("a string that is no token was taken")

@@ -46,6 +46,8 @@ app.add_typer(sites.edge_app, name="edge")
 app.add_typer(sites.region_app, name="region")
 app.add_typer(operators.operator_app, name="operator")
 app.command("audit")(operators.audit)
+app.add_typer(operators.token_app, name="token")
+app.add_typer(operators.keys_app, name="keys")
 compose_app = typer.Typer(
     help="The container fleet: docker-compose.yml, and each site's identity and configs.",
     no_args_is_help=True,

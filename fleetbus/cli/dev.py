@@ -124,6 +124,8 @@ def _print_fleet(record: fleet_state.FleetRecord) -> None:
         out.print(
             f"you are admin: {identities.operator_creds(Path(record.state_dir))}  (`fleetbus dev creds`)"
         )
+        if record.dashboard_login:
+            out.print(f"dashboard login (30 days): {record.dashboard_login}", soft_wrap=True)
     out.print(f"fleetbus commands find this fleet from {record.state_dir}")
     out.print("leaf links run through proxies: `fleetbus dev link --help`")
     out.print("all sites healthy; Ctrl-C (or `fleetbus dev down`) stops everything")

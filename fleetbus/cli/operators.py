@@ -104,6 +104,58 @@ def operator_revoke(
     out.print(f"operator {name} revoked: its key is refused")
 
 
+token_app = typer.Typer(
+    help="Tokens for the hub's dashboard and JSON API (admin only).", no_args_is_help=True
+)
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[Role, typer.Option(help="viewer (reads; what dashboards need), or admin/operator.")],
+    expires: Annotated[str, typer.Option(help="How long it is valid: 30m, 24h, 30d (up to 365d).")] = "30d",
+    reason: Reason = "",
+    as_json: AsJson = False,
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Print a token for the dashboard and API (`Authorization: Bearer <token>`), signed by
+    the hub; the audit trail records who asked for it (never the token)."""
+    seconds = int(parse_duration("--expires", expires).total_seconds())
+    reply = with_client(
+        hub,
+        state_dir,
+        lambda f: f.desk.call("token.create", reason=reason, role=role.value, expires_seconds=seconds),
+    )
+    if as_json:
+        out.print_json(json.dumps(reply.result))
+        return
+    print(reply.result["token"])  # alone on stdout: TOKEN=$(fleetbus token create --role viewer)
+
+
+keys_app = typer.Typer(help="The hub's desired-state signing keys (docs/security.md).", no_args_is_help=True)
+
+
+@keys_app.command("ls")
+def keys_ls(hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None) -> None:
+    """The public keys the hub signs desired state with (what edges pin: `trusted_keys`)."""
+    for key in with_client(hub, state_dir, lambda f: f.hub_keys()):
+        print(key)
+
+
+@keys_app.command("resign")
+def keys_resign(
+    reason: Reason = "", hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
+    """Store every profile and override again, signed with the hub's current key: the step
+    of a key rotation after the hub switched keys, before edges drop the old one."""
+    reply = with_client(hub, state_dir, lambda f: f.desk.call("keys.resign", reason=reason))
+    done = reply.result
+    out.print(
+        f"{done['profiles']} profile(s) and {done['overrides']} override(s) now signed by {done['key']}"
+    )
+
+
 def audit(
     since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d.")] = "24h",
     actor: Annotated[str | None, typer.Option("--actor", help="Only this operator's requests.")] = None,

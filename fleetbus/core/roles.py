@@ -15,7 +15,7 @@ from schemas.desk import Role
 READS = frozenset({"whoami", "trust", "operator.ls"})
 PROFILE_WRITES = frozenset({"profile.apply", "profile.rollback", "profile.delete"})
 OVERRIDE_WRITES = frozenset({"override.set", "override.remove"})
-ADMIN_ONLY = frozenset({"operator.add", "operator.revoke"})
+ADMIN_ONLY = frozenset({"operator.add", "operator.revoke", "token.create", "keys.resign"})
 OPS = READS | PROFILE_WRITES | OVERRIDE_WRITES | ADMIN_ONLY
 
 

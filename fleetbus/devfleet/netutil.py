@@ -32,8 +32,9 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     return False
 
 
-async def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
-    """GET `url` (plain http) and return (status, body); raises OSError/TimeoutError."""
+async def http_get(url: str, timeout: float = 2.0, *, token: str | None = None) -> tuple[int, bytes]:
+    """GET `url` (plain http) and return (status, body); raises OSError/TimeoutError.
+    `token`: sent as `Authorization: Bearer` (the hub's dashboard and API)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
@@ -43,7 +44,8 @@ async def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     async def fetch() -> tuple[int, bytes]:
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+            auth = f"Authorization: Bearer {token}\r\n" if token else ""
+            writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n".encode())
             await writer.drain()
             raw = await reader.read()
         finally:

@@ -84,6 +84,7 @@ class FleetRecord:
     ready: bool = False  # True once every process started and its PID is recorded
     control_path: str | None = None  # unix socket of `dev link|kill|restart` (see control.py)
     insecure: bool = False  # started with --insecure: no identities, anyone may do anything
+    dashboard_login: str | None = None  # the dashboard's URL with the local admin's token
 
     @property
     def hub(self) -> SiteRecord:

@@ -28,7 +28,10 @@ from fleetbus.devfleet.state import STATE_FILE, FleetRecord, SiteRecord
 from fleetbus.errors import ConfigError, ServerError
 from fleetbus.runtime import log
 from fleetbus.runtime.settings import DaemonSettings
+from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
+
+DASHBOARD_LOGIN = 30 * 24 * 3600  # s the login URL `dev up` prints stays valid
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -75,6 +78,7 @@ class DevFleet:
         # Every server admits only its identities (generated now if missing), unless
         # `insecure`: then anyone who reaches a port may do anything (debugging only).
         self.insecure = insecure
+        self.dashboard_token: str | None = None  # the local admin's (`login_url`), once started
         # `mqtt_anonymous`: MQTT devices need no credentials (unsafe; `dev up --mqtt-anonymous`).
         # `client_tls`: client ports take only TLS, as where other machines reach them.
         self.plan = (
@@ -146,6 +150,7 @@ class DevFleet:
             *(self._start_staggered(i, self.daemons[s.name]) for i, s in enumerate(self.plan.sites))
         )
         self.progress(f"  daemons     {len(self.daemons)} healthy in {time.monotonic() - began:.1f}s")
+        self.dashboard_token = await self._dashboard_token()
         if self.hollow_plan:
             await self._start_hollow()
         for proc in self._processes():
@@ -239,6 +244,23 @@ class DevFleet:
         """Exits nobody asked for, per process (a kill or a stop is asked for)."""
         return {p.name: p.crashes for p in self._processes() if p.crashes}
 
+    async def _dashboard_token(self) -> str | None:
+        """A 30-day admin token for the hub's dashboard (the login URL `dev up` prints),
+        asked of the hub's desk as the fleet's admin."""
+        hub = self.plan.by_tier(Tier.HUB)[0]
+        if self.insecure or hub.dashboard_port is None:
+            return None
+        creds = identities.operator_creds(self.plan.state_dir)
+        ca = identities.ca_cert(self.plan.state_dir)
+        async with await FleetClient.connect(hub.server.client_url, creds=creds, ca=ca) as admin:
+            reply = await admin.desk.call(
+                "token.create",
+                reason="dev up: the local admin's login",
+                role="admin",
+                expires_seconds=DASHBOARD_LOGIN,
+            )
+        return str(reply.result["token"])
+
     def _site(self, name: str) -> SitePlan:
         try:
             return self.plan.site(name)
@@ -274,7 +296,14 @@ class DevFleet:
             ready=ready,
             control_path=str(self.control_path) if self.control_path else None,
             insecure=self.insecure,
+            dashboard_login=self.login_url,
         )
+
+    @property
+    def login_url(self) -> str | None:
+        """The hub's dashboard with the admin's token (it sets a cookie and drops it from the URL)."""
+        url = self.plan.by_tier(Tier.HUB)[0].dashboard_url
+        return f"{url}?token={self.dashboard_token}" if url and self.dashboard_token else None
 
 
 async def run_foreground(fleet: DevFleet, on_ready: Callable[[FleetRecord], None]) -> None:

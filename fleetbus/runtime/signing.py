@@ -42,6 +42,9 @@ class Signer:
         self.key_id = identity.public_key
         self._pair = nkeys.from_seed(identity.seed().encode())
 
+    def sign(self, data: bytes) -> bytes:
+        return bytes(self._pair.sign(data))
+
     def headers(self, bucket: str, key: str, revision: int, operation: str, body: bytes) -> dict[str, str]:
         signature = self._pair.sign(trust.signed_bytes(bucket, key, revision, operation, body))
         return {

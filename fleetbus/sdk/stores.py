@@ -130,6 +130,18 @@ class ProfileStore:
         old = await self.get(name, to)
         return await self.apply(old.model_copy(update=dict.fromkeys(STAMPS)), actor=actor)
 
+    async def resign(self, name: str, *, actor: str) -> Profile:
+        """Store the current content of `name` again as the next revision: signed with the
+        signer this store has now (a key rotation), whatever signed it before."""
+        current, sequence = await self._current(name)
+        if current is None:
+            msg = f"no profile named {name!r}"
+            raise MissingError(msg)
+        revision = max(current.revision or 0, await self._last_revision(name)) + 1
+        new = current.model_copy(update={"revision": revision, "updated_by": actor, "updated_at": utcnow()})
+        await self.bucket.update(name, new, last=sequence, revision=revision)
+        return new
+
     async def delete(self, name: str) -> Profile:
         profile = await self.get(name)
         await self.bucket.delete(name, revision=await self._last_revision(name) + 1)
@@ -187,6 +199,15 @@ class OverrideStore:
     async def all(self) -> list[StoredOverride]:
         self.bucket.undecodable.clear()
         return [StoredOverride(e.key, e.value) for e in await self.bucket.current() if e.value is not None]
+
+    async def resign(self, key: str) -> None:
+        """Store the override under `key` again, signed with this store's signer now."""
+        entry = await self.bucket.get(key)
+        if entry is None or entry.value is None:
+            msg = f"no override under {key!r}"
+            raise MissingError(msg)
+        last = await self.bucket.last_revision(key)
+        await self.bucket.update(key, entry.value, last=last, revision=last + 1)
 
     async def remove(self, scope: OverrideScope, name: str) -> None:
         """Delete the override of `scope` `name`, also one whose value cannot be read."""
