@@ -4,7 +4,7 @@ Operators' clients send signed `DeskRequest`s on `fleet.hub.desk`. For each, the
 
 1. authenticates: the `Fleetbus-Signature` header is the named operator's ed25519 signature
    over the body as sent, the operator is registered (bootstrap `admins`/`viewers` in the
-   hub's settings, or the `operators` bucket) and not revoked, the request was issued within
+   hub's settings, or its admission file `operators.json`) and not revoked, the request was issued within
    `FRESH` of now and its nonce was not seen before (a replayed request is refused);
 2. authorizes with `fleetbus.core.roles`;
 3. does it with the stores, which sign what they write (`fleetbus.runtime.signing.Signer`);
@@ -33,11 +33,11 @@ from fleetbus.runtime import apitoken, log, signing
 from fleetbus.runtime.admission import Operators, hub_files
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import HubSettings
-from fleetbus.runtime.signing import Signer
+from fleetbus.runtime.signing import Signer, Verifier
 from fleetbus.sdk.documents import Plan
 from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from schemas import subjects
-from schemas.base import utcnow
+from schemas.base import check_token, utcnow
 from schemas.codec import JSON, encode_body
 from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
 from schemas.headers import SIGNATURE, open_envelope
@@ -100,8 +100,11 @@ class Desk:
             },
         }
         js = bus.js
-        self.profiles = ProfileStore(js, signer=signer)
-        self.overrides = OverrideStore(js, signer=signer)
+        # The hub takes from its own buckets only what it signed (with its key now, or one a
+        # rotation retires): a record injected there is skipped, never signed again.
+        guard = Verifier([signer.key_id, *settings.trusted_keys], track=False) if signer else None
+        self.profiles = ProfileStore(js, signer=signer, guard=guard)
+        self.overrides = OverrideStore(js, signer=signer, guard=guard)
         self.settings = settings
         self.files = hub_files(settings.admission_dir) if settings.admission_dir else None
         self.control: ServerControl | None = None
@@ -208,7 +211,8 @@ class Desk:
         except Exception as exc:
             self.metrics.desk_requests.labels(op="?", outcome="malformed").inc()
             return DeskReply(ok=False, error_kind="config", error=f"not a desk request: {exc}")
-        op, actor, role = request.op, "", ""
+        op = request.op if request.op in roles.OPS else "unknown"  # a metric label: bounded
+        actor, role = "", ""
         try:
             who = await self.authenticate(request, headers, body)
             actor, role = who.name, who.role.value
@@ -225,6 +229,13 @@ class Desk:
             await self._audit(request, actor, role, "failed", str(exc))
             self.metrics.desk_requests.labels(op=op, outcome="failed").inc()
             return DeskReply(ok=False, error_kind=kind, error=str(exc), actor=actor)
+        except Exception as exc:  # a request nothing above expected: still audited, still answered
+            logger.exception("desk request failed", op=op, actor=actor)
+            await self._audit(request, actor, role, "failed", f"the hub failed: {type(exc).__name__}")
+            self.metrics.desk_requests.labels(op=op, outcome="failed").inc()
+            return DeskReply(
+                ok=False, error_kind="failed", error=f"the hub failed: {type(exc).__name__}", actor=actor
+            )
         await self._audit(request, actor, role, "ok", detail, target=target, revision=revision)
         self.metrics.desk_requests.labels(op=op, outcome="ok").inc()
         return DeskReply(ok=True, actor=actor, result=result)
@@ -233,9 +244,15 @@ class Desk:
         scope = target_region = None
         if request.op in roles.OVERRIDE_WRITES:
             scope, name = _scope(request.args), _text(request.args, "name")
+            try:
+                check_token(name)
+            except ValueError as exc:
+                raise ConfigError(f"override target: {exc}") from None
             if scope == "edge":
-                keys = await self.presence.keys(f"*.{name}")
-                target_region = keys[0].split(".")[0] if keys else None
+                # The regions the hub hears this edge from; not exactly one: no region it
+                # may be scoped to (a region claiming another's edge id makes it ambiguous).
+                regions = {key.split(".")[0] for key in await self.presence.live_keys(f"*.{name}")}
+                target_region = regions.pop() if len(regions) == 1 else None
         why = roles.forbidden(who.role, who.regions, request.op, scope=scope, target_region=target_region)
         if why:
             raise DeniedError(why, actor=who.name, role=who.role.value)
@@ -283,14 +300,13 @@ class Desk:
         except ValidationError as exc:
             raise ConfigError(f"not a profile: {exc.errors()[0]['msg']}") from None
         expect = request.args.get("expect_revision")
-        plan = await self.profiles.apply(
-            profile, actor=who.name, expect_revision=int(expect) if isinstance(expect, int) else None
-        )
+        wanted = expect if isinstance(expect, int) and not isinstance(expect, bool) else None
+        plan = await self.profiles.apply(profile, actor=who.name, expect_revision=wanted)
         return _plan(plan), f"profile {profile.name}", plan.new.revision if plan.changed else None, plan.diff
 
     async def _profile_rollback(self, request: DeskRequest, who: OperatorRecord) -> Done:
         name, to = _text(request.args, "name"), request.args.get("to")
-        if not isinstance(to, int):
+        if not isinstance(to, int) or isinstance(to, bool):
             msg = "rollback needs `to`, a revision number"
             raise ConfigError(msg)
         plan = await self.profiles.rollback(name, to, actor=who.name)
@@ -313,13 +329,21 @@ class Desk:
             msg = "override.set needs `patch`, an object"
             raise ConfigError(msg)
         expires = request.args.get("expires_at")
+        try:
+            expires_at = datetime.fromisoformat(expires) if isinstance(expires, str) else None
+        except ValueError:
+            msg = f"expires_at {expires!r} is not an ISO time"
+            raise ConfigError(msg) from None
+        if expires_at is not None and expires_at.tzinfo is None:
+            msg = f"expires_at {expires!r} names no time zone"
+            raise ConfigError(msg)
         stored = await self.overrides.set(
             scope,
             name,
             patch,
             owner=who.name,
             reason=request.reason,
-            expires_at=datetime.fromisoformat(expires) if isinstance(expires, str) else None,
+            expires_at=expires_at,
             now=self.clock(),
         )
         return (

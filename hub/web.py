@@ -264,8 +264,11 @@ class _Authenticated:
         self.app, self.check = app, check
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN:
+        if scope["type"] == "lifespan" or (scope["type"] == "http" and scope["path"] in OPEN):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websocket route: closed, whatever comes
+            await send({"type": "websocket.close", "code": 1008})
             return
         request = Request(scope)
         bearer = request.headers.get("authorization", "")
@@ -298,7 +301,8 @@ def _error(status: int, why: str) -> Response:
 
 def _login(request: Request, token: str, claims: ApiClaims) -> Response:
     rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-    target = request.url.path + (f"?{urllib.parse.urlencode(rest)}" if rest else "")
+    path = "/" + request.url.path.lstrip("/")  # never `//host`: a redirect elsewhere
+    target = path + (f"?{urllib.parse.urlencode(rest)}" if rest else "")
     answer = RedirectResponse(target, status_code=303)
     seconds = max(0, int((claims.expires - utcnow()).total_seconds()))
     answer.set_cookie(COOKIE, token, max_age=seconds, httponly=True, samesite="strict", path="/")

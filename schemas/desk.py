@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import ClassVar
 
-from pydantic import Field, JsonValue
+from pydantic import AwareDatetime, Field, JsonValue
 
 from schemas.base import Message, SiteId
 
@@ -31,7 +31,7 @@ class DeskRequest(Message):
     op: str = Field(min_length=1, max_length=64, description="e.g. profile.apply, override.set, operator.add")
     args: dict[str, JsonValue] = Field(default_factory=dict)
     operator: str = Field(default="", description="The signer's public nkey (U…); empty if unsigned.")
-    issued_at: datetime
+    issued_at: AwareDatetime
     nonce: str = Field(min_length=8, max_length=64, description="Random; the hub refuses a nonce seen twice.")
     reason: str = Field(default="", max_length=1000, description="Why (`--reason`); kept in the audit trail.")
 

@@ -15,6 +15,7 @@ from datetime import timedelta
 import nats.errors
 import pytest
 
+from edge.drivers.local import APPLIED_FILE, read_applied
 from fleetbus.core import trust
 from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import http_get
@@ -123,6 +124,16 @@ async def test_a_compromised_regional_cannot_make_its_edges_apply_anything(fleet
                 edge,
                 counts,
             )
+        # An edge's replica keeps one record per key: the forged delete pushed the genuine one
+        # out. Restarted, each edge reconciles from what it took (kept with its revisions).
+        for edge in EDGES:
+            await fleet.restart(edge, server=False, daemon=True)
+            await eventually(
+                lambda edge=edge: _reconciled(fleet, edge), timeout=20, what=f"{edge} reconciled"
+            )
+            record = read_applied(fleet.plan.site(edge).workdir / "daemon" / APPLIED_FILE) or {}
+            assert record.get("hash") == before[edge], edge
+        assert await all_applied(client) == before, "a restarted edge lost what it had taken"
 
         # Each edge told the hub, as alerts.
         seen: set[tuple[str, str]] = set()
@@ -151,6 +162,20 @@ def _signature(headers) -> dict[str, str]:
     return {k: v for k, v in (headers or {}).items() if k.startswith("Fleetbus-")}
 
 
+async def _said(violations: list[str], what: str) -> bool:
+    return any("permissions violation" in v.lower() and what in v.lower() for v in violations)
+
+
+async def _reconciled(fleet: DevFleet, edge: str) -> bool:
+    """Whether `edge`'s daemon (since its last start) finished a reconcile."""
+    url = f"http://127.0.0.1:{fleet.plan.site(edge).daemon_http_port}/metrics"
+    text = (await http_get(url, 2.0))[1].decode()
+    return any(
+        line.startswith("fleetbus_reconciles_total{") and not line.endswith(" 0.0")
+        for line in text.splitlines()
+    )
+
+
 async def _counted(fleet: DevFleet, edge: str, reason: str, least: float = 1) -> bool:
     return (await refusals(fleet, edge)).get(reason, 0) >= least
 
@@ -164,15 +189,32 @@ async def test_writes_go_through_the_desk_with_the_callers_verified_identity(fle
     async with await client_of(fleet) as admin:
         plan = await admin.profiles.apply(profile("1"), reason="the admin does")
         assert plan.new.updated_by == "admin"  # whom the hub verified
-        # Not even the admin writes the bucket directly: its server refuses.
+        # Not even the admin writes the bucket directly, makes a stream that could republish
+        # into it, or listens on the desk to answer for the hub: its server refuses.
+        violations: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            violations.append(str(exc))
+
         nc = await connect_as(
-            fleet.plan, "hub", nkeys_seed=str(admin_creds(fleet.plan)), inbox_prefix="_INBOX"
+            fleet.plan,
+            "hub",
+            nkeys_seed=str(admin_creds(fleet.plan)),
+            inbox_prefix="_INBOX",
+            error_cb=on_error,
         )
         try:
+            js = nc.jetstream(timeout=2)
             with pytest.raises((nats.errors.Error, TimeoutError)):
-                await nc.jetstream(timeout=2).publish(KEY, encode_body(profile("direct", 5), JSON))
+                await js.publish(KEY, encode_body(profile("direct", 5), JSON))
             with pytest.raises((nats.errors.Error, TimeoutError)):
-                await nc.jetstream(timeout=2).purge_stream(PROFILES)
+                await js.purge_stream(PROFILES)
+            with pytest.raises((nats.errors.Error, TimeoutError)):
+                await js.add_stream(name="ECHO", subjects=["echo.>"])
+            await nc.subscribe(subjects.HUB_DESK)
+            await eventually(
+                lambda: _said(violations, "subscription"), timeout=5, what="the desk subscription refused"
+            )
         finally:
             await nc.close()
         assert [p.spec.config for p in await admin.profiles.all()] == [{"version": "1"}]
@@ -279,6 +321,7 @@ async def test_a_key_rotation_keeps_every_edge_applying(fleet):
             _set_setting(fleet, edge, "trusted_keys", [old, new.public_key])
             await fleet.restart(edge, server=False, daemon=True)
         _set_setting(fleet, "hub", "signing_key", str(new.seed_path))
+        _set_setting(fleet, "hub", "trusted_keys", [old])  # it still reads what it signed before
         await fleet.restart("hub", server=False, daemon=True)
     async with await client_of(fleet) as client:
         assert await client.hub_keys() == (new.public_key,)

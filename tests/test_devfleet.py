@@ -16,6 +16,8 @@ import pytest
 from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.state import FleetRecord, pid_alive
+from fleetbus.sdk.client import FleetClient
+from schemas.profile import Profile, ProfileSpec
 from tests.helpers import FLEETBUS, cli_env, processes_mentioning, run_cli, start_in_group, wait_until
 
 pytestmark = pytest.mark.slow
@@ -79,15 +81,14 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         assert_dev_creds_work(state_dir)
 
         async def put_probe() -> int:
-            nc = await nats.connect(
-                record.hub.client_url, nkeys_seed=str(identities.operator_creds(Path(record.state_dir)))
-            )
-            try:
-                # A bucket of its own: the desired-state buckets only the hub writes.
-                kv = await nc.jetstream().create_key_value(bucket="probe")
-                return await kv.put("probe", b"kept across restarts")
-            finally:
-                await nc.close()
+            async with await FleetClient.connect(
+                record.hub.client_url, creds=identities.operator_creds(Path(record.state_dir))
+            ) as client:  # through the hub's desk: only the hub writes desired state
+                plan = await client.profiles.apply(
+                    Profile(name="probe", spec=ProfileSpec(config={"kept": "across restarts"})),
+                    reason="probe",
+                )
+                return plan.new.revision or 0
 
         revision = asyncio.run(put_probe())
         output = ctrl_c(up)
@@ -104,17 +105,14 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         record = FleetRecord.load(state_dir)
         assert record is not None
 
-        async def read_probe() -> tuple[bytes, int]:
-            nc = await nats.connect(
-                record.hub.client_url, nkeys_seed=str(identities.operator_creds(Path(record.state_dir)))
-            )
-            try:
-                entry = await (await nc.jetstream().key_value("probe")).get("probe")
-                return entry.value or b"", entry.revision or 0
-            finally:
-                await nc.close()
+        async def read_probe() -> tuple[dict[str, object], int]:
+            async with await FleetClient.connect(
+                record.hub.client_url, creds=identities.operator_creds(Path(record.state_dir))
+            ) as client:
+                probe = await client.profiles.get("probe")
+                return probe.spec.config, probe.revision or 0
 
-        assert asyncio.run(read_probe()) == (b"kept across restarts", revision)
+        assert asyncio.run(read_probe()) == ({"kept": "across restarts"}, revision)
 
         # A second `up` while one runs is refused, and changes nothing.
         again = run_cli("dev", "up", "--state-dir", str(state_dir))

@@ -302,7 +302,9 @@ async def test_watch_inventory_yields_current_state_then_a_live_change(tmp_path)
             await watch.stop()
         assert (await client.get_inventory("r2-e1")).facts == {"door": "open"}
 
-        # The CLI: status table and a watch with --count, --json.
+        # The CLI: status table and a watch with --count, --json. Presence comes from the
+        # regionals' heartbeat tracking, apart from inventory: wait for it too.
+        await eventually(lambda: all_online(client), timeout=30, what="every edge online at the hub")
         hub = hub_args(fleet.plan)
         status = await arun_cli("status", "--json", *hub)
         assert status.returncode == 0, status.stderr

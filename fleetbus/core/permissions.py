@@ -33,8 +33,9 @@ class Permissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-    # Refused even where `publish` allows (nats-server's deny wins over allow).
+    # Refused even where `publish`/`subscribe` allow (nats-server's deny wins over allow).
     deny_publish: tuple[str, ...] = ()
+    deny_subscribe: tuple[str, ...] = ()
 
 
 def _consumer_create(domain: str, bucket: str, key: str | None = None) -> tuple[str, ...]:
@@ -189,7 +190,9 @@ _READ_API = (
 
 def viewer() -> Permissions:
     """Read-only, at the hub: dashboards in any language subscribe to buckets and streams.
-    It may ask the hub's desk, which refuses its writes (and records that it tried)."""
+    It may ask the hub's desk, which refuses its writes (and records that it tried). An
+    operator of the `operator` role has the same: everything it may change, it changes through
+    the desk, which checks its role and regions."""
     return Permissions(
         publish=(*(f"$JS.API.{call}" for call in _READ_API), "$JS.FC.>", subjects.HUB_DESK),
         subscribe=("_INBOX.>",),
@@ -197,18 +200,18 @@ def viewer() -> Permissions:
 
 
 # The stream API calls that change a stream or what it holds.
-_CHANGE_API = ("CREATE", "UPDATE", "DELETE", "PURGE", "RESTORE", "MSG.DELETE")
+_CHANGE_API = ("DELETE", "PURGE", "RESTORE", "MSG.DELETE")
 
 # What only the hub itself writes: desired state, operators, the audit trail.
 HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET)
 
 
 def admin() -> Permissions:
-    """An operator at the hub (`admin`, and every operator `fleetbus operator add` makes): it
-    may do anything but write what only the hub writes: the desired-state buckets and the
-    AUDIT stream, directly or through their streams' API (in both the local
-    and the domain-qualified form). Its writes go through the hub's desk, which checks its
-    role and signs (docs/security.md#one-writer)."""
+    """An `admin` at the hub: it may do anything but write what only the hub writes (the
+    desired-state buckets and the AUDIT stream, directly or through their streams' API),
+    create or change any stream (a stream of its own could republish into those), or listen
+    on the hub's desk (where it could answer for the hub). Its writes go through the desk,
+    which checks its role and signs (docs/security.md#one-writer)."""
     streams = [kv_stream(b) for b in HUB_OWNED] + [subjects.AUDIT_STREAM]
     api = ("$JS.API", "$JS.*.API")
     return Permissions(
@@ -217,6 +220,7 @@ def admin() -> Permissions:
         deny_publish=(
             *(subjects.kv_subject(b) for b in HUB_OWNED),
             subjects.hub_audit(),
+            *(f"{prefix}.STREAM.{call}.*" for prefix in api for call in ("CREATE", "UPDATE")),
             *(
                 f"{prefix}.STREAM.{call}.{stream}"
                 for prefix in api
@@ -224,6 +228,7 @@ def admin() -> Permissions:
                 for stream in streams
             ),
         ),
+        deny_subscribe=(subjects.HUB_DESK,),
     )
 
 
@@ -234,8 +239,8 @@ def table() -> list[tuple[str, str, Permissions]]:
         ("edge `r1-e1`", "regional r1 (leaf link)", edge_link("r1", "r1-e1")),
         ("new edge with a token (`join`)", "regional r1 (client)", joiner("r1")),
         ("simulator `r1-hollow`", "regional r1 (client)", simulator("r1", "r1-hollow")),
-        ("operator (`admin`, `fleetbus operator add`)", "hub (client)", admin()),
-        ("viewer", "hub (client)", viewer()),
+        ("`admin` operator", "hub (client)", admin()),
+        ("`operator` and `viewer` operators, dashboard builders", "hub (client)", viewer()),
         ("device `sensor-1`", "edge (MQTT)", device("sensor-1")),
         ("gateway (`--gateway`)", "edge (MQTT)", gateway()),
     ]
@@ -244,13 +249,12 @@ def table() -> list[tuple[str, str, Permissions]]:
 def markdown() -> str:
     """`table()` as the Markdown table in docs/security.md (a test keeps that copy current)."""
     rows = [
-        "| identity | connects to | may publish | may not publish | may subscribe |",
-        "| --- | --- | --- | --- | --- |",
+        "| identity | connects to | may publish | but not | may subscribe | but not |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for who, where, perms in table():
+        cells = (perms.publish, perms.deny_publish, perms.subscribe, perms.deny_subscribe)
         rows.append(
-            f"| {who} | {where} | {'<br>'.join(f'`{s}`' for s in perms.publish)} "
-            f"| {'<br>'.join(f'`{s}`' for s in perms.deny_publish)} "
-            f"| {'<br>'.join(f'`{s}`' for s in perms.subscribe)} |"
+            f"| {who} | {where} | " + " | ".join("<br>".join(f"`{s}`" for s in c) for c in cells) + " |"
         )
     return "\n".join(rows) + "\n"

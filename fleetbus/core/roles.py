@@ -47,7 +47,7 @@ def _outside(regions: Collection[str], op: str, scope: str | None, target_region
     elif scope != "edge":
         why = f"{who} may write overrides of its regions' edges only, not of groups"
     elif target_region is None:
-        why = f"the hub does not know which region this edge is in; {who} may not write its override"
+        why = f"the hub does not hear this edge from exactly one region; {who} may not write its override"
     elif target_region not in regions:
         why = f"the edge is in region {target_region}; {who} may not write its override"
     else:

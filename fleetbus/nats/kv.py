@@ -218,6 +218,7 @@ class Bucket(Generic[M]):
     async def snapshot(self, key: str = ">") -> tuple[list[Entry[M]], int]:
         """The last good entry of every key under `key` (wildcards allowed; deletes included),
         and the bucket's last sequence before reading: pass it to `changes(after=...)`."""
+        key_filter = key
         messages, seen = await self._latest(key)
         found: list[Entry[M]] = []
         undecodable: list[str] = []
@@ -228,7 +229,18 @@ class Bucket(Generic[M]):
                 undecodable.append(msg.subject.removeprefix(self.subject("")))
         # A key whose latest value is bad keeps its last good one, as every reader does.
         lasts = [await self._last_good(bad) for bad in undecodable]
-        return found + [good for good in lasts if good is not None], seen
+        found += [good for good in lasts if good is not None]
+        if self.guard is not None and self.guard.track:
+            # A key the replica lost (a refused record pushed it out, or it was purged) keeps
+            # what the guard last took for it: only a signed delete removes a key.
+            have = {e.key for e in found} | set(undecodable)
+            lost = [
+                k
+                for k in self.guard.taken_keys(self.name)
+                if k not in have and subject_matches(key_filter, k)
+            ]
+            found += [taken for k in lost if (taken := self._taken(k)) is not None]
+        return found, seen
 
     async def live_keys(self, key: str = ">") -> list[str]:
         """Keys under `key` whose latest record is not a delete (values not decoded)."""
@@ -304,8 +316,22 @@ class Bucket(Generic[M]):
                 found.append(Entry(key, value, raw.seq or 0, stored, 0, signed))
 
     async def _last_good(self, key: str) -> Entry[M] | None:
+        if self.guard is not None and self.guard.track:  # a replica keeps one record per key
+            return self._taken(key)
         entries = await self.history(key)
         return entries[-1] if entries else None
+
+    def _taken(self, key: str) -> Entry[M] | None:
+        """The entry of the record the guard last took for `key` (None if none, or if it does
+        not decode)."""
+        record = self.guard.last_taken(self.name, key) if self.guard else None
+        if record is None:
+            return None
+        signed = trust.revision_of(record.headers)
+        if record.operation == trust.DELETE:
+            return Entry(key, None, 0, NEVER, 0, signed)
+        value = self._decode(key, record.body, quiet=True)
+        return None if value is None else Entry(key, value, 0, NEVER, 0, signed)
 
     async def changes(self, key: str = ">", *, after: int) -> AsyncGenerator[Entry[M], None]:
         """Every entry written under `key` after sequence `after`, until the caller stops
@@ -396,6 +422,17 @@ class Bucket(Generic[M]):
         return entry
 
 
+def subject_matches(pattern: str, key: str) -> bool:
+    """Whether the key `key` is under `pattern` (NATS wildcards: `*` one token, `>` the rest)."""
+    want, have = pattern.split("."), key.split(".")
+    for i, part in enumerate(want):
+        if part == ">":
+            return len(have) > i
+        if i >= len(have) or part not in ("*", have[i]):
+            return False
+    return len(want) == len(have)
+
+
 Changed = list[Entry[M]]
 
 
@@ -451,6 +488,8 @@ class Mirror(Generic[M]):
 
     def _take(self, entries: Iterable[Entry[M]]) -> None:
         entries = list(entries)
+        if self.bucket.guard is not None:
+            self.bucket.guard.flush()  # what it took is kept before anything acts on it
         for entry in entries:
             if entry.value is None:
                 self.values.pop(entry.key, None)

@@ -76,9 +76,10 @@ def render_user(user: User, indent: str = "    ") -> list[str]:
     if user.permissions is not None:
         allow = user.permissions
         deny = f", deny: {_subjects(allow.deny_publish)}" if allow.deny_publish else ""
+        unsub = f", deny: {_subjects(allow.deny_subscribe)}" if allow.deny_subscribe else ""
         fields.append(
             f"permissions: {{publish: {{allow: {_subjects(allow.publish)}{deny}}}, "
-            f"subscribe: {{allow: {_subjects(allow.subscribe)}}}}}"
+            f"subscribe: {{allow: {_subjects(allow.subscribe)}{unsub}}}}}"
         )
     return [f"{indent}# {user.who}", indent + "{" + ", ".join(fields) + "}"]
 
@@ -216,7 +217,7 @@ def operator_users(registry: Operators) -> tuple[User, ...]:
         User(
             who=f"operator {name} ({record.role.value}, added by {record.added_by})",
             nkey=record.public_key,
-            permissions=permissions.viewer() if record.role is Role.VIEWER else permissions.admin(),
+            permissions=permissions.admin() if record.role is Role.ADMIN else permissions.viewer(),
         )
         for name, record in sorted(registry.operators.items())
         if record.revoked_at is None

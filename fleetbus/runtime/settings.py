@@ -98,6 +98,13 @@ class HubSettings(DaemonSettings):
             "state); edges pin its public key. None: unsigned, which verifying edges refuse."
         ),
     )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Signing keys besides signing_key whose records the hub still takes from its own "
+            "buckets: the old key during a rotation, until `fleetbus keys resign`."
+        ),
+    )
     admins: dict[str, str] = Field(
         default_factory=dict,
         description="Bootstrap operators with the admin role: name -> public nkey (U…).",

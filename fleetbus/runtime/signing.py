@@ -15,6 +15,8 @@ import binascii
 import json
 import os
 import secrets
+import time
+from collections import deque
 from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -84,10 +86,17 @@ def check_keys(keys: Collection[str], *, field: str) -> tuple[str, ...]:
 
 
 Refused = Callable[[Record, Refusal], None]
+MAX_REMEMBERED = 10_000  # refusals remembered (each counted once)
+ALERT_WINDOW = 60.0  # s
+ALERTS_PER_MINUTE = 10
 
 
 class Verifier:
-    """Judges every desired-state record a site reads (`fleetbus.nats.kv.Bucket(guard=…)`)."""
+    """Judges every desired-state record a site reads (`fleetbus.nats.kv.Bucket(guard=…)`),
+    and keeps the last record it took per key: a replica holds one record per key, so a
+    refused record pushes the good one out of it, and a purge removes both; the kept record
+    is what stands then (only a signed delete removes a key). Kept in `state` (JSON) so a
+    restart does not lose it."""
 
     def __init__(
         self,
@@ -96,7 +105,12 @@ class Verifier:
         state: Path | None = None,
         metrics: DaemonMetrics | None = None,
         on_refused: Refused | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        track: bool = True,
     ) -> None:
+        """`track`: keep the last record taken per key and refuse older revisions (an edge);
+        without, only signatures are checked (the hub reading its own buckets, whose history
+        it serves)."""
         if not trusted:
             msg = (
                 "no trusted hub key to verify desired state with: set trusted_keys "
@@ -107,23 +121,36 @@ class Verifier:
         self.state = state
         self.metrics = metrics
         self.on_refused = on_refused
-        self.seen: dict[str, Seen] = self._load()
+        self.clock = clock
+        self.track = track
+        self.kept: dict[str, Record] = self._load()
+        self._dirty = False
         self._told: set[tuple[str, str, str]] = set()  # refusals already counted
+        self._alerts: deque[float] = deque()  # when the last refusals were reported
+
+    @property
+    def seen(self) -> dict[str, Seen]:
+        return {k: Seen(trust.revision_of(r.headers) or 0, r.digest) for k, r in self.kept.items()}
 
     @staticmethod
-    def _id(record: Record) -> str:
-        return f"{record.bucket}/{record.key}"
+    def _id(bucket: str, key: str) -> str:
+        return f"{bucket}/{key}"
 
-    def _load(self) -> dict[str, Seen]:
+    def _load(self) -> dict[str, Record]:
         if self.state is None or not self.state.exists():
             return {}
         try:
             raw = json.loads(self.state.read_text())
-            return {k: Seen(int(v["revision"]), str(v["digest"])) for k, v in raw.items()}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return {
+                k: Record(
+                    v["bucket"], v["key"], v["operation"], base64.b64decode(v["body"]), dict(v["headers"])
+                )
+                for k, v in raw.items()
+            }
+        except (OSError, ValueError, KeyError, TypeError, binascii.Error) as exc:
             # Losing it only weakens replay protection until the next revision: say so.
             logger.warning(
-                "highest revisions unreadable; starting afresh", file=str(self.state), error=repr(exc)
+                "kept revisions unreadable; starting afresh", file=str(self.state), error=repr(exc)
             )
             return {}
 
@@ -132,30 +159,58 @@ class Verifier:
             return
         self.state.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state.with_name(f".{self.state.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(
-            json.dumps({k: {"revision": s.revision, "digest": s.digest} for k, s in self.seen.items()})
-        )
+        records = {
+            k: {
+                "bucket": r.bucket,
+                "key": r.key,
+                "operation": r.operation,
+                "body": base64.b64encode(r.body).decode(),
+                "headers": dict(r.headers),
+            }
+            for k, r in self.kept.items()
+        }
+        tmp.write_text(json.dumps(records))
         tmp.replace(self.state)
 
     def accept(self, record: Record, *, quiet: bool = False) -> bool:
-        """Whether `record` may be taken. Taking it raises the key's highest revision, unless
+        """Whether `record` may be taken. Taking it makes it the key's kept record, unless
         `quiet` (a record of the past read while looking for the last good one)."""
-        seen = self.seen.get(self._id(record))
+        ident = self._id(record.bucket, record.key)
+        kept = self.kept.get(ident) if self.track else None
+        seen = Seen(trust.revision_of(kept.headers) or 0, kept.digest) if kept else None
         refusal = trust.judge(record, trusted=self.trusted, seen=seen, verify=verify)
         if refusal is not None:
             if not quiet:
                 self._refused(record, refusal)
             return False
         revision = trust.revision_of(record.headers) or 0
-        if not quiet and (seen is None or revision > seen.revision):
-            self.seen[self._id(record)] = Seen(revision, record.digest)
-            self._save()
+        if self.track and not quiet and (seen is None or revision > seen.revision):
+            self.kept[ident] = Record(
+                record.bucket, record.key, record.operation, record.body, _signature(record)
+            )
+            self._dirty = True
         return True
 
+    def flush(self) -> None:
+        """Write what was taken since the last flush to `state` (a reader calls it once per
+        burst of records, not once per record)."""
+        if self._dirty:
+            self._save()
+            self._dirty = False
+
+    def last_taken(self, bucket: str, key: str) -> Record | None:
+        """The last record taken for `key` of `bucket` (a delete, too), if any."""
+        return self.kept.get(self._id(bucket, key))
+
+    def taken_keys(self, bucket: str) -> list[str]:
+        return sorted(r.key for r in self.kept.values() if r.bucket == bucket)
+
     def _refused(self, record: Record, refusal: Refusal) -> None:
-        told = (self._id(record), record.digest, refusal.value)
+        told = (self._id(record.bucket, record.key), record.digest, refusal.value)
         if told in self._told:
             return
+        if len(self._told) >= MAX_REMEMBERED:
+            self._told.clear()  # bounded: a flood of distinct junk may then be counted twice
         self._told.add(told)
         if self.metrics:
             self.metrics.desired_refused.labels(bucket=record.bucket, reason=refusal.value).inc()
@@ -167,8 +222,23 @@ class Verifier:
             revision=record.headers.get(REVISION),
             signer=record.headers.get(SIGNER),
         )
-        if self.on_refused:
+        if self.on_refused and self._may_alert():
             self.on_refused(record, refusal)
+
+    def _may_alert(self) -> bool:
+        """At most `ALERTS_PER_MINUTE` alerts: a flood of junk is counted, not echoed upstream."""
+        now = self.clock()
+        while self._alerts and now - self._alerts[0] > ALERT_WINDOW:
+            self._alerts.popleft()
+        if len(self._alerts) >= ALERTS_PER_MINUTE:
+            return False
+        self._alerts.append(now)
+        return True
+
+
+def _signature(record: Record) -> dict[str, str]:
+    """The headers a kept record needs to be judged again: its signature's."""
+    return {k: v for k, v in record.headers.items() if k in (SIGNER, REVISION, SIGNATURE)}
 
 
 def describe(headers: Mapping[str, str]) -> str:

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from fleetbus.errors import ConfigError, ConflictError, MissingError
 from fleetbus.nats.bus import JetStream
 from fleetbus.nats.kv import Bucket
-from fleetbus.runtime.signing import Signer
+from fleetbus.runtime.signing import Signer, Verifier
 from fleetbus.sdk.documents import STAMPS, Plan, diff
 from schemas import subjects
 from schemas.base import utcnow
@@ -35,8 +35,8 @@ from schemas.profile import Profile
 class ProfileStore:
     """Profiles in the hub's `profiles` bucket, keyed by name."""
 
-    def __init__(self, js: JetStream, *, signer: Signer | None = None) -> None:
-        self.bucket = Bucket(js, subjects.PROFILES_BUCKET, Profile, signer=signer)
+    def __init__(self, js: JetStream, *, signer: Signer | None = None, guard: Verifier | None = None) -> None:
+        self.bucket = Bucket(js, subjects.PROFILES_BUCKET, Profile, signer=signer, guard=guard)
 
     @property
     def undecodable(self) -> list[str]:
@@ -157,8 +157,8 @@ class StoredOverride:
 class OverrideStore:
     """Overrides in the hub's `overrides` bucket, keyed `edge.<id>` or `group.<name>`."""
 
-    def __init__(self, js: JetStream, *, signer: Signer | None = None) -> None:
-        self.bucket = Bucket(js, subjects.OVERRIDES_BUCKET, Override, signer=signer)
+    def __init__(self, js: JetStream, *, signer: Signer | None = None, guard: Verifier | None = None) -> None:
+        self.bucket = Bucket(js, subjects.OVERRIDES_BUCKET, Override, signer=signer, guard=guard)
 
     async def set(
         self,
