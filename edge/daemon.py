@@ -44,6 +44,8 @@ async def run(settings: EdgeSettings) -> None:
         )
         replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]
         enrolled = _enrolled(settings)
+        # Its own key: the hub seals this edge's secrets to it (docs/security.md#sealed-secrets).
+        seed = identity.seed_of(settings.nats_creds)
 
         async def provision() -> None:
             await ensure_stream(js, streams.events_stream(region, edge))
@@ -87,6 +89,7 @@ async def run(settings: EdgeSettings) -> None:
             metrics=daemon.metrics,
             cluster=cluster.inventory if cluster else None,
             devices=registry.records,
+            public_key=identity.public_key(seed) if seed else "",
         )
         telemetry = _telemetry(daemon, settings, probe, registry)
         reconciler = Reconciler(
@@ -100,6 +103,7 @@ async def run(settings: EdgeSettings) -> None:
             on_applied=inventory.poke,
             on_desired=lambda desired: telemetry.configure(desired.document),
             guard=verifier_of(settings, daemon.metrics),
+            seed=seed,
         )
         daemon.on_start(provision)
         daemon.on_start(DeviceGateway(daemon.bus, registry, region=region, edge=edge).start)

@@ -179,8 +179,10 @@ class InventoryPublisher:
         first_seq: Callable[[], Awaitable[int]] | None = None,
         cluster: Callable[[], Awaitable[KubernetesInventory]] | None = None,
         devices: Callable[[], list[DeviceRecord]] | None = None,
+        public_key: str = "",
     ) -> None:
         self.bus = bus
+        self.public_key = public_key  # the edge's nkey, which the hub seals its secrets to
         self.region, self.edge, self.labels = region, edge, labels
         self.driver, self.probe, self.meter = driver, probe, meter
         self.facts_file, self.host = facts_file, host
@@ -228,6 +230,7 @@ class InventoryPublisher:
             seq=self.seq + 1,
             observed_at=self.clock(),
             labels=self.labels,
+            public_key=self.public_key,
             host=host,
             applied=await self.driver.applied(),
             link=LinkState(upstream_connected=bool(self.probe.up), since=self.probe.changed_at),

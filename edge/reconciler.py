@@ -18,17 +18,20 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 
 from edge.drivers import Drift, Driver, DriverError
+from fleetbus.core import secrets as secret_refs
 from fleetbus.core.desired import DesiredState, compute
 from fleetbus.core.trust import Record, Refusal
 from fleetbus.nats.bus import Bus, store_event
 from fleetbus.nats.kv import Bucket, Entry, Mirror
-from fleetbus.runtime import log
+from fleetbus.runtime import log, sealing
 from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.sealing import SealError
 from fleetbus.runtime.signing import Verifier
 from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
@@ -37,6 +40,7 @@ from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, ObjectResu
 from schemas.headers import REVISION, SIGNER
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
+from schemas.secret import SealedBundle
 
 logger = log.get_logger(__name__)
 
@@ -56,17 +60,27 @@ class DesiredInputs:
     process share one (`edge.hollow`).
     """
 
-    def __init__(self, bus: Bus, metrics: DaemonMetrics, *, guard: Verifier | None = None) -> None:
+    def __init__(
+        self, bus: Bus, metrics: DaemonMetrics, *, guard: Verifier | None = None, sealed: bool = False
+    ) -> None:
         self._profiles = Mirror(
             Bucket(bus.js, subjects.PROFILES_BUCKET, Profile, metrics=metrics, guard=guard)
         )
         self._overrides = Mirror(
             Bucket(bus.js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics, guard=guard)
         )
+        self._mirrors: list[Mirror[Any]] = [self._profiles, self._overrides]
+        # A full edge's secrets, sealed to its key (its replica holds only its own bundle).
+        self._sealed: Mirror[SealedBundle] | None = None
+        if sealed:
+            self._sealed = Mirror(
+                Bucket(bus.js, subjects.SEALED_BUCKET, SealedBundle, metrics=metrics, guard=guard)
+            )
+            self._mirrors.append(self._sealed)
         self.loaded = asyncio.Event()
         self._listeners: list[Callable[[Changed], None]] = []
-        self._profiles.listen(lambda entries: self._heard(subjects.PROFILES_BUCKET, entries))
-        self._overrides.listen(lambda entries: self._heard(subjects.OVERRIDES_BUCKET, entries))
+        for mirror in self._mirrors:
+            mirror.listen(self._listener(mirror.bucket.name))
 
     @property
     def profiles(self) -> dict[str, Profile]:
@@ -76,18 +90,19 @@ class DesiredInputs:
     def overrides(self) -> dict[str, Override]:
         return self._overrides.values
 
+    @property
+    def sealed(self) -> dict[str, SealedBundle]:
+        return self._sealed.values if self._sealed else {}
+
     def listen(self, listener: Callable[[Changed], None]) -> None:
         self._listeners.append(listener)
 
     async def run(self) -> None:
         """Mirror both buckets until cancelled; raise what ended a mirror."""
-        mirrors = [
-            asyncio.create_task(self._profiles.run(), name="mirror-profiles"),
-            asyncio.create_task(self._overrides.run(), name="mirror-overrides"),
-        ]
+        mirrors = [asyncio.create_task(m.run(), name=f"mirror-{m.bucket.name}") for m in self._mirrors]
         try:
-            # Loaded only once both have delivered what they hold: never a half state.
-            loaded = [asyncio.create_task(m.loaded.wait()) for m in (self._profiles, self._overrides)]
+            # Loaded only once all have delivered what they hold: never a half state.
+            loaded = [asyncio.create_task(m.loaded.wait()) for m in self._mirrors]
             await _first_of(loaded, mirrors, all_of=True)
             self.loaded.set()
             self._tell(())
@@ -95,6 +110,9 @@ class DesiredInputs:
             await _first_of([forever], mirrors)  # returns only by raising what ended a mirror
         finally:
             await cancel_and_wait(mirrors, timeout=10.0)
+
+    def _listener(self, bucket: str) -> Callable[[Sequence[Entry[Any]]], None]:
+        return lambda entries: self._heard(bucket, entries)
 
     def _heard(self, bucket: str, entries: Sequence[Entry[Any]]) -> None:
         if self.loaded.is_set():  # the first loads are told as one, with `()`
@@ -122,8 +140,10 @@ class Reconciler:
         inputs: DesiredInputs | None = None,
         guard: Verifier | None = None,
         event_subject: Callable[[str], str] | None = None,
+        seed: str | None = None,
     ) -> None:
         self.bus, self.driver = bus, driver
+        self.seed = seed  # the edge's nkey seed: what opens its sealed secrets
         self.on_applied = on_applied  # e.g. the inventory: what is applied changed
         self.on_desired = on_desired  # e.g. the telemetry forwarder: each computed desired state
         self.region, self.edge = region, edge
@@ -133,7 +153,7 @@ class Reconciler:
         # Its own mirror of the site's replicas (a full edge: the replica of `overrides`
         # holds only this edge's), or one shared by many edges, which `run()` does not run.
         self.own_inputs = inputs is None
-        self.inputs = inputs or DesiredInputs(bus, metrics, guard=guard)
+        self.inputs = inputs or DesiredInputs(bus, metrics, guard=guard, sealed=seed is not None)
         if guard is not None:
             guard.on_refused = self.refused  # reported upstream as alerts
         self.inputs.listen(self._heard)
@@ -143,6 +163,7 @@ class Reconciler:
                 (subjects.OVERRIDES_BUCKET, subjects.override_key(OverrideScope.GROUP.value, g))
                 for g in groups
             ),
+            (subjects.SEALED_BUCKET, edge),
         }
         # Where ApplyResults go: the edge's own EVENTS (a full edge) or its outbox subject in
         # the regional's EVENTS (a thin edge).
@@ -153,6 +174,7 @@ class Reconciler:
         self._changed = asyncio.Event()
         self._retry = Backoff(2.0, cap=60.0)
         self._alerts: set[asyncio.Task[None]] = set()
+        self._waiting: frozenset[str] = frozenset()  # secrets referenced but not held (logged once)
 
     @property
     def profiles(self) -> dict[str, Profile]:
@@ -206,6 +228,9 @@ class Reconciler:
         return min(ends).timestamp() - now.timestamp() + time.monotonic() if ends else None
 
     def desired(self) -> DesiredState:
+        """The effective desired state, each secret reference pinned to the version this
+        edge holds sealed (docs/security.md#sealed-secrets)."""
+        bundle = self.inputs.sealed.get(self.edge)
         return compute(
             self.profiles.values(),
             self.labels,
@@ -213,11 +238,45 @@ class Reconciler:
             groups=self.groups,
             overrides=self.overrides.values(),
             now=self.clock(),
+            secrets={n: s.version for n, s in bundle.secrets.items()} if bundle else {},
         )
+
+    def _open_secrets(self, desired: DesiredState) -> DesiredState:
+        """`desired` with the plaintext of each secret it references, for the driver;
+        `DriverError` if a box does not open with this edge's key."""
+        names = secret_refs.refs(desired.document)
+        if not names:
+            return desired
+        bundle = self.inputs.sealed.get(self.edge)
+        if bundle is None or self.seed is None:
+            msg = "no identity (nats_creds) to open sealed secrets with" if self.seed is None else "none held"
+            raise DriverError(f"secrets {', '.join(sorted(names))}: {msg}")
+        plaintext: dict[str, bytes] = {}
+        for name in sorted(names):
+            try:
+                plaintext[name] = sealing.unseal(bundle.secrets[name].box, self.seed)
+            except (KeyError, SealError) as exc:
+                held = bundle.secrets.get(name)
+                msg = f"secret {name} version {held.version if held else '?'}: {exc}"
+                raise DriverError(msg) from None
+        return replace(desired, secrets=plaintext)
+
+    def _held_back(self, desired: DesiredState) -> bool:
+        """True while `desired` references a secret whose sealed bundle has not reached this
+        edge yet (the hub seals it after it sees the change): nothing is applied until it has,
+        and the last applied state stays."""
+        missing = frozenset(secret_refs.unpinned(desired.document))
+        if missing and missing != self._waiting:
+            why = "this edge has no identity to open them" if self.seed is None else "not sealed to it yet"
+            logger.warning("desired state waits for secrets", secrets=sorted(missing), why=why)
+        self._waiting = missing
+        return bool(missing)
 
     async def reconcile(self, *, force: bool = False) -> bool:
         """Apply the desired state if it changed (or `force`); False if the apply failed."""
         desired = self.desired()
+        if self._held_back(desired):
+            return True  # the bundle's arrival wakes this again
         self.last = desired
         self.on_desired(desired)
         key = (desired.hash, desired.profile_revisions)
@@ -226,7 +285,7 @@ class Reconciler:
         started = time.monotonic()
         error: str | None = None
         try:
-            applied = await self.driver.apply(desired)
+            applied = await self.driver.apply(self._open_secrets(desired))
         except DriverError as exc:
             status, error, objects = ApplyStatus.FAILED, str(exc), exc.objects
         else:

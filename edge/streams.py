@@ -33,8 +33,9 @@ def inventory_stream(region: str, edge: str, *, max_bytes: int = 16 * 2**20) -> 
 
 
 def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
-    """The edge's replicas, sourced from its regional: every profile, and only the overrides
-    for this edge and its groups (another edge's override never reaches it)."""
+    """The edge's replicas, sourced from its regional: every profile, only the overrides
+    for this edge and its groups (another edge's override never reaches it), and only its
+    own bundle of sealed secrets."""
     override_keys = [subjects.override_key(OverrideScope.EDGE.value, edge)] + [
         subjects.override_key(OverrideScope.GROUP.value, g) for g in groups
     ]
@@ -58,6 +59,17 @@ def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
                     filters=[subjects.kv_subject(subjects.OVERRIDES_BUCKET, key)],
                 )
                 for key in override_keys
+            ],
+        ),
+        replica_bucket(
+            subjects.SEALED_BUCKET,
+            [
+                source(
+                    subjects.kv_stream(subjects.SEALED_BUCKET),
+                    region,
+                    deliver=deliver,
+                    filters=[subjects.kv_subject(subjects.SEALED_BUCKET, edge)],
+                )
             ],
         ),
     ]

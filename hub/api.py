@@ -239,6 +239,7 @@ def edge_detail(fleet: FleetView, view: EdgeView) -> EdgeDetail:
             groups=groups,
             overrides=fleet.overrides.values(),
             now=fleet.clock(),
+            secrets=fleet.secrets,
         )
         desired_hash = desired.hash
         explain = [ExplainRow(path=p, value=v, source=s) for p, v, s in desired.explain()]

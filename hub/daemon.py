@@ -17,11 +17,12 @@ from fleetbus.runtime import apitoken, log
 from fleetbus.runtime.identity import load as load_identity
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import HubSettings
-from fleetbus.runtime.signing import Signer
+from fleetbus.runtime.signing import Signer, Verifier
 from fleetbus.sdk.client import FleetClient
 from hub import api, streams, web
 from hub.desk import Desk
 from hub.fleetview import FleetView
+from hub.sealer import Sealer
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.heartbeat import Heartbeat, Tier
@@ -32,6 +33,8 @@ BUCKETS = (
     BucketSpec(subjects.PROFILES_BUCKET, history=16, description="Profiles; history = revisions."),
     BucketSpec(subjects.OVERRIDES_BUCKET, history=16, description="Per-site and per-group overrides."),
     BucketSpec(subjects.REGIONS_BUCKET, description="Presence of each regional, as the hub hears it."),
+    BucketSpec(subjects.SECRETS_BUCKET, history=4, description="Secrets, each sealed to the hub's key."),
+    BucketSpec(subjects.SEALED_BUCKET, description="Per edge: its secrets, sealed to its key."),
 )
 
 
@@ -116,6 +119,7 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
             )
 
         daemon.on_start(provision)
+        _sealer(daemon, settings, signer)
         daemon.add_task("presence", regions.run)
         daemon.add_task("limits", limits)
         if listener is not None:
@@ -124,6 +128,15 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
             await daemon.run()
         finally:
             await desk.close()
+
+
+def _sealer(daemon: Daemon, settings: HubSettings, signer: Signer | None) -> None:
+    """Secrets, sealed to each edge whose desired state references them (none without a key)."""
+    if signer is None:
+        return
+    guard = Verifier([signer.key_id, *settings.trusted_keys], track=False)
+    sealer = Sealer(daemon.bus, signer, guard, daemon.metrics)
+    daemon.add_task("sealer", sealer.run)
 
 
 def _dashboard(daemon: Daemon, settings: HubSettings, listener: socket.socket) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import JsonValue, ValidationError
 
 from fleetbus.core import roles
+from fleetbus.core import secrets as secret_refs
 from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedError
 from fleetbus.nats.bus import Bus, Msg
 from fleetbus.nats.kv import Bucket
@@ -32,6 +33,7 @@ from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import apitoken, log, signing
 from fleetbus.runtime.admission import Operators, hub_files
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.sealing import SealError
 from fleetbus.runtime.settings import HubSettings
 from fleetbus.runtime.signing import Signer, Verifier
 from fleetbus.sdk.documents import Plan
@@ -44,6 +46,7 @@ from schemas.headers import SIGNATURE, open_envelope
 from schemas.override import OverrideScope
 from schemas.presence import PresenceChange
 from schemas.profile import Profile
+from schemas.secret import SecretRecord
 
 logger = log.get_logger(__name__)
 
@@ -105,6 +108,7 @@ class Desk:
         guard = Verifier([signer.key_id, *settings.trusted_keys], track=False) if signer else None
         self.profiles = ProfileStore(js, signer=signer, guard=guard)
         self.overrides = OverrideStore(js, signer=signer, guard=guard)
+        self.secrets = Bucket(js, subjects.SECRETS_BUCKET, SecretRecord, signer=signer, guard=guard)
         self.settings = settings
         self.files = hub_files(settings.admission_dir) if settings.admission_dir else None
         self.control: ServerControl | None = None
@@ -123,6 +127,9 @@ class Desk:
             "operator.ls": self._operator_ls,
             "token.create": self._token_create,
             "keys.resign": self._keys_resign,
+            "secret.set": self._secret_set,
+            "secret.rm": self._secret_rm,
+            "secret.ls": self._secret_ls,
         }
 
     async def provision(self) -> None:
@@ -297,8 +304,11 @@ class Desk:
     async def _profile_apply(self, request: DeskRequest, who: OperatorRecord) -> Done:
         try:
             profile = Profile.model_validate(request.args.get("profile"))
+            secret_refs.check_refs(profile.spec.model_dump(mode="json"), where="spec")
         except ValidationError as exc:
             raise ConfigError(f"not a profile: {exc.errors()[0]['msg']}") from None
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         expect = request.args.get("expect_revision")
         wanted = expect if isinstance(expect, int) and not isinstance(expect, bool) else None
         plan = await self.profiles.apply(profile, actor=who.name, expect_revision=wanted)
@@ -328,6 +338,10 @@ class Desk:
         if not isinstance(patch, dict):
             msg = "override.set needs `patch`, an object"
             raise ConfigError(msg)
+        try:
+            secret_refs.check_refs(patch, where="patch")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         expires = request.args.get("expires_at")
         try:
             expires_at = datetime.fromisoformat(expires) if isinstance(expires, str) else None
@@ -455,6 +469,61 @@ class Desk:
         token, claims = apitoken.mint(self.signer, role=role, expires=expires, issued_by=who.name)
         detail = f"{role.value} token {claims.token_id}, valid until {expires.isoformat()}"  # never the token
         return {"token": token, **claims.model_dump(mode="json")}, f"token {claims.token_id}", None, detail
+
+    async def _secret_set(self, request: DeskRequest, who: OperatorRecord) -> Done:
+        """Store a secret the operator's client sealed to this hub's key: it must open with
+        it (so a value sealed to a retired key is refused now, not at the edges), and is
+        kept sealed; nothing here or in the audit trail holds its plaintext."""
+        if self.signer is None:
+            msg = "this hub has no signing key, so it keeps no secrets (it runs --insecure)"
+            raise ConfigError(msg)
+        name = _text(request.args, "name")
+        try:
+            check_token(name)
+        except ValueError as exc:
+            raise ConfigError(f"secret name: {exc}") from None
+        sealed, sealed_to = _text(request.args, "sealed"), _text(request.args, "sealed_to")
+        if sealed_to != self.signer.key_id:
+            msg = (
+                f"the value is sealed to {sealed_to[:12]}…, but this hub's key is "
+                f"{self.signer.key_id[:12]}…: seal it again (`fleetbus secret set` does)"
+            )
+            raise ConfigError(msg)
+        try:
+            self.signer.open(sealed)
+        except SealError as exc:
+            raise ConfigError(f"the sealed value does not open with this hub's key: {exc}") from None
+        # Versions only grow, across a `secret rm` too (its delete is signed one above the
+        # last version): an edge holding version n of an old value must see a new number.
+        entries, _ = await self.secrets.snapshot(name)
+        last = entries[0] if entries else None
+        version = (last.signed_revision or 0) + 1 if last else 1
+        record = SecretRecord(
+            name=name,
+            version=version,
+            sealed=sealed,
+            sealed_to=sealed_to,
+            updated_by=who.name,
+            updated_at=self.clock(),
+        )
+        await self.secrets.update(name, record, last=last.revision if last else 0, revision=version)
+        detail = f"version {record.version} (the value is sealed; it is recorded nowhere)"
+        return {"name": name, "version": record.version}, f"secret {name}", record.version, detail
+
+    async def _secret_rm(self, request: DeskRequest, _who: OperatorRecord) -> Done:
+        name = _text(request.args, "name")
+        current = await self.secrets.get(name)
+        if current is None or current.value is None:
+            raise MissingError(f"there is no secret {name!r} (`fleetbus secret ls` lists them)")
+        await self.secrets.delete(name, revision=current.value.version + 1)
+        return {}, f"secret {name}", None, f"removed at version {current.value.version}"
+
+    async def _secret_ls(self, _request: DeskRequest, _who: OperatorRecord) -> Done:
+        records = sorted(
+            (e.value for e in (await self.secrets.snapshot())[0] if e.value is not None), key=lambda r: r.name
+        )
+        rows: list[JsonValue] = [r.model_dump(mode="json", exclude={"sealed"}) for r in records]
+        return {"secrets": rows}, "", None, ""
 
     async def _operator_ls(self, _request: DeskRequest, _who: OperatorRecord) -> Done:
         records = [*self.bootstrap.values(), *(await self._registry()).operators.values()]

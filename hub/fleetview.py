@@ -37,6 +37,7 @@ from schemas.inventory import InventorySnapshot
 from schemas.override import Override
 from schemas.presence import PresenceChange
 from schemas.profile import Profile
+from schemas.secret import SecretRecord
 
 logger = log.get_logger(__name__)
 
@@ -103,6 +104,7 @@ class FleetView:
         self.regions: dict[str, PresenceChange] = {}
         self.profiles: dict[str, Profile] = {}
         self.overrides: dict[str, Override] = {}
+        self.secrets: dict[str, int] = {}  # name -> current version (never a value)
         self.events: deque[tuple[int, Event]] = deque(maxlen=RECENT_EVENTS)
         self.version = 0
         self.policy_version = 0  # bumped by profile and override changes
@@ -130,6 +132,7 @@ class FleetView:
             reports,
             now=self.clock(),
             known=[(view.region, view.edge)],
+            secrets=self.secrets,
         )
         row = rows[0] if rows else EdgeCompliance(view.region, view.edge, State.UNKNOWN)
         self._compliance[view.edge] = (self.policy_version, row)
@@ -165,6 +168,7 @@ class FleetView:
             group.create_task(self._mirror(subjects.APPLIED_BUCKET, Event, self._on_report))
             group.create_task(self._mirror(subjects.PROFILES_BUCKET, Profile, self._on_profile))
             group.create_task(self._mirror(subjects.OVERRIDES_BUCKET, Override, self._on_override))
+            group.create_task(self._mirror(subjects.SECRETS_BUCKET, SecretRecord, self._on_secret))
             group.create_task(self._follow_events())
             group.create_task(self._watch_bus())
 
@@ -292,6 +296,13 @@ class FleetView:
             self.overrides.pop(record.key, None)
         else:
             self.overrides[record.key] = override
+        self._policy_changed()
+
+    def _on_secret(self, record: Entry[Any], secret: SecretRecord | None) -> None:
+        if secret is None:
+            self.secrets.pop(record.key, None)
+        else:
+            self.secrets[record.key] = secret.version
         self._policy_changed()
 
     async def _follow_events(self) -> None:

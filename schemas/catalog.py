@@ -17,6 +17,7 @@ from schemas.inventory import InventorySnapshot
 from schemas.override import Override
 from schemas.presence import PresenceChange
 from schemas.profile import Profile
+from schemas.secret import SealedBundle, SecretRecord
 
 MESSAGE_TYPES: tuple[type[Message], ...] = (
     Profile,
@@ -38,4 +39,6 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     DeskReply,
     OperatorRecord,
     AuditRecord,
+    SecretRecord,
+    SealedBundle,
 )

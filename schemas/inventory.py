@@ -115,6 +115,11 @@ class InventorySnapshot(Message):
         ),
     )
     labels: dict[Name, str] = Field(default_factory=dict)
+    public_key: str = Field(
+        default="",
+        max_length=64,
+        description="The edge's nkey (U…), which the hub seals its secrets to. Empty for simulated edges.",
+    )
     host: HostFacts = Field(default_factory=HostFacts)
     applied: AppliedState | None = None
     link: LinkState | None = None

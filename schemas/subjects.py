@@ -40,6 +40,8 @@ INVENTORY_BUCKET = "inventory"  # hub: latest snapshot per edge, filled by sourc
 REGIONS_BUCKET = "regions"  # hub: presence of each regional, as the hub hears it
 EDGES_BUCKET = "edges"  # regional: the edges enrolled in its region
 AUDIT_STREAM = "AUDIT"  # hub: every write request, allowed or refused
+SECRETS_BUCKET = "secrets"  # hub only: each secret sealed to the hub's key
+SEALED_BUCKET = "sealed"  # hub -> regional -> edge (its own key only): secrets sealed per edge
 HUB_DESK = "fleet.hub.desk"
 
 HUB_DOMAIN = "hub"

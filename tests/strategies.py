@@ -31,6 +31,7 @@ from schemas import (
     Tier,
 )
 from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
+from schemas.secret import SealedBundle, SealedSecret, SecretRecord
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.inventory import AppliedState, HostFacts, LinkState, StreamBacklog
 from schemas.profile import LabelRequirement, SelectorOperator
@@ -332,6 +333,23 @@ audit_records = st.builds(
     detail=st.text(max_size=40),
     reason=st.text(max_size=20),
 )
+secret_records = st.builds(
+    SecretRecord,
+    name=ids,
+    version=st.integers(1, 2**31),
+    sealed=st.text(max_size=40),
+    sealed_to=st.text(max_size=56),
+    updated_by=st.text(max_size=10),
+    updated_at=st.none() | times,
+)
+sealed_bundles = st.builds(
+    SealedBundle,
+    edge=ids,
+    key=st.text(max_size=56),
+    secrets=st.dictionaries(
+        ids, st.builds(SealedSecret, version=st.integers(1, 2**31), box=st.text(max_size=40)), max_size=3
+    ),
+)
 
 BY_TYPE = {
     Profile: profiles,
@@ -353,4 +371,6 @@ BY_TYPE = {
     DeskReply: desk_replies,
     OperatorRecord: operator_records,
     AuditRecord: audit_records,
+    SecretRecord: secret_records,
+    SealedBundle: sealed_bundles,
 }

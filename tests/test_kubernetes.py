@@ -2,9 +2,12 @@
 and an edge daemon with `--driver kubernetes` in a real fleet (real nats-servers)."""
 
 import asyncio
+import base64
+import json
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,14 @@ from edge.drivers.manifests import (
     HASH_LABEL,
     MANAGED_BY,
     PROFILE_LABEL,
+    SECRETS_MOUNT,
     SITE_LABEL,
     label_value,
     profile_namespace,
     render,
 )
-from fleetbus.core.desired import DesiredState, compute
+from fleetbus.core.desired import DesiredState, compute, content_hash
+from fleetbus.core.secrets import pin
 from fleetbus.errors import ConfigError
 from fleetbus.sdk.client import FleetClient
 from schemas.event import ObjectOutcome, ObjectResult
@@ -195,6 +200,40 @@ async def test_short_form_and_raw_manifests_apply_with_labels_and_outcomes(drive
     bumped = await driver.apply(desired({**WEB, "version": "1.28"}, CACHE))
     changed = {k: v for k, v in outcomes(bumped.objects).items() if v != "unchanged"}
     assert changed == {"Deployment fleetbus-shop/web": "configured"}
+
+
+async def test_a_referenced_secret_becomes_a_secret_mounted_in_the_pods_and_rolls_them(driver, standin):
+    web = {**WEB, "config": {"greeting": "hi", "password": {"secretRef": "db-password"}}}
+
+    def with_secret(version: int, value: bytes) -> DesiredState:
+        state = desired(web)
+        document, _ = pin(state.document, {"db-password": version})
+        return replace(state, document=document, hash=content_hash(document), secrets={"db-password": value})
+
+    applied = await driver.apply(with_secret(1, b"s3cret-1"))
+    assert outcomes(applied.objects)["Secret fleetbus-shop/web-secrets"] == "created"
+    secret = standin.get("v1", "Secret", "fleetbus-shop", "web-secrets")
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["password"]) == b"s3cret-1"
+    config = standin.get("v1", "ConfigMap", "fleetbus-shop", "web-config")
+    assert config is not None
+    assert json.loads(config["data"]["password"]) == {"secretRef": "db-password", "version": 1}  # no value
+    pod = standin.get("apps/v1", "Deployment", "fleetbus-shop", "web")["spec"]["template"]
+    assert {"name": "fleetbus-secrets", "mountPath": SECRETS_MOUNT, "readOnly": True} in (
+        pod["spec"]["containers"][0]["volumeMounts"]
+    )
+    rotated = await driver.apply(with_secret(2, b"s3cret-2"))
+    changed = {k for k, v in outcomes(rotated.objects).items() if v != "unchanged"}
+    assert changed == {
+        "Secret fleetbus-shop/web-secrets",
+        "ConfigMap fleetbus-shop/web-config",
+        "Deployment fleetbus-shop/web",  # its config hash changed: the pods roll
+    }
+    secret = standin.get("v1", "Secret", "fleetbus-shop", "web-secrets")
+    assert base64.b64decode(secret["data"]["password"]) == b"s3cret-2"
+    assert b"s3cret" not in driver.path.read_bytes()  # the driver's own record holds no value
+    with pytest.raises(DriverError, match="references secret 'db-password', which this edge has not opened"):
+        await driver.apply(replace(with_secret(3, b"x"), secrets={}))
 
 
 async def test_removing_a_component_prunes_exactly_its_objects(driver, standin, kube):

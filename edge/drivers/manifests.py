@@ -10,7 +10,11 @@ Per component of the desired document:
 - `manifests`: those objects, as given;
 - either form: a ConfigMap `<component>-config` holding the site's `config` overlaid with the
   component's own (strings as given, other values as JSON), mounted read-only at
-  `/etc/fleetbus/config` in a short-form Deployment; a change rolls its pods.
+  `/etc/fleetbus/config` in a short-form Deployment; a change rolls its pods;
+- config values that reference a secret (`{secretRef, version}`, docs/security.md#sealed-
+  secrets): also a Secret `<component>-secrets` holding, under the same key, the value the
+  edge opened, mounted read-only at `/etc/fleetbus/secrets` in a short-form Deployment (the
+  ConfigMap keeps the reference and its version, so a rotation rolls the pods too).
 
 Objects without a namespace go to the component's (`namespace` of the component or its
 profile), else `fleetbus-<profile>` of the profile that introduced the component, else
@@ -18,15 +22,18 @@ profile), else `fleetbus-<profile>` of the profile that introduced the component
 (managed-by, site, profile, component, and a hash of its own content).
 """
 
+import base64
 import copy
 import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from fleetbus.core.desired import DesiredState
+from fleetbus.core.secrets import REF as SECRET_REF
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.profile import DriftPolicy
 
@@ -40,6 +47,7 @@ HASH_LABEL = "fleetbus.io/content-hash"
 CONFIG_HASH_ANNOTATION = "fleetbus.io/config-hash"
 DEFAULT_NAMESPACE = "fleetbus"
 CONFIG_MOUNT = "/etc/fleetbus/config"
+SECRETS_MOUNT = "/etc/fleetbus/secrets"
 
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
@@ -169,7 +177,7 @@ def render(
             continue
         try:
             namespace = _component_namespace(spec, profile)
-            bodies = _component_objects(name, spec, namespace, site_config, cluster_scoped)
+            bodies = _component_objects(name, spec, namespace, site_config, cluster_scoped, desired.secrets)
         except RenderError as exc:
             out.failed[name] = f"component {name}: {exc}"
             continue
@@ -206,12 +214,24 @@ def _component_objects(
     namespace: str,
     site_config: Mapping[str, Any],
     cluster_scoped: Callable[[str, str], bool],
+    secrets: Mapping[str, bytes] = MappingProxyType({}),
 ) -> list[dict[str, Any]]:
     if not _DNS_LABEL.match(name) or len(name) > 56:
         msg = "a Kubernetes component name must be a lowercase RFC 1123 label of at most 56 characters"
         raise RenderError(msg)
     config = _config_data(site_config, spec.get("config"))
+    secret_data = _secret_data(site_config, spec.get("config"), secrets)
     objects: list[dict[str, Any]] = []
+    if secret_data:
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": f"{name}-secrets", "namespace": namespace},
+                "type": "Opaque",
+                "data": secret_data,
+            }
+        )
     if config:
         objects.append(
             {
@@ -236,7 +256,7 @@ def _component_objects(
         msg = "needs image and version, or manifests"
         raise RenderError(msg)
     ports = _ports(spec.get("ports") or [])
-    objects.append(_deployment(name, namespace, spec, image, version, ports, config))
+    objects.append(_deployment(name, namespace, spec, image, version, ports, config, bool(secret_data)))
     if ports:
         objects.append(_service(name, namespace, ports))
     return objects
@@ -250,6 +270,20 @@ def _config_data(site_config: Mapping[str, Any], own: Any) -> dict[str, str]:
             msg = f"config key {key!r} cannot be a ConfigMap key (letters, digits, '-', '_', '.')"
             raise RenderError(msg)
         data[key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return data
+
+
+def _secret_data(site_config: Mapping[str, Any], own: Any, secrets: Mapping[str, bytes]) -> dict[str, str]:
+    """Config keys whose value references a secret -> that secret's value (base64), from the
+    plaintext the edge opened; RenderError if one was not."""
+    merged = dict(site_config) | (dict(own) if isinstance(own, Mapping) else {})
+    data = {}
+    for key, value in sorted(merged.items()):
+        if isinstance(value, Mapping) and isinstance(name := value.get(SECRET_REF), str):
+            if name not in secrets:
+                msg = f"config key {key!r} references secret {name!r}, which this edge has not opened"
+                raise RenderError(msg)
+            data[key] = base64.b64encode(secrets[name]).decode()
     return data
 
 
@@ -304,6 +338,7 @@ def _deployment(
     version: str,
     ports: list[dict[str, Any]],
     config: Mapping[str, str],
+    has_secrets: bool = False,
 ) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": _image(image, version)}
     env = spec.get("env")
@@ -325,6 +360,13 @@ def _deployment(
         template["metadata"]["annotations"] = {CONFIG_HASH_ANNOTATION: content_label(config)}
         container["volumeMounts"] = [{"name": "fleetbus-config", "mountPath": CONFIG_MOUNT, "readOnly": True}]
         template["spec"]["volumes"] = [{"name": "fleetbus-config", "configMap": {"name": f"{name}-config"}}]
+    if has_secrets:
+        container.setdefault("volumeMounts", []).append(
+            {"name": "fleetbus-secrets", "mountPath": SECRETS_MOUNT, "readOnly": True}
+        )
+        template["spec"].setdefault("volumes", []).append(
+            {"name": "fleetbus-secrets", "secret": {"secretName": f"{name}-secrets", "defaultMode": 0o400}}
+        )
     replicas = spec.get("replicas")
     return {
         "apiVersion": "apps/v1",

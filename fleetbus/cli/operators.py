@@ -1,10 +1,13 @@
-"""`fleetbus operator add|ls|revoke` and `fleetbus audit`: who may write, and who did.
+"""`fleetbus operator add|ls|revoke`, `fleetbus secret set|ls|rm` and `fleetbus audit`: who may
+write, what they keep secret, and who did what.
 
 Each is a request to the hub's desk, signed with your operator key (`hub.desk`); `audit`
 reads the hub's AUDIT stream.
 """
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -186,3 +189,91 @@ def audit(
             detail,
         )
     out.print(table if records else f"no audit records in the last {since}")
+
+
+secret_app = typer.Typer(
+    help="Secrets profiles reference as {secretRef: NAME}, sealed end to end (docs/security.md).",
+    no_args_is_help=True,
+)
+
+
+@secret_app.command("set")
+def secret_set(
+    name: Annotated[str, typer.Argument(help="The secret's name, as profiles reference it.")],
+    from_file: Annotated[
+        Path | None, typer.Option("--from-file", help="Read the value from this file (as bytes).")
+    ] = None,
+    from_env: Annotated[
+        str | None, typer.Option("--from-env", help="Read the value from this environment variable.")
+    ] = None,
+    reason: Reason = "",
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Store the next version of a secret: the value is sealed to the hub's key here (read
+    from --from-file, --from-env or standard input, never from the command line), and reaches
+    only the edges whose desired state references it, sealed to each edge's key."""
+    check_ids(("NAME", name))
+    value = _secret_value(from_file, from_env)
+    version = with_client(hub, state_dir, lambda f: f.secrets.set(name, value, reason=reason))
+    out.print(f"secret {name} is at version {version}; edges that reference it get it sealed to their key")
+
+
+def _secret_value(from_file: Path | None, from_env: str | None) -> bytes:
+    if from_file is not None and from_env is not None:
+        msg = "give --from-file or --from-env, not both"
+        raise ConfigError(msg)
+    if from_file is not None:
+        try:
+            value = from_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --from-file {from_file}: {exc.strerror or exc}") from None
+    elif from_env is not None:
+        if from_env not in os.environ:
+            raise ConfigError(f"--from-env {from_env}: that variable is not set")
+        value = os.environ[from_env].encode()
+    else:
+        if sys.stdin.isatty():
+            out.print("secret value (then Ctrl-D):")
+        value = sys.stdin.buffer.read()
+    if not value:
+        msg = "the secret's value is empty: give it with --from-file, --from-env or on stdin"
+        raise ConfigError(msg)
+    return value
+
+
+@secret_app.command("ls")
+def secret_ls(
+    as_json: AsJson = False, hub: HubUrl = None, _creds: Creds = None, state_dir: StateDir = None
+) -> None:
+    """Each secret's name and version, and who set it when (never a value)."""
+    rows = with_client(hub, state_dir, lambda f: f.secrets.ls())
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table("name", "version", "sealed to", "set by", "at")
+    for r in rows:
+        table.add_row(
+            r["name"],
+            str(r["version"]),
+            str(r["sealed_to"])[:12] + "…",
+            r.get("updated_by", ""),
+            str(r.get("updated_at", "")),
+        )
+    out.print(table if rows else "no secrets")
+
+
+@secret_app.command("rm")
+def secret_rm(
+    name: Annotated[str, typer.Argument(help="The secret to remove.")],
+    reason: Reason = "",
+    hub: HubUrl = None,
+    _creds: Creds = None,
+    state_dir: StateDir = None,
+) -> None:
+    """Remove a secret: edges keep what they applied; a desired state still referencing it
+    waits (nothing is applied) until it is set again."""
+    check_ids(("NAME", name))
+    with_client(hub, state_dir, lambda f: f.secrets.rm(name, reason=reason))
+    out.print(f"secret {name} removed")

@@ -10,7 +10,7 @@ function the edge uses (`fleetbus.core.desired.compute`), and compares hashes:
     unknown     the edge is known (e.g. heard) but never reported an apply
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -63,8 +63,10 @@ def assess(
     *,
     now: datetime,
     known: Iterable[tuple[str, str]] = (),
+    secrets: Mapping[str, int] | None = None,
 ) -> list[EdgeCompliance]:
-    """One row per edge (reported, or in `known` as (region, edge)), sorted by region, edge."""
+    """One row per edge (reported, or in `known` as (region, edge)), sorted by region, edge.
+    `secrets`: the current version of each secret (what a converged edge has pinned)."""
     profiles, overrides = list(profiles), list(overrides)
     rows: dict[tuple[str, str], EdgeCompliance] = {}
     for report in reports:
@@ -72,7 +74,13 @@ def assess(
         if result is None:
             continue
         desired = compute(
-            profiles, result.labels, edge=report.edge, groups=result.groups, overrides=overrides, now=now
+            profiles,
+            result.labels,
+            edge=report.edge,
+            groups=result.groups,
+            overrides=overrides,
+            now=now,
+            secrets=secrets,
         )
         if result.desired_hash != desired.hash:
             state = State.PENDING

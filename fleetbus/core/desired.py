@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from fleetbus.core import secrets as secret_refs
 from fleetbus.core.mergepatch import Path, apply_tracked
 from fleetbus.core.selector import matches
 from schemas.base import TOKEN
@@ -45,6 +46,9 @@ class DesiredState:
     # it): where a driver puts a component whose namespace no layer set, so an overlay that
     # changes its version does not move it. Components only an override adds have none.
     origins: dict[str, str] = field(default_factory=dict, compare=False)
+    # Secret name -> plaintext, for the driver: filled in only at the edge, which opened its
+    # sealed bundle; never part of the document or its hash (those carry versions only).
+    secrets: Mapping[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     def explain(self) -> list[tuple[str, Any, str]]:
         """(dotted path, value, layer that set it) for every value, sorted by path."""
@@ -130,8 +134,10 @@ def compute(
     groups: Sequence[str] = (),
     overrides: Iterable[Override] = (),
     now: datetime,
+    secrets: Mapping[str, int] | None = None,
 ) -> DesiredState:
-    """The effective desired state of `edge`; pure: same inputs, same result and hash."""
+    """The effective desired state of `edge`; pure: same inputs, same result and hash.
+    `secrets` (name -> version): pin each `secretRef` to that version (`fleetbus.core.secrets`)."""
     chosen = sorted((p for p in profiles if matches(p.selector, labels)), key=lambda p: (p.priority, p.name))
     provenance: dict[Path, str] = {}
     origins: dict[str, str] = {}
@@ -150,6 +156,9 @@ def compute(
         document = apply_tracked(
             document, override.patch, source=override_source(override), provenance=provenance
         )
+    if secrets is not None:
+        document, pinned = secret_refs.pin(document, secrets)
+        provenance.update(pinned)
     return DesiredState(
         document=document,
         hash=content_hash(document),

@@ -24,7 +24,14 @@ What crosses a leaf link, and in which direction, was read off a traced nats-ser
 from dataclasses import dataclass
 
 from schemas import subjects
-from schemas.subjects import HUB_DOMAIN, OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
+from schemas.subjects import (
+    HUB_DOMAIN,
+    OVERRIDES_BUCKET,
+    PROFILES_BUCKET,
+    SEALED_BUCKET,
+    SECRETS_BUCKET,
+    kv_stream,
+)
 
 
 @dataclass(frozen=True)
@@ -71,8 +78,10 @@ def regional_link(region: str) -> Permissions:
             f"{base}.>",
             *_consumer_create(HUB_DOMAIN, PROFILES_BUCKET),
             *_consumer_create(HUB_DOMAIN, OVERRIDES_BUCKET),
+            *_consumer_create(HUB_DOMAIN, SEALED_BUCKET),
             *_flow_control(PROFILES_BUCKET),
             *_flow_control(OVERRIDES_BUCKET),
+            *_flow_control(SEALED_BUCKET),
             f"{subjects.js_api_prefix(HUB_DOMAIN)}.INFO",  # the upstream probe
             "$JSC.R.*",  # answers to the hub's calls into this domain
             "_INBOX.>",  # answers to requests from the hub (commands to edges)
@@ -108,8 +117,10 @@ def edge_link(region: str, edge: str) -> Permissions:
             *_consumer_create(region, PROFILES_BUCKET),
             *_consumer_create(region, OVERRIDES_BUCKET, subjects.override_key("edge", edge)),
             *_consumer_create(region, OVERRIDES_BUCKET, "group.*"),
+            *_consumer_create(region, SEALED_BUCKET, edge),  # its own secrets only
             *_flow_control(PROFILES_BUCKET),
             *_flow_control(OVERRIDES_BUCKET),
+            *_flow_control(SEALED_BUCKET),
             f"{api}.INFO",  # the upstream probe
             # Where its forwarder resumes: a direct get of the newest message of its own the
             # regional holds, the subject naming it (docs/security.md).
@@ -203,7 +214,7 @@ def viewer() -> Permissions:
 _CHANGE_API = ("DELETE", "PURGE", "RESTORE", "MSG.DELETE")
 
 # What only the hub itself writes: desired state, operators, the audit trail.
-HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET)
+HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET, SECRETS_BUCKET, SEALED_BUCKET)
 
 
 def admin() -> Permissions:

@@ -3,8 +3,9 @@
 Pure: a role, its regions and a request's target in, a reason to refuse (or None) out.
 
 - `admin`: everything;
-- `operator`: profiles and overrides; with regions, only overrides of edges in those regions
-  (profiles and group overrides reach every region, so a region-scoped operator writes neither);
+- `operator`: profiles, secrets and overrides; with regions, only overrides of edges in those
+  regions (profiles, secrets and group overrides reach every region, so a region-scoped
+  operator writes none of them);
 - `viewer`: reads only.
 """
 
@@ -12,8 +13,8 @@ from collections.abc import Collection
 
 from schemas.desk import Role
 
-READS = frozenset({"whoami", "trust", "operator.ls"})
-PROFILE_WRITES = frozenset({"profile.apply", "profile.rollback", "profile.delete"})
+READS = frozenset({"whoami", "trust", "operator.ls", "secret.ls"})
+PROFILE_WRITES = frozenset({"profile.apply", "profile.rollback", "profile.delete", "secret.set", "secret.rm"})
 OVERRIDE_WRITES = frozenset({"override.set", "override.remove"})
 ADMIN_ONLY = frozenset({"operator.add", "operator.revoke", "token.create", "keys.resign"})
 OPS = READS | PROFILE_WRITES | OVERRIDE_WRITES | ADMIN_ONLY
@@ -43,7 +44,7 @@ def _outside(regions: Collection[str], op: str, scope: str | None, target_region
     """Why an operator of `regions` may not do `op` (a profile or override write) there."""
     who = f"an operator of regions {', '.join(sorted(regions))}"
     if op in PROFILE_WRITES:
-        why = f"{who} may not {op}: profiles reach every region"
+        why = f"{who} may not {op}: {op.split('.', maxsplit=1)[0]}s reach every region"
     elif scope != "edge":
         why = f"{who} may write overrides of its regions' edges only, not of groups"
     elif target_region is None:

@@ -19,6 +19,7 @@ from fleetbus.errors import ConfigError
 
 SEED_SUFFIX = ".nk"
 JWT_MARKER = "-----BEGIN NATS USER JWT-----"
+JWT_SEED_MARKER = "-----BEGIN USER NKEY SEED-----"
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,17 @@ def load(path: Path, *, name: str | None = None) -> Identity:
         msg = f"cannot read the credentials file {path}: {exc.strerror or exc}"
         raise ConfigError(msg) from exc
     return Identity(name or path.stem, path, public_key(seed))
+
+
+def seed_of(creds: Path | None) -> str | None:
+    """The nkey seed in a credentials file (an nkey seed file, or a JWT .creds file's seed block)."""
+    if creds is None:
+        return None
+    text = creds.read_text()
+    if JWT_SEED_MARKER in text:
+        block = text.split(JWT_SEED_MARKER, 1)[1]
+        return next((line.strip() for line in block.splitlines() if line.strip().startswith("SU")), None)
+    return text.strip() or None
 
 
 def connect_options(creds: Path | None, ca: Path | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from nacl.signing import VerifyKey
 from fleetbus.core import trust
 from fleetbus.core.trust import Record, Refusal, Seen
 from fleetbus.errors import ConfigError
-from fleetbus.runtime import log
+from fleetbus.runtime import log, sealing
 from fleetbus.runtime.enrolltoken import user_key
 from fleetbus.runtime.identity import Identity
 from fleetbus.runtime.metrics import DaemonMetrics
@@ -42,7 +42,12 @@ class Signer:
 
     def __init__(self, identity: Identity) -> None:
         self.key_id = identity.public_key
-        self._pair = nkeys.from_seed(identity.seed().encode())
+        self._seed = identity.seed()
+        self._pair = nkeys.from_seed(self._seed.encode())
+
+    def open(self, box: str) -> bytes:
+        """A secret sealed to this key (`fleetbus.runtime.sealing`); `SealError` if it is not."""
+        return sealing.unseal(box, self._seed)
 
     def sign(self, data: bytes) -> bytes:
         return bytes(self._pair.sign(data))

@@ -54,7 +54,8 @@ from fleetbus.nats.forget import ForgetResult
 from fleetbus.nats.kv import Bucket, Entry
 from fleetbus.nats.streams import account_summary, follow_stream, read_stream
 from fleetbus.runtime import log
-from fleetbus.sdk.desk import DeskClient, Overrides, Profiles, operator_seed
+from fleetbus.runtime.identity import seed_of
+from fleetbus.sdk.desk import DeskClient, Overrides, Profiles, Secrets
 from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from schemas import subjects
 from schemas.base import Message, check_token, utcnow
@@ -64,6 +65,7 @@ from schemas.enrollment import AdmissionCommand, AdmissionReply
 from schemas.event import Event
 from schemas.inventory import InventorySnapshot
 from schemas.presence import PresenceChange, PresenceState
+from schemas.secret import SecretRecord
 from schemas.subjects import HUB_DOMAIN
 
 logger = log.get_logger(__name__)
@@ -143,6 +145,8 @@ class FleetClient:
         self.desk = DeskClient(bus, url, operator_seed, timeout=timeout)
         self.profiles = Profiles(ProfileStore(js), self.desk)
         self.overrides = Overrides(OverrideStore(js), self.desk)
+        self.secrets = Secrets(self.desk)
+        self._secrets = Bucket(js, subjects.SECRETS_BUCKET, SecretRecord)
         self._inventory = Bucket(js, subjects.INVENTORY_BUCKET, InventorySnapshot)
         self._applied = Bucket(js, subjects.APPLIED_BUCKET, Event)
         self._regions = Bucket(js, subjects.REGIONS_BUCKET, PresenceChange)
@@ -182,7 +186,7 @@ class FleetClient:
             )
         except ServerUnreachableError as exc:
             raise HubUnreachableError(url, exc.reason) from exc
-        return cls(bus, url, timeout=seconds, operator_seed=operator_seed(creds_path))
+        return cls(bus, url, timeout=seconds, operator_seed=seed_of(creds_path))
 
     async def __aenter__(self) -> Self:
         return self
@@ -214,6 +218,10 @@ class FleetClient:
         return await read_stream(
             self._js, subjects.AUDIT_STREAM, subjects.hub_audit(), AuditRecord, since=since
         )
+
+    async def secret_versions(self) -> dict[str, int]:
+        """The current version of each secret (what `explain` and compliance pin references to)."""
+        return {r.name: r.version for r in await self._secrets.values()}
 
     async def hub_keys(self) -> tuple[str, ...]:
         """The hub's desired-state signing keys (public nkeys), which edges pin."""
@@ -269,7 +277,13 @@ class FleetClient:
         profiles = await self.profiles.all()
         overrides = [o.override for o in await self.overrides.all()]
         desired = compute(
-            profiles, labels, edge=edge, groups=groups, overrides=overrides, now=now or utcnow()
+            profiles,
+            labels,
+            edge=edge,
+            groups=groups,
+            overrides=overrides,
+            now=now or utcnow(),
+            secrets=await self.secret_versions(),
         )
         return desired, report
 
@@ -277,7 +291,13 @@ class FleetClient:
         """Per reporting edge: converged / pending / failed (see `fleetbus.core.compliance`)."""
         profiles = await self.profiles.all()
         overrides = [o.override for o in await self.overrides.all()]
-        return assess(profiles, overrides, await self.reports(), now=now or utcnow())
+        return assess(
+            profiles,
+            overrides,
+            await self.reports(),
+            now=now or utcnow(),
+            secrets=await self.secret_versions(),
+        )
 
     # Inventory, presence and events: the hub's live view of the fleet.
 

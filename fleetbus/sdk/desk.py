@@ -10,7 +10,6 @@ hub verified, never a name the caller gives.
 import base64
 import secrets
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import nkeys
@@ -27,6 +26,7 @@ from fleetbus.errors import (
 )
 from fleetbus.nats.bus import Bus
 from fleetbus.nats.errors import NO_ANSWER
+from fleetbus.runtime import sealing
 from fleetbus.sdk.documents import Plan
 from fleetbus.sdk.stores import OverrideStore, ProfileStore, StoredOverride
 from schemas import subjects
@@ -36,7 +36,6 @@ from schemas.headers import SIGNATURE
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
 
-JWT_SEED_MARKER = "-----BEGIN USER NKEY SEED-----"
 ERRORS: dict[str, type[Exception]] = {
     "config": ConfigError,
     "missing": MissingError,
@@ -44,17 +43,6 @@ ERRORS: dict[str, type[Exception]] = {
     "refused": RefusedError,
     "forbidden": ForbiddenError,
 }
-
-
-def operator_seed(creds: Path | None) -> str | None:
-    """The nkey seed in a credentials file (an nkey seed file, or a JWT .creds file's seed block)."""
-    if creds is None:
-        return None
-    text = creds.read_text()
-    if JWT_SEED_MARKER in text:
-        block = text.split(JWT_SEED_MARKER, 1)[1]
-        return next((line.strip() for line in block.splitlines() if line.strip().startswith("SU")), None)
-    return text.strip() or None
 
 
 class DeskClient:
@@ -169,3 +157,35 @@ class Overrides:
 
     async def remove(self, scope: OverrideScope, name: str, *, reason: str = "") -> None:
         await self.desk.call("override.remove", reason=reason, scope=scope.value, name=name)
+
+
+class Secrets:
+    """Secrets (docs/security.md#sealed-secrets): `set` seals the value to the hub's key here,
+    before it leaves this process; the hub keeps it sealed and seals it again to each edge
+    that references it. Nothing reads a value back: `ls` lists names and versions."""
+
+    def __init__(self, desk: DeskClient) -> None:
+        self.desk = desk
+
+    async def set(self, name: str, value: bytes, *, reason: str = "") -> int:
+        """Store `value` as the next version of secret `name`; returns that version."""
+        keys = (await self.desk.call("trust")).result.get("keys")
+        if not isinstance(keys, list) or not keys:
+            msg = "the hub has no signing key, so it keeps no secrets (it runs --insecure)"
+            raise ConfigError(msg)
+        hub_key = str(keys[0])
+        try:
+            sealed = sealing.seal(value, hub_key)
+        except sealing.SealError as exc:
+            raise ConfigError(str(exc)) from None
+        reply = await self.desk.call("secret.set", reason=reason, name=name, sealed=sealed, sealed_to=hub_key)
+        version = reply.result.get("version")
+        return version if isinstance(version, int) else 0
+
+    async def ls(self) -> list[dict[str, Any]]:
+        """Each secret's name, version, the key it is sealed to, who set it and when."""
+        rows = (await self.desk.call("secret.ls")).result.get("secrets")
+        return [dict(r) for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+
+    async def rm(self, name: str, *, reason: str = "") -> None:
+        await self.desk.call("secret.rm", reason=reason, name=name)
