@@ -31,10 +31,10 @@ from schemas import (
     Tier,
 )
 from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
-from schemas.secret import SealedBundle, SealedSecret, SecretRecord
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.inventory import AppliedState, HostFacts, LinkState, StreamBacklog
 from schemas.profile import LabelRequirement, SelectorOperator
+from schemas.secret import SealedBundle, SealedSecret, SecretRecord
 
 ids = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,15}", fullmatch=True)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,15}", fullmatch=True)
