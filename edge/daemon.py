@@ -12,7 +12,7 @@ from edge.drivers import ClusterDriver, Driver
 from edge.drivers.local import LocalDriver
 from edge.enrollment import enroll, enrolled_before, join, joined_before, machine_id, read_token
 from edge.inventory import InventoryPublisher, host_facts
-from edge.reconciler import Reconciler
+from edge.reconciler import DesiredInputs, Reconciler
 from edge.telemetry import TelemetryForwarder
 from edge.trust import verifier_of
 from fleetbus.core.desired import edge_groups
@@ -36,22 +36,19 @@ async def run(settings: EdgeSettings) -> None:
         js = daemon.bus.js
         groups = edge_groups(region, settings.labels)
         cluster = driver if isinstance(driver, ClusterDriver) else None  # nodes, workloads, drift
-        registry = DeviceRegistry(
-            offline_after=settings.device_offline_after,
-            max_payload=settings.device_max_payload,
-            max_devices=settings.device_max_tracked,
-            metrics=daemon.metrics,
-        )
+        registry = _device_registry(settings, daemon)
         replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]
         enrolled = _enrolled(settings)
         # Its own key: the hub seals this edge's secrets to it (docs/security.md#sealed-secrets).
         seed = identity.seed_of(settings.nats_creds)
+        secrets = _SealedReplica(
+            SourcedStream(js, streams.sealed_replica(region, edge), daemon.metrics),
+            replicas,
+            enabled=bool(seed),
+        )
 
         async def provision() -> None:
-            await ensure_stream(js, streams.events_stream(region, edge))
-            await ensure_stream(js, streams.inventory_stream(region, edge))
-            for replica in replicas:
-                await replica.ensure()
+            await _provision(daemon, region, edge, replicas, secrets)
 
         async def upstream_returned() -> None:
             for forwarder in forwarders:
@@ -104,7 +101,9 @@ async def run(settings: EdgeSettings) -> None:
             on_desired=lambda desired: telemetry.configure(desired.document),
             guard=verifier_of(settings, daemon.metrics),
             seed=seed,
+            on_secrets=secrets.follow,
         )
+        secrets.inputs = reconciler.inputs
         daemon.on_start(provision)
         daemon.on_start(DeviceGateway(daemon.bus, registry, region=region, edge=edge).start)
         _add_bridge(daemon, settings, registry)
@@ -185,6 +184,48 @@ def _forwarders(daemon: Daemon, region: str, edge: str, enrolled: asyncio.Event)
     for forwarder in forwarders:
         daemon.add_task(f"uplink-{forwarder.uplink.stream.lower()}", forwarder.run)
     return forwarders
+
+
+async def _provision(
+    daemon: Daemon, region: str, edge: str, replicas: list[SourcedStream], secrets: "_SealedReplica"
+) -> None:
+    js = daemon.bus.js
+    await ensure_stream(js, streams.events_stream(region, edge))
+    await ensure_stream(js, streams.inventory_stream(region, edge))
+    for replica in replicas:
+        await replica.ensure()
+    await secrets.resume()
+
+
+def _device_registry(settings: EdgeSettings, daemon: Daemon) -> DeviceRegistry:
+    return DeviceRegistry(
+        offline_after=settings.device_offline_after,
+        max_payload=settings.device_max_payload,
+        max_devices=settings.device_max_tracked,
+        metrics=daemon.metrics,
+    )
+
+
+class _SealedReplica:
+    """The replica of this edge's sealed secrets, and their mirror: made the first time its
+    desired state references a secret (until then it costs nothing), kept after (a restart
+    follows it again if it exists)."""
+
+    def __init__(self, stream: SourcedStream, replicas: list[SourcedStream], *, enabled: bool) -> None:
+        self.stream, self.replicas = stream, replicas
+        self.enabled = enabled  # an edge without a key of its own opens no secrets
+        self.inputs: DesiredInputs | None = None
+
+    async def follow(self) -> None:
+        await self.stream.ensure()
+        if self.stream not in self.replicas:
+            self.replicas.append(self.stream)  # kicked and repaired like the others from now on
+        if self.inputs is not None:
+            self.inputs.follow_sealed()
+
+    async def resume(self) -> None:
+        if self.enabled and await self.stream.exists():
+            await self.follow()
 
 
 def _enrolled(settings: EdgeSettings) -> asyncio.Event:

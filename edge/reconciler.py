@@ -17,7 +17,7 @@ also reports upstream as an alert event.
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
@@ -70,16 +70,17 @@ class DesiredInputs:
             Bucket(bus.js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics, guard=guard)
         )
         self._mirrors: list[Mirror[Any]] = [self._profiles, self._overrides]
-        # A full edge's secrets, sealed to its key (its replica holds only its own bundle).
+        # A full edge's secrets, sealed to its key (its replica holds only its own bundle),
+        # followed from `follow_sealed()` on: the first time a secret is referenced.
         self._sealed: Mirror[SealedBundle] | None = None
+        self._sealed_task: asyncio.Task[None] | None = None
         if sealed:
             self._sealed = Mirror(
                 Bucket(bus.js, subjects.SEALED_BUCKET, SealedBundle, metrics=metrics, guard=guard)
             )
-            self._mirrors.append(self._sealed)
         self.loaded = asyncio.Event()
         self._listeners: list[Callable[[Changed], None]] = []
-        for mirror in self._mirrors:
+        for mirror in [*self._mirrors, *([self._sealed] if self._sealed else [])]:
             mirror.listen(self._listener(mirror.bucket.name))
 
     @property
@@ -93,6 +94,17 @@ class DesiredInputs:
     @property
     def sealed(self) -> dict[str, SealedBundle]:
         return self._sealed.values if self._sealed else {}
+
+    @property
+    def following_sealed(self) -> bool:
+        return self._sealed_task is not None
+
+    def follow_sealed(self) -> None:
+        """Start mirroring the replica of sealed secrets (its stream exists now)."""
+        if self._sealed is None or self._sealed_task is not None:
+            return
+        self._sealed_task = asyncio.create_task(self._sealed.run(), name="mirror-sealed")
+        self._sealed_task.add_done_callback(_log_stop)
 
     def listen(self, listener: Callable[[Changed], None]) -> None:
         self._listeners.append(listener)
@@ -109,7 +121,9 @@ class DesiredInputs:
             forever = asyncio.create_task(asyncio.Event().wait())
             await _first_of([forever], mirrors)  # returns only by raising what ended a mirror
         finally:
-            await cancel_and_wait(mirrors, timeout=10.0)
+            await cancel_and_wait(
+                [*mirrors, *([self._sealed_task] if self._sealed_task else [])], timeout=10.0
+            )
 
     def _listener(self, bucket: str) -> Callable[[Sequence[Entry[Any]]], None]:
         return lambda entries: self._heard(bucket, entries)
@@ -121,6 +135,11 @@ class DesiredInputs:
     def _tell(self, changed: Changed) -> None:
         for listener in self._listeners:
             listener(changed)
+
+
+def _log_stop(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("the mirror of sealed secrets stopped", error=repr(task.exception()))
 
 
 class Reconciler:
@@ -141,9 +160,14 @@ class Reconciler:
         guard: Verifier | None = None,
         event_subject: Callable[[str], str] | None = None,
         seed: str | None = None,
+        on_secrets: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.bus, self.driver = bus, driver
         self.seed = seed  # the edge's nkey seed: what opens its sealed secrets
+        # Called once the first time the desired state references a secret: make the replica
+        # of this edge's sealed secrets and follow it (the daemon's `follow_secrets`).
+        self.on_secrets = on_secrets
+        self._asking: asyncio.Task[None] | None = None
         self.on_applied = on_applied  # e.g. the inventory: what is applied changed
         self.on_desired = on_desired  # e.g. the telemetry forwarder: each computed desired state
         self.region, self.edge = region, edge
@@ -266,11 +290,26 @@ class Reconciler:
         edge yet (the hub seals it after it sees the change): nothing is applied until it has,
         and the last applied state stays."""
         missing = frozenset(secret_refs.unpinned(desired.document))
+        if missing and self.seed and self.on_secrets and not self.inputs.following_sealed:
+            self._ask_for_secrets(self.on_secrets)
         if missing and missing != self._waiting:
             why = "this edge has no identity to open them" if self.seed is None else "not sealed to it yet"
             logger.warning("desired state waits for secrets", secrets=sorted(missing), why=why)
         self._waiting = missing
         return bool(missing)
+
+    def _ask_for_secrets(self, on_secrets: Callable[[], Awaitable[None]]) -> None:
+        if self._asking is not None and not self._asking.done():
+            return
+
+        async def ask(on_secrets: Callable[[], Awaitable[None]]) -> None:
+            try:
+                await on_secrets()
+            except Exception as exc:  # the next reconcile asks again
+                logger.warning("cannot follow sealed secrets yet", error=repr(exc))
+                self._changed.set()
+
+        self._asking = asyncio.create_task(ask(on_secrets), name="follow-secrets")
 
     async def reconcile(self, *, force: bool = False) -> bool:
         """Apply the desired state if it changed (or `force`); False if the apply failed."""

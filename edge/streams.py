@@ -33,9 +33,8 @@ def inventory_stream(region: str, edge: str, *, max_bytes: int = 16 * 2**20) -> 
 
 
 def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
-    """The edge's replicas, sourced from its regional: every profile, only the overrides
-    for this edge and its groups (another edge's override never reaches it), and only its
-    own bundle of sealed secrets."""
+    """The edge's replicas, sourced from its regional: every profile, and only the overrides
+    for this edge and its groups (another edge's override never reaches it)."""
     override_keys = [subjects.override_key(OverrideScope.EDGE.value, edge)] + [
         subjects.override_key(OverrideScope.GROUP.value, g) for g in groups
     ]
@@ -61,15 +60,13 @@ def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
                 for key in override_keys
             ],
         ),
-        replica_bucket(
-            subjects.SEALED_BUCKET,
-            [
-                source(
-                    subjects.kv_stream(subjects.SEALED_BUCKET),
-                    region,
-                    deliver=deliver,
-                    filters=[subjects.kv_subject(subjects.SEALED_BUCKET, edge)],
-                )
-            ],
-        ),
     ]
+
+
+def sealed_replica(region: str, edge: str) -> StreamConfig:
+    """The replica of this edge's own bundle of sealed secrets (its link may read no other
+    key), made the first time its desired state references a secret."""
+    deliver = subjects.deliver_down(subjects.edge_base(region, edge))
+    stream = subjects.kv_stream(subjects.SEALED_BUCKET)
+    filters = [subjects.kv_subject(subjects.SEALED_BUCKET, edge)]
+    return replica_bucket(subjects.SEALED_BUCKET, [source(stream, region, deliver=deliver, filters=filters)])

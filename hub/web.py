@@ -7,6 +7,7 @@
     /api/profiles         profiles: revision, history, which edges run which revision
     /api/compliance       converged / pending / failed / unknown, in all and per region
     /api/events           the fleet's recent events (newest first)
+    /api/audit            the hub's audit trail: who asked its desk for what (newest first)
     /api/hub              the hub's own bus: connected (live) or since when everything is stale
     /api/stream           Server-Sent Events: rows that changed, new events
     /openapi.json, /docs  the API's schema
@@ -16,7 +17,8 @@ Every other route needs a token the hub signed (`fleetbus token create`, or the 
 `fleetbus dev up` prints): `Authorization: Bearer <token>`, or the cookie the login URL
 sets (`?token=` answers 303 to the same page without it, setting an HttpOnly, SameSite=Strict
 cookie). No token or a bad one: 401; anything but GET/HEAD: 403 (the API is read-only).
-Everything is answered from the `FleetView` in memory; nothing here writes to the fleet.
+Everything is answered from the `FleetView` in memory (the audit trail: read from the hub's
+AUDIT stream per request); nothing here writes to the fleet.
 Every /api answer carries `X-Fleetbus-Hub: connected` or `disconnected; since=<ISO time>`.
 """
 
@@ -26,6 +28,7 @@ import json
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -48,11 +51,13 @@ from fleetbus.runtime.settings import DASHBOARD_HOSTS
 from hub import api
 from hub.fleetview import RECENT_EVENTS, FleetView
 from schemas.base import utcnow
+from schemas.desk import AuditRecord
 from schemas.event import Event, Severity
 
 logger = log.get_logger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+AUDIT_LIMIT = 1000  # records one /api/audit answer holds at most
 KEEPALIVE = 15.0  # s between SSE comments on a quiet fleet (proxies drop idle streams)
 TokenCheck = Callable[[str], ApiClaims]  # the claims of a token, or TokenError
 SSE_PERIOD = 0.25  # s: at most this many batches per second per client, changes coalesced
@@ -186,6 +191,19 @@ def _profile_routes(fleet: FleetView) -> APIRouter:
     @router.get("/api/compliance", response_model=api.ComplianceSummary, tags=["profiles"])
     async def get_compliance() -> api.ComplianceSummary:
         return api.compliance(fleet)
+
+    @router.get("/api/audit", tags=["profiles"])
+    async def list_audit(
+        hours: Annotated[float, Query(gt=0, le=24 * 366)] = 24,
+        actor: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=AUDIT_LIMIT)] = 200,
+    ) -> list[AuditRecord]:
+        """The hub's audit trail (`fleetbus audit`): every write request its desk handled in
+        the last `hours`, allowed, refused or failed, with the identity it verified; newest
+        first."""
+        records = await fleet.client.audit(since=utcnow() - timedelta(hours=hours))
+        chosen = [r for r in reversed(records) if actor is None or r.actor == actor]
+        return chosen[:limit]
 
     return router
 

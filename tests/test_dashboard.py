@@ -16,14 +16,16 @@ from typing import Any
 import pytest
 from selenium.webdriver.common.by import By
 
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.errors import ForbiddenError
 from fleetbus.runtime import apitoken, identity
 from fleetbus.runtime.signing import Signer
 from fleetbus.sdk.client import FleetClient
 from schemas.base import utcnow
 from schemas.desk import Role
-from schemas.profile import Profile
+from schemas.profile import Profile, ProfileSpec
 from tests.browser import OUTPUT, chromium
 from tests.conftest import admin_creds, hub_args, running_fleet
 from tests.helpers import arun_cli, eventually
@@ -421,3 +423,57 @@ async def test_every_route_but_health_needs_a_token_and_a_viewer_only_reads(flee
     rows = [r for r in json.loads(audit.stdout) if r["op"] == "token.create"]
     assert [(r["actor"], r["outcome"], r["reason"]) for r in rows][-1] == ("admin", "ok", "wall")
     assert viewer not in audit.stdout
+
+
+async def test_the_audit_page_shows_who_asked_for_what(fleet):
+    """The audit trail on the dashboard: the admin's apply and a viewer's refused one, with
+    the identities the hub verified (API and browser)."""
+    viewer_creds = identities.operator_creds(fleet.plan.state_dir, identities.VIEWER)
+    profile = Profile(name="audited", spec=ProfileSpec(config={"a": 1}))
+    async with await FleetClient.connect(
+        fleet.plan.site("hub").server.client_url,
+        creds=admin_creds(fleet.plan),
+        ca=identities.ca_cert(fleet.plan.state_dir),
+    ) as admin:
+        await admin.profiles.apply(profile, reason="for the audit page")
+    async with await FleetClient.connect(
+        fleet.plan.site("hub").server.client_url,
+        creds=viewer_creds,
+        ca=identities.ca_cert(fleet.plan.state_dir),
+    ) as viewer:
+        with pytest.raises(ForbiddenError):
+            await viewer.profiles.apply(profile, reason="a viewer tries")
+    _, records = await get(fleet, "/api/audit?hours=1")
+    applies = [
+        (r["actor"], r["op"], r["target"], r["outcome"], r["reason"])
+        for r in records
+        if r["op"] == "profile.apply"
+    ]
+    assert applies == [  # newest first
+        ("viewer", "profile.apply", "profile audited", "refused", "a viewer tries"),
+        ("admin", "profile.apply", "profile audited", "ok", "for the audit page"),
+    ]
+    _, only_viewer = await get(fleet, "/api/audit?hours=1&actor=viewer")
+    assert {r["actor"] for r in only_viewer} == {"viewer"}
+    status, body = await http_get(dashboard(fleet) + "api/audit?hours=0", timeout=5, token=fleet.dashboard_token)
+    assert status == 422
+    assert b"hours" in body
+
+    async with chromium() as browser:
+        await asyncio.to_thread(browser.get, fleet.login_url)
+        await asyncio.to_thread(browser.get, dashboard(fleet) + "#/audit")
+
+        def shown() -> list[list[str]]:
+            found = browser.find_elements(By.CSS_SELECTOR, '#audit tr[data-op="profile.apply"]')
+            return [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in found]
+
+        async def both_rows() -> list[list[str]] | None:
+            rows = await asyncio.to_thread(shown)
+            return rows if len(rows) == 2 else None
+
+        rows = await eventually(both_rows, timeout=20, what="the two applies on the audit page")
+        assert [(r[1], r[6], r[7]) for r in rows] == [
+            ("viewer", "refused", "a viewer tries"),
+            ("admin", "ok", "for the audit page"),
+        ]
+        await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "audit.png"))

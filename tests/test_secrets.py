@@ -170,6 +170,14 @@ async def _sealed_for(fleet: DevFleet, site: str) -> set[str]:
         await nc.close()
 
 
+async def _has_stream(fleet: DevFleet, site: str, stream: str) -> bool:
+    nc = await connect_as(fleet.plan, site)
+    try:
+        return any(s.config.name == stream for s in await nc.jetstream(timeout=3).streams_info())
+    finally:
+        await nc.close()
+
+
 async def _applied_marker(client: FleetClient, edge: str, marker: str) -> bool:
     desired, _ = await client.explain(edge)
     return (
@@ -239,6 +247,12 @@ async def test_a_secret_reaches_only_the_selected_edges_sealed_and_rotates(two_r
         listed = json.loads((await arun_cli("secret", "ls", "--json", *hub_args(fleet.plan))).stdout)
         assert [(r["name"], r["version"], r["updated_by"]) for r in listed] == [("db-password", 1, "admin")]
         assert "sealed" not in listed[0]
+
+        # An edge whose desired state references no secret has no replica of them (it costs
+        # nothing); r1-e1 made one, and follows it again after its daemon restarts.
+        assert not await _has_stream(fleet, "r2-e1", "KV_sealed")
+        assert await _has_stream(fleet, "r1-e1", "KV_sealed")
+        await fleet.restart("r1-e1", server=False, daemon=True)
 
         # Rotation: the next version reaches the selected edge, nothing else changes.
         version = await admin.secrets.set("db-password", second, reason="rotate")

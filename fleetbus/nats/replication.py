@@ -128,6 +128,14 @@ class SourcedStream:
         )
         self._lock = asyncio.Lock()
 
+    async def exists(self) -> bool:
+        """Whether the stream is there (created by an earlier run)."""
+        try:
+            await self.js.stream_info(self.name)
+        except NotFoundError:
+            return False
+        return True
+
     async def ensure(self, *, keep_sources: bool = False) -> None:
         """Create or update the stream; `keep_sources` keeps sources gained at run time."""
         async with self._lock:

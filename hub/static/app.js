@@ -67,6 +67,7 @@ function page() {
   if (hash.startsWith("#/edge/")) return "edge";
   if (hash.startsWith("#/profiles")) return "profiles";
   if (hash.startsWith("#/events")) return "events";
+  if (hash.startsWith("#/audit")) return "audit";
   return "fleet";
 }
 
@@ -76,6 +77,7 @@ function route() {
   for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.page === p);
   if (p === "edge") renderEdge(decodeURIComponent(location.hash.slice("#/edge/".length)));
   if (p === "profiles") renderProfiles();
+  if (p === "audit") renderAudit();
   render(true);
 }
 
@@ -316,6 +318,20 @@ function renderEvents() {
     `<td><a href="#/edge/${encodeURIComponent(ev.edge)}">${esc(ev.edge)}</a></td><td>${esc(ev.kind)}</td><td>${esc(ev.severity)}</td><td>${esc(eventText(ev))}</td></tr>`).join("");
 }
 
+// Audit page: the hub's audit trail, read when the page is shown or a filter changes.
+
+async function renderAudit() {
+  const params = new URLSearchParams({ hours: $("#au-hours").value, limit: "500" });
+  const actor = $("#au-actor").value.trim();
+  if (actor) params.set("actor", actor);
+  let list;
+  try { list = await getJSON(`/api/audit?${params}`); } catch (err) { $("#audit-shown").textContent = err.message; return; }
+  $("#audit-shown").textContent = `${list.length} request(s)`;
+  $("#audit").innerHTML = list.map((r) => `<tr class="outcome-${esc(r.outcome)}" data-op="${esc(r.op)}"><td title="${esc(r.at)}">${esc(ago(r.at))}</td>` +
+    `<td>${esc(r.actor)}</td><td>${esc(r.role)}</td><td>${esc(r.op)}</td><td>${esc(r.target)}</td><td>${r.revision ?? ""}</td>` +
+    `<td>${esc(r.outcome)}</td><td>${esc(r.reason)}</td><td>${esc((r.detail || "").split("\n")[0])}</td></tr>`).join("");
+}
+
 // ---- start -------------------------------------------------------------------------------
 
 for (const id of ["#q", "#f-presence", "#f-compliance", "#f-region"]) {
@@ -323,6 +339,9 @@ for (const id of ["#q", "#f-presence", "#f-compliance", "#f-region"]) {
 }
 $("#filters").addEventListener("submit", (e) => e.preventDefault());
 $("#ev-q").addEventListener("input", renderEvents);
+$("#au-hours").addEventListener("change", renderAudit);
+$("#au-actor").addEventListener("change", renderAudit);
+$("#audit-filters").addEventListener("submit", (e) => { e.preventDefault(); renderAudit(); });
 window.addEventListener("hashchange", route);
 route();
 connect();
