@@ -8,6 +8,7 @@ known in its reason) and `HubStatus` says since when the data is stale.
 """
 
 from collections import Counter
+from collections.abc import Collection
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -194,9 +195,16 @@ def edge_row(fleet: FleetView, view: EdgeView) -> EdgeRow:
     )
 
 
-def rows(fleet: FleetView) -> list[EdgeRow]:
-    """Every edge's row, sorted by region and id."""
-    return [edge_row(fleet, v) for v in sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge))]
+def _views(fleet: FleetView, shown: Collection[str] | None) -> list[EdgeView]:
+    """Every edge (of the regions `shown`, if given), sorted by region and id."""
+    views = (v for v in fleet.edges.values() if shown is None or v.region in shown)
+    return sorted(views, key=lambda v: (v.region, v.edge))
+
+
+def rows(fleet: FleetView, shown: Collection[str] | None = None) -> list[EdgeRow]:
+    """Every edge's row (of the regions `shown`, if given: a region-scoped token's), sorted
+    by region and id."""
+    return [edge_row(fleet, v) for v in _views(fleet, shown)]
 
 
 def matches(
@@ -253,8 +261,8 @@ def edge_detail(fleet: FleetView, view: EdgeView) -> EdgeDetail:
     )
 
 
-def regions(fleet: FleetView, rows: list[EdgeRow]) -> list[RegionRow]:
-    names = sorted(set(fleet.regions) | {r.region for r in rows})
+def regions(fleet: FleetView, rows: list[EdgeRow], shown: Collection[str] | None = None) -> list[RegionRow]:
+    names = sorted(n for n in set(fleet.regions) | {r.region for r in rows} if shown is None or n in shown)
     out = []
     for name in names:
         mine = [r for r in rows if r.region == name]
@@ -275,11 +283,13 @@ def regions(fleet: FleetView, rows: list[EdgeRow]) -> list[RegionRow]:
     return out
 
 
-def profiles(fleet: FleetView, history: dict[str, list[Revision]]) -> list[ProfileRow]:
+def profiles(
+    fleet: FleetView, history: dict[str, list[Revision]], shown: Collection[str] | None = None
+) -> list[ProfileRow]:
     out = []
     for profile in sorted(fleet.profiles.values(), key=lambda p: (p.priority, p.name)):
         running: dict[str, list[str]] = {}
-        for view in sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge)):
+        for view in _views(fleet, shown):
             if view.report is None or view.report.apply_result is None:
                 continue
             revision = view.report.apply_result.profile_revisions.get(profile.name)
@@ -300,10 +310,9 @@ def profiles(fleet: FleetView, history: dict[str, list[Revision]]) -> list[Profi
     return out
 
 
-def compliance(fleet: FleetView) -> ComplianceSummary:
+def compliance(fleet: FleetView, shown: Collection[str] | None = None) -> ComplianceSummary:
     """Every edge's compliance in the `fleetbus status --json` shape (`EdgeCompliance.as_json`)."""
-    views = sorted(fleet.edges.values(), key=lambda v: (v.region, v.edge))
-    rows = [fleet.compliance_of(v) for v in views]
+    rows = [fleet.compliance_of(v) for v in _views(fleet, shown)]
     by_region: dict[str, Counter[str]] = {}
     for row in rows:
         by_region.setdefault(row.region, Counter())[row.state.value] += 1
@@ -323,11 +332,15 @@ def recent_events(
     edge: str | None = None,
     severity: Severity | None = None,
     limit: int = 100,
+    shown: Collection[str] | None = None,
 ) -> list[Event]:
-    """The newest `limit` events the hub holds that match every filter given, newest first."""
+    """The newest `limit` events the hub holds that match every filter given (and are of the
+    regions `shown`, if given), newest first."""
     wanted = {"kind": kind, "region": region, "edge": edge, "severity": severity}
     found = []
     for _, event in reversed(fleet.events):
+        if shown is not None and event.region not in shown:
+            continue
         if all(not value or getattr(event, field) == value for field, value in wanted.items()):
             found.append(event)
             if len(found) >= limit:

@@ -465,9 +465,21 @@ class Desk:
         except ValueError:
             msg = f"no role {request.args.get('role')!r}: admin, operator or viewer"
             raise ConfigError(msg) from None
+        regions = request.args.get("regions") or []
+        if not isinstance(regions, list) or not all(isinstance(r, str) for r in regions):
+            msg = "token.create's `regions` is a list of region ids"
+            raise ConfigError(msg)
+        try:
+            scoped = [check_token(str(r)) for r in regions]
+        except ValueError as exc:
+            raise ConfigError(f"region: {exc}") from None
         expires = self.clock() + timedelta(seconds=seconds)
-        token, claims = apitoken.mint(self.signer, role=role, expires=expires, issued_by=who.name)
-        detail = f"{role.value} token {claims.token_id}, valid until {expires.isoformat()}"  # never the token
+        token, claims = apitoken.mint(
+            self.signer, role=role, expires=expires, issued_by=who.name, regions=scoped
+        )
+        where = f" of regions {', '.join(claims.regions)}" if claims.regions else ""
+        # Never the token itself.
+        detail = f"{role.value} token{where} {claims.token_id}, valid until {expires.isoformat()}"
         return {"token": token, **claims.model_dump(mode="json")}, f"token {claims.token_id}", None, detail
 
     async def _secret_set(self, request: DeskRequest, who: OperatorRecord) -> Done:

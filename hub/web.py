@@ -14,7 +14,8 @@
     /health               200 {"ok": true}: the one route that needs no token
 
 Every other route needs a token the hub signed (`fleetbus token create`, or the login URL
-`fleetbus dev up` prints): `Authorization: Bearer <token>`, or the cookie the login URL
+`fleetbus dev up` prints; a token of some regions shows only their edges and events, and
+not the audit trail): `Authorization: Bearer <token>`, or the cookie the login URL
 sets (`?token=` answers 303 to the same page without it, setting an HttpOnly, SameSite=Strict
 cookie). No token or a bad one: 401; anything but GET/HEAD: 403 (the API is read-only).
 Everything is answered from the `FleetView` in memory (the audit trail: read from the hub's
@@ -132,11 +133,13 @@ def _fleet_routes(fleet: FleetView) -> APIRouter:
         q: Annotated[str, Query(max_length=200, description="Words to find in id, region, labels.")] = "",
         limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
         offset: Annotated[int, Query(ge=0)] = 0,
+        *,
+        request: Request,
     ) -> api.EdgeList:
         """Edges, sorted by region and id, filtered; `total` counts before limit/offset."""
         found = [
             r
-            for r in api.rows(fleet)
+            for r in api.rows(fleet, shown_regions(request))
             if api.matches(
                 r,
                 region=region,
@@ -158,9 +161,10 @@ def _fleet_routes(fleet: FleetView) -> APIRouter:
         responses={404: {"description": "No such edge known to the hub."}},
         tags=["fleet"],
     )
-    async def get_edge(edge: str) -> api.EdgeDetail:
+    async def get_edge(edge: str, request: Request) -> api.EdgeDetail:
         view = fleet.edges.get(edge)
-        if view is None:
+        shown = shown_regions(request)
+        if view is None or (shown is not None and view.region not in shown):  # the same answer
             raise HTTPException(
                 404,
                 f"no edge {edge!r} is known to the hub (it has never reported); GET /api/edges lists them",
@@ -168,8 +172,9 @@ def _fleet_routes(fleet: FleetView) -> APIRouter:
         return api.edge_detail(fleet, view)
 
     @router.get("/api/regions", response_model=list[api.RegionRow], tags=["fleet"])
-    async def list_regions() -> list[api.RegionRow]:
-        return api.regions(fleet, api.rows(fleet))
+    async def list_regions(request: Request) -> list[api.RegionRow]:
+        shown = shown_regions(request)
+        return api.regions(fleet, api.rows(fleet, shown), shown)
 
     return router
 
@@ -178,7 +183,7 @@ def _profile_routes(fleet: FleetView) -> APIRouter:
     router = APIRouter()
 
     @router.get("/api/profiles", response_model=list[api.ProfileRow], tags=["profiles"])
-    async def list_profiles() -> list[api.ProfileRow]:
+    async def list_profiles(request: Request) -> list[api.ProfileRow]:
         history = {}
         for name in fleet.profiles:
             kept = await fleet.client.profiles.history(name, since_delete=True)
@@ -186,21 +191,27 @@ def _profile_routes(fleet: FleetView) -> APIRouter:
                 api.Revision(revision=p.revision, updated_by=p.updated_by, updated_at=p.updated_at)
                 for p in reversed(kept)
             ]
-        return api.profiles(fleet, history)
+        return api.profiles(fleet, history, shown_regions(request))
 
     @router.get("/api/compliance", response_model=api.ComplianceSummary, tags=["profiles"])
-    async def get_compliance() -> api.ComplianceSummary:
-        return api.compliance(fleet)
+    async def get_compliance(request: Request) -> api.ComplianceSummary:
+        return api.compliance(fleet, shown_regions(request))
 
     @router.get("/api/audit", tags=["profiles"])
     async def list_audit(
         hours: Annotated[float, Query(gt=0, le=24 * 366)] = 24,
         actor: Annotated[str | None, Query(max_length=64)] = None,
         limit: Annotated[int, Query(ge=1, le=AUDIT_LIMIT)] = 200,
+        *,
+        request: Request,
     ) -> list[AuditRecord]:
         """The hub's audit trail (`fleetbus audit`): every write request its desk handled in
         the last `hours`, allowed, refused or failed, with the identity it verified; newest
-        first."""
+        first. Not for a token of some regions only (the trail spans every region): 403."""
+        if shown_regions(request) is not None:
+            raise HTTPException(
+                403, "the audit trail spans every region; a token of some regions does not show it"
+            )
         records = await fleet.client.audit(since=utcnow() - timedelta(hours=hours))
         chosen = [r for r in reversed(records) if actor is None or r.actor == actor]
         return chosen[:limit]
@@ -218,10 +229,20 @@ def _event_routes(fleet: FleetView, metrics: DaemonMetrics | None) -> APIRouter:
         edge: Annotated[str | None, Query(max_length=64)] = None,
         severity: Severity | None = None,
         limit: Annotated[int, Query(ge=1, le=RECENT_EVENTS)] = 100,
+        *,
+        request: Request,
     ) -> list[Event]:
         """The most recent events the hub holds in memory (the last of each kind per edge at
         start, then every new one), newest first."""
-        return api.recent_events(fleet, kind=kind, region=region, edge=edge, severity=severity, limit=limit)
+        return api.recent_events(
+            fleet,
+            kind=kind,
+            region=region,
+            edge=edge,
+            severity=severity,
+            limit=limit,
+            shown=shown_regions(request),
+        )
 
     @router.get(
         "/api/stream",
@@ -268,6 +289,7 @@ class _Counted:
 
 
 COOKIE = "fleetbus_token"
+CLAIMS = "fleetbus_claims"
 OPEN = frozenset({"/health"})
 LOGIN_HINT = (
     "open the login URL `fleetbus dev up` printed, or send Authorization: Bearer <token> "
@@ -308,9 +330,17 @@ class _Authenticated:
                 elif given:  # the login URL: keep the token in a cookie, and off the address bar
                     answer = _login(request, token, claims)
         if answer is None:
+            scope.setdefault("state", {})[CLAIMS] = claims  # what the routes show it (regions)
             await self.app(scope, receive, send)
         else:
             await answer(scope, receive, send)
+
+
+def shown_regions(request: Request) -> frozenset[str] | None:
+    """The regions the request's token shows (None: every region; also without tokens, on a
+    hub without a signing key)."""
+    claims = request.scope.get("state", {}).get(CLAIMS)
+    return frozenset(claims.regions) if isinstance(claims, ApiClaims) and claims.regions else None
 
 
 def _error(status: int, why: str) -> Response:
@@ -369,6 +399,7 @@ async def _feed(
 
 
 async def _changes(fleet: FleetView, request: Request) -> AsyncIterator[str]:
+    shown = shown_regions(request)
     version, policy = fleet.version, fleet.policy_version
     yield "retry: 2000\n\n"
     yield _sse("hello", {"version": version})
@@ -383,12 +414,19 @@ async def _changes(fleet: FleetView, request: Request) -> AsyncIterator[str]:
         if (now.connected, now.since) != (hub.connected, hub.since):
             hub = now
             yield _sse("hub", hub.model_dump(mode="json"))
-        changed = [v for v in fleet.edges.values() if v.version > version]
+        changed = [
+            v for v in fleet.edges.values() if v.version > version and (shown is None or v.region in shown)
+        ]
         if changed:
             edges = [api.edge_row(fleet, v).model_dump(mode="json") for v in changed]
             yield _sse("edges", edges)
-            yield _sse("regions", [r.model_dump(mode="json") for r in api.regions(fleet, api.rows(fleet))])
-        events = [e.model_dump(mode="json") for v, e in fleet.events if v > version]
+            regions = api.regions(fleet, api.rows(fleet, shown), shown)
+            yield _sse("regions", [r.model_dump(mode="json") for r in regions])
+        events = [
+            e.model_dump(mode="json")
+            for v, e in fleet.events
+            if v > version and (shown is None or e.region in shown)
+        ]
         if events:
             yield _sse("events", events)
         if fleet.policy_version != policy:

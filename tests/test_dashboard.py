@@ -75,10 +75,10 @@ class Sse:
 
 
 @contextlib.asynccontextmanager
-async def sse(fleet: DevFleet) -> AsyncIterator[Sse]:
+async def sse(fleet: DevFleet, token: str | None = None) -> AsyncIterator[Sse]:
     port = fleet.plan.site("hub").dashboard_port
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    auth = f"Authorization: Bearer {fleet.dashboard_token}\r\n"
+    auth = f"Authorization: Bearer {token or fleet.dashboard_token}\r\n"
     writer.write(
         f"GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Accept: text/event-stream\r\n\r\n".encode()
     )
@@ -455,7 +455,8 @@ async def test_the_audit_page_shows_who_asked_for_what(fleet):
     ]
     _, only_viewer = await get(fleet, "/api/audit?hours=1&actor=viewer")
     assert {r["actor"] for r in only_viewer} == {"viewer"}
-    status, body = await http_get(dashboard(fleet) + "api/audit?hours=0", timeout=5, token=fleet.dashboard_token)
+    url = dashboard(fleet) + "api/audit?hours=0"
+    status, body = await http_get(url, timeout=5, token=fleet.dashboard_token)
     assert status == 422
     assert b"hours" in body
 
@@ -477,3 +478,60 @@ async def test_the_audit_page_shows_who_asked_for_what(fleet):
             ("admin", "ok", "for the audit page"),
         ]
         await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / "audit.png"))
+
+
+async def _token_of(fleet: DevFleet, *regions: str) -> str:
+    scope = [arg for r in regions for arg in ("--region", r)]
+    made = await arun_cli(
+        "token", "create", "--role", "viewer", *scope, "--expires", "1h", *hub_args(fleet.plan)
+    )
+    assert made.returncode == 0, made.stderr
+    return made.stdout.strip()
+
+
+async def test_a_token_of_some_regions_shows_only_their_edges(fleet):
+    await all_online_and_converged(fleet)
+    mine, other = await _token_of(fleet, "r1"), await _token_of(fleet, "r9")
+
+    async def read(path: str, token: str) -> tuple[int, Any]:
+        status, body = await http_get(dashboard(fleet) + path.lstrip("/"), timeout=5, token=token)
+        return status, json.loads(body)
+
+    assert (await read("/api/edges", mine))[1]["total"] == len(EDGES)
+    assert (await read("/api/edges", other))[1]["total"] == 0
+    status, body = await read("/api/edges/r1-e1", other)
+    assert status == 404  # as for an edge nobody knows
+    assert [r["region"] for r in (await read("/api/regions", mine))[1]] == ["r1"]
+    assert (await read("/api/regions", other))[1] == []
+    assert (await read("/api/compliance", other))[1]["total"] == 0
+    assert (await read("/api/events", mine))[1]  # r1's edges have events ...
+    assert (await read("/api/events", other))[1] == []  # ... that r9's token does not see
+    status, body = await read("/api/audit", other)
+    assert status == 403
+    assert "every region" in body["error"]
+
+    # The live feed: a profile change moves every edge (and tells every feed `profiles`); the
+    # feed of r9's token tells `profiles` with no edge or event of r1 before it.
+    async with sse(fleet, other) as feed, sse(fleet, mine) as shown:
+        async with await FleetClient.connect(
+            fleet.plan.site("hub").server.client_url,
+            creds=admin_creds(fleet.plan),
+            ca=identities.ca_cert(fleet.plan.state_dir),
+        ) as admin:
+            await admin.profiles.apply(Profile(name="scoped", spec=ProfileSpec(config={"b": 2})))
+
+        async def until_profiles(stream: Sse) -> list[tuple[str, Any]]:
+            seen = []
+            while True:
+                name, data = await asyncio.wait_for(stream.next(), 20)
+                seen.append((name, data))
+                if name == "profiles":
+                    return seen
+
+        for_other = await until_profiles(feed)
+        for_mine = await until_profiles(shown)
+        assert "r1-e1" not in json.dumps(for_other), for_other
+        assert {name for name, _ in for_other} <= {"hello", "hub", "profiles"}, for_other
+        assert "r1-e1" in json.dumps(for_mine)
+    audit = json.loads((await arun_cli("audit", "--json", *hub_args(fleet.plan))).stdout)
+    assert any("of regions r9" in r["detail"] for r in audit if r["op"] == "token.create")

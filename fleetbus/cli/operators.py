@@ -116,6 +116,10 @@ token_app = typer.Typer(
 def token_create(
     role: Annotated[Role, typer.Option(help="viewer (reads; what dashboards need), or admin/operator.")],
     expires: Annotated[str, typer.Option(help="How long it is valid: 30m, 24h, 30d (up to 365d).")] = "30d",
+    region: Annotated[
+        list[str] | None,
+        typer.Option("--region", help="Show only these regions' edges (repeat it); every region without."),
+    ] = None,
     reason: Reason = "",
     as_json: AsJson = False,
     hub: HubUrl = None,
@@ -124,11 +128,15 @@ def token_create(
 ) -> None:
     """Print a token for the dashboard and API (`Authorization: Bearer <token>`), signed by
     the hub; the audit trail records who asked for it (never the token)."""
+    check_ids(*(("--region", r) for r in region or ()))
     seconds = int(parse_duration("--expires", expires).total_seconds())
+    regions = list(region or [])
     reply = with_client(
         hub,
         state_dir,
-        lambda f: f.desk.call("token.create", reason=reason, role=role.value, expires_seconds=seconds),
+        lambda f: f.desk.call(
+            "token.create", reason=reason, role=role.value, expires_seconds=seconds, regions=regions
+        ),
     )
     if as_json:
         out.print_json(json.dumps(reply.result))

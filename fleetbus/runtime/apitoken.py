@@ -35,6 +35,7 @@ class ApiClaims(BaseModel):
     token_id: str = Field(min_length=8)
     issued_by: str  # the operator who asked for it
     issuer: str  # the hub key that signed it
+    regions: tuple[str, ...] = ()  # it shows only these regions' edges; empty: every region
 
 
 def _b64(data: bytes) -> str:
@@ -45,9 +46,16 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def mint(signer: Signer, *, role: Role, expires: datetime, issued_by: str) -> tuple[str, ApiClaims]:
+def mint(
+    signer: Signer, *, role: Role, expires: datetime, issued_by: str, regions: Collection[str] = ()
+) -> tuple[str, ApiClaims]:
     claims = ApiClaims(
-        role=role, expires=expires, token_id=secrets.token_hex(12), issued_by=issued_by, issuer=signer.key_id
+        role=role,
+        expires=expires,
+        token_id=secrets.token_hex(12),
+        issued_by=issued_by,
+        issuer=signer.key_id,
+        regions=tuple(sorted(regions)),
     )
     body = f"{PREFIX}.{_b64(claims.model_dump_json().encode())}"
     return f"{body}.{_b64(signer.sign(body.encode()))}", claims
