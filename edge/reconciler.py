@@ -97,11 +97,12 @@ class DesiredInputs:
 
     @property
     def following_sealed(self) -> bool:
-        return self._sealed_task is not None
+        return self._sealed_task is not None and not self._sealed_task.done()
 
     def follow_sealed(self) -> None:
-        """Start mirroring the replica of sealed secrets (its stream exists now)."""
-        if self._sealed is None or self._sealed_task is not None:
+        """Start mirroring the replica of sealed secrets (its stream exists now); again if
+        the mirror stopped (the next reconcile that needs it asks)."""
+        if self._sealed is None or self.following_sealed:
             return
         self._sealed_task = asyncio.create_task(self._sealed.run(), name="mirror-sealed")
         self._sealed_task.add_done_callback(_log_stop)
@@ -168,6 +169,7 @@ class Reconciler:
         # of this edge's sealed secrets and follow it (the daemon's `follow_secrets`).
         self.on_secrets = on_secrets
         self._asking: asyncio.Task[None] | None = None
+        self._ask_retry = Backoff(1.0, cap=30.0)
         self.on_applied = on_applied  # e.g. the inventory: what is applied changed
         self.on_desired = on_desired  # e.g. the telemetry forwarder: each computed desired state
         self.region, self.edge = region, edge
@@ -305,9 +307,12 @@ class Reconciler:
         async def ask(on_secrets: Callable[[], Awaitable[None]]) -> None:
             try:
                 await on_secrets()
-            except Exception as exc:  # the next reconcile asks again
+            except Exception as exc:  # a reconcile after a back-off asks again
                 logger.warning("cannot follow sealed secrets yet", error=repr(exc))
+                await self._ask_retry.wait()
                 self._changed.set()
+            else:
+                self._ask_retry.reset()
 
         self._asking = asyncio.create_task(ask(on_secrets), name="follow-secrets")
 

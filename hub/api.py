@@ -257,7 +257,7 @@ def edge_detail(fleet: FleetView, view: EdgeView) -> EdgeDetail:
         desired_hash=desired_hash,
         explain=explain,
         explain_note=note,
-        events=list(reversed(view.events)),
+        events=[e for e in reversed(view.events) if e.region == view.region],  # an id two regions claim
     )
 
 

@@ -33,7 +33,7 @@ from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import apitoken, log, signing
 from fleetbus.runtime.admission import Operators, hub_files
 from fleetbus.runtime.metrics import DaemonMetrics
-from fleetbus.runtime.sealing import SealError
+from fleetbus.runtime.sealing import MAX_SECRET, SealError
 from fleetbus.runtime.settings import HubSettings
 from fleetbus.runtime.signing import Signer, Verifier
 from fleetbus.sdk.documents import Plan
@@ -502,9 +502,12 @@ class Desk:
             )
             raise ConfigError(msg)
         try:
-            self.signer.open(sealed)
+            size = len(self.signer.open(sealed))
         except SealError as exc:
             raise ConfigError(f"the sealed value does not open with this hub's key: {exc}") from None
+        if size > MAX_SECRET:
+            msg = f"a secret holds at most {MAX_SECRET} bytes, not {size}"
+            raise ConfigError(msg)
         # Versions only grow, across a `secret rm` too (its delete is signed one above the
         # last version): an edge holding version n of an old value must see a new number.
         entries, _ = await self.secrets.snapshot(name)

@@ -16,20 +16,23 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fleetbus.core import secrets as core
 from fleetbus.core.desired import compute, edge_groups
 from fleetbus.nats.bus import Bus
 from fleetbus.nats.kv import Bucket, Mirror
+from fleetbus.nats.streams import follow_stream
 from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.sealing import SealError, seal
 from fleetbus.runtime.signing import Signer, Verifier
 from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.base import utcnow
+from schemas.event import Event, EventKind
 from schemas.inventory import InventorySnapshot
 from schemas.override import Override
 from schemas.profile import Profile
@@ -38,6 +41,8 @@ from schemas.secret import SealedBundle, SealedSecret, SecretRecord
 logger = log.get_logger(__name__)
 
 RECHECK = 30.0  # s: overrides expire with the clock, not with a change
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+READMITTED = frozenset({"approved", "redeemed a token: admitted"})  # regional/admission.py
 
 
 class Sealer:
@@ -64,15 +69,60 @@ class Sealer:
         # there is a secret or a bundle: until then nothing needs an edge's key or labels.
         self.mirrors: list[Mirror[Any]] = [self.profiles, self.overrides, self.secrets, self.sealed]
         self.changed = asyncio.Event()
-        for mirror in (self.profiles, self.overrides, self.secrets, self.inventory):
+        for mirror in (self.profiles, self.overrides, self.secrets):
             mirror.listen(lambda _entries: self.changed.set())  # its own writes need no second look
+        # Snapshots come every inventory interval from every edge; only a new edge, key,
+        # labels or a gone edge changes what to seal.
+        self.inventory.listen(self._inventory_changed)
+        self.seen: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {}  # KV key -> (key, labels)
         self.revisions: dict[str, int] = {}  # edge -> the last signed revision written
+        self.js = js
+        self.revoked: set[tuple[str, str]] = set()  # (region, edge) whose key its regional refuses
         self.written = 0  # bundles written since start (tests and logs)
+
+    def _inventory_changed(self, entries: list[Any]) -> None:
+        for entry in entries:
+            snapshot = entry.value
+            now = (snapshot.public_key, tuple(sorted(snapshot.labels.items()))) if snapshot else None
+            if self.seen.get(entry.key) != now:
+                if now is None:
+                    self.seen.pop(entry.key, None)
+                else:
+                    self.seen[entry.key] = now
+                self.changed.set()
+
+    async def follow_revocations(self) -> None:
+        """Edges revoked at their regional (its `audit` events, in the hub's EVENTS) get no new
+        version: their bundles go. Admitted again (a token redeemed, or approved): they do."""
+        retry = Backoff(0.5, cap=10.0)
+        subject = f"{subjects.PREFIX}.edge.*.*.events.{EventKind.AUDIT.value}"
+        while True:
+            try:
+                async for event in follow_stream(
+                    self.js, subjects.EVENTS_STREAM, subject, Event, since=EPOCH
+                ):
+                    retry.reset()
+                    action = str(event.data.get("action", ""))
+                    if action == "revoked":
+                        self.revoked.add((event.region, event.edge))
+                    elif action in READMITTED:
+                        self.revoked.discard((event.region, event.edge))
+                    else:
+                        continue
+                    self.changed.set()
+            except Exception as exc:  # the stream not there yet, the server restarting
+                logger.warning("following revocations broke; following again", error=repr(exc))
+            await retry.wait()
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(m.run(), name=f"sealer-{m.bucket.name}") for m in self.mirrors]
+        revocations = asyncio.create_task(self.follow_revocations(), name="sealer-revocations")
         try:
             await _loaded(self.mirrors, tasks)
+            # Revisions go on from the highest this bucket holds (deletes too), so a restart
+            # never signs one an edge took already, whatever the clock says.
+            for entry in (await self.store.snapshot())[0]:
+                self.revisions[entry.key] = entry.signed_revision or 0
             while True:
                 self.changed.clear()
                 if len(tasks) == len(self.mirrors) and (self.secrets.values or self.sealed.values):
@@ -89,7 +139,7 @@ class Sealer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.changed.wait(), RECHECK)
         finally:
-            await cancel_and_wait(tasks, timeout=10.0)
+            await cancel_and_wait([*tasks, revocations], timeout=10.0)
 
     def wanted(self) -> dict[str, core.Wanted]:
         """What each edge with a key should hold now."""
@@ -98,23 +148,31 @@ class Sealer:
             return {}
         profiles, overrides = list(self.profiles.values.values()), list(self.overrides.values.values())
         now = self.clock()
-        claimed: dict[str, list[InventorySnapshot]] = {}
-        for snapshot in self.inventory.values.values():
-            if snapshot.public_key:
-                claimed.setdefault(snapshot.edge, []).append(snapshot)
+        # Who an edge is comes from the key its snapshot is stored under (`<region>.<edge>`:
+        # the hub takes from each regional only its own region's keys), never from the body.
+        claimed: dict[str, list[tuple[str, InventorySnapshot]]] = {}
+        for key, snapshot in self.inventory.values.items():
+            try:
+                region, edge = subjects.split_edge_key(key)
+            except ValueError:
+                continue
+            if snapshot.public_key and (snapshot.region, snapshot.edge) == (region, edge):
+                claimed.setdefault(edge, []).append((region, snapshot))
         wanted: dict[str, core.Wanted] = {}
         for edge, snapshots in claimed.items():
-            if len({(s.region, s.public_key) for s in snapshots}) != 1:
-                logger.warning(
-                    "edge id claimed by more than one region or key: sealing nothing to it", edge=edge
-                )
+            if len(snapshots) != 1:
+                logger.warning("edge id heard from more than one region: sealing nothing to it", edge=edge)
                 continue
-            snap = snapshots[0]
+            region, snap = snapshots[0]
+            if (region, edge) in self.revoked:
+                continue
+            # The `region` label is the one the hub vouches for: where it hears the edge from.
+            labels = {**snap.labels, core.REGION_LABEL: region}
             desired = compute(
                 profiles,
-                snap.labels,
+                labels,
                 edge=edge,
-                groups=edge_groups(snap.region, snap.labels),
+                groups=edge_groups(region, labels),
                 overrides=overrides,
                 now=now,
             )
@@ -134,18 +192,21 @@ class Sealer:
         for edge, fresh in sorted(plan.write.items()):
             want, have = wanted[edge], self.sealed.values.get(edge)
             boxes: dict[str, SealedSecret] = {}
-            try:
-                for name, version in want.versions.items():
-                    if name not in fresh and have is not None:
-                        boxes[name] = have.secrets[name]
-                        continue
-                    record = self.secrets.values[name]
-                    boxes[name] = SealedSecret(
-                        version=version, box=seal(self.signer.open(record.sealed), want.key)
+            for name in want.versions:
+                if name not in fresh and have is not None and name in have.secrets:
+                    boxes[name] = have.secrets[name]
+                    continue
+                record = self.secrets.values[name]
+                try:
+                    box = seal(self.signer.open(record.sealed), want.key)
+                except SealError as exc:  # this one waits (set it again); the others go on
+                    logger.warning(
+                        "cannot seal a secret for this edge", edge=edge, secret=name, error=str(exc)
                     )
-            except SealError as exc:
-                logger.warning("cannot seal a secret for this edge", edge=edge, error=str(exc))
-                continue
+                    if have is not None and name in have.secrets:
+                        boxes[name] = have.secrets[name]
+                    continue
+                boxes[name] = SealedSecret(version=record.version, box=box)
             bundle = SealedBundle(edge=edge, key=want.key, secrets=boxes)
             await self.store.put(edge, bundle, revision=self._next(edge))
             self.written += 1

@@ -234,6 +234,11 @@ async def test_a_referenced_secret_becomes_a_secret_mounted_in_the_pods_and_roll
     assert b"s3cret" not in driver.path.read_bytes()  # the driver's own record holds no value
     with pytest.raises(DriverError, match="references secret 'db-password', which this edge has not opened"):
         await driver.apply(replace(with_secret(3, b"x"), secrets={}))
+    # Anywhere but as a whole config value, this driver has nowhere to put it: refused.
+    nested = {**WEB, "config": {"db": {"password": {"secretRef": "db-password"}}}}
+    state = desired(nested)
+    with pytest.raises(DriverError, match=r"referenced at config\.db\.password"):
+        await driver.apply(replace(state, secrets={"db-password": b"x"}))
 
 
 async def test_removing_a_component_prunes_exactly_its_objects(driver, standin, kube):

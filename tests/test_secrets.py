@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import nats.errors
+import nats.js.errors
 import nkeys
 import pytest
 from nacl.signing import SigningKey
@@ -27,6 +28,9 @@ from fleetbus.errors import ConfigError, ForbiddenError
 from fleetbus.runtime.sealing import SealError, seal, unseal
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
+from schemas.base import utcnow
+from schemas.codec import JSON, encode_body
+from schemas.inventory import InventorySnapshot
 from schemas.profile import LabelSelector, Profile, ProfileSpec
 from tests.conftest import connect_as, hub_args, running_fleet
 from tests.fleetprobe import applied_hash
@@ -53,9 +57,13 @@ def test_references_are_found_checked_and_pinned_to_versions():
     document = {"components": {"db": {"config": {"password": REF, "users": [{"secretRef": "u"}]}}}}
     assert core.refs(document) == {"db-password", "u"}
     core.check_refs(document, where="spec")
+    # Kubernetes' own secretRef (an object, in raw manifests) is not a reference of ours.
+    manifest = {"envFrom": [{"secretRef": {"name": "db"}}]}
+    core.check_refs(manifest, where="spec")
+    assert core.refs(manifest) == set()
+    assert core.pin(manifest, {"db": 1})[0] == manifest
     for bad, says in (
         ({"secretRef": "Bad Name"}, "must name a secret"),
-        ({"secretRef": 3}, "must name a secret"),
         ({"secretRef": "x", "version": 2}, "remove version"),
     ):
         with pytest.raises(ValueError, match=says):
@@ -165,7 +173,10 @@ async def _sealed_for(fleet: DevFleet, site: str) -> set[str]:
     nc = await connect_as(fleet.plan, site)
     try:
         kv = await nc.jetstream(timeout=3).key_value(subjects.SEALED_BUCKET)
-        return set(await kv.keys())
+        try:
+            return set(await kv.keys())
+        except nats.js.errors.NoKeysError:
+            return set()
     finally:
         await nc.close()
 
@@ -176,6 +187,30 @@ async def _has_stream(fleet: DevFleet, site: str, stream: str) -> bool:
         return any(s.config.name == stream for s in await nc.jetstream(timeout=3).streams_info())
     finally:
         await nc.close()
+
+
+async def _forge_inventory(fleet: DevFleet, regional: str, edge: str, labels: dict[str, str]) -> None:
+    """`regional`'s own identity on its own server stores a snapshot of an edge it made up,
+    with the regional's key as the edge's."""
+    own = fleet.plan.site(regional).creds_path.read_text().strip()
+    snapshot = InventorySnapshot(
+        region=regional, edge=edge, seq=1, observed_at=utcnow(), labels=labels, public_key=_public(own)
+    )
+    nc = await connect_as(fleet.plan, regional)
+    try:
+        await nc.jetstream(timeout=3).publish(
+            subjects.outbox_inventory(regional, edge), encode_body(snapshot, JSON)
+        )
+    finally:
+        await nc.close()
+
+
+async def _inventory_of(client: FleetClient, edge: str) -> bool:
+    return (await client.get_inventory(edge)) is not None
+
+
+async def _none_sealed(fleet: DevFleet, site: str) -> bool:
+    return await _sealed_for(fleet, site) == set()
 
 
 async def _applied_marker(client: FleetClient, edge: str, marker: str) -> bool:
@@ -254,20 +289,29 @@ async def test_a_secret_reaches_only_the_selected_edges_sealed_and_rotates(two_r
         assert await _has_stream(fleet, "r1-e1", "KV_sealed")
         await fleet.restart("r1-e1", server=False, daemon=True)
 
+        # A compromised regional r2 reports an edge of its own with its own key, claiming
+        # r1's labels: the hub sets `region` from where it hears it, so the profile for r1
+        # seals nothing to it (what reaches the hub is checked first).
+        await _forge_inventory(fleet, "r2", "r2-fake", {"region": "r1", "env": "dev"})
+        await eventually(
+            lambda: _inventory_of(admin, "r2-fake"), timeout=20, what="the forged snapshot at the hub"
+        )
+
         # Rotation: the next version reaches the selected edge, nothing else changes.
         version = await admin.secrets.set("db-password", second, reason="rotate")
         assert version == 2
         await eventually(lambda: _converged(admin, "r1-e1", 2), timeout=40, what="r1-e1 applied secret v2")
         assert await _holds(fleet, "r1-e1", second)
         assert _files_holding(fleet, second) == {"r1-e1/daemon/secrets/db-password"}
+        assert await _sealed_for(fleet, "hub") == {"r1-e1"}  # sealed after the forgery: not to it
         assert _files_holding(fleet, first) == set()
 
-        # A revoked edge receives no new version: its link is refused, so its replica cannot
-        # source the bundle the hub still writes for it (its regional holds it, sealed).
+        # A revoked edge receives no new version: the hub hears the revocation (its regional's
+        # audit event) and drops its bundle, and its link is refused anyway.
         await revoke(fleet, "r1-e1")
+        await eventually(lambda: _none_sealed(fleet, "hub"), timeout=20, what="r1-e1's bundle dropped")
         third = f"s3cret-{secrets.token_hex(12)}".encode()
         assert await admin.secrets.set("db-password", third, reason="after the revocation") == 3
-        await eventually(lambda: _bundle_version(fleet, "r1", "r1-e1", 3), timeout=20, what="r1 holds v3")
         # r2-e1, still linked, takes a change through the same path meanwhile.
         marker_profile = Profile(name="marker", spec=ProfileSpec(config={"marker": marker}))
         await admin.profiles.apply(marker_profile, reason="a change every linked edge takes")

@@ -103,8 +103,14 @@ class LocalDriver:
         if not secrets and not self.secrets_dir.exists():
             return
         self.secrets_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.secrets_dir.chmod(0o700)  # also one made otherwise before
         for name, value in secrets.items():
             write_atomic(self.secrets_dir / name, value, mode=0o600)
         for path in self.secrets_dir.iterdir():
             if path.name not in secrets:
                 path.unlink(missing_ok=True)
+        fd = os.open(self.secrets_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the renames and removals themselves durable
+        finally:
+            os.close(fd)

@@ -178,6 +178,7 @@ def render(
         try:
             namespace = _component_namespace(spec, profile)
             bodies = _component_objects(name, spec, namespace, site_config, cluster_scoped, desired.secrets)
+            _refuse_unplaced_secrets(spec, site_config)
         except RenderError as exc:
             out.failed[name] = f"component {name}: {exc}"
             continue
@@ -285,6 +286,32 @@ def _secret_data(site_config: Mapping[str, Any], own: Any, secrets: Mapping[str,
                 raise RenderError(msg)
             data[key] = base64.b64encode(secrets[name]).decode()
     return data
+
+
+def _refuse_unplaced_secrets(spec: Mapping[str, Any], site_config: Mapping[str, Any]) -> None:
+    """RenderError for a secret referenced anywhere but as a whole config value: this driver
+    puts values only into the component's Secret, by config key."""
+    merged = dict(site_config) | (dict(spec["config"]) if isinstance(spec.get("config"), Mapping) else {})
+    everywhere = {k: v for k, v in spec.items() if k != "config"} | {"config": merged}
+    for path, ref in _secret_refs(everywhere):
+        if len(path) != 2 or path[0] != "config":
+            msg = (
+                f"secret {ref!r} is referenced at {'.'.join(path)}; the kubernetes driver takes a "
+                "secret only as a whole config value (config: {KEY: {secretRef: NAME}})"
+            )
+            raise RenderError(msg)
+
+
+def _secret_refs(value: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], str]]:
+    if isinstance(value, Mapping):
+        if isinstance(value.get(SECRET_REF), str):
+            yield path, value[SECRET_REF]
+            return
+        for key, child in value.items():
+            yield from _secret_refs(child, (*path, str(key)))
+    elif isinstance(value, list):
+        for i, child in enumerate(value):
+            yield from _secret_refs(child, (*path, str(i)))
 
 
 def _raw(

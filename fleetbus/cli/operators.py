@@ -5,6 +5,7 @@ Each is a request to the hub's desk, signed with your operator key (`hub.desk`);
 reads the hub's AUDIT stream.
 """
 
+import getpass
 import json
 import os
 import sys
@@ -241,9 +242,9 @@ def _secret_value(from_file: Path | None, from_env: str | None) -> bytes:
         if from_env not in os.environ:
             raise ConfigError(f"--from-env {from_env}: that variable is not set")
         value = os.environ[from_env].encode()
-    else:
-        if sys.stdin.isatty():
-            out.print("secret value (then Ctrl-D):")
+    elif sys.stdin.isatty():  # typed: not echoed, one line
+        value = getpass.getpass("secret value (not echoed): ").encode()
+    else:  # piped: as given, bytes and all (a trailing newline too)
         value = sys.stdin.buffer.read()
     if not value:
         msg = "the secret's value is empty: give it with --from-file, --from-env or on stdin"

@@ -20,12 +20,15 @@ from schemas.base import TOKEN
 
 REF = "secretRef"
 VERSION = "version"
+REGION_LABEL = "region"  # the label the hub sets from where it hears an edge (`hub/sealer.py`)
 
 
 def _walk(value: Any, path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """Every mapping in `value` that holds a `secretRef` key, with its path."""
+    """Every mapping in `value` whose `secretRef` is a string (a reference), with its path.
+    A `secretRef` holding anything else is not ours (Kubernetes' `envFrom: [{secretRef:
+    {name: …}}]` in raw manifests) and is walked like any other value."""
     if isinstance(value, Mapping):
-        if REF in value:
+        if isinstance(value.get(REF), str):
             yield path, dict(value)
             return
         for key, child in value.items():
@@ -41,7 +44,7 @@ def check_refs(document: Any, *, where: str) -> None:
     for path, ref in _walk(document):
         at = ".".join((where, *path))
         name = ref[REF]
-        if not isinstance(name, str) or not TOKEN.match(name):
+        if not TOKEN.match(name):
             msg = f"{at}: secretRef must name a secret (lower case, digits, - and _), not {name!r}"
             raise ValueError(msg)
         if set(ref) != {REF}:
@@ -52,7 +55,7 @@ def check_refs(document: Any, *, where: str) -> None:
 
 def refs(document: Any) -> set[str]:
     """The secrets `document` references."""
-    return {ref[REF] for _, ref in _walk(document) if isinstance(ref[REF], str)}
+    return {ref[REF] for _, ref in _walk(document)}
 
 
 def pin(document: Any, versions: Mapping[str, int]) -> tuple[Any, dict[Path, str]]:
@@ -63,9 +66,9 @@ def pin(document: Any, versions: Mapping[str, int]) -> tuple[Any, dict[Path, str
 
     def visit(value: Any, path: Path) -> Any:
         if isinstance(value, Mapping):
-            if REF in value:
-                name = value[REF]
-                if isinstance(name, str) and name in versions:
+            name = value.get(REF)
+            if isinstance(name, str):
+                if name in versions:
                     pinned[(*path, VERSION)] = f"secret {name}"
                     return {REF: name, VERSION: versions[name]}
                 return dict(value)
@@ -79,7 +82,7 @@ def pin(document: Any, versions: Mapping[str, int]) -> tuple[Any, dict[Path, str
 
 def unpinned(document: Any) -> set[str]:
     """References in a computed document that no version was pinned to."""
-    return {ref[REF] for _, ref in _walk(document) if VERSION not in ref and isinstance(ref[REF], str)}
+    return {ref[REF] for _, ref in _walk(document) if VERSION not in ref}
 
 
 @dataclass(frozen=True)
