@@ -34,6 +34,7 @@ from typing import Any
 
 from fleetbus.core.desired import DesiredState
 from fleetbus.core.secrets import REF as SECRET_REF
+from fleetbus.core.secrets import located
 from schemas.event import ObjectOutcome, ObjectResult
 from schemas.profile import DriftPolicy
 
@@ -293,25 +294,13 @@ def _refuse_unplaced_secrets(spec: Mapping[str, Any], site_config: Mapping[str, 
     puts values only into the component's Secret, by config key."""
     merged = dict(site_config) | (dict(spec["config"]) if isinstance(spec.get("config"), Mapping) else {})
     everywhere = {k: v for k, v in spec.items() if k != "config"} | {"config": merged}
-    for path, ref in _secret_refs(everywhere):
+    for path, ref in located(everywhere):
         if len(path) != 2 or path[0] != "config":
             msg = (
                 f"secret {ref!r} is referenced at {'.'.join(path)}; the kubernetes driver takes a "
                 "secret only as a whole config value (config: {KEY: {secretRef: NAME}})"
             )
             raise RenderError(msg)
-
-
-def _secret_refs(value: Any, path: tuple[str, ...] = ()) -> Iterable[tuple[tuple[str, ...], str]]:
-    if isinstance(value, Mapping):
-        if isinstance(value.get(SECRET_REF), str):
-            yield path, value[SECRET_REF]
-            return
-        for key, child in value.items():
-            yield from _secret_refs(child, (*path, str(key)))
-    elif isinstance(value, list):
-        for i, child in enumerate(value):
-            yield from _secret_refs(child, (*path, str(i)))
 
 
 def _raw(

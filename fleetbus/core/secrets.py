@@ -38,6 +38,12 @@ def _walk(value: Any, path: Path = ()) -> Iterator[tuple[Path, dict[str, Any]]]:
             yield from _walk(child, (*path, str(i)))
 
 
+def located(document: Any) -> Iterator[tuple[Path, str]]:
+    """(path, secret name) of every reference in `document`."""
+    for path, ref in _walk(document):
+        yield path, ref[REF]
+
+
 def check_refs(document: Any, *, where: str) -> None:
     """ValueError naming the first malformed reference in an authored document: a reference
     is exactly `{"secretRef": "<name>"}`, the name a secret id (lower case, digits, - and _)."""
