@@ -267,8 +267,8 @@ def secret_ls(
             r["name"],
             str(r["version"]),
             str(r["sealed_to"])[:12] + "…",
-            r.get("updated_by", ""),
-            str(r.get("updated_at", "")),
+            str(r.get("updated_by") or ""),
+            str(r.get("updated_at") or ""),
         )
     out.print(table if rows else "no secrets")
 
