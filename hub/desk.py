@@ -534,9 +534,7 @@ class Desk:
         return {}, f"secret {name}", None, f"removed at version {current.value.version}"
 
     async def _secret_ls(self, _request: DeskRequest, _who: OperatorRecord) -> Done:
-        records = sorted(
-            (e.value for e in (await self.secrets.snapshot())[0] if e.value is not None), key=lambda r: r.name
-        )
+        records = sorted(await self.secrets.values(), key=lambda r: r.name)
         rows: list[JsonValue] = [r.model_dump(mode="json", exclude={"sealed"}) for r in records]
         return {"secrets": rows}, "", None, ""
 

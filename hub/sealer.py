@@ -78,7 +78,6 @@ class Sealer:
         self.revisions: dict[str, int] = {}  # edge -> the last signed revision written
         self.js = js
         self.revoked: set[tuple[str, str]] = set()  # (region, edge) whose key its regional refuses
-        self.written = 0  # bundles written since start (tests and logs)
 
     def _inventory_changed(self, entries: list[Any]) -> None:
         for entry in entries:
@@ -209,7 +208,6 @@ class Sealer:
                 boxes[name] = SealedSecret(version=record.version, box=box)
             bundle = SealedBundle(edge=edge, key=want.key, secrets=boxes)
             await self.store.put(edge, bundle, revision=self._next(edge))
-            self.written += 1
             logger.info(
                 "sealed secrets for edge", edge=edge, secrets={n: s.version for n, s in boxes.items()}
             )

@@ -225,8 +225,7 @@ class FleetClient:
 
     async def hub_keys(self) -> tuple[str, ...]:
         """The hub's desired-state signing keys (public nkeys), which edges pin."""
-        keys = (await self.desk.call("trust")).result.get("keys")
-        return tuple(str(k) for k in keys) if isinstance(keys, list) else ()
+        return await self.desk.hub_keys()
 
     async def hub_info(self) -> HubInfo:
         summary = await account_summary(self._js)

@@ -60,6 +60,11 @@ class DeskClient:
             return {}
         return {SIGNATURE: base64.b64encode(self._pair.sign(body)).decode()}
 
+    async def hub_keys(self) -> tuple[str, ...]:
+        """The hub's desired-state signing keys (public nkeys), its current one first."""
+        keys = (await self.call("trust")).result.get("keys")
+        return tuple(str(k) for k in keys) if isinstance(keys, list) else ()
+
     async def call(self, op: str, *, reason: str = "", **args: Any) -> DeskReply:
         """The hub's answer, or the error it names (`ForbiddenError` for a refusal)."""
         request = DeskRequest(
@@ -169,11 +174,11 @@ class Secrets:
 
     async def set(self, name: str, value: bytes, *, reason: str = "") -> int:
         """Store `value` as the next version of secret `name`; returns that version."""
-        keys = (await self.desk.call("trust")).result.get("keys")
-        if not isinstance(keys, list) or not keys:
+        keys = await self.desk.hub_keys()
+        if not keys:
             msg = "the hub has no signing key, so it keeps no secrets (it runs --insecure)"
             raise ConfigError(msg)
-        hub_key = str(keys[0])
+        hub_key = keys[0]
         try:
             sealed = sealing.seal(value, hub_key)
         except sealing.SealError as exc:
