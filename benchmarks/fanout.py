@@ -8,7 +8,10 @@ reported an ApplyResult to the hub. Then, `--rounds` times, a profile that selec
 is changed at the hub, and the hub's `applied` bucket is watched until each edge's ApplyResult
 carries the new revision; per edge, the time from the apply call to that arrival is a sample.
 The same with `--real` real edges per region (each its own nats-server and edge daemon, behind
-two leaf hops). Prints p50/p99/max per fleet.
+two leaf hops). Prints p50/p99/max per fleet, and per edge when its regional's assigner had
+handed it the new revision (stored in the regional's `assigned` bucket): a real edge's replica
+sources it from there; hollow edges read the region's replica directly, so for them this stage
+is the assigner's load and latency, not on their path.
 
 While the fleet of `--idle-at` hollow edges is otherwise idle, the CPU of the hub's and the
 regionals' servers and daemons is measured over `--idle-window` seconds, once per heartbeat
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nats.js.api import DeliverPolicy
 
-from benchmarks.common import CpuWindow, admin_creds, append_results, summary, table
+from benchmarks.common import CpuWindow, admin_creds, append_results, connect_as, summary, table
 from fleetbus.devfleet.hollow import plan_hollow
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
@@ -37,6 +40,7 @@ from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.codec import decode_body
 from schemas.event import Event
+from schemas.headers import REVISION
 from schemas.heartbeat import Tier
 from schemas.profile import Profile, ProfileSpec
 from tests.helpers import eventually
@@ -51,8 +55,36 @@ async def all_reported(client: FleetClient, edges: int) -> bool:
     return info.state.messages >= edges
 
 
-async def fan_out(client: FleetClient, edges: int, round_no: int, timeout: float) -> list[float]:
-    """Apply a new revision; per edge, seconds until the hub holds its ApplyResult for it."""
+async def handed(fleet: DevFleet, began: float, revision: int | None) -> list[float]:
+    """Per edge, seconds from `began` (wall clock) until its regional stored its copy of the
+    profile's `revision` in `assigned` (the newest record of each edge's key)."""
+    found: list[float] = []
+    for site in fleet.plan.by_tier(Tier.REGIONAL):
+        nc = await connect_as(fleet.plan, site.name)
+        try:
+            js = nc.jetstream(timeout=10)
+            key = subjects.kv_subject(subjects.ASSIGNED_BUCKET, f"*.{subjects.ASSIGNED_PROFILE}.{PROFILE}")
+            info = await js.stream_info(subjects.kv_stream(subjects.ASSIGNED_BUCKET), subjects_filter=key)
+            if not info.state.subjects:
+                continue
+            sub = await js.subscribe(
+                key, ordered_consumer=True, deliver_policy=DeliverPolicy.LAST_PER_SUBJECT
+            )
+            for _ in range(len(info.state.subjects)):
+                msg = await sub.next_msg(timeout=10)
+                if (msg.headers or {}).get(REVISION) == str(revision):
+                    found.append(msg.metadata.timestamp.timestamp() - began)
+            await sub.unsubscribe()
+        finally:
+            await nc.close()
+    return found
+
+
+async def fan_out(
+    client: FleetClient, fleet: DevFleet, edges: int, round_no: int, timeout: float
+) -> tuple[list[float], list[float]]:
+    """Apply a new revision; per edge, seconds until the hub holds its ApplyResult for it,
+    and seconds until its regional handed it the revision."""
     sub = await client._js.subscribe(
         subjects.kv_subject(subjects.APPLIED_BUCKET),
         stream=subjects.kv_stream(subjects.APPLIED_BUCKET),
@@ -60,7 +92,7 @@ async def fan_out(client: FleetClient, edges: int, round_no: int, timeout: float
         deliver_policy=DeliverPolicy.NEW,
     )
     try:
-        began = time.monotonic()
+        began, began_wall = time.monotonic(), time.time()
         plan = await client.profiles.apply(
             Profile(name=PROFILE, spec=ProfileSpec(config={"round": round_no}))
         )
@@ -80,7 +112,9 @@ async def fan_out(client: FleetClient, edges: int, round_no: int, timeout: float
                 arrived[event.edge] = time.monotonic() - began
         if len(arrived) < edges:
             print(f"    round {round_no}: only {len(arrived)}/{edges} within {timeout:g}s", flush=True)
-        return list(arrived.values()) + [float("inf")] * (edges - len(arrived))
+        given = await handed(fleet, began_wall, revision)
+        lost = [float("inf")] * (edges - len(arrived)), [float("inf")] * (edges - len(given))
+        return list(arrived.values()) + lost[0], given + lost[1]
     finally:
         await sub.unsubscribe()
 
@@ -124,7 +158,7 @@ async def run_fleet(
     rounds: int,
     insecure: bool = False,
     verify: bool = True,
-) -> tuple[list[float], float, dict[str, float] | None]:
+) -> tuple[list[float], list[float], float, dict[str, float] | None]:
     with tempfile.TemporaryDirectory() as tmp:
         ports = iter(free_ports(ports_needed(REGIONS, edges_per_region, mqtt=False) + REGIONS))
         plan = plan_fleet(Path(tmp), REGIONS, edges_per_region, ports)
@@ -153,19 +187,31 @@ async def run_fleet(
                 up = time.monotonic() - began
                 print(f"  {label}: {edges} edges reporting {up:.0f}s after start", flush=True)
                 samples: list[float] = []
+                given: list[float] = []
                 for round_no in range(1, rounds + 1):
-                    took = await fan_out(client, edges, round_no, args.timeout)
+                    took, handed_at = await fan_out(client, fleet, edges, round_no, args.timeout)
                     samples += took
+                    given += handed_at
                     p50, p99, top = summary(took)
-                    print(f"    round {round_no}: p50 {p50:.2f}s p99 {p99:.2f}s max {top:.2f}s", flush=True)
+                    h50, h99, _ = summary(handed_at)
+                    print(
+                        f"    round {round_no}: p50 {p50:.2f}s p99 {p99:.2f}s max {top:.2f}s"
+                        f" (handed by the regional: p50 {h50:.2f}s p99 {h99:.2f}s)",
+                        flush=True,
+                    )
                 cpu = await idle_cpu(fleet, args.idle_window) if hollow and hollow == args.idle_at else None
-                return samples, up, cpu
+                return samples, given, up, cpu
         finally:
             await fleet.stop()
 
 
 def shown(v: float) -> str:
     return f"{v:.2f}" if v != float("inf") else "lost"
+
+
+def handed_p99(given: list[float]) -> str:
+    """p99 of the regional handing each edge the new revision (`-` before there was any)."""
+    return shown(summary(given)[1]) if given else "-"
 
 
 async def variant(
@@ -178,9 +224,11 @@ async def variant(
     **kind: bool,
 ) -> tuple[float, float]:
     """A fleet measured only to compare with (a row, no fill time): its p50 and p99."""
-    samples, _, _ = await run_fleet(label, per_region, hollow, args, beat=beat, rounds=args.rounds, **kind)
+    samples, given, _, _ = await run_fleet(
+        label, per_region, hollow, args, beat=beat, rounds=args.rounds, **kind
+    )
     p50, p99, top = summary(samples)
-    rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), ""])
+    rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), handed_p99(given), ""])
     return p50, p99
 
 
@@ -233,21 +281,25 @@ async def main() -> None:
             (await variant(rows, f"{label} {suffix}", per_region, hollow, args, beats[0], **kind), into)
             for suffix, kind, into in baselines
         ]
-        samples, filled, cpu = await run_fleet(
+        samples, given, filled, cpu = await run_fleet(
             label, per_region, hollow, args, beat=beats[0], rounds=args.rounds
         )
         p50, p99, top = summary(samples)
-        rows.append([label, str(len(samples)), shown(p50), shown(p99), shown(top), f"{filled:.1f}"])
+        rows.append(
+            [label, str(len(samples)), shown(p50), shown(p99), shown(top), handed_p99(given), f"{filled:.1f}"]
+        )
         for (base50, base99), into in measured:
             into.append([label, f"{p50 / base50:.2f}", f"{p99 / base99:.2f}"])
         if cpu is not None:
             cpu_rows.append((beats[0], cpu))
             for beat in beats[1:]:
-                _, _, more = await run_fleet(label, 0, hollow, args, beat=beat, rounds=0)
+                _, _, _, more = await run_fleet(label, 0, hollow, args, beat=beat, rounds=0)
                 if more is not None:
                     cpu_rows.append((beat, more))
     lines = [f"Profile fan-out over {REGIONS} regionals, {args.rounds} profile changes per fleet:", ""]
-    lines += table(["edges", "samples", "p50 s", "p99 s", "max s", "all reporting, s after start"], rows)
+    lines += table(
+        ["edges", "samples", "p50 s", "p99 s", "max s", "handed p99 s", "all reporting, s after start"], rows
+    )
     for title, found in (
         ("Cost of identities and permissions (secure / --insecure, same run):", ratios),
         ("Cost of verifying signed desired state (verifying / unverified edges, same run):", verify_ratios),

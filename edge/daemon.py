@@ -37,7 +37,7 @@ async def run(settings: EdgeSettings) -> None:
         groups = edge_groups(region, settings.labels)
         cluster = driver if isinstance(driver, ClusterDriver) else None  # nodes, workloads, drift
         registry = _device_registry(settings, daemon)
-        replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge, groups)]
+        replicas = [SourcedStream(js, c, daemon.metrics) for c in streams.replicas(region, edge)]
         enrolled = _enrolled(settings)
         # Its own key: the hub seals this edge's secrets to it (docs/security.md#sealed-secrets).
         seed = identity.seed_of(settings.nats_creds)

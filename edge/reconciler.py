@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from edge.drivers import Drift, Driver, DriverError
 from fleetbus.core import secrets as secret_refs
 from fleetbus.core.desired import DesiredState, compute
+from fleetbus.core.selector import matches
 from fleetbus.core.trust import Record, Refusal
 from fleetbus.nats.bus import Bus, store_event
 from fleetbus.nats.kv import Bucket, Entry, Mirror
@@ -36,6 +37,8 @@ from fleetbus.runtime.signing import Verifier
 from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.base import Message, utcnow
+from schemas.codec import decode_body
+from schemas.errors import DecodeError
 from schemas.event import ApplyResult, ApplyStatus, Event, EventKind, ObjectResult, Severity
 from schemas.headers import REVISION, SIGNER
 from schemas.override import Override, OverrideScope
@@ -182,6 +185,7 @@ class Reconciler:
         self.inputs = inputs or DesiredInputs(bus, metrics, guard=guard, sealed=seed is not None)
         if guard is not None:
             guard.on_refused = self.refused  # reported upstream as alerts
+            guard.selects = self.stub_selects
         self.inputs.listen(self._heard)
         self._mine = {
             (subjects.OVERRIDES_BUCKET, subjects.override_key(OverrideScope.EDGE.value, edge)),
@@ -383,6 +387,17 @@ class Reconciler:
             + (f": {drift.error}" if drift.error else ""),
             data=drift.as_data(),
         )
+
+    def stub_selects(self, record: Record) -> bool:
+        """Whether the profile a stub stands for selects this edge (then the stub is refused:
+        the regional withholds the profile). An unreadable stub proves nothing: refused too."""
+        if record.bucket != subjects.PROFILES_BUCKET:
+            return True
+        try:
+            stub = decode_body(Profile, record.body, subject=record.key)
+        except DecodeError:
+            return True
+        return matches(stub.selector, self.labels)
 
     def refused(self, record: Record, refusal: Refusal) -> None:
         """Report a refused desired-state record upstream (an alert event of this edge)."""

@@ -1,11 +1,12 @@
 """The edge's local streams (where events and inventory wait for the uplink) and replicas."""
 
 from fleetbus.nats.replication import replica_bucket, source
-from fleetbus.nats.streams import StreamConfig, local_stream
+from fleetbus.nats.streams import StreamConfig, StreamSource, local_stream
 from schemas import subjects
 from schemas.override import OverrideScope
 
 DAY = 24 * 3600
+WILDCARD = "{{wildcard(1)}}"  # a subject transform's first `*`
 
 
 def events_stream(
@@ -32,32 +33,39 @@ def inventory_stream(region: str, edge: str, *, max_bytes: int = 16 * 2**20) -> 
     )
 
 
-def replicas(region: str, edge: str, groups: list[str]) -> list[StreamConfig]:
-    """The edge's replicas, sourced from its regional: every profile, and only the overrides
-    for this edge and its groups (another edge's override never reaches it)."""
-    override_keys = [subjects.override_key(OverrideScope.EDGE.value, edge)] + [
-        subjects.override_key(OverrideScope.GROUP.value, g) for g in groups
-    ]
+def replicas(region: str, edge: str) -> list[StreamConfig]:
+    """The edge's replicas, sourced from its regional: the profiles that select it and its
+    groups' overrides, from its own keys of the regional's `assigned` bucket
+    (`regional.assigner`), stored under their own names; and its own override. Nothing else
+    reaches it (docs/security.md#edges-receive-only-what-concerns-them).
+
+    One filter per source: a single-filter source names its filter in the consumer-create
+    subject, which the edge's link permissions pin to its own keys (a source with several
+    filters could ask for any)."""
     deliver = subjects.deliver_down(subjects.edge_base(region, edge))
-    overrides = subjects.kv_stream(subjects.OVERRIDES_BUCKET)
+    assigned = subjects.kv_stream(subjects.ASSIGNED_BUCKET)
+
+    def handed(kind: str, bucket: str, prefix: str) -> StreamSource:
+        mine = subjects.kv_subject(subjects.ASSIGNED_BUCKET, subjects.assigned_to(edge, kind))
+        return source(
+            assigned,
+            region,
+            deliver=deliver,
+            rename=(mine, subjects.kv_subject(bucket, f"{prefix}{WILDCARD}")),
+        )
+
+    own = subjects.kv_subject(
+        subjects.OVERRIDES_BUCKET, subjects.override_key(OverrideScope.EDGE.value, edge)
+    )
     return [
         replica_bucket(
-            subjects.PROFILES_BUCKET,
-            [source(subjects.kv_stream(subjects.PROFILES_BUCKET), region, deliver=deliver)],
+            subjects.PROFILES_BUCKET, [handed(subjects.ASSIGNED_PROFILE, subjects.PROFILES_BUCKET, "")]
         ),
-        # One source per key: a single-filter source names its filter in the consumer-create
-        # subject, which the edge's link permissions pin to its own keys (a source with
-        # several filters could ask for any).
         replica_bucket(
             subjects.OVERRIDES_BUCKET,
             [
-                source(
-                    overrides,
-                    region,
-                    deliver=deliver,
-                    filters=[subjects.kv_subject(subjects.OVERRIDES_BUCKET, key)],
-                )
-                for key in override_keys
+                source(subjects.kv_stream(subjects.OVERRIDES_BUCKET), region, deliver=deliver, filters=[own]),
+                handed(subjects.ASSIGNED_GROUP, subjects.OVERRIDES_BUCKET, f"{OverrideScope.GROUP.value}."),
             ],
         ),
     ]

@@ -1,5 +1,6 @@
-"""The regional daemon: replicas of the hub's buckets, the region's events and inventory,
-enrollment and presence of its edges."""
+"""The regional daemon: replicas of the hub's buckets, what each edge receives of them
+(`regional.assigner`), the region's events and inventory, enrollment and presence of its
+edges."""
 
 import asyncio
 from datetime import datetime
@@ -17,6 +18,7 @@ from fleetbus.runtime import log
 from fleetbus.runtime.settings import RegionalSettings
 from regional import streams
 from regional.admission import AdmissionDesk
+from regional.assigner import Assigner
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply
@@ -80,6 +82,7 @@ class Regional:
             daemon.bus.jetstream(HUB_DOMAIN, timeout=0.5), HUB_DOMAIN, self.hub_returned, metrics=metrics
         )
         self._last_hello = -HELLO_SPACING
+        self.assigner = Assigner(daemon.bus, region, metrics)
         # Tokens, approval and revocation, when the server's users are kept in files here.
         self.desk = (
             AdmissionDesk(daemon.bus, settings, settings.admission_dir, metrics)
@@ -100,6 +103,7 @@ class Regional:
         daemon.add_task("replica-repair", lambda: repair_sources(self.replicas, self.probe))
         daemon.add_task("presence", self.presence.run)
         daemon.add_task("limits", self.limits)
+        daemon.add_task("assigner", self.assigner.run)
 
     async def still_enrolled(self, change: Transition) -> bool:
         """False once `fleetbus edge forget` deleted the edge's enrollment: its presence
@@ -135,6 +139,7 @@ class Regional:
         bus = self.daemon.bus
         await ensure_stream(self.js, streams.presence_bucket(self.region))
         await ensure_stream(self.js, streams.edges_bucket(self.region))
+        await ensure_stream(self.js, streams.assigned_bucket())
         for replica in self.replicas:
             await replica.ensure()
         # Edges push into these (their outbox subjects); sources per edge that an older

@@ -1,7 +1,7 @@
 """The regional's streams: replicas of the hub's buckets, the region's events and inventory,
 its edges' presence and enrollments."""
 
-from fleetbus.nats.provisioning import scoped_bucket
+from fleetbus.nats.provisioning import kv_stream, scoped_bucket
 from fleetbus.nats.replication import aggregate_stream, replica_bucket, source
 from fleetbus.nats.streams import StreamConfig
 from schemas import subjects
@@ -17,6 +17,16 @@ def replicas(region: str) -> list[StreamConfig]:
         replica_bucket(bucket, [source(subjects.kv_stream(bucket), HUB_DOMAIN, deliver=deliver)])
         for bucket in (subjects.PROFILES_BUCKET, subjects.OVERRIDES_BUCKET, subjects.SEALED_BUCKET)
     ]
+
+
+def assigned_bucket() -> StreamConfig:
+    """KV `assigned`, keys `<edge>.profile.<name>` and `<edge>.group.<group>`: copies of the
+    signed records that concern each edge (`regional.assigner`), which its replicas source."""
+    return kv_stream(
+        subjects.ASSIGNED_BUCKET,
+        "The signed profiles and group overrides that concern each edge of this region.",
+        subjects=[subjects.kv_subject(subjects.ASSIGNED_BUCKET)],
+    )
 
 
 def events_stream(region: str, *, max_age_s: float = 7 * DAY, max_bytes: int = 1024 * 2**20) -> StreamConfig:

@@ -69,3 +69,10 @@ def open_envelope(cls: type[M], body: bytes, headers: Mapping[str, str] | None, 
 SIGNER = "Fleetbus-Signer"
 REVISION = "Fleetbus-Revision"
 SIGNATURE = "Fleetbus-Signature"
+# A profile's stub (docs/security.md#edges-receive-only-what-concerns-them): the hub signs, beside
+# each profile revision, a copy without its spec (`Profile.stub`), carried on the stored record
+# as `STUB_BODY` (base64) and `STUB_SIGNATURE`. A regional hands an edge that revision's stub,
+# marked `STUB` and signed by `STUB_SIGNATURE`, where the profile stopped selecting that edge.
+STUB_BODY = "Fleetbus-Stub-Body"
+STUB_SIGNATURE = "Fleetbus-Stub-Signature"
+STUB = "Fleetbus-Stub"

@@ -229,3 +229,8 @@ class Profile(Message):
     revision: int | None = Field(default=None, ge=1, description="Set by the hub's KV bucket.")
     updated_by: str | None = None
     updated_at: datetime | None = None
+
+    def stub(self) -> "Profile":
+        """This revision without its content: what an edge the profile no longer selects
+        receives instead (name, selector, revision; signed by the hub like the profile)."""
+        return Profile(name=self.name, selector=self.selector, revision=self.revision)

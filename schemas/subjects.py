@@ -42,6 +42,8 @@ EDGES_BUCKET = "edges"  # regional: the edges enrolled in its region
 AUDIT_STREAM = "AUDIT"  # hub: every write request, allowed or refused
 SECRETS_BUCKET = "secrets"  # hub only: each secret sealed to the hub's key
 SEALED_BUCKET = "sealed"  # hub -> regional -> edge (its own key only): secrets sealed per edge
+# regional -> edge (its own keys only): the profiles and group overrides that concern each edge
+ASSIGNED_BUCKET = "assigned"
 HUB_DESK = "fleet.hub.desk"
 
 HUB_DOMAIN = "hub"
@@ -273,6 +275,23 @@ def kv_stream(bucket: str) -> str:
 def override_key(scope: str, name: str) -> str:
     """Key of the override for one edge (`edge.<id>`) or one group (`group.<name>`)."""
     return _tokens(scope, name)
+
+
+# What a regional's `assigned` bucket holds per edge, and where each lands in the edge's replicas
+# (docs/architecture.md#data-flows): `<edge>.profile.<name>` -> `profiles/<name>`,
+# `<edge>.group.<group>` -> `overrides/group.<group>`.
+ASSIGNED_PROFILE = "profile"
+ASSIGNED_GROUP = "group"
+
+
+def assigned_key(edge: str, kind: str, name: str) -> str:
+    """Key of one record assigned to `edge` in a regional's `assigned` bucket."""
+    return _tokens(edge, kind, name)
+
+
+def assigned_to(edge: str, kind: str | None = None) -> str:
+    """The keys assigned to `edge` (of one `kind`, else of both), as a wildcard key."""
+    return f"{_tokens(edge)}.{_tokens(kind) if kind else '*'}.*"
 
 
 def edge_key(region: str, edge: str) -> str:

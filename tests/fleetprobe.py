@@ -140,3 +140,14 @@ async def inventory_differences(fleet: DevFleet, client: FleetClient, edges: lis
         if fields:
             found.append(f"{edge}: hub differs in {', '.join(fields)}")
     return found
+
+
+def files_holding(fleet: DevFleet, needle: bytes) -> set[str]:
+    """Every file of every site (server store, daemon state, logs, configs) holding `needle`,
+    as `<site>/<path>`."""
+    found = set()
+    for site in fleet.plan.sites:
+        for path in Path(site.workdir).rglob("*"):
+            if path.is_file() and needle in path.read_bytes():
+                found.add(f"{site.name}/{path.relative_to(site.workdir)}")
+    return found

@@ -72,6 +72,14 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
                 ):
                     await regional.jetstream().publish(subject, body)
                 await signed_put(subjects.PROFILES_BUCKET, f"fuzz-{n}", body, 1)
+                # The regional hands on no record it cannot decode: the edge reads it where
+                # a compromised regional could put it, signed by the hub.
+                fuzz = subjects.assigned_key(EDGE, subjects.ASSIGNED_PROFILE, f"fuzz-{n}")
+                await regional.jetstream().publish(
+                    subjects.kv_subject(subjects.ASSIGNED_BUCKET, fuzz),
+                    body,
+                    headers=hub_key.headers(subjects.PROFILES_BUCKET, f"fuzz-{n}", 1, trust.PUT, body),
+                )
                 await signed_put(subjects.OVERRIDES_BUCKET, f"edge.{EDGE}", body, 1_000_000 + n)
                 for nc, subject in (
                     (regional, f"fleet.edge.r1.{EDGE}.enroll"),
@@ -113,6 +121,7 @@ async def test_the_corpus_on_every_consumed_subject_stops_no_daemon(tmp_path):
             ("hub", "fleetbus_decode_errors_total", {"kind": "fleet.inventory"}),  # its view's mirror
             ("r1", "fleetbus_decode_errors_total", {"kind": "fleet.heartbeat"}),
             ("r1", "fleetbus_decode_errors_total", {"kind": "fleet.enrollment"}),
+            ("r1", "fleetbus_decode_errors_total", {"kind": "fleet.profile"}),  # its assigner's mirror
             (EDGE, "fleetbus_decode_errors_total", {"kind": "fleet.profile"}),
             (EDGE, "fleetbus_decode_errors_total", {"kind": "fleet.override"}),
             (EDGE, "fleetbus_device_messages_rejected_total", {}),

@@ -1,9 +1,10 @@
 """Desired state you can trust, attacked on real servers (docs/security.md#signed-desired-state).
 
 A compromised regional (these tests hold its own key) writes forged, tampered, unsigned and
-replayed records into its replica of `profiles`, which its edges source. Every edge keeps
-what it applied, counts each refusal, reports it upstream as an alert that reaches the hub,
-and takes the next genuine revision. Operators' writes go through the hub's desk: a viewer's
+replayed records, and a genuine stub of a profile that selects its edges, into the keys of
+its `assigned` bucket that its edges source, and purges them. Every edge keeps what it
+applied, counts each refusal, reports it upstream as an alert that reaches the hub, and
+takes the next genuine revision. Operators' writes go through the hub's desk: a viewer's
 is refused and recorded in the audit trail; an admin cannot write the buckets directly.
 """
 
@@ -22,7 +23,7 @@ from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.errors import CredentialsRefusedError, ForbiddenError
 from fleetbus.runtime import identity
-from fleetbus.runtime.signing import Signer
+from fleetbus.runtime.signing import Signer, stub_record
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.base import utcnow
@@ -37,6 +38,12 @@ from tests.helpers import arun_cli, eventually
 EDGES = ("r1-e1", "r1-e2")
 PROFILES = subjects.kv_stream(subjects.PROFILES_BUCKET)
 KEY = subjects.kv_subject(subjects.PROFILES_BUCKET, "base")
+
+
+def handed(edge: str) -> str:
+    """Where the regional hands `edge` the profile `base` (its replica's source)."""
+    key = subjects.assigned_key(edge, subjects.ASSIGNED_PROFILE, "base")
+    return subjects.kv_subject(subjects.ASSIGNED_BUCKET, key)
 
 
 def profile(version: str, revision: int | None = None) -> Profile:
@@ -88,9 +95,8 @@ async def test_a_compromised_regional_cannot_make_its_edges_apply_anything(fleet
         # The attacker: the regional's own identity at its own server, where it may do anything.
         regional = await connect_as(fleet.plan, "r1")
         js = regional.jetstream()
-        replica = (await js.stream_info(PROFILES)).config
-        replica.subjects = [subjects.kv_subject(subjects.PROFILES_BUCKET)]  # now it takes writes
-        await js.update_stream(replica)
+        stub = stub_record(v2.headers)
+        assert stub is not None, "the hub signs a stub beside each profile revision"
         evil = encode_body(profile("evil", revision=99), JSON)
         forger = Signer(identity.ensure(tmp_path / "forger", "key"))
         attacks = {
@@ -98,10 +104,13 @@ async def test_a_compromised_regional_cannot_make_its_edges_apply_anything(fleet
             "bad_signature": (evil, _signature(v2.headers)),  # the genuine v2's signature on other content
             "unsigned": (evil, {}),
             "replayed": (v1.data, _signature(v1.headers)),  # the genuine, signed, older revision 1
+            # The genuine stub of revision 2, which says "not for you": `base` selects every edge.
+            "withheld": stub,
         }
         try:
             for reason, (body, headers) in attacks.items():
-                await js.publish(KEY, body, headers=headers or None)
+                for edge in EDGES:
+                    await js.publish(handed(edge), body, headers=headers or None)
                 for edge in EDGES:
                     await eventually(
                         lambda edge=edge, reason=reason: _counted(fleet, edge, reason),
@@ -109,18 +118,31 @@ async def test_a_compromised_regional_cannot_make_its_edges_apply_anything(fleet
                         what=f"{edge} refused the {reason} record",
                     )
             # An unsigned delete, too: the profile stays.
-            await js.publish(KEY, b"", headers={"KV-Operation": "DEL"})
+            for edge in EDGES:
+                await js.publish(handed(edge), b"", headers={"KV-Operation": "DEL"})
             for edge in EDGES:
                 await eventually(
                     lambda edge=edge: _counted(fleet, edge, "unsigned", 2), timeout=20, what="unsigned delete"
                 )
+            # And leaving it out: the edges' copies purged (a source cannot tell an edge that
+            # a key is gone; each keeps what it took).
+            await js.purge_stream(
+                subjects.kv_stream(subjects.ASSIGNED_BUCKET),
+                subject=subjects.kv_subject(subjects.ASSIGNED_BUCKET),
+            )
         finally:
             await regional.close()
 
         assert await all_applied(client) == before, "an edge applied something the hub did not sign"
         for edge in EDGES:
             counts = await refusals(fleet, edge)
-            assert counts == {"unknown_key": 1, "bad_signature": 1, "unsigned": 2, "replayed": 1}, (
+            assert counts == {
+                "unknown_key": 1,
+                "bad_signature": 1,
+                "unsigned": 2,
+                "replayed": 1,
+                "withheld": 1,
+            }, (
                 edge,
                 counts,
             )

@@ -108,11 +108,14 @@ class Metrics:
         self.moved[metric] = f"{site}: {why}"
 
 
-async def _write_unsigned(fleet: DevFleet) -> None:
-    """An unsigned profile value in the hub's bucket, written with the hub's own key."""
-    nc = await connect_as(fleet.plan, "hub")
+async def _write_unsigned(fleet: DevFleet, edge: str) -> None:
+    """An unsigned profile value where `edge` reads its profiles (its keys of its regional's
+    `assigned` bucket), written with the regional's own key."""
+    region = fleet.plan.site(edge).region
+    nc = await connect_as(fleet.plan, region)
     try:
-        await nc.jetstream().publish(subjects.kv_subject(subjects.PROFILES_BUCKET, "unsigned"), b"{}")
+        key = subjects.assigned_key(edge, subjects.ASSIGNED_PROFILE, "unsigned")
+        await nc.jetstream().publish(subjects.kv_subject(subjects.ASSIGNED_BUCKET, key), b"{}")
     finally:
         await nc.close()
 
@@ -165,6 +168,7 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
                 await client.profiles.apply(profile)
 
         before = await m.scrape(edge)
+        handing = await m.scrape(region)
         await apply_profile()
         # The reconcile is counted before its ApplyResult is stored (and counted as sent once
         # acknowledged): wait for both, a scrape can fall between them.
@@ -186,13 +190,22 @@ async def test_every_documented_metric_exists_and_moves(tmp_path):
             "fleetbus_messages_in_total", kind="fleet.profile"
         )
         m.moved["fleetbus_messages_in_total"] = "edge: a profile revision received"
+        await m.until(
+            region,
+            "the profile handed to the edge",
+            lambda s: (
+                s.value("fleetbus_assigned_writes_total", operation="PUT")
+                > handing.value("fleetbus_assigned_writes_total", operation="PUT")
+            ),
+        )
+        m.moved["fleetbus_assigned_writes_total"] = "regional: the profile handed to its edge"
         hub_now = await m.scrape(hub)
         assert hub_now.value("fleetbus_desk_requests_total", op="profile.apply", outcome="ok") == 1
         m.moved["fleetbus_desk_requests_total"] = "hub: its desk stored the profile"
         await m.moves(
             "fleetbus_desired_refused_total",
             edge,
-            lambda: _write_unsigned(fleet),
+            lambda: _write_unsigned(fleet, edge),
             lambda b, a: (
                 a.value("fleetbus_desired_refused_total", bucket="profiles", reason="unsigned")
                 == b.value("fleetbus_desired_refused_total", bucket="profiles", reason="unsigned") + 1

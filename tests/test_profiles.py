@@ -295,13 +295,21 @@ async def test_bad_input_is_refused_and_publishes_nothing(fleet, tmp_path):
 async def _inject_garbage_and_check_edges_keep_state(
     fleet: DevFleet, tmp_path: Path, before: dict[str, str]
 ) -> None:
+    # At the hub, and (as a compromised regional could) where each edge reads it.
     nc = await connect_as(fleet.plan, "hub")
+    regional = await connect_as(fleet.plan, "r1")
     try:
         await nc.jetstream().publish(
             subjects.kv_subject(subjects.PROFILES_BUCKET, "base"), b"\xc1not msgpack"
         )
+        for edge in EDGES:
+            key = subjects.assigned_key(edge, subjects.ASSIGNED_PROFILE, "base")
+            await regional.jetstream().publish(
+                subjects.kv_subject(subjects.ASSIGNED_BUCKET, key), b"\xc1not msgpack"
+            )
     finally:
         await nc.close()
+        await regional.close()
     for edge in EDGES:
         url = f"http://127.0.0.1:{fleet.plan.site(edge).daemon_http_port}/metrics"
         await eventually(

@@ -3,7 +3,8 @@
 The fleet test sets a secret that a profile selecting region r1 references, then reads every
 file of every site (each server's JetStream store and the daemons' state): the plaintext is
 in one place only, the driver output of the edge the profile selects. The same scan finds
-a marker the profile carries in every site's store, so the scan does read what the streams hold.
+a marker the profile carries in the store of every site it reaches (every site but r2-e1, which
+it does not select), so the scan does read what the streams hold.
 """
 
 import json
@@ -33,7 +34,7 @@ from schemas.codec import JSON, encode_body
 from schemas.inventory import InventorySnapshot
 from schemas.profile import LabelSelector, Profile, ProfileSpec
 from tests.conftest import connect_as, hub_args, running_fleet
-from tests.fleetprobe import applied_hash
+from tests.fleetprobe import applied_hash, files_holding
 from tests.helpers import arun_cli, eventually
 from tests.test_enrollment import revoke
 from tests.test_security import _filtered_consumer
@@ -124,20 +125,11 @@ async def two_regions(tmp_path):
         yield running
 
 
-def _files_holding(fleet: DevFleet, needle: bytes) -> set[str]:
-    """Every file of every site (server store, daemon state, logs, configs) holding `needle`."""
-    found = set()
-    for site in fleet.plan.sites:
-        for path in Path(site.workdir).rglob("*"):
-            if path.is_file() and needle in path.read_bytes():
-                found.add(f"{site.name}/{path.relative_to(site.workdir)}")
-    return found
-
-
-async def _stores_hold(fleet: DevFleet, marker: bytes) -> bool:
-    """The marker is in every site's JetStream store (the scan reads what streams hold)."""
-    holding = {path.split("/")[0] for path in _files_holding(fleet, marker) if "/jetstream/" in path}
-    return holding >= {site.name for site in fleet.plan.sites}
+async def _stores_hold(fleet: DevFleet, marker: bytes, sites: set[str]) -> bool:
+    """The marker is in the JetStream store of each of `sites` (the scan reads what streams
+    hold)."""
+    holding = {path.split("/")[0] for path in files_holding(fleet, marker) if "/jetstream/" in path}
+    return holding >= sites
 
 
 def _secret_file(fleet: DevFleet, edge: str) -> Path:
@@ -261,8 +253,12 @@ async def test_a_secret_reaches_only_the_selected_edges_sealed_and_rotates(two_r
         assert mode == 0o600, oct(mode)
         # The plaintext is in no stream or bucket at any tier, nor anywhere on r2-e1 (which
         # the profile does not select), nor in any log or config: only in r1-e1's driver output.
-        await eventually(lambda: _stores_hold(fleet, marker.encode()), timeout=20, what="the marker stored")
-        assert _files_holding(fleet, first) == {"r1-e1/daemon/secrets/db-password"}
+        reached = {site.name for site in fleet.plan.sites} - {"r2-e1"}
+        await eventually(
+            lambda: _stores_hold(fleet, marker.encode(), reached), timeout=20, what="the marker stored"
+        )
+        assert not {p for p in files_holding(fleet, marker.encode()) if p.startswith("r2-e1/")}
+        assert files_holding(fleet, first) == {"r1-e1/daemon/secrets/db-password"}
         assert not _secret_file(fleet, "r2-e1").exists()
         assert await _sealed_for(fleet, "hub") == {"r1-e1"}  # nothing was sealed to r2-e1 at all
         # explain, the dashboard's API and the audit trail show the reference and its version.
@@ -302,9 +298,9 @@ async def test_a_secret_reaches_only_the_selected_edges_sealed_and_rotates(two_r
         assert version == 2
         await eventually(lambda: _converged(admin, "r1-e1", 2), timeout=40, what="r1-e1 applied secret v2")
         assert await _holds(fleet, "r1-e1", second)
-        assert _files_holding(fleet, second) == {"r1-e1/daemon/secrets/db-password"}
+        assert files_holding(fleet, second) == {"r1-e1/daemon/secrets/db-password"}
         assert await _sealed_for(fleet, "hub") == {"r1-e1"}  # sealed after the forgery: not to it
-        assert _files_holding(fleet, first) == set()
+        assert files_holding(fleet, first) == set()
 
         # A revoked edge receives no new version: the hub hears the revocation (its regional's
         # audit event) and drops its bundle, and its link is refused anyway.
@@ -318,7 +314,7 @@ async def test_a_secret_reaches_only_the_selected_edges_sealed_and_rotates(two_r
         await eventually(lambda: _applied_marker(admin, "r2-e1", marker), timeout=20, what="r2-e1 took it")
         assert await _bundle_version(fleet, "r1-e1", "r1-e1", 2)
         assert await _holds(fleet, "r1-e1", second)
-        assert _files_holding(fleet, third) == set()
+        assert files_holding(fleet, third) == set()
 
         # A viewer may not set one; a value sealed to another key is refused by the hub.
         viewer = identities.operator_creds(fleet.plan.state_dir, identities.VIEWER)

@@ -275,13 +275,25 @@ async def test_a_stolen_edge_key_reads_no_other_edges_override_and_sees_no_other
     api = subjects.js_api_prefix(REGION)
     overrides = kv_stream(OVERRIDES_BUCKET)
     others = _override_subject(OTHER)
+    profiles, assigned = kv_stream(PROFILES_BUCKET), kv_stream(subjects.ASSIGNED_BUCKET)
     for subject in (
         f"{api}.CONSUMER.CREATE.{overrides}.x.{others}",
         f"{api}.CONSUMER.CREATE.{overrides}.x.$KV.{OVERRIDES_BUCKET}.>",
+        f"{api}.CONSUMER.CREATE.{overrides}.x.$KV.{OVERRIDES_BUCKET}.group.{REGION}",
         f"{api}.DIRECT.GET.{overrides}",
         f"{api}.DIRECT.GET.{overrides}.{others}",
         f"{api}.STREAM.MSG.GET.{overrides}",
         f"{api}.STREAM.INFO.{overrides}",
+        # Every profile is in the regional's replica; an edge reads only those handed to it.
+        f"{api}.CONSUMER.CREATE.{profiles}",
+        f"{api}.CONSUMER.CREATE.{profiles}.x.$KV.{PROFILES_BUCKET}.base",
+        f"{api}.CONSUMER.CREATE.{profiles}.x.$KV.{PROFILES_BUCKET}.>",
+        f"{api}.DIRECT.GET.{profiles}.$KV.{PROFILES_BUCKET}.base",
+        f"{api}.CONSUMER.CREATE.{assigned}",
+        f"{api}.CONSUMER.CREATE.{assigned}.x.{_assigned_subject(OTHER)}",
+        f"{api}.CONSUMER.CREATE.{assigned}.x.$KV.{subjects.ASSIGNED_BUCKET}.>",
+        f"{api}.CONSUMER.CREATE.{assigned}.x.$KV.{subjects.ASSIGNED_BUCKET}.*.profile.*",
+        f"{api}.DIRECT.GET.{assigned}.{_assigned_subject(OTHER)}",
     ):
         assert await edge.publish_refused(subject), subject
     # An unfiltered create names only the stream; its body's filter is any key, so it is
@@ -352,7 +364,15 @@ async def test_an_edges_own_server_relays_nothing_its_key_may_not_send(attack):
     own = await _filtered_consumer(local.nc, REGION, overrides, _override_subject(EDGE))
     assert own.subject == _override_subject(EDGE)
     assert EDGE.encode() in own.data
+    handed = await _filtered_consumer(
+        local.nc, REGION, kv_stream(subjects.ASSIGNED_BUCKET), _assigned_subject(EDGE)
+    )
+    assert b"s3cret" in handed.data  # the profile `base`, which selects every edge
     for subject in (
+        f"{api}.CONSUMER.CREATE.{kv_stream(subjects.ASSIGNED_BUCKET)}.x.{_assigned_subject(OTHER)}",
+        f"{api}.CONSUMER.CREATE.{kv_stream(PROFILES_BUCKET)}.x.$KV.{PROFILES_BUCKET}.base",
+        f"{api}.CONSUMER.CREATE.{kv_stream(subjects.ASSIGNED_BUCKET)}.x.$KV.{subjects.ASSIGNED_BUCKET}.*.*.*",
+        f"{api}.CONSUMER.CREATE.{kv_stream(subjects.ASSIGNED_BUCKET)}.x.$KV.{subjects.ASSIGNED_BUCKET}.>",
         f"{api}.CONSUMER.CREATE.{overrides}.x.{_override_subject(OTHER)}",
         f"{api}.CONSUMER.CREATE.{overrides}",
         f"{api}.DIRECT.GET.{overrides}.{_override_subject(OTHER)}",
@@ -389,6 +409,13 @@ async def test_an_edges_own_server_relays_nothing_its_key_may_not_send(attack):
 
 def _override_subject(edge: str) -> str:
     return subjects.kv_subject(OVERRIDES_BUCKET, subjects.override_key("edge", edge))
+
+
+def _assigned_subject(edge: str) -> str:
+    """Where the regional hands `edge` the profile `base`."""
+    return subjects.kv_subject(
+        subjects.ASSIGNED_BUCKET, subjects.assigned_key(edge, subjects.ASSIGNED_PROFILE, "base")
+    )
 
 
 async def _published_and_seen(nc: Client, subject: str, seen: list[tuple[str, bytes]]) -> bool:

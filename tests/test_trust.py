@@ -10,13 +10,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fleetbus.core import roles, trust
+from fleetbus.core import assignment, roles, trust
+from fleetbus.core.assignment import Current, Held
+from fleetbus.core.selector import matches
 from fleetbus.core.trust import Record, Refusal
 from fleetbus.errors import ConfigError
 from fleetbus.runtime import apitoken, identity, signing
 from fleetbus.runtime.signing import Signer, Verifier
+from schemas.codec import JSON, decode_body, encode_body
 from schemas.desk import Role
 from schemas.headers import REVISION, SIGNATURE, SIGNER
+from schemas.profile import LabelSelector, Profile, ProfileSpec
 
 BODY = b'{"name":"base","revision":3,"spec":{}}'
 
@@ -103,6 +107,92 @@ def test_the_verifier_keeps_the_highest_revision_across_restarts_and_counts_a_re
     # Looking for the last good value (quiet) raises nothing and tells nobody.
     assert again.accept(record(hub, revision=8), quiet=True)
     assert again.seen["profiles/base"].revision == 7
+
+
+def stub_of(hub: Signer, profile: Profile, *, key: str = "base") -> Record:
+    """The stub a regional hands an edge, cut from the record the hub stored."""
+    body = encode_body(profile, JSON)
+    stored = hub.headers("profiles", key, profile.revision or 0, trust.PUT, body)
+    stored |= hub.stub_headers("profiles", key, profile.revision or 0, encode_body(profile.stub(), JSON))
+    handed = signing.stub_record(stored)
+    assert handed is not None
+    return Record("profiles", key, trust.operation_of(handed[1]), *handed)
+
+
+POS = Profile(
+    name="base",
+    revision=3,
+    selector=LabelSelector(match_labels={"role": "pos"}),
+    spec=ProfileSpec(config={"till": "v2"}),
+    description="the tills",
+)
+
+
+def test_a_stub_is_taken_only_by_an_edge_its_profile_does_not_select(hub, stranger):
+    stub = stub_of(hub, POS)
+    assert stub.operation == trust.STUB_OPERATION
+    assert decode_body(Profile, stub.body, subject="base").spec == ProfileSpec()
+    kiosk = {"role": "kiosk"}
+
+    def selects(labels):
+        return lambda rec: matches(decode_body(Profile, rec.body, subject=rec.key).selector, labels)
+
+    def judged(rec, labels, seen=None):
+        return trust.judge(
+            rec, trusted={hub.key_id}, seen=seen, verify=signing.verify, selects=selects(labels)
+        )
+
+    assert judged(stub, kiosk) is None
+    assert judged(stub, {"role": "pos"}) is Refusal.WITHHELD  # the regional withholds `base`
+    assert trust.judge(stub, trusted={hub.key_id}, seen=None, verify=signing.verify) is Refusal.WITHHELD
+    # The stub's signature holds only for the stub: not for the revision's content, another
+    # selector, revision or key, and a regional cannot sign one itself.
+    full = record(hub, revision=3, body=encode_body(POS, JSON))
+    assert judged(Record("profiles", "base", trust.STUB_OPERATION, full.body, stub.headers), kiosk) is (
+        Refusal.BAD_SIGNATURE
+    )
+    moved = POS.model_copy(update={"selector": LabelSelector(match_labels={"role": "x"})})
+    tampered = Record("profiles", "base", trust.STUB_OPERATION, encode_body(moved.stub(), JSON), stub.headers)
+    assert judged(tampered, kiosk) is Refusal.BAD_SIGNATURE
+    assert (
+        judged(Record("profiles", "base", trust.PUT, stub.body, stub.headers), kiosk) is Refusal.BAD_SIGNATURE
+    )
+    assert judged(stub_of(stranger, POS), kiosk) is Refusal.UNKNOWN_KEY
+    # Beside the revision it stands for, either order; an older stub is a replay.
+    assert judged(stub, kiosk, trust.Seen(3, full.digest, trust.PUT)) is None
+    assert judged(full, kiosk, trust.Seen(3, stub.digest, trust.STUB_OPERATION)) is None
+    assert judged(stub, kiosk, trust.Seen(4, "d", trust.PUT)) is Refusal.REPLAYED
+
+
+def test_what_a_regional_hands_an_edge():
+    pos = LabelSelector(match_labels={"role": "pos"})
+    edge = {"role": "pos"}
+    put, stub, delete = trust.PUT, trust.STUB_OPERATION, trust.DELETE
+    decide = assignment.for_profile
+    # Selected: the revision, once.
+    assert decide(Current(3, put, pos), edge, None) == Held(3, put)
+    assert decide(Current(3, put, pos), edge, Held(3, put)) is None
+    assert decide(Current(4, put, pos), edge, Held(3, put)) == Held(4, put)
+    # Not selected: nothing to an edge that never held it; a stub to one that did.
+    assert decide(Current(3, put, pos), {"role": "kiosk"}, None) is None
+    assert decide(Current(4, put, pos), {"role": "kiosk"}, Held(3, put)) == Held(4, stub)
+    assert decide(Current(4, put, pos), {"role": "kiosk"}, Held(4, put)) == Held(
+        4, stub
+    )  # its labels changed
+    assert decide(Current(5, put, pos), {"role": "kiosk"}, Held(4, stub)) is None
+    assert decide(Current(4, put, pos), edge, Held(4, stub)) == Held(4, put)  # selected again
+    # Deleted: the signed delete to those holding it, nothing to the others.
+    assert decide(Current(5, delete), edge, Held(4, put)) == Held(5, delete)
+    assert decide(Current(5, delete), edge, Held(4, stub)) is None
+    assert decide(Current(5, delete), edge, None) is None
+    assert decide(Current(6, put, pos), edge, Held(5, delete)) == Held(6, put)
+    # Group overrides: the current record to members; a former member keeps what it has.
+    group = assignment.for_group
+    assert group(Current(2, put), None, member=True) == Held(2, put)
+    assert group(Current(2, put), Held(2, put), member=True) is None
+    assert group(Current(3, delete), Held(2, put), member=True) == Held(3, delete)
+    assert group(Current(3, delete), None, member=True) is None
+    assert group(Current(4, put), Held(2, put), member=False) is None
 
 
 def test_an_edge_without_a_trusted_key_does_not_start():

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from schemas import subjects
 from schemas.subjects import (
+    ASSIGNED_BUCKET,
     HUB_DOMAIN,
     OVERRIDES_BUCKET,
     PROFILES_BUCKET,
@@ -105,20 +106,21 @@ def edge_link(region: str, edge: str) -> Permissions:
     """Edge `edge` at its regional (its leaf link, and its daemon's requests through it).
 
     It may publish only under its own subjects (its events and inventory go up on its outbox
-    subjects, which the regional's streams bind), ask to enroll, and read every profile and
-    only its own and group overrides. It reaches no stream-management API and no other edge's
-    keys, and nothing reaches into its domain.
+    subjects, which the regional's streams bind), ask to enroll, and read only what concerns
+    it: its own keys of the regional's `assigned` bucket (the profiles that select it, its
+    groups' overrides), its own override and its own sealed secrets. It reaches no
+    stream-management API and no other edge's keys, and nothing reaches into its domain.
     """
     base = subjects.edge_base(region, edge)
     api = subjects.js_api_prefix(region)
     return Permissions(
         publish=(
             f"{base}.>",  # its heartbeats, outbox, enrollment (labels), command answers
-            *_consumer_create(region, PROFILES_BUCKET),
+            # Its profiles and its groups' overrides (`<edge>.profile.*`, `<edge>.group.*`).
+            *_consumer_create(region, ASSIGNED_BUCKET, subjects.assigned_to(edge)),
             *_consumer_create(region, OVERRIDES_BUCKET, subjects.override_key("edge", edge)),
-            *_consumer_create(region, OVERRIDES_BUCKET, "group.*"),
             *_consumer_create(region, SEALED_BUCKET, edge),  # its own secrets only
-            *_flow_control(PROFILES_BUCKET),
+            *_flow_control(ASSIGNED_BUCKET),
             *_flow_control(OVERRIDES_BUCKET),
             *_flow_control(SEALED_BUCKET),
             f"{api}.INFO",  # the upstream probe

@@ -8,6 +8,12 @@ An edge takes a record only if its signer is a key it pinned, the signature hold
 revision is not lower than the highest it took for that key (a replayed older revision is
 refused; the same record seen again is not a replay).
 
+A *stub* (operation `STUB`) is a profile revision without its content, signed by the hub
+beside the profile: a regional hands it to an edge the profile stopped selecting
+(`fleetbus.core.assignment`). An edge takes it as "this revision is not for you" only if
+the stub's selector indeed does not select it: otherwise the regional is withholding the
+profile, and the stub is refused (`WITHHELD`), so leaving something out never deletes it.
+
 Pure: the signature check itself is passed in (`fleetbus.runtime.signing.verify`).
 """
 
@@ -16,11 +22,14 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schemas.headers import REVISION, SIGNATURE, SIGNER
+from schemas.headers import REVISION, SIGNATURE, SIGNER, STUB
 
 DOMAIN = b"fleetbus-desired-state/1"
 PUT = "PUT"
 DELETE = "DEL"
+STUB_OPERATION = "STUB"
+KV_OPERATION = "KV-Operation"  # the header a KV delete or purge carries
+KV_DELETES = ("DEL", "PURGE")
 
 
 class Refusal(StrEnum):
@@ -31,6 +40,7 @@ class Refusal(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     BAD_SIGNATURE = "bad_signature"
     REPLAYED = "replayed"
+    WITHHELD = "withheld"  # a stub of a profile that selects this edge
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,14 @@ class Seen:
 
     revision: int
     digest: str
+    operation: str = PUT
+
+
+def operation_of(headers: Mapping[str, str]) -> str:
+    """PUT, DEL (a delete or purge) or STUB, as a record's headers say."""
+    if headers.get(KV_OPERATION, "") in KV_DELETES:
+        return DELETE
+    return STUB_OPERATION if headers.get(STUB) else PUT
 
 
 def signed_bytes(bucket: str, key: str, revision: int, operation: str, body: bytes) -> bytes:
@@ -71,8 +89,7 @@ def revision_of(headers: Mapping[str, str]) -> int | None:
 Verify = Callable[[str, bytes, str], bool]  # (signer's public key, signed bytes, signature)
 
 
-def judge(record: Record, *, trusted: Collection[str], seen: Seen | None, verify: Verify) -> Refusal | None:
-    """None if an edge may take `record`, else why not."""
+def _signature_refusal(record: Record, trusted: Collection[str], verify: Verify) -> Refusal | None:
     signer, signature = record.headers.get(SIGNER), record.headers.get(SIGNATURE)
     if signer is None and signature is None and REVISION not in record.headers:
         return Refusal.UNSIGNED
@@ -81,12 +98,33 @@ def judge(record: Record, *, trusted: Collection[str], seen: Seen | None, verify
         return Refusal.MALFORMED
     if signer not in trusted:
         return Refusal.UNKNOWN_KEY
-    if not verify(
-        signer, signed_bytes(record.bucket, record.key, revision, record.operation, record.body), signature
-    ):
-        return Refusal.BAD_SIGNATURE
+    signed = signed_bytes(record.bucket, record.key, revision, record.operation, record.body)
+    return None if verify(signer, signed, signature) else Refusal.BAD_SIGNATURE
+
+
+def judge(
+    record: Record,
+    *,
+    trusted: Collection[str],
+    seen: Seen | None,
+    verify: Verify,
+    selects: Callable[[Record], bool] | None = None,
+) -> Refusal | None:
+    """None if an edge may take `record`, else why not. `selects`: whether a stub's profile
+    selects this edge (then the stub is refused); without it, stubs are refused."""
+    if (refusal := _signature_refusal(record, trusted, verify)) is not None:
+        return refusal
+    revision = revision_of(record.headers) or 0
     if seen is not None and (
-        revision < seen.revision or (revision == seen.revision and record.digest != seen.digest)
+        revision < seen.revision
+        # The hub signs one record per revision, and beside a profile revision its stub.
+        or (
+            revision == seen.revision
+            and record.digest != seen.digest
+            and {record.operation, seen.operation} != {PUT, STUB_OPERATION}
+        )
     ):
         return Refusal.REPLAYED
+    if record.operation == STUB_OPERATION and (selects is None or selects(record)):
+        return Refusal.WITHHELD
     return None

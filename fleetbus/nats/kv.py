@@ -52,8 +52,8 @@ logger = log.get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-DELETE_OPERATIONS = ("DEL", "PURGE")
-OPERATION = "KV-Operation"
+DELETE_OPERATIONS = trust.KV_DELETES
+OPERATION = trust.KV_OPERATION
 # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 WRONG_LAST_SEQUENCE = (10071, 10164)
 STREAM_NOT_FOUND = 10059
@@ -72,6 +72,7 @@ class Entry(Generic[M]):
     stored_at: datetime
     pending: int = 0
     signed_revision: int | None = None  # the revision its signature claims (signed buckets)
+    record: Record | None = None  # as stored (body and headers), for a copy that keeps its signature
 
     @property
     def deleted(self) -> bool:
@@ -91,11 +92,14 @@ class Bucket(Generic[M]):
         on_undecodable: Callable[[str, DecodeError], None] | None = None,
         signer: Signer | None = None,
         guard: Verifier | None = None,
+        stub: Callable[[M], Message] | None = None,
     ) -> None:
-        """`signer`: sign every write (the hub's desired-state buckets); `guard`: take only
-        records it accepts, the others are skipped like undecodable ones (an edge's replicas)."""
+        """`signer`: sign every write (the hub's desired-state buckets), and with `stub` the
+        stub of each value too (`Profile.stub`); `guard`: take only records it accepts, the
+        others are skipped like undecodable ones (an edge's replicas)."""
         self.js = js
         self.signer = signer
+        self.stub = stub
         self.guard = guard
         self.name = name
         self.model = model
@@ -159,8 +163,11 @@ class Bucket(Generic[M]):
         """Whether the guard (if any) takes this record."""
         if self.guard is None:
             return True
-        operation = trust.DELETE if (headers or {}).get(OPERATION, "") in DELETE_OPERATIONS else trust.PUT
-        return self.guard.accept(Record(self.name, key, operation, data or b"", headers or {}), quiet=quiet)
+        return self.guard.accept(self._record(key, data, headers), quiet=quiet)
+
+    def _record(self, key: str, data: bytes | None, headers: dict[str, str] | None) -> Record:
+        headers = headers or {}
+        return Record(self.name, key, trust.operation_of(headers), data or b"", headers)
 
     def _entry(self, msg: Msg) -> Entry[M] | None:
         """The entry `msg` holds; None if its value cannot be decoded or the guard refuses it."""
@@ -174,8 +181,9 @@ class Bucket(Generic[M]):
             msg.metadata.timestamp,
             msg.metadata.num_pending,
             trust.revision_of(msg.headers or {}),
+            self._record(key, msg.data, msg.headers),
         )
-        if (msg.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
+        if _absent(msg.headers):
             return stored
         value = self._decode(key, msg.data)
         return None if value is None else replace(stored, value=value)
@@ -242,15 +250,17 @@ class Bucket(Generic[M]):
             found += [taken for k in lost if (taken := self._taken(k)) is not None]
         return found, seen
 
+    async def records(self, key: str = ">") -> list[Record]:
+        """The latest record of every key under `key`, as stored (neither decoded nor judged)."""
+        messages, _ = await self._latest(key)
+        prefix = self.subject("")
+        return [self._record(m.subject.removeprefix(prefix), m.data, m.headers) for m in messages]
+
     async def live_keys(self, key: str = ">") -> list[str]:
         """Keys under `key` whose latest record is not a delete (values not decoded)."""
         messages, _ = await self._latest(key)
         prefix = self.subject("")
-        return sorted(
-            m.subject.removeprefix(prefix)
-            for m in messages
-            if (m.headers or {}).get(OPERATION, "") not in DELETE_OPERATIONS
-        )
+        return sorted(m.subject.removeprefix(prefix) for m in messages if not _absent(m.headers))
 
     async def current(self, key: str = ">") -> list[Entry[M]]:
         """The last good value of every key under `key`, deleted keys left out."""
@@ -271,7 +281,7 @@ class Bucket(Generic[M]):
         if not self._guarded(key, raw.data or b"", raw.headers):
             good = await self._last_good(key)
             return None if good is None or good.deleted else good
-        if (raw.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
+        if _absent(raw.headers):
             return None
         if (value := self._decode(key, raw.data or b"")) is not None:
             return Entry(key, value, raw.seq or 0, raw.time or NEVER, 0, trust.revision_of(raw.headers or {}))
@@ -310,7 +320,7 @@ class Bucket(Generic[M]):
             stored, signed = raw.time or NEVER, trust.revision_of(raw.headers or {})
             if not self._guarded(key, raw.data or b"", raw.headers, quiet=True):
                 continue
-            if (raw.headers or {}).get(OPERATION, "") in DELETE_OPERATIONS:
+            if _absent(raw.headers):
                 found.append(Entry(key, None, raw.seq or 0, stored, 0, signed))
             elif (value := self._decode(key, raw.data or b"", quiet=True)) is not None:
                 found.append(Entry(key, value, raw.seq or 0, stored, 0, signed))
@@ -328,7 +338,7 @@ class Bucket(Generic[M]):
         if record is None:
             return None
         signed = trust.revision_of(record.headers)
-        if record.operation == trust.DELETE:
+        if record.operation in (trust.DELETE, trust.STUB_OPERATION):
             return Entry(key, None, 0, NEVER, 0, signed)
         value = self._decode(key, record.body, quiet=True)
         return None if value is None else Entry(key, value, 0, NEVER, 0, signed)
@@ -371,20 +381,27 @@ class Bucket(Generic[M]):
 
     # Writing (a bucket the caller's server holds, not a sourced replica)
 
-    def _stamp(self, key: str, operation: str, body: bytes, revision: int | None) -> dict[str, str]:
-        """The signature headers of a write, if this bucket signs (then `revision` is required)."""
+    def _stamp(
+        self, key: str, operation: str, body: bytes, revision: int | None, value: M | None = None
+    ) -> dict[str, str]:
+        """The signature headers of a write, if this bucket signs (then `revision` is required),
+        and of its stub if this bucket has stubs."""
         if self.signer is None:
             return {}
         if revision is None:
             msg = f"a write to the signed bucket {self.name!r} must name its revision"
             raise ValueError(msg)
-        return self.signer.headers(self.name, key, revision, operation, body)
+        headers = self.signer.headers(self.name, key, revision, operation, body)
+        if value is not None and self.stub is not None:
+            stub = encode_body(self.stub(value), JSON)
+            headers |= self.signer.stub_headers(self.name, key, revision, stub)
+        return headers
 
     async def put(self, key: str, value: M, *, revision: int | None = None) -> int:
         """Store `value` under `key`; returns its bucket sequence. `revision`: what a
         signed bucket's signature claims."""
         body = encode_body(value, JSON)
-        headers = self._stamp(key, trust.PUT, body, revision) or None
+        headers = self._stamp(key, trust.PUT, body, revision, value) or None
         ack = await self.js.publish(self._exact(key), body, stream=self.stream, headers=headers)
         return ack.seq
 
@@ -399,7 +416,7 @@ class Bucket(Generic[M]):
                 stream=self.stream,
                 headers={
                     "Nats-Expected-Last-Subject-Sequence": str(last),
-                    **self._stamp(key, trust.PUT, body, revision),
+                    **self._stamp(key, trust.PUT, body, revision, value),
                 },
             )
         except APIError as exc:
@@ -414,12 +431,26 @@ class Bucket(Generic[M]):
         headers = {OPERATION: "DEL", **self._stamp(key, trust.DELETE, b"", revision)}
         await self.js.publish(self._exact(key), b"", stream=self.stream, headers=headers)
 
+    async def put_record(self, key: str, body: bytes, headers: dict[str, str]) -> None:
+        """Store a record as it is: a copy of a signed one keeps its signature headers."""
+        await self.js.publish(self._exact(key), body, stream=self.stream, headers=headers or None)
+
+    async def purge(self, key: str) -> None:
+        """Remove every record of the keys under `key` (wildcards allowed)."""
+        await self.js.purge_stream(self.stream, subject=self.subject(key))
+
     async def require(self, key: str, what: str) -> Entry[M]:
         """`get`, or `MissingError(what)`."""
         entry = await self.get(key)
         if entry is None:
             raise MissingError(what)
         return entry
+
+
+def _absent(headers: dict[str, str] | None) -> bool:
+    """Whether a record says its key holds nothing: a delete, a purge, or a profile's stub
+    (`fleetbus.core.trust`: the revision is not for this edge)."""
+    return trust.operation_of(headers or {}) != trust.PUT
 
 
 def subject_matches(pattern: str, key: str) -> bool:

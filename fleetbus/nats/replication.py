@@ -47,12 +47,19 @@ logger = log.get_logger(__name__)
 
 
 def source(
-    stream: str, domain: str, *, deliver: str | None = None, filters: Sequence[str] = ()
+    stream: str,
+    domain: str,
+    *,
+    deliver: str | None = None,
+    filters: Sequence[str] = (),
+    rename: tuple[str, str] | None = None,
 ) -> StreamSource:
-    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are),
-    its messages delivered across the link on `deliver` (`subjects.deliver_down`/`_up`: the
-    lower site's own subjects, which its link permissions name)."""
-    transforms = [SubjectTransform(src=f, dest=f) for f in filters] or None
+    """`stream` in `domain`, optionally restricted to `filters` (subjects kept as they are)
+    or to the one subject `rename` = (filter, stored as) maps (`{{wildcard(n)}}` in the
+    second), its messages delivered across the link on `deliver` (`subjects.deliver_down`/
+    `_up`: the lower site's own subjects, which its link permissions name)."""
+    pairs = [(f, f) for f in filters] + ([rename] if rename else [])
+    transforms = [SubjectTransform(src=src, dest=dest) for src, dest in pairs] or None
     return StreamSource(
         name=stream,
         external=ExternalStream(api=js_api_prefix(domain), deliver=deliver),

@@ -108,7 +108,7 @@ class DaemonMetrics:
         self.desired_refused = Counter(
             "fleetbus_desired_refused_total",
             "Desired-state records an edge refused (unsigned, malformed, unknown_key, "
-            "bad_signature, replayed); its last good state stands.",
+            "bad_signature, replayed, withheld); its last good state stands.",
             ["bucket", "reason"],
             registry=r,
         )
@@ -116,6 +116,13 @@ class DaemonMetrics:
             "fleetbus_desk_requests_total",
             "Write requests the hub's desk answered, by operation and outcome.",
             ["op", "outcome"],
+            registry=r,
+        )
+        self.assigned_writes = Counter(
+            "fleetbus_assigned_writes_total",
+            "Records a regional handed its edges (copies of signed profiles and group overrides, "
+            "stubs, deletes), by operation.",
+            ["operation"],
             registry=r,
         )
         self.uplink_stalls = Counter(

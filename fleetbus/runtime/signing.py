@@ -32,7 +32,7 @@ from fleetbus.runtime import log, sealing
 from fleetbus.runtime.enrolltoken import user_key
 from fleetbus.runtime.identity import Identity
 from fleetbus.runtime.metrics import DaemonMetrics
-from schemas.headers import REVISION, SIGNATURE, SIGNER
+from schemas.headers import REVISION, SIGNATURE, SIGNER, STUB, STUB_BODY, STUB_SIGNATURE
 
 logger = log.get_logger(__name__)
 
@@ -53,12 +53,23 @@ class Signer:
         return bytes(self._pair.sign(data))
 
     def headers(self, bucket: str, key: str, revision: int, operation: str, body: bytes) -> dict[str, str]:
-        signature = self._pair.sign(trust.signed_bytes(bucket, key, revision, operation, body))
         return {
             SIGNER: self.key_id,
             REVISION: str(revision),
-            SIGNATURE: base64.b64encode(signature).decode(),
+            SIGNATURE: self._sign(bucket, key, revision, operation, body),
         }
+
+    def stub_headers(self, bucket: str, key: str, revision: int, stub: bytes) -> dict[str, str]:
+        """The stub of a revision (`fleetbus.core.trust`: what an edge the profile no longer
+        selects receives), carried on the revision's own record."""
+        return {
+            STUB_BODY: base64.b64encode(stub).decode(),
+            STUB_SIGNATURE: self._sign(bucket, key, revision, trust.STUB_OPERATION, stub),
+        }
+
+    def _sign(self, bucket: str, key: str, revision: int, operation: str, body: bytes) -> str:
+        signature = self._pair.sign(trust.signed_bytes(bucket, key, revision, operation, body))
+        return base64.b64encode(signature).decode()
 
 
 @lru_cache(maxsize=64)
@@ -126,6 +137,9 @@ class Verifier:
         self.state = state
         self.metrics = metrics
         self.on_refused = on_refused
+        # Whether a stub's profile selects this site (set by its reconciler, which knows its
+        # labels); without it every stub is refused (`trust.judge`).
+        self.selects: Callable[[Record], bool] | None = None
         self.clock = clock
         self.track = track
         self.kept: dict[str, Record] = self._load()
@@ -135,7 +149,7 @@ class Verifier:
 
     @property
     def seen(self) -> dict[str, Seen]:
-        return {k: Seen(trust.revision_of(r.headers) or 0, r.digest) for k, r in self.kept.items()}
+        return {k: _seen(r) for k, r in self.kept.items()}
 
     @staticmethod
     def _id(bucket: str, key: str) -> str:
@@ -182,8 +196,8 @@ class Verifier:
         `quiet` (a record of the past read while looking for the last good one)."""
         ident = self._id(record.bucket, record.key)
         kept = self.kept.get(ident) if self.track else None
-        seen = Seen(trust.revision_of(kept.headers) or 0, kept.digest) if kept else None
-        refusal = trust.judge(record, trusted=self.trusted, seen=seen, verify=verify)
+        seen = _seen(kept) if kept else None
+        refusal = trust.judge(record, trusted=self.trusted, seen=seen, verify=verify, selects=self.selects)
         if refusal is not None:
             if not quiet:
                 self._refused(record, refusal)
@@ -241,9 +255,31 @@ class Verifier:
         return True
 
 
+def _seen(kept: Record) -> Seen:
+    return Seen(trust.revision_of(kept.headers) or 0, kept.digest, kept.operation)
+
+
 def _signature(record: Record) -> dict[str, str]:
     """The headers a kept record needs to be judged again: its signature's."""
-    return {k: v for k, v in record.headers.items() if k in (SIGNER, REVISION, SIGNATURE)}
+    return {k: v for k, v in record.headers.items() if k in (SIGNER, REVISION, SIGNATURE, STUB)}
+
+
+def stub_record(headers: Mapping[str, str]) -> tuple[bytes, dict[str, str]] | None:
+    """The stub a signed profile record carries, as the record a regional hands an edge
+    (body, headers); None if it carries none or an unreadable one."""
+    body, signature = headers.get(STUB_BODY), headers.get(STUB_SIGNATURE)
+    if not body or not signature:
+        return None
+    try:
+        stub = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return stub, {
+        SIGNER: headers.get(SIGNER, ""),
+        REVISION: headers.get(REVISION, ""),
+        SIGNATURE: signature,
+        STUB: "1",
+    }
 
 
 def describe(headers: Mapping[str, str]) -> str:

@@ -36,7 +36,9 @@ class ProfileStore:
     """Profiles in the hub's `profiles` bucket, keyed by name."""
 
     def __init__(self, js: JetStream, *, signer: Signer | None = None, guard: Verifier | None = None) -> None:
-        self.bucket = Bucket(js, subjects.PROFILES_BUCKET, Profile, signer=signer, guard=guard)
+        self.bucket = Bucket(
+            js, subjects.PROFILES_BUCKET, Profile, signer=signer, guard=guard, stub=Profile.stub
+        )
 
     @property
     def undecodable(self) -> list[str]:

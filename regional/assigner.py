@@ -1,0 +1,245 @@
+"""The regional's assigner: hands each edge the desired state that concerns it
+(docs/security.md#edges-receive-only-what-concerns-them).
+
+It follows the regional's replicas of `profiles` and `overrides` (the group keys) and its
+`edges` bucket (each edge's labels, as the edge enrolled with them), decides with
+`fleetbus.core.assignment` which records each edge should hold, and writes copies of the
+hub's signed records (body and signature headers as stored, or a revision's signed stub)
+into its `assigned` bucket under `<edge>.profile.<name>` and `<edge>.group.<group>`. An
+edge's replicas source only its own keys there (its link may read nothing else).
+
+Writes happen one burst of changes at a time, each key at most once per burst, so a key's
+records arrive in order; a burst's writes go out together (`CONCURRENCY` in flight). What
+the bucket holds is read once at start, so a restart writes only what changed meanwhile.
+An edge that `fleetbus edge forget` removed loses its keys.
+"""
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from fleetbus.core import assignment
+from fleetbus.core.assignment import Current, Held
+from fleetbus.core.desired import edge_groups
+from fleetbus.core.trust import KV_OPERATION, STUB_OPERATION, Record, revision_of
+from fleetbus.nats.bus import Bus
+from fleetbus.nats.errors import is_transient
+from fleetbus.nats.kv import Bucket, Entry, Mirror
+from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
+from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.signing import stub_record
+from fleetbus.runtime.tasks import cancel_and_wait
+from schemas import subjects
+from schemas.enrollment import Enrollment
+from schemas.headers import REVISION, SIGNATURE, SIGNER, STUB
+from schemas.override import Override, OverrideScope
+from schemas.profile import Profile
+
+logger = log.get_logger(__name__)
+
+CONCURRENCY = 256  # writes in flight
+GROUP_PREFIX = f"{OverrideScope.GROUP.value}."
+KEPT_HEADERS = (SIGNER, REVISION, SIGNATURE, STUB, KV_OPERATION)
+
+Pair = tuple[str, str, str]  # (edge, kind, name): one key of `assigned`
+
+
+class Assigner:
+    def __init__(self, bus: Bus, region: str, metrics: DaemonMetrics) -> None:
+        self.region, self.metrics = region, metrics
+        js = bus.js
+        self.assigned = Bucket(js, subjects.ASSIGNED_BUCKET, Profile)  # read raw, never decoded
+        self._profiles = Mirror(Bucket(js, subjects.PROFILES_BUCKET, Profile, metrics=metrics))
+        self._groups = Mirror(
+            Bucket(js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics), f"{GROUP_PREFIX}>"
+        )
+        self._edges = Mirror(Bucket(js, subjects.EDGES_BUCKET, Enrollment, metrics=metrics))
+        # name -> the latest record (PUT or DEL) of each profile and group override, and what
+        # the decisions need of it (decoded once)
+        self.profiles: dict[str, tuple[Record, Current]] = {}
+        self.groups: dict[str, tuple[Record, Current]] = {}
+        self.labels: dict[str, dict[str, str]] = {}  # edge -> its labels
+        self.held: dict[Pair, Held] = {}
+        self._dirty_profiles: set[str] = set()
+        self._dirty_groups: set[str] = set()
+        self._dirty_edges: set[str] = set()
+        self._gone_edges: set[str] = set()
+        self._everything = True  # decide every (edge, key), not only what changed
+        self._held_read = False
+        self._retry = Backoff(0.5, cap=10.0)
+        self._wake = asyncio.Event()
+        self.loaded = asyncio.Event()  # set once the first decisions are written
+        self._profiles.listen(self._on_profiles)
+        self._groups.listen(self._on_groups)
+        self._edges.listen(self._on_edges)
+
+    async def run(self) -> None:
+        mirrors = [
+            asyncio.create_task(m.run(), name=f"assigner-{m.bucket.name}")
+            for m in (self._profiles, self._groups, self._edges)
+        ]
+        try:
+            for mirror in (self._profiles, self._groups, self._edges):
+                await mirror.loaded.wait()
+            while True:
+                try:
+                    if not self._held_read:
+                        await self._read_held()
+                    await self._step()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    # Its server restarting: decide everything again (what was written is
+                    # remembered, so only the rest is written).
+                    logger.warning("handing desired state to edges stopped; retrying", error=repr(exc))
+                    self._everything = True
+                    await self._retry.wait()
+                    continue
+                self._retry.reset()
+                self.loaded.set()
+                await _wait_or_raise(self._wake, mirrors)
+        finally:
+            await cancel_and_wait(mirrors, timeout=10.0)
+
+    async def _read_held(self) -> None:
+        for record in await self.assigned.records():
+            edge, kind, name = _split(record.key)
+            if edge and (revision := revision_of(record.headers)) is not None:
+                self.held[(edge, kind, name)] = Held(revision, record.operation)
+        self._held_read = True
+        logger.info("assigned records read", held=len(self.held))
+
+    # What changed (called by the mirrors, once per burst)
+
+    def _on_profiles(self, entries: Sequence[Entry[Profile]]) -> None:
+        for entry in entries:
+            if (record := _signed(entry)) is not None:
+                selector = entry.value.selector if entry.value is not None else None
+                self.profiles[entry.key] = (record, Current(_revision(record), record.operation, selector))
+                self._dirty_profiles.add(entry.key)
+        self._wake.set()
+
+    def _on_groups(self, entries: Sequence[Entry[Override]]) -> None:
+        for entry in entries:
+            if (record := _signed(entry)) is not None:
+                group = entry.key.removeprefix(GROUP_PREFIX)
+                self.groups[group] = (record, Current(_revision(record), record.operation))
+                self._dirty_groups.add(group)
+        self._wake.set()
+
+    def _on_edges(self, entries: Sequence[Entry[Enrollment]]) -> None:
+        for entry in entries:
+            edge = entry.key.removeprefix(f"{self.region}.")
+            if entry.value is None:
+                self.labels.pop(edge, None)
+                self._gone_edges.add(edge)
+            elif entry.value.labels != self.labels.get(edge):
+                self.labels[edge] = dict(entry.value.labels)
+                self._gone_edges.discard(edge)
+                self._dirty_edges.add(edge)
+        self._wake.set()
+
+    # Deciding and writing
+
+    async def _step(self) -> None:
+        self._wake.clear()
+        profiles, groups, edges = self._dirty_profiles, self._dirty_groups, self._dirty_edges
+        gone = self._gone_edges
+        self._dirty_profiles, self._dirty_groups, self._dirty_edges = set(), set(), set()
+        self._gone_edges = set()
+        if self._everything:
+            self._everything = False
+            edges = set(self.labels)
+        writes: dict[Pair, Held] = {}
+        for edge in self.labels:
+            names = self.profiles if edge in edges else profiles
+            for name in names:
+                self._decide_profile(edge, name, writes)
+            member = set(edge_groups(self.region, self.labels[edge]))
+            for group in self.groups if edge in edges else groups:
+                self._decide_group(edge, group, group in member, writes)
+        for edge in gone:
+            try:
+                await self._forget(edge)
+            except Exception:
+                self._gone_edges.add(edge)  # again with the next step
+                raise
+        if writes:
+            await self._write(writes)
+
+    def _decide_profile(self, edge: str, name: str, writes: dict[Pair, Held]) -> None:
+        pair = (edge, subjects.ASSIGNED_PROFILE, name)
+        current = self.profiles[name][1]
+        if (want := assignment.for_profile(current, self.labels[edge], self.held.get(pair))) is not None:
+            writes[pair] = want
+
+    def _decide_group(self, edge: str, group: str, member: bool, writes: dict[Pair, Held]) -> None:
+        pair = (edge, subjects.ASSIGNED_GROUP, group)
+        current = self.groups[group][1]
+        if (want := assignment.for_group(current, self.held.get(pair), member=member)) is not None:
+            writes[pair] = want
+
+    async def _write(self, writes: dict[Pair, Held]) -> None:
+        pending = list(writes.items())
+        for start in range(0, len(pending), CONCURRENCY):
+            chunk = pending[start : start + CONCURRENCY]
+            await asyncio.gather(*(self._put(pair, want) for pair, want in chunk))
+        logger.info("desired state handed to edges", records=len(writes))
+
+    async def _put(self, pair: Pair, want: Held) -> None:
+        edge, kind, name = pair
+        record = (self.profiles if kind == subjects.ASSIGNED_PROFILE else self.groups)[name][0]
+        body, headers = record.body, {k: v for k, v in record.headers.items() if k in KEPT_HEADERS}
+        if want.operation == STUB_OPERATION:
+            stub = stub_record(record.headers)
+            if stub is not None:
+                body, headers = stub
+            # else: stored before profiles carried stubs; the edge gets the revision itself
+            # (it applies it only if it selects it)
+        await self.assigned.put_record(subjects.assigned_key(edge, kind, name), body, headers)
+        self.held[pair] = want
+        self.metrics.assigned_writes.labels(operation=want.operation).inc()
+
+    async def _forget(self, edge: str) -> None:
+        """An edge no longer enrolled: its keys go."""
+        await self.assigned.purge(f"{edge}.>")
+        for pair in [p for p in self.held if p[0] == edge]:
+            del self.held[pair]
+        logger.info("records handed to a forgotten edge removed", edge=edge)
+
+
+def _signed(entry: Entry[Any]) -> Record | None:
+    """The record of `entry` if it claims a revision (a key purged without a signed delete,
+    or a record nobody signed, changes nothing handed out: an edge would refuse it)."""
+    if entry.record is None or revision_of(entry.record.headers) is None:
+        return None
+    return entry.record
+
+
+def _revision(record: Record) -> int:
+    return revision_of(record.headers) or 0
+
+
+def _split(key: str) -> tuple[str, str, str]:
+    edge, _, rest = key.partition(".")
+    kind, _, name = rest.partition(".")
+    return (
+        (edge, kind, name)
+        if kind in (subjects.ASSIGNED_PROFILE, subjects.ASSIGNED_GROUP) and name
+        else ("", "", "")
+    )
+
+
+async def _wait_or_raise(wake: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Until `wake` is set; re-raise what ended one of `tasks` (they never end by themselves)."""
+    waiter = asyncio.create_task(wake.wait())
+    try:
+        done, _ = await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    for task in tasks:
+        if task in done:
+            task.result()
+            msg = f"{task.get_name()} ended"
+            raise RuntimeError(msg)
