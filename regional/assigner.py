@@ -11,17 +11,19 @@ edge's replicas source only its own keys there (its link may read nothing else).
 Writes happen one burst of changes at a time, each key at most once per burst, so a key's
 records arrive in order; a burst's writes go out together (`CONCURRENCY` in flight). What
 the bucket holds is read once at start, so a restart writes only what changed meanwhile.
-An edge that `fleetbus edge forget` removed loses its keys.
+An edge that `fleetbus edge forget` removed loses its keys (the regional daemon tells the
+assigner when it finds the enrollment gone, and `forget` purges them too).
 """
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from fleetbus.core import assignment
 from fleetbus.core.assignment import Current, Held
 from fleetbus.core.desired import edge_groups
-from fleetbus.core.trust import KV_OPERATION, STUB_OPERATION, Record, revision_of
+from fleetbus.core.trust import STUB_OPERATION, Record, revision_of
 from fleetbus.nats.bus import Bus
 from fleetbus.nats.errors import is_transient
 from fleetbus.nats.kv import Bucket, Entry, Mirror
@@ -31,14 +33,16 @@ from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.signing import stub_record
 from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
+from schemas.base import Message
 from schemas.enrollment import Enrollment
-from schemas.headers import REVISION, SIGNATURE, SIGNER, STUB
+from schemas.headers import KV_OPERATION, REVISION, SIGNATURE, SIGNER, STUB
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
 
 logger = log.get_logger(__name__)
 
 CONCURRENCY = 256  # writes in flight
+YIELD_EVERY = 500  # edges decided between two yields to the event loop
 GROUP_PREFIX = f"{OverrideScope.GROUP.value}."
 KEPT_HEADERS = (SIGNER, REVISION, SIGNATURE, STUB, KV_OPERATION)
 
@@ -46,10 +50,12 @@ Pair = tuple[str, str, str]  # (edge, kind, name): one key of `assigned`
 
 
 class Assigner:
+    """Hands each enrolled edge of `region` its records (see the module's docstring)."""
+
     def __init__(self, bus: Bus, region: str, metrics: DaemonMetrics) -> None:
         self.region, self.metrics = region, metrics
         js = bus.js
-        self.assigned = Bucket(js, subjects.ASSIGNED_BUCKET, Profile)  # read raw, never decoded
+        self.assigned = Bucket(js, subjects.ASSIGNED_BUCKET, Message)  # copied, never decoded
         self._profiles = Mirror(Bucket(js, subjects.PROFILES_BUCKET, Profile, metrics=metrics))
         self._groups = Mirror(
             Bucket(js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics), f"{GROUP_PREFIX}>"
@@ -67,14 +73,16 @@ class Assigner:
         self._gone_edges: set[str] = set()
         self._everything = True  # decide every (edge, key), not only what changed
         self._held_read = False
-        self._retry = Backoff(0.5, cap=10.0)
+        self._retry = Backoff(0.5, cap=30.0)
         self._wake = asyncio.Event()
-        self.loaded = asyncio.Event()  # set once the first decisions are written
         self._profiles.listen(self._on_profiles)
         self._groups.listen(self._on_groups)
         self._edges.listen(self._on_edges)
 
     async def run(self) -> None:
+        """Follow the replicas and the enrollments, and hand out what changed, until
+        cancelled. A failed write is retried (everything decided again, only what is not
+        written yet written): never the end of the regional daemon."""
         mirrors = [
             asyncio.create_task(m.run(), name=f"assigner-{m.bucket.name}")
             for m in (self._profiles, self._groups, self._edges)
@@ -88,22 +96,26 @@ class Assigner:
                         await self._read_held()
                     await self._step()
                 except Exception as exc:
-                    if not is_transient(exc):
-                        raise
-                    # Its server restarting: decide everything again (what was written is
-                    # remembered, so only the rest is written).
-                    logger.warning("handing desired state to edges stopped; retrying", error=repr(exc))
+                    log_fn = logger.warning if is_transient(exc) else logger.error
+                    log_fn("handing desired state to edges stopped; retrying", error=repr(exc))
+                    self.metrics.assigned_writes.labels(operation="failed").inc()
                     self._everything = True
                     await self._retry.wait()
                     continue
                 self._retry.reset()
-                self.loaded.set()
                 await _wait_or_raise(self._wake, mirrors)
         finally:
             await cancel_and_wait(mirrors, timeout=10.0)
 
+    def forget(self, edge: str) -> None:
+        """`edge` is no longer enrolled (`fleetbus edge forget` purged its enrollment, which
+        a running mirror does not hear): nothing more for it, and its keys go."""
+        if self.labels.pop(edge, None) is not None or any(p[0] == edge for p in self.held):
+            self._gone_edges.add(edge)
+            self._wake.set()
+
     async def _read_held(self) -> None:
-        for record in await self.assigned.records():
+        for record in await self.assigned.records(headers_only=True):
             edge, kind, name = _split(record.key)
             if edge and (revision := revision_of(record.headers)) is not None:
                 self.held[(edge, kind, name)] = Held(revision, record.operation)
@@ -132,8 +144,7 @@ class Assigner:
         for entry in entries:
             edge = entry.key.removeprefix(f"{self.region}.")
             if entry.value is None:
-                self.labels.pop(edge, None)
-                self._gone_edges.add(edge)
+                self.forget(edge)
             elif entry.value.labels != self.labels.get(edge):
                 self.labels[edge] = dict(entry.value.labels)
                 self._gone_edges.discard(edge)
@@ -151,14 +162,17 @@ class Assigner:
         if self._everything:
             self._everything = False
             edges = set(self.labels)
-        writes: dict[Pair, Held] = {}
-        for edge in self.labels:
+            gone |= {p[0] for p in self.held} - set(self.labels)  # keys of edges gone meanwhile
+        writes: dict[Pair, Write] = {}
+        for count, edge in enumerate(list(self.labels), 1):
             names = self.profiles if edge in edges else profiles
             for name in names:
                 self._decide_profile(edge, name, writes)
             member = set(edge_groups(self.region, self.labels[edge]))
             for group in self.groups if edge in edges else groups:
                 self._decide_group(edge, group, group in member, writes)
+            if count % YIELD_EVERY == 0:
+                await asyncio.sleep(0)  # thousands of edges: let the mirrors and heartbeats run
         for edge in gone:
             try:
                 await self._forget(edge)
@@ -168,45 +182,55 @@ class Assigner:
         if writes:
             await self._write(writes)
 
-    def _decide_profile(self, edge: str, name: str, writes: dict[Pair, Held]) -> None:
+    def _decide_profile(self, edge: str, name: str, writes: dict[Pair, "Write"]) -> None:
         pair = (edge, subjects.ASSIGNED_PROFILE, name)
-        current = self.profiles[name][1]
+        record, current = self.profiles[name]
         if (want := assignment.for_profile(current, self.labels[edge], self.held.get(pair))) is not None:
-            writes[pair] = want
+            writes[pair] = Write(want, record)
 
-    def _decide_group(self, edge: str, group: str, member: bool, writes: dict[Pair, Held]) -> None:
+    def _decide_group(self, edge: str, group: str, member: bool, writes: dict[Pair, "Write"]) -> None:
         pair = (edge, subjects.ASSIGNED_GROUP, group)
-        current = self.groups[group][1]
+        record, current = self.groups[group]
         if (want := assignment.for_group(current, self.held.get(pair), member=member)) is not None:
-            writes[pair] = want
+            writes[pair] = Write(want, record)
 
-    async def _write(self, writes: dict[Pair, Held]) -> None:
+    async def _write(self, writes: dict[Pair, "Write"]) -> None:
         pending = list(writes.items())
         for start in range(0, len(pending), CONCURRENCY):
-            chunk = pending[start : start + CONCURRENCY]
-            await asyncio.gather(*(self._put(pair, want) for pair, want in chunk))
+            async with asyncio.TaskGroup() as group:
+                for pair, write in pending[start : start + CONCURRENCY]:
+                    group.create_task(self._put(pair, write))
         logger.info("desired state handed to edges", records=len(writes))
 
-    async def _put(self, pair: Pair, want: Held) -> None:
+    async def _put(self, pair: Pair, write: "Write") -> None:
+        """Write the record decided on (the one it was decided from, even if a newer one
+        arrived meanwhile: that one is decided in the next step)."""
         edge, kind, name = pair
-        record = (self.profiles if kind == subjects.ASSIGNED_PROFILE else self.groups)[name][0]
+        record = write.record
         body, headers = record.body, {k: v for k, v in record.headers.items() if k in KEPT_HEADERS}
-        if want.operation == STUB_OPERATION:
+        if write.want.operation == STUB_OPERATION:
             stub = stub_record(record.headers)
             if stub is not None:
                 body, headers = stub
             # else: stored before profiles carried stubs; the edge gets the revision itself
-            # (it applies it only if it selects it)
+            # (it applies it only while it selects it)
         await self.assigned.put_record(subjects.assigned_key(edge, kind, name), body, headers)
-        self.held[pair] = want
-        self.metrics.assigned_writes.labels(operation=want.operation).inc()
+        self.held[pair] = write.want
+        self.metrics.assigned_writes.labels(operation=write.want.operation).inc()
 
     async def _forget(self, edge: str) -> None:
-        """An edge no longer enrolled: its keys go."""
         await self.assigned.purge(f"{edge}.>")
         for pair in [p for p in self.held if p[0] == edge]:
             del self.held[pair]
         logger.info("records handed to a forgotten edge removed", edge=edge)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One decision: what the edge's key should hold, and the record it is made from."""
+
+    want: Held
+    record: Record
 
 
 def _signed(entry: Entry[Any]) -> Record | None:

@@ -111,6 +111,7 @@ class Regional:
         if await forget.is_enrolled(self.js, self.region, change.site):
             return True
         self.enrolled.discard(change.site)
+        self.assigner.forget(change.site)
         return False
 
     async def on_edge_heartbeat(self, beat: Heartbeat, msg: Msg) -> None:

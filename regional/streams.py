@@ -19,13 +19,16 @@ def replicas(region: str) -> list[StreamConfig]:
     ]
 
 
-def assigned_bucket() -> StreamConfig:
+def assigned_bucket(*, max_bytes: int = 2 * 2**30) -> StreamConfig:
     """KV `assigned`, keys `<edge>.profile.<name>` and `<edge>.group.<group>`: copies of the
-    signed records that concern each edge (`regional.assigner`), which its replicas source."""
+    signed records that concern each edge (`regional.assigner`), which its replicas source.
+    One copy per edge and profile: 5,000 edges with 10 profiles of 5 KB are 250 MB; a full
+    bucket refuses writes (counted, retried), it never evicts what an edge holds."""
     return kv_stream(
         subjects.ASSIGNED_BUCKET,
         "The signed profiles and group overrides that concern each edge of this region.",
         subjects=[subjects.kv_subject(subjects.ASSIGNED_BUCKET)],
+        max_bytes=max_bytes,
     )
 
 

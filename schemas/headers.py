@@ -20,6 +20,8 @@ CE_SPECVERSION = "ce-specversion"
 CE_DATASCHEMA = "ce-dataschema"
 CONTENT_TYPE = "Content-Type"
 NATS_MSG_ID = "Nats-Msg-Id"
+KV_OPERATION = "KV-Operation"  # what a NATS KV delete or purge carries
+KV_DELETES = ("DEL", "PURGE")
 
 SPEC_VERSION = "1.0"
 

@@ -84,6 +84,11 @@ def sites_holding(fleet: DevFleet, marker: str) -> set[str]:
     return {path.split("/")[0] for path in files_holding(fleet, marker.encode())}
 
 
+async def _deleted(nc: Client, name: str) -> bool:
+    record = (await replica(nc, subjects.PROFILES_BUCKET)).get(name)
+    return record is not None and record[1].get("KV-Operation") == "DEL"
+
+
 async def writes(fleet: DevFleet) -> dict[str, float]:
     """`fleetbus_assigned_writes_total` of the regional, by operation."""
     url = f"http://127.0.0.1:{fleet.plan.site('r1').daemon_http_port}/metrics"
@@ -139,12 +144,21 @@ async def test_each_edge_holds_only_the_profiles_and_group_overrides_that_concer
             await eventually(lambda: applies(client, E2, {"all", "pos"}), timeout=30, what="e2 applies pos")
             assert sites_holding(fleet, markers["pos2"]) & edges == {E2}
 
-            # A delete reaches the edge that holds the profile.
+            # A delete reaches the edges that hold a record of the profile, its stub too.
             await client.profiles.delete("pos", reason="gone")
             await eventually(lambda: applies(client, E2, {"all"}), timeout=30, what="e2 drops pos")
-            _, headers = (await replica(e2, subjects.PROFILES_BUCKET))["pos"]
-            assert headers.get("KV-Operation") == "DEL"
-            assert await applies(client, E1, {"all"})
+            for nc in (e1, e2):
+                await eventually(
+                    lambda nc=nc: _deleted(nc, "pos"), timeout=10, what="the signed delete in the replica"
+                )
+            # e1 now carries the label the deleted revision selected: it does not come back.
+            await relabel(fleet, E1, {"role": "kiosk"})
+            await e1.close()
+            e1 = await connect_as(fleet.plan, E1)
+            await eventually(
+                lambda: applies(client, E1, {"all"}), timeout=30, what="e1 applying after relabel"
+            )
+            assert await _deleted(e1, "pos")
         finally:
             await e1.close()
             await e2.close()

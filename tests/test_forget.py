@@ -20,6 +20,7 @@ from schemas import subjects
 from schemas.base import Message
 from schemas.heartbeat import Tier
 from schemas.presence import PresenceState
+from schemas.profile import Profile
 from tests.conftest import admin_creds, hub_args, running_fleet
 from tests.helpers import FLEETBUS, ROOT, arun_cli, cli_env, eventually
 
@@ -38,6 +39,7 @@ async def regional_keys(client: FleetClient, region: str, edge: str) -> dict[str
         found[bucket] = await Bucket(js, bucket, Message).live_keys(key)
     info = await js.stream_info(subjects.INVENTORY_STREAM, subjects_filter=subjects.inventories(region, edge))
     found[subjects.INVENTORY_STREAM] = list(info.state.subjects or {})
+    found[subjects.ASSIGNED_BUCKET] = await Bucket(js, subjects.ASSIGNED_BUCKET, Message).keys(f"{edge}.>")
     return found
 
 
@@ -68,6 +70,8 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
         url = fleet.plan.site("hub").server.client_url
         client = await FleetClient.connect(url, creds=admin_creds(fleet.plan))
         try:
+            await client.profiles.apply(Profile(name="base"), reason="something to hand the edges")
+
             # Every record of both edges exists: presence, inventory, apply report at the hub.
             async def in_every_hub_bucket() -> bool:
                 js = client.bus.jetstream(subjects.HUB_DOMAIN)
@@ -78,8 +82,12 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
                 return True
 
             await eventually(in_every_hub_bucket, timeout=30, what="both edges in every hub bucket")
-            before = await regional_keys(client, "r1", "r1-e2")
-            assert all(before.values()), before  # the regional keeps all three too
+
+            async def all_kept() -> dict[str, list[str]] | None:
+                found = await regional_keys(client, "r1", "r1-e2")
+                return found if all(found.values()) else None
+
+            await eventually(all_kept, timeout=20, what="the regional keeping all four")
 
             # Online: refused, nothing deleted.
             refused = await arun_cli("edge", "forget", "r1-e2", *hub_args(fleet.plan))
@@ -105,6 +113,7 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
                 subjects.EDGES_BUCKET: [],
                 subjects.PRESENCE_BUCKET: [],
                 subjects.INVENTORY_STREAM: [],
+                subjects.ASSIGNED_BUCKET: [],
             }
             assert [row.edge for row in await client.status()] == ["r1-e1"]
 
@@ -138,6 +147,16 @@ async def test_a_forgotten_edge_is_gone_everywhere_and_stays_gone(tmp_path: Path
                 return not any((await regional_keys(client, "r1", "r1-e2")).values())
 
             await eventually(regional_forgot, timeout=30, what="the restarted regional answering")
+            # A new revision is handed to the edge still there, not to the forgotten one.
+            await client.profiles.apply(Profile(name="base", priority=1), reason="after the forget")
+
+            async def handed_to_r1_e1() -> bool:
+                js = client.bus.jetstream("r1", timeout=5)
+                entry = await Bucket(js, subjects.ASSIGNED_BUCKET, Profile).get("r1-e1.profile.base")
+                return entry is not None and entry.signed_revision == 2
+
+            await eventually(handed_to_r1_e1, timeout=20, what="revision 2 handed to r1-e1")
+            assert not any((await regional_keys(client, "r1", "r1-e2")).values())
             assert await hub_knows(client, edge="r1-e2") == set()
             assert [row.edge for row in await client.status()] == ["r1-e1"]
 

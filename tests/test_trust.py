@@ -164,6 +164,30 @@ def test_a_stub_is_taken_only_by_an_edge_its_profile_does_not_select(hub, strang
     assert judged(stub, kiosk, trust.Seen(4, "d", trust.PUT)) is Refusal.REPLAYED
 
 
+def test_the_last_record_taken_of_a_revision_stands_and_a_relabel_raises_no_alarm(hub, tmp_path):
+    heard = []
+    labels = {"role": "kiosk"}
+    verifier = Verifier(
+        [hub.key_id], state=tmp_path / "revisions.json", on_refused=lambda r, why: heard.append(why)
+    )
+    verifier.selects = lambda rec: matches(decode_body(Profile, rec.body, subject=rec.key).selector, labels)
+    full, stub = record(hub, revision=3, body=encode_body(POS, JSON)), stub_of(hub, POS)
+    assert verifier.accept(full)
+    assert verifier.accept(stub)  # it stopped selecting this edge
+    assert verifier.last_taken("profiles", "base").operation == trust.STUB_OPERATION
+    # Its labels change so that the revision selects it: the stub it took, read again, is
+    # not a regional withholding anything; the revision itself comes next and stands.
+    labels["role"] = "pos"
+    assert verifier.accept(stub)
+    assert heard == []
+    assert verifier.accept(full)
+    assert verifier.last_taken("profiles", "base").operation == trust.PUT
+    # A stub it did not take, of a revision that selects it, is withheld.
+    newer = POS.model_copy(update={"revision": 4})
+    assert not verifier.accept(stub_of(hub, newer))
+    assert heard == [Refusal.WITHHELD]
+
+
 def test_what_a_regional_hands_an_edge():
     pos = LabelSelector(match_labels={"role": "pos"})
     edge = {"role": "pos"}
@@ -179,11 +203,14 @@ def test_what_a_regional_hands_an_edge():
     assert decide(Current(4, put, pos), {"role": "kiosk"}, Held(4, put)) == Held(
         4, stub
     )  # its labels changed
-    assert decide(Current(5, put, pos), {"role": "kiosk"}, Held(4, stub)) is None
+    # A stub is kept current: an older revision's selector must not decide after a relabel.
+    assert decide(Current(5, put, pos), {"role": "kiosk"}, Held(4, stub)) == Held(5, stub)
+    assert decide(Current(5, put, pos), {"role": "kiosk"}, Held(5, stub)) is None
     assert decide(Current(4, put, pos), edge, Held(4, stub)) == Held(4, put)  # selected again
-    # Deleted: the signed delete to those holding it, nothing to the others.
+    # Deleted: the signed delete to those holding a record of it, nothing to the others.
     assert decide(Current(5, delete), edge, Held(4, put)) == Held(5, delete)
-    assert decide(Current(5, delete), edge, Held(4, stub)) is None
+    assert decide(Current(5, delete), edge, Held(4, stub)) == Held(5, delete)
+    assert decide(Current(5, delete), edge, Held(5, delete)) is None
     assert decide(Current(5, delete), edge, None) is None
     assert decide(Current(6, put, pos), edge, Held(5, delete)) == Held(6, put)
     # Group overrides: the current record to members; a former member keeps what it has.

@@ -45,15 +45,19 @@ class Held:
 
 def for_profile(current: Current, labels: Mapping[str, str], held: Held | None) -> Held | None:
     """What to write for one profile and one edge with `labels`, given what it holds; None:
-    nothing (what it holds is right, or it never held the profile and need not)."""
+    nothing (what it holds is right).
+
+    A stub or a delete goes only to an edge that holds a record of the profile: its
+    revision, or an older stub (kept current, so that a label change never makes an older
+    revision's selector decide)."""
     if current.operation == DELETE:
         want = DELETE
     elif current.selector is not None and matches(current.selector, labels):
         want = PUT
     else:
         want = STUB_OPERATION
-    if want != PUT and (held is None or held.operation != PUT):
-        return None  # it holds nothing of this profile that could apply: nothing to take back
+    if want != PUT and (held is None or held.operation == DELETE):
+        return None  # nothing of it held: nothing to take back
     return _unless_held(Held(current.revision, want), held)
 
 

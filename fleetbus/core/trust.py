@@ -22,14 +22,12 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-from schemas.headers import REVISION, SIGNATURE, SIGNER, STUB
+from schemas.headers import KV_DELETES, KV_OPERATION, REVISION, SIGNATURE, SIGNER, STUB
 
 DOMAIN = b"fleetbus-desired-state/1"
 PUT = "PUT"
 DELETE = "DEL"
 STUB_OPERATION = "STUB"
-KV_OPERATION = "KV-Operation"  # the header a KV delete or purge carries
-KV_DELETES = ("DEL", "PURGE")
 
 
 class Refusal(StrEnum):

@@ -2,7 +2,8 @@
 decommissioned store, the hollow edges of a past `fleetbus sim`) stops being shown.
 
 An edge's records live in two places. At its regional (JetStream domain = region id): its
-enrollment (`edges`), its presence (`presence`) and its latest snapshot (`INVENTORY`). At the
+enrollment (`edges`), its presence (`presence`), its latest snapshot (`INVENTORY`) and what
+the regional handed it (`assigned`). At the
 hub: `presence` and `inventory`, sourced from the regional's, and `applied`, derived from the
 events. The regional's are deleted first: the hub's buckets replay their sources from the start
 when kicked, and would take back anything left at the origin. Both are reached from the hub's
@@ -78,6 +79,10 @@ async def forget_edges(
                 # The enrollment first: the regional then stops writing the edge's presence.
                 for bucket in (subjects.EDGES_BUCKET, subjects.PRESENCE_BUCKET):
                     await _purge(regional, subjects.kv_stream(bucket), subjects.kv_subject(bucket, key))
+                # What its regional handed it (`regional.assigner` drops it too once it sees
+                # the enrollment gone).
+                assigned = subjects.kv_subject(subjects.ASSIGNED_BUCKET, f"{edge}.>")
+                await _purge(regional, subjects.kv_stream(subjects.ASSIGNED_BUCKET), assigned)
                 await _purge(regional, subjects.INVENTORY_STREAM, subjects.inventories(region, edge))
             except UNANSWERED:
                 answered = False  # a regional that is gone: the hub's copies can still go

@@ -47,13 +47,14 @@ from fleetbus.runtime.signing import Signer, Verifier
 from schemas import subjects
 from schemas.base import Message
 from schemas.codec import JSON, decode_body, encode_body
+from schemas.headers import KV_DELETES, KV_OPERATION
 
 logger = log.get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-DELETE_OPERATIONS = trust.KV_DELETES
-OPERATION = trust.KV_OPERATION
+DELETE_OPERATIONS = KV_DELETES
+OPERATION = KV_OPERATION
 # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 WRONG_LAST_SEQUENCE = (10071, 10164)
 STREAM_NOT_FOUND = 10059
@@ -188,7 +189,7 @@ class Bucket(Generic[M]):
         value = self._decode(key, msg.data)
         return None if value is None else replace(stored, value=value)
 
-    async def _latest(self, key: str) -> tuple[list[Msg], int]:
+    async def _latest(self, key: str, *, headers_only: bool = False) -> tuple[list[Msg], int]:
         """The last record of every key under `key`, and the bucket's last sequence before
         reading. Read with a last-per-subject consumer until nothing is pending: the end of
         the current values is known for sure (nats-py's KV watcher can announce it early).
@@ -196,10 +197,10 @@ class Bucket(Generic[M]):
         waiting: a read that stalls for `READ_STALL` s starts again, three times at most."""
         for _ in range(2):
             with contextlib.suppress(TimeoutError):
-                return await self._read_latest(key)
-        return await self._read_latest(key)
+                return await self._read_latest(key, headers_only)
+        return await self._read_latest(key, headers_only)
 
-    async def _read_latest(self, key: str) -> tuple[list[Msg], int]:
+    async def _read_latest(self, key: str, headers_only: bool = False) -> tuple[list[Msg], int]:
         info = await self._info(key)
         seen = info.state.last_seq
         if not info.state.subjects:
@@ -210,6 +211,7 @@ class Bucket(Generic[M]):
             stream=self.stream,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+            headers_only=headers_only or None,
         )
         try:
             messages = aiter(sub.messages)
@@ -250,9 +252,10 @@ class Bucket(Generic[M]):
             found += [taken for k in lost if (taken := self._taken(k)) is not None]
         return found, seen
 
-    async def records(self, key: str = ">") -> list[Record]:
-        """The latest record of every key under `key`, as stored (neither decoded nor judged)."""
-        messages, _ = await self._latest(key)
+    async def records(self, key: str = ">", *, headers_only: bool = False) -> list[Record]:
+        """The latest record of every key under `key`, as stored (neither decoded nor judged;
+        with `headers_only`, bodies empty: the server sends none)."""
+        messages, _ = await self._latest(key, headers_only=headers_only)
         prefix = self.subject("")
         return [self._record(m.subject.removeprefix(prefix), m.data, m.headers) for m in messages]
 

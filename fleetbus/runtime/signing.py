@@ -198,12 +198,22 @@ class Verifier:
         kept = self.kept.get(ident) if self.track else None
         seen = _seen(kept) if kept else None
         refusal = trust.judge(record, trusted=self.trusted, seen=seen, verify=verify, selects=self.selects)
+        if refusal is Refusal.WITHHELD and kept is not None and kept.digest == record.digest:
+            # The stub it took, read again after its labels changed: what stands is that stub
+            # until the regional hands the profile, and nobody withheld anything.
+            return True
         if refusal is not None:
             if not quiet:
                 self._refused(record, refusal)
             return False
         revision = trust.revision_of(record.headers) or 0
-        if self.track and not quiet and (seen is None or revision > seen.revision):
+        # A higher revision, or the other record of the same one (a profile's and its stub:
+        # the last taken says whether this revision is for this edge).
+        if (
+            self.track
+            and not quiet
+            and (seen is None or revision > seen.revision or record.digest != seen.digest)
+        ):
             self.kept[ident] = Record(
                 record.bucket, record.key, record.operation, record.body, _signature(record)
             )

@@ -1,0 +1,303 @@
+"""Staged rollouts, decided (docs/rollouts.md): which revision of a profile each edge runs
+while a rollout is under way, and when its active wave passes its gate, fails, or the
+rollout completes.
+
+Pure: the rollout's state, what the edges reported (labels, presence, the revision they last
+applied, a failed apply) and the time in; the next state and what happened out. The hub's
+controller feeds it; the same `revision_for` says, for `explain` and for what an edge is
+handed, which revision an edge should run.
+
+- **Waves** are taken in order; an edge belongs to the first wave that takes it: a wave with
+  a `selector` takes the edges it matches, a wave with a `percent` takes each edge not yet
+  taken with that probability, decided by a hash of the rollout, the wave and the edge
+  (`fraction`): stable as other edges come and go, the same at every tier. The first time the
+  state sees an edge its wave is fixed (`members`), so a label change does not move it.
+- **An edge runs the new revision** once its wave started (and after, whatever happens to
+  the rollout, except a rollback of its own wave); before, the previous one.
+- **The gate** of the active wave: each of its edges converged (applied the new revision),
+  then `soak` seconds with none failing; failed applies, edges not converged `wave_timeout`
+  after the wave started and edges going offline during the soak count as failures, and more
+  than `max_failures` halt the rollout (`on_failure: halt`) or roll the wave back
+  (`rollback`). Edges offline when the wave starts are left out (`offline: skip`), waited for
+  (`wait`), or failures (`fail`).
+"""
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from fleetbus.core.selector import matches
+from schemas.rollout import (
+    FINAL,
+    FailurePolicy,
+    OfflinePolicy,
+    RolloutSpec,
+    RolloutState,
+    RolloutStatus,
+    WaveState,
+)
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the hub knows of one edge the profile selects."""
+
+    labels: Mapping[str, str]
+    online: bool
+    applied: int | None = None  # the profile's revision in its last successful apply
+    # The error of its last apply, if that apply failed and ran the rollout's revision (a
+    # failure of the previous revision is not the new one's).
+    failed: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """Something that happened to a rollout (an event and an audit entry at the hub)."""
+
+    kind: (
+        str  # started, wave_started, wave_converged, wave_passed, edge_failed, halted, rolled_back, complete
+    )
+    wave: str | None
+    message: str
+    edge: str | None = None
+
+
+def fraction(key: str, wave: str, edge: str) -> float:
+    """A number in [0, 1) fixed by the rollout, the wave and the edge alone."""
+    digest = hashlib.sha256(f"{key}\n{wave}\n{edge}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def wave_of(spec: RolloutSpec, key: str, edge: str, labels: Mapping[str, str]) -> int | None:
+    """The first wave of `spec` that takes `edge` (None: no wave does; it gets the new
+    revision when the rollout completes)."""
+    for index, wave in enumerate(spec.waves):
+        if wave.selector is not None:
+            if matches(wave.selector, labels):
+                return index
+        elif wave.percent is not None and fraction(key, wave.name, edge) < wave.percent / 100:
+            return index
+    return None
+
+
+def member_wave(state: RolloutState, edge: str, labels: Mapping[str, str]) -> int | None:
+    """`edge`'s wave: the one fixed when the state first saw it, else the one its labels give."""
+    if edge in state.members:
+        return state.members[edge]
+    return wave_of(state.spec, state.key, edge, labels)
+
+
+def start(
+    profile: str, revision: int, previous: int | None, spec: RolloutSpec, now: datetime
+) -> RolloutState:
+    """A new rollout of `revision` (the first wave starts at the first `advance`)."""
+    return RolloutState(
+        profile=profile,
+        revision=revision,
+        previous=previous,
+        spec=spec,
+        waves=[WaveState() for _ in spec.waves],
+        updated_at=now,
+    )
+
+
+def revision_for(state: RolloutState, edge: str, labels: Mapping[str, str]) -> int | None:
+    """The revision `edge` should run now (None: none, a new profile it must not run yet)."""
+    if state.status is RolloutStatus.COMPLETE:
+        return state.revision
+    wave = member_wave(state, edge, labels)
+    if wave is None or wave > state.wave or state.waves[wave].started_at is None:
+        return state.previous
+    if state.status is RolloutStatus.ROLLED_BACK and wave == state.wave:
+        return state.previous
+    return state.revision
+
+
+def describe(state: RolloutState, edge: str, labels: Mapping[str, str]) -> str:
+    """Why `edge` runs what it runs, for `explain`: `rollout base#7 wave early: waiting`."""
+    wave = member_wave(state, edge, labels)
+    name = state.spec.waves[wave].name if wave is not None else "none"
+    if state.status is RolloutStatus.COMPLETE:
+        return f"rollout {state.key}: complete"
+    if wave is None or wave > state.wave or state.waves[wave].started_at is None:
+        where = "waiting" if state.status not in FINAL else f"{state.status.value} before its wave"
+    elif state.status is RolloutStatus.ROLLED_BACK and wave == state.wave:
+        where = "rolled back"
+    else:
+        where = "started" if wave == state.wave else "passed"
+    return f"rollout {state.key} wave {name}: {where}"
+
+
+def advance(
+    state: RolloutState, observed: Mapping[str, Observed], now: datetime
+) -> tuple[RolloutState, list[Transition]]:
+    """The state after looking at the edges at `now`, and what happened. Repeats are
+    harmless: the same inputs give the same state and no new transitions."""
+    if state.status in FINAL or state.status is RolloutStatus.PAUSED:
+        return state, []
+    state = state.model_copy(deep=True)
+    happened: list[Transition] = []
+    spec = state.spec
+    for edge, seen in observed.items():
+        if edge not in state.members and (wave := wave_of(spec, state.key, edge, seen.labels)) is not None:
+            state.members[edge] = wave
+    while state.wave < len(spec.waves):
+        if not _gate(state, observed, now, happened):
+            break
+    if state.wave >= len(spec.waves) and state.status is RolloutStatus.RUNNING:
+        state.status = RolloutStatus.COMPLETE
+        happened.append(Transition("complete", None, f"rollout {state.key} complete"))
+    if happened:
+        state.updated_at = now
+    return state, happened
+
+
+def _gate(
+    state: RolloutState, observed: Mapping[str, Observed], now: datetime, happened: list[Transition]
+) -> bool:
+    """Look at the active wave; True if it passed (the next one is active now)."""
+    spec, index = state.spec, state.wave
+    wave, at = spec.waves[index], state.waves[index]
+    members = sorted(e for e, w in state.members.items() if w == index)
+    if at.started_at is None:
+        _start_wave(state, members, observed, now, happened)
+    gated = [e for e in members if e not in at.skipped]
+    _judge(state, gated, observed, now, happened)
+    if len(at.failed) > spec.allowed_failures(len(members)):
+        _stop(state, happened)
+        return False
+    if any(e not in at.failed and not _converged(state, observed.get(e)) for e in gated):
+        return False  # still converging
+    if at.converged_at is None:
+        at.converged_at = now
+        if members:
+            happened.append(Transition("wave_converged", wave.name, f"wave {wave.name} converged; soaking"))
+    soaked = at.converged_at + timedelta(seconds=spec.soak + state.paused_for)
+    if members and not state.promoted and now < soaked:
+        return False
+    at.passed_at = now
+    state.wave += 1
+    state.promoted = False
+    state.paused_for = 0.0
+    happened.append(Transition("wave_passed", wave.name, f"wave {wave.name} passed"))
+    return True
+
+
+def _start_wave(
+    state: RolloutState,
+    members: list[str],
+    observed: Mapping[str, Observed],
+    now: datetime,
+    happened: list[Transition],
+) -> None:
+    """The active wave starts: its edges offline now are left out, waited for, or failed."""
+    wave, at = state.spec.waves[state.wave], state.waves[state.wave]
+    at.started_at = now
+    state.paused_for = 0.0
+    happened.append(Transition("wave_started", wave.name, f"wave {wave.name} started: {len(members)} edges"))
+    for edge in members:
+        if _online(observed, edge):
+            continue
+        if state.spec.offline is OfflinePolicy.SKIP:
+            at.skipped.append(edge)
+        elif state.spec.offline is OfflinePolicy.FAIL:
+            _fail(at, wave.name, edge, "offline when its wave started", happened)
+
+
+def _judge(
+    state: RolloutState,
+    gated: list[str],
+    observed: Mapping[str, Observed],
+    now: datetime,
+    happened: list[Transition],
+) -> None:
+    """Record the failures among the active wave's gated edges: a failed apply, going offline
+    during the soak, not converged by the wave's deadline."""
+    spec, wave, at = state.spec, state.spec.waves[state.wave], state.waves[state.wave]
+    deadline = (at.started_at or now) + timedelta(seconds=spec.wave_timeout + state.paused_for)
+    for edge in gated:
+        if edge in at.failed:
+            continue
+        seen = observed.get(edge)
+        if seen is not None and seen.failed is not None:
+            _fail(at, wave.name, edge, seen.failed, happened)
+        elif _converged(state, seen):
+            if at.converged_at is not None and not _online(observed, edge):
+                _fail(at, wave.name, edge, "went offline during the soak", happened)
+        elif now >= deadline:
+            why = f"not converged within wave_timeout ({spec.wave_timeout:g} s)"
+            _fail(at, wave.name, edge, why, happened)
+
+
+def _online(observed: Mapping[str, Observed], edge: str) -> bool:
+    seen = observed.get(edge)
+    return seen is not None and seen.online
+
+
+def _converged(state: RolloutState, seen: Observed | None) -> bool:
+    return seen is not None and seen.applied is not None and seen.applied >= state.revision
+
+
+def _fail(at: WaveState, wave: str, edge: str, why: str, happened: list[Transition]) -> None:
+    at.failed[edge] = why
+    happened.append(Transition("edge_failed", wave, f"{edge} failed in wave {wave}: {why}", edge))
+
+
+def _stop(state: RolloutState, happened: list[Transition]) -> None:
+    wave = state.spec.waves[state.wave].name
+    failed = state.waves[state.wave].failed
+    allowed = state.spec.allowed_failures(sum(1 for w in state.members.values() if w == state.wave))
+    why = f"{len(failed)} edges failed in wave {wave} (max_failures {allowed})"
+    if state.spec.on_failure is FailurePolicy.ROLLBACK:
+        state.status = RolloutStatus.ROLLED_BACK
+        happened.append(Transition("rolled_back", wave, f"rollout {state.key} rolled back: {why}"))
+    else:
+        state.status = RolloutStatus.HALTED
+        happened.append(Transition("halted", wave, f"rollout {state.key} halted: {why}"))
+
+
+# What an operator does (`fleetbus rollout pause|resume|abort|promote`)
+
+
+def pause(state: RolloutState, now: datetime) -> RolloutState:
+    _must_be(state, RolloutStatus.RUNNING, "pause")
+    return state.model_copy(update={"status": RolloutStatus.PAUSED, "paused_at": now, "updated_at": now})
+
+
+def resume(state: RolloutState, now: datetime) -> RolloutState:
+    """Running again; the active wave's deadlines move by the time it spent paused."""
+    _must_be(state, RolloutStatus.PAUSED, "resume")
+    paused = (now - state.paused_at).total_seconds() if state.paused_at else 0.0
+    return state.model_copy(
+        update={
+            "status": RolloutStatus.RUNNING,
+            "paused_at": None,
+            "paused_for": state.paused_for + max(paused, 0.0),
+            "updated_at": now,
+        }
+    )
+
+
+def abort(state: RolloutState, now: datetime) -> RolloutState:
+    """Stopped for good: edges keep what they run (those of started waves the new revision)."""
+    if state.status in FINAL:
+        msg = f"rollout {state.key} is {state.status.value} already"
+        raise RolloutError(msg)
+    return state.model_copy(update={"status": RolloutStatus.ABORTED, "updated_at": now})
+
+
+def promote(state: RolloutState, now: datetime) -> RolloutState:
+    """End the active wave's soak: it passes as soon as it converged."""
+    _must_be(state, RolloutStatus.RUNNING, "promote")
+    return state.model_copy(update={"promoted": True, "updated_at": now})
+
+
+class RolloutError(ValueError):
+    """An operator's request the rollout's status does not allow."""
+
+
+def _must_be(state: RolloutState, status: RolloutStatus, what: str) -> None:
+    if state.status is not status:
+        msg = f"cannot {what} rollout {state.key}: it is {state.status.value}, not {status.value}"
+        raise RolloutError(msg)
