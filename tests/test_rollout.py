@@ -385,3 +385,29 @@ def test_no_edge_of_a_later_wave_gets_the_revision_before_the_earlier_waves_pass
             assert wave <= state.wave
             assert state.waves[wave].started_at is not None
             assert all(state.waves[w].passed_at is not None for w in range(wave)), (edge, wave, state)
+
+
+def test_progress_says_where_each_wave_is():
+    edges = fleet(10, canaries=3)
+    state = rollout.start("base", NEW, OLD, spec(soak="10m", max_failures=1), T0)
+    state, _ = rollout.advance(state, observe(edges, state, offline={"e2"}), T0)
+    shown = rollout.progress(state, observe(edges, state, offline={"e2"}), T0)
+    assert (shown[0].name, shown[0].phase, shown[0].members) == ("canary", "converging", 3)
+    assert [w.phase for w in shown[1:]] == ["waiting", "waiting"]
+    assert (
+        shown[0].line() == "canary     converging  0/3 converged, 0 failed, 2 pending, 1 offline, 1 skipped"
+    )
+    now = T0 + timedelta(seconds=20)
+    looked = observe(edges, state, applying={"e0", "e1"}, failing={"e1"})
+    state, _ = rollout.advance(state, looked, now)
+    canary = rollout.progress(state, looked, now + timedelta(seconds=28))[0]
+    assert canary.phase == "soaking"
+    assert canary.line() == (
+        "canary     soaking     1/3 converged, 1 failed, 0 pending, 0 offline, 1 skipped; soak 9m32s left"
+    )
+    assert canary.failed == {"e1": "boom: the driver refused it"}
+    assert rollout.exit_code(state) is None
+    halted = state.model_copy(update={"status": RolloutStatus.HALTED})
+    assert rollout.progress(halted, looked, now)[0].phase == "halted"
+    assert rollout.exit_code(halted) == 1
+    assert rollout.exit_code(state.model_copy(update={"status": RolloutStatus.COMPLETE})) == 0

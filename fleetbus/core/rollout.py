@@ -301,3 +301,98 @@ def _must_be(state: RolloutState, status: RolloutStatus, what: str) -> None:
     if state.status is not status:
         msg = f"cannot {what} rollout {state.key}: it is {state.status.value}, not {status.value}"
         raise RolloutError(msg)
+
+
+# What `fleetbus rollout status` and the dashboard show
+
+
+@dataclass(frozen=True)
+class WaveProgress:
+    """One wave as an operator sees it."""
+
+    name: str
+    phase: str  # waiting, converging, soaking, passed, halted, rolled back, aborted
+    members: int
+    converged: int
+    pending: int
+    offline: int
+    skipped: int
+    failed: Mapping[str, str]  # edge -> why
+    soak_left: float | None = None  # seconds, while soaking
+
+    def line(self) -> str:
+        """`early     soaking   9/10 converged, 1 failed, 0 pending, 0 offline; soak 4m12s left`"""
+        counts = (
+            f"{self.converged}/{self.members} converged, {len(self.failed)} failed, "
+            f"{self.pending} pending, {self.offline} offline"
+        )
+        if self.skipped:
+            counts += f", {self.skipped} skipped"
+        left = f"; soak {_duration(self.soak_left)} left" if self.soak_left is not None else ""
+        return f"{self.name:<10} {self.phase:<11} {counts}{left}"
+
+
+def progress(state: RolloutState, observed: Mapping[str, Observed], now: datetime) -> list[WaveProgress]:
+    """Every wave of `state`, counted from what the edges reported."""
+    found = []
+    for index, wave in enumerate(state.spec.waves):
+        at = state.waves[index] if index < len(state.waves) else WaveState()
+        members = [e for e, w in state.members.items() if w == index]
+        converged = sum(1 for e in members if e not in at.failed and _converged(state, observed.get(e)))
+        offline = sum(1 for e in members if not _online(observed, e))
+        pending = sum(
+            1
+            for e in members
+            if e not in at.failed and e not in at.skipped and not _converged(state, observed.get(e))
+        )
+        soak_left = None
+        phase = _phase(state, index, at)
+        if phase == "soaking" and at.converged_at is not None:
+            end = at.converged_at + timedelta(seconds=state.spec.soak + state.paused_for)
+            soak_left = max((end - now).total_seconds(), 0.0)
+        found.append(
+            WaveProgress(
+                wave.name,
+                phase,
+                len(members),
+                converged,
+                pending,
+                offline,
+                len(at.skipped),
+                dict(at.failed),
+                soak_left,
+            )
+        )
+    return found
+
+
+def _phase(state: RolloutState, index: int, at: WaveState) -> str:
+    if at.passed_at is not None:
+        return "passed"
+    if at.started_at is None or index > state.wave:
+        return "waiting"
+    stopped = {
+        RolloutStatus.HALTED: "halted",
+        RolloutStatus.ROLLED_BACK: "rolled back",
+        RolloutStatus.ABORTED: "aborted",
+    }
+    if state.status in stopped:
+        return stopped[state.status]
+    return "soaking" if at.converged_at is not None else "converging"
+
+
+def exit_code(state: RolloutState) -> int | None:
+    """What `rollout status --wait` exits with: 0 complete, 1 halted, rolled back or aborted,
+    None while it is under way (or paused)."""
+    if state.status is RolloutStatus.COMPLETE:
+        return 0
+    return 1 if state.status in FINAL else None
+
+
+def _duration(seconds: float | None) -> str:
+    whole = int(seconds or 0)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    return (
+        f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    )
