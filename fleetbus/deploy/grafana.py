@@ -229,6 +229,16 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
                 "short",
                 [(f"sum by (outcome) (increase(fleetbus_enrollments_total[{WINDOW}]))", "{{outcome}}")],
             ),
+            (
+                "Records handed to edges (regionals)",
+                "short",
+                [
+                    (
+                        f"sum by (operation) (increase(fleetbus_assigned_writes_total[{WINDOW}]))",
+                        "{{operation}}",
+                    )
+                ],
+            ),
         ],
     ),
     (
