@@ -7,6 +7,7 @@ children also die with this process (see `fleetbus.devfleet.process`).
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from fleetbus.devfleet import identities
 from fleetbus.devfleet.control import ControlServer
 from fleetbus.devfleet.hollow import HollowPlan
 from fleetbus.devfleet.linkproxy import LinkProxy
+from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.plan import HOST, FleetPlan, SitePlan
 from fleetbus.devfleet.process import SupervisedProcess
 from fleetbus.devfleet.servers import NatsServer, check_ports_free
@@ -32,6 +34,9 @@ from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
 
 DASHBOARD_LOGIN = 30 * 24 * 3600  # s the login URL `dev up` prints stays valid
+LINKS_BACK = 15.0  # s a restart waits for the restarted server's leaf links
+LINK_POLL = 0.1  # s between two looks at its /leafz
+HTTP_OK = 200
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -232,13 +237,40 @@ class DevFleet:
         return [p.name for p in procs]
 
     async def restart(self, site: str, *, server: bool = True, daemon: bool = True) -> list[str]:
-        """Stop (SIGTERM) what runs and start `site`'s processes again: server first."""
+        """Stop (SIGTERM) what runs and start `site`'s processes again: server first, then
+        its links (a command that follows reaches through them)."""
         procs = self.processes(site, server=server, daemon=daemon)
         for proc in procs:
             await proc.stop()
         for proc in reversed(procs):  # the server, then the daemon that uses it
             await proc.start()
+            if proc is self.servers[site]:
+                await self._links_back(site)
         return [p.name for p in procs]
+
+    async def _links_back(self, site: str, timeout: float = LINKS_BACK) -> None:
+        """Until `site`'s restarted server holds a leaf link to each neighbour that can
+        reach it (its server running, the link's proxy passing traffic), as its `/leafz`
+        counts them; after `timeout`, go on (they reconnect by themselves) and say so."""
+        plan = self._site(site)
+        neighbours = [(s.name, site) for s in self.plan.sites if s.upstream == site]
+        if plan.upstream:
+            neighbours.append((site, plan.upstream))
+        expected = 0
+        for lower, upper in neighbours:
+            other = upper if lower == site else lower
+            link = self.links.get(lower)
+            passing = link is None or not (link.is_cut or link.is_blackholed)
+            expected += int(passing and self.servers[other].running)
+        url = f"http://{HOST}:{plan.server.http_port}/leafz"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, TimeoutError, ValueError):
+                status, body = await http_get(url, 2.0)
+                if status == HTTP_OK and json.loads(body).get("leafnodes", 0) >= expected:
+                    return
+            await asyncio.sleep(LINK_POLL)  # the poll interval
+        self.progress(f"  {site}: not every leaf link is back {timeout:g}s after the restart")
 
     def crashes(self) -> dict[str, int]:
         """Exits nobody asked for, per process (a kill or a stop is asked for)."""
