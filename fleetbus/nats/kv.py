@@ -59,6 +59,7 @@ OPERATION = KV_OPERATION
 WRONG_LAST_SEQUENCE = (10071, 10164)
 STREAM_NOT_FOUND = 10059
 READ_STALL = 5.0  # s without a record before a read of current values starts again
+QUIET = 0.25  # s without a record after which a burst the server says goes on is told anyway
 NEVER = datetime.min.replace(tzinfo=UTC)  # a stored time nats-server did not give
 
 
@@ -512,8 +513,43 @@ class Mirror(Generic[M]):
         self._take([*entries, *(Entry[M](key, None, 0, NEVER) for key in sorted(gone))])
         self.loaded.set()
         self._retry.reset()
+        changes: asyncio.Queue[tuple[Entry[M] | None, int]] = asyncio.Queue()
+        reader = asyncio.create_task(self._read(seen, changes), name=f"changes-{self.bucket.name}")
+        try:
+            await self._bursts(changes, reader)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+
+    async def _read(self, after: int, changes: "asyncio.Queue[tuple[Entry[M] | None, int]]") -> None:
+        async for item in self.bucket._changes(self.key, after=after):
+            changes.put_nowait(item)
+
+    async def _bursts(
+        self, changes: "asyncio.Queue[tuple[Entry[M] | None, int]]", reader: "asyncio.Task[None]"
+    ) -> None:
+        """Tell each burst: the records up to one the server says nothing follows (pending
+        0), or, when it says more follows but nothing comes for `QUIET` seconds, what came.
+        nats-server can count as pending a record the bucket's per-key limit already removed
+        (a key written twice in quick succession): without the quiet rule, the last value
+        would wait for the next write (measured: 2 bursts in 30 on a replica catching up)."""
         burst: Changed[M] = []
-        async for entry, pending in self.bucket._changes(self.key, after=seen):
+        while True:
+            getter = asyncio.ensure_future(changes.get())
+            done, _ = await asyncio.wait(
+                {getter, reader}, timeout=QUIET if burst else None, return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter not in done:
+                getter.cancel()  # the record, if one came meanwhile, stays queued
+                if reader in done:
+                    reader.result()  # raise what ended the read
+                    msg = f"the read of bucket {self.bucket.name!r} ended"
+                    raise MissingError(msg)
+                self._take(burst)
+                burst = []
+                continue
+            entry, pending = getter.result()
             if entry is not None:
                 burst.append(entry)
             if pending == 0 and burst:  # the end of a burst, even if its last value was bad
