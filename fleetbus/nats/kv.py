@@ -536,20 +536,23 @@ class Mirror(Generic[M]):
         would wait for the next write (measured: 2 bursts in 30 on a replica catching up)."""
         burst: Changed[M] = []
         while True:
-            getter = asyncio.ensure_future(changes.get())
-            done, _ = await asyncio.wait(
-                {getter, reader}, timeout=QUIET if burst else None, return_when=asyncio.FIRST_COMPLETED
-            )
-            if getter not in done:
-                getter.cancel()  # the record, if one came meanwhile, stays queued
-                if reader in done:
-                    reader.result()  # raise what ended the read
-                    msg = f"the read of bucket {self.bucket.name!r} ended"
-                    raise MissingError(msg)
-                self._take(burst)
-                burst = []
-                continue
-            entry, pending = getter.result()
+            if changes.empty():  # wait for the next record, the quiet end of a burst, or the end
+                getter = asyncio.ensure_future(changes.get())
+                done, _ = await asyncio.wait(
+                    {getter, reader}, timeout=QUIET if burst else None, return_when=asyncio.FIRST_COMPLETED
+                )
+                if getter not in done:
+                    getter.cancel()  # the record, if one came meanwhile, stays queued
+                    if reader in done:
+                        reader.result()  # raise what ended the read
+                        msg = f"the read of bucket {self.bucket.name!r} ended"
+                        raise MissingError(msg)
+                    self._take(burst)
+                    burst = []
+                    continue
+                entry, pending = getter.result()
+            else:
+                entry, pending = changes.get_nowait()
             if entry is not None:
                 burst.append(entry)
             if pending == 0 and burst:  # the end of a burst, even if its last value was bad
