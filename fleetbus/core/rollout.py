@@ -164,8 +164,9 @@ def _gate(
         _start_wave(state, members, observed, now, happened)
     gated = [e for e in members if e not in at.skipped]
     _judge(state, gated, observed, now, happened)
-    if len(at.failed) > spec.allowed_failures(len(members)):
-        _stop(state, happened)
+    allowed = spec.allowed_failures(len(members))
+    if len(at.failed) > allowed:
+        _stop(state, allowed, happened)
         return False
     if any(e not in at.failed and not _converged(state, observed.get(e)) for e in gated):
         return False  # still converging
@@ -244,10 +245,9 @@ def _fail(at: WaveState, wave: str, edge: str, why: str, happened: list[Transiti
     happened.append(Transition("edge_failed", wave, f"{edge} failed in wave {wave}: {why}", edge))
 
 
-def _stop(state: RolloutState, happened: list[Transition]) -> None:
+def _stop(state: RolloutState, allowed: int, happened: list[Transition]) -> None:
     wave = state.spec.waves[state.wave].name
     failed = state.waves[state.wave].failed
-    allowed = state.spec.allowed_failures(sum(1 for w in state.members.values() if w == state.wave))
     why = f"{len(failed)} edges failed in wave {wave} (max_failures {allowed})"
     if state.spec.on_failure is FailurePolicy.ROLLBACK:
         state.status = RolloutStatus.ROLLED_BACK

@@ -47,14 +47,12 @@ from fleetbus.runtime.signing import Signer, Verifier
 from schemas import subjects
 from schemas.base import Message
 from schemas.codec import JSON, decode_body, encode_body
-from schemas.headers import KV_DELETES, KV_OPERATION
+from schemas.headers import KV_OPERATION
 
 logger = log.get_logger(__name__)
 
 M = TypeVar("M", bound=Message)
 
-DELETE_OPERATIONS = KV_DELETES
-OPERATION = KV_OPERATION
 # JSStreamWrongLastSequenceErrF, JSStreamWrongLastSequenceConstantErr
 WRONG_LAST_SEQUENCE = (10071, 10164)
 STREAM_NOT_FOUND = 10059
@@ -161,11 +159,9 @@ class Bucket(Generic[M]):
             self.metrics.messages_in.labels(kind=self.model.SCHEMA).inc()
         return value
 
-    def _guarded(self, key: str, data: bytes, headers: dict[str, str] | None, *, quiet: bool = False) -> bool:
+    def _guarded(self, record: Record, *, quiet: bool = False) -> bool:
         """Whether the guard (if any) takes this record."""
-        if self.guard is None:
-            return True
-        return self.guard.accept(self._record(key, data, headers), quiet=quiet)
+        return self.guard is None or self.guard.accept(record, quiet=quiet)
 
     def _record(self, key: str, data: bytes | None, headers: dict[str, str] | None) -> Record:
         headers = headers or {}
@@ -174,7 +170,8 @@ class Bucket(Generic[M]):
     def _entry(self, msg: Msg) -> Entry[M] | None:
         """The entry `msg` holds; None if its value cannot be decoded or the guard refuses it."""
         key = msg.subject.removeprefix(self.subject(""))
-        if not self._guarded(key, msg.data, msg.headers):
+        record = self._record(key, msg.data, msg.headers)
+        if not self._guarded(record):
             return None
         stored = Entry[M](
             key,
@@ -182,10 +179,10 @@ class Bucket(Generic[M]):
             msg.metadata.sequence.stream,
             msg.metadata.timestamp,
             msg.metadata.num_pending,
-            trust.revision_of(msg.headers or {}),
-            self._record(key, msg.data, msg.headers),
+            trust.revision_of(record.headers),
+            record,
         )
-        if _absent(msg.headers):
+        if _absent(record):
             return stored
         value = self._decode(key, msg.data)
         return None if value is None else replace(stored, value=value)
@@ -264,7 +261,11 @@ class Bucket(Generic[M]):
         """Keys under `key` whose latest record is not a delete (values not decoded)."""
         messages, _ = await self._latest(key)
         prefix = self.subject("")
-        return sorted(m.subject.removeprefix(prefix) for m in messages if not _absent(m.headers))
+        return sorted(
+            m.subject.removeprefix(prefix)
+            for m in messages
+            if trust.operation_of(m.headers or {}) == trust.PUT
+        )
 
     async def current(self, key: str = ">") -> list[Entry[M]]:
         """The last good value of every key under `key`, deleted keys left out."""
@@ -282,10 +283,11 @@ class Bucket(Generic[M]):
             if missing := self._missing(exc):
                 raise missing from exc
             return None
-        if not self._guarded(key, raw.data or b"", raw.headers):
+        record = self._record(key, raw.data, raw.headers)
+        if not self._guarded(record):
             good = await self._last_good(key)
             return None if good is None or good.deleted else good
-        if _absent(raw.headers):
+        if _absent(record):
             return None
         if (value := self._decode(key, raw.data or b"")) is not None:
             return Entry(key, value, raw.seq or 0, raw.time or NEVER, 0, trust.revision_of(raw.headers or {}))
@@ -322,9 +324,10 @@ class Bucket(Generic[M]):
                 return found
             seq = (raw.seq or seq) + 1
             stored, signed = raw.time or NEVER, trust.revision_of(raw.headers or {})
-            if not self._guarded(key, raw.data or b"", raw.headers, quiet=True):
+            record = self._record(key, raw.data, raw.headers)
+            if not self._guarded(record, quiet=True):
                 continue
-            if _absent(raw.headers):
+            if _absent(record):
                 found.append(Entry(key, None, raw.seq or 0, stored, 0, signed))
             elif (value := self._decode(key, raw.data or b"", quiet=True)) is not None:
                 found.append(Entry(key, value, raw.seq or 0, stored, 0, signed))
@@ -342,7 +345,7 @@ class Bucket(Generic[M]):
         if record is None:
             return None
         signed = trust.revision_of(record.headers)
-        if record.operation in (trust.DELETE, trust.STUB_OPERATION):
+        if _absent(record):
             return Entry(key, None, 0, NEVER, 0, signed)
         value = self._decode(key, record.body, quiet=True)
         return None if value is None else Entry(key, value, 0, NEVER, 0, signed)
@@ -432,7 +435,7 @@ class Bucket(Generic[M]):
 
     async def delete(self, key: str, *, revision: int | None = None) -> None:
         """Mark `key` deleted (its history stays, as `nats kv del` leaves it)."""
-        headers = {OPERATION: "DEL", **self._stamp(key, trust.DELETE, b"", revision)}
+        headers = {KV_OPERATION: "DEL", **self._stamp(key, trust.DELETE, b"", revision)}
         await self.js.publish(self._exact(key), b"", stream=self.stream, headers=headers)
 
     async def put_record(self, key: str, body: bytes, headers: dict[str, str]) -> None:
@@ -451,10 +454,10 @@ class Bucket(Generic[M]):
         return entry
 
 
-def _absent(headers: dict[str, str] | None) -> bool:
+def _absent(record: Record) -> bool:
     """Whether a record says its key holds nothing: a delete, a purge, or a profile's stub
     (`fleetbus.core.trust`: the revision is not for this edge)."""
-    return trust.operation_of(headers or {}) != trust.PUT
+    return record.operation != trust.PUT
 
 
 def subject_matches(pattern: str, key: str) -> bool:
