@@ -10,6 +10,7 @@ import nats
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from fleetbus.devfleet import identities
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
@@ -151,3 +152,12 @@ def files_holding(fleet: DevFleet, needle: bytes) -> set[str]:
             if path.is_file() and needle in path.read_bytes():
                 found.add(f"{site.name}/{path.relative_to(site.workdir)}")
     return found
+
+
+async def client_of(fleet: DevFleet, creds: Path | None = None) -> FleetClient:
+    """A client of the fleet's hub as `creds` (default: the fleet's admin), verifying its CA."""
+    return await FleetClient.connect(
+        fleet.plan.site("hub").server.client_url,
+        creds=creds or identities.operator_creds(fleet.plan.state_dir),
+        ca=identities.ca_cert(fleet.plan.state_dir),
+    )

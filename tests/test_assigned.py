@@ -14,7 +14,6 @@ import tomllib
 import pytest
 from nats.aio.client import Client
 
-from fleetbus.devfleet import identities
 from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.supervisor import DevFleet, toml_text
 from fleetbus.sdk.client import FleetClient
@@ -23,8 +22,8 @@ from schemas.codec import decode_body
 from schemas.headers import STUB
 from schemas.override import OverrideScope
 from schemas.profile import LabelSelector, Profile, ProfileSpec
-from tests.conftest import admin_creds, connect_as
-from tests.fleetprobe import applied_hash, files_holding
+from tests.conftest import connect_as
+from tests.fleetprobe import applied_hash, client_of, files_holding
 from tests.helpers import eventually
 
 pytestmark = pytest.mark.slow
@@ -35,13 +34,6 @@ E1, E2 = "r1-e1", "r1-e2"
 def profile(name: str, selector: dict[str, str], marker: str) -> Profile:
     return Profile(
         name=name, selector=LabelSelector(match_labels=selector), spec=ProfileSpec(config={name: marker})
-    )
-
-
-async def client_of(fleet: DevFleet) -> FleetClient:
-    hub = fleet.plan.site("hub").server.client_url
-    return await FleetClient.connect(
-        hub, creds=admin_creds(fleet.plan), ca=identities.ca_cert(fleet.plan.state_dir)
     )
 
 

@@ -32,7 +32,7 @@ from schemas.desk import AuditRecord
 from schemas.override import OverrideScope
 from schemas.profile import Profile, ProfileSpec
 from tests.conftest import admin_creds, connect_as, hub_args
-from tests.fleetprobe import applied_hash
+from tests.fleetprobe import applied_hash, client_of
 from tests.helpers import arun_cli, eventually
 
 EDGES = ("r1-e1", "r1-e2")
@@ -48,14 +48,6 @@ def handed(edge: str) -> str:
 
 def profile(version: str, revision: int | None = None) -> Profile:
     return Profile(name="base", revision=revision, spec=ProfileSpec(config={"version": version}))
-
-
-async def client_of(fleet: DevFleet, creds=None) -> FleetClient:
-    return await FleetClient.connect(
-        fleet.plan.site("hub").server.client_url,
-        creds=creds or admin_creds(fleet.plan),
-        ca=identities.ca_cert(fleet.plan.state_dir),
-    )
 
 
 async def all_applied(client: FleetClient) -> dict[str, str] | None:

@@ -34,7 +34,7 @@ from schemas.codec import JSON, encode_body
 from schemas.inventory import InventorySnapshot
 from schemas.profile import LabelSelector, Profile, ProfileSpec
 from tests.conftest import connect_as, hub_args, running_fleet
-from tests.fleetprobe import applied_hash, files_holding
+from tests.fleetprobe import applied_hash, client_of, files_holding
 from tests.helpers import arun_cli, eventually
 from tests.test_enrollment import revoke
 from tests.test_security import _filtered_consumer
@@ -210,14 +210,6 @@ async def _applied_marker(client: FleetClient, edge: str, marker: str) -> bool:
     return (
         desired.document["config"].get("marker") == marker
         and await applied_hash(client, edge) == desired.hash
-    )
-
-
-async def client_of(fleet: DevFleet, creds: Path | None = None) -> FleetClient:
-    return await FleetClient.connect(
-        fleet.plan.site("hub").server.client_url,
-        creds=creds or identities.operator_creds(fleet.plan.state_dir),
-        ca=identities.ca_cert(fleet.plan.state_dir),
     )
 
 
