@@ -22,6 +22,7 @@ from fleetbus.sdk.client import FleetClient
 from hub import api, streams, web
 from hub.desk import Desk
 from hub.fleetview import FleetView
+from hub.rollouts import Rollouts
 from hub.sealer import Sealer
 from schemas import subjects
 from schemas.base import utcnow
@@ -35,6 +36,7 @@ BUCKETS = (
     BucketSpec(subjects.REGIONS_BUCKET, description="Presence of each regional, as the hub hears it."),
     BucketSpec(subjects.SECRETS_BUCKET, history=4, description="Secrets, each sealed to the hub's key."),
     BucketSpec(subjects.SEALED_BUCKET, description="Per edge: its secrets, sealed to its key."),
+    BucketSpec(subjects.ROLLOUTS_BUCKET, description="Staged rollouts: one state per profile revision."),
 )
 
 
@@ -58,6 +60,7 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         follower = SiteFollower([events, inventory, presence], kick=settings.heal_acceleration)
         signer = Signer(load_identity(settings.signing_key)) if settings.signing_key else None
         desk = Desk(daemon.bus, settings, metrics, signer)
+        view = _rollouts(daemon, settings, desk)
         daemon.bus.reconnect_listeners.append(follower.server_back)  # its server restarted
         server_back = asyncio.Event()
         daemon.bus.reconnect_listeners.append(server_back.set)
@@ -123,11 +126,24 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         daemon.add_task("presence", regions.run)
         daemon.add_task("limits", limits)
         if listener is not None:
-            _dashboard(daemon, settings, listener)
+            _dashboard(daemon, settings, listener, view)
         try:
             await daemon.run()
         finally:
             await desk.close()
+
+
+def _rollouts(daemon: Daemon, settings: HubSettings, desk: Desk) -> FleetView:
+    """The hub's view of the fleet (the dashboard's too), and the rollout controller on it."""
+    view = FleetView(
+        FleetClient(daemon.bus, settings.nats_url),
+        on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
+    )
+    rollouts = Rollouts(daemon.bus.js, desk.profiles)
+    rollouts.view, desk.rollouts = view, rollouts
+    daemon.add_task("fleet-view", view.run)
+    daemon.add_task("rollouts", rollouts.run)
+    return view
 
 
 def _sealer(daemon: Daemon, settings: HubSettings, signer: Signer | None) -> None:
@@ -139,12 +155,8 @@ def _sealer(daemon: Daemon, settings: HubSettings, signer: Signer | None) -> Non
     daemon.add_task("sealer", sealer.run)
 
 
-def _dashboard(daemon: Daemon, settings: HubSettings, listener: socket.socket) -> None:
-    """The web dashboard and JSON API, on `listener`, from a live view of the hub's buckets."""
-    view = FleetView(
-        FleetClient(daemon.bus, settings.nats_url),
-        on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
-    )
+def _dashboard(daemon: Daemon, settings: HubSettings, listener: socket.socket, view: FleetView) -> None:
+    """The web dashboard and JSON API, on `listener`, from the live view of the hub's buckets."""
     signer = settings.signing_key and load_identity(settings.signing_key).public_key
     tokens = (lambda token: apitoken.check(token, {signer}, utcnow())) if signer else None
     if tokens is None:
@@ -152,7 +164,6 @@ def _dashboard(daemon: Daemon, settings: HubSettings, listener: socket.socket) -
     app = web.create_app(view, daemon.metrics, hosts=settings.dashboard_hosts, tokens=tokens)
     host, port = listener.getsockname()[:2]
     logger.info("dashboard", url=f"http://{host}:{port}/")
-    daemon.add_task("fleet-view", view.run)
     daemon.add_task("fleet-counts", lambda: export_counts(view, daemon.metrics))
     daemon.add_task("dashboard", lambda: web.serve(app, listener))
 

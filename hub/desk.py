@@ -22,7 +22,7 @@ from typing import Any
 
 from pydantic import JsonValue, ValidationError
 
-from fleetbus.core import roles
+from fleetbus.core import roles, rollout
 from fleetbus.core import secrets as secret_refs
 from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedError
 from fleetbus.nats.bus import Bus, Msg
@@ -36,8 +36,9 @@ from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.sealing import MAX_SECRET, SealError
 from fleetbus.runtime.settings import HubSettings
 from fleetbus.runtime.signing import Signer, Verifier
-from fleetbus.sdk.documents import Plan
+from fleetbus.sdk.documents import STAMPS, Plan
 from fleetbus.sdk.stores import OverrideStore, ProfileStore
+from hub.rollouts import Rollouts
 from schemas import subjects
 from schemas.base import check_token, utcnow
 from schemas.codec import JSON, encode_body
@@ -112,6 +113,7 @@ class Desk:
         self.settings = settings
         self.files = hub_files(settings.admission_dir) if settings.admission_dir else None
         self.control: ServerControl | None = None
+        self.rollouts: Rollouts | None = None  # the hub daemon's rollout controller
         self.presence = Bucket(js, subjects.PRESENCE_BUCKET, PresenceChange)
         self.nonces: dict[str, datetime] = {}
         self.handlers: dict[str, Callable[[DeskRequest, OperatorRecord], Awaitable[Done]]] = {
@@ -120,6 +122,11 @@ class Desk:
             "profile.apply": self._profile_apply,
             "profile.rollback": self._profile_rollback,
             "profile.delete": self._profile_delete,
+            "rollout.status": self._rollout_status,
+            "rollout.pause": self._rollout_operate,
+            "rollout.resume": self._rollout_operate,
+            "rollout.abort": self._rollout_operate,
+            "rollout.promote": self._rollout_operate,
             "override.set": self._override_set,
             "override.remove": self._override_remove,
             "operator.add": self._operator_add,
@@ -311,15 +318,36 @@ class Desk:
             raise ConfigError(str(exc)) from None
         expect = request.args.get("expect_revision")
         wanted = expect if isinstance(expect, int) and not isinstance(expect, bool) else None
-        plan = await self.profiles.apply(profile, actor=who.name, expect_revision=wanted)
+        plan = await self._store(profile, who, wanted)
         return _plan(plan), f"profile {profile.name}", plan.new.revision if plan.changed else None, plan.diff
+
+    async def _store(
+        self, profile: Profile, who: OperatorRecord, expect: int | None, *, immediate: bool = False
+    ) -> Plan:
+        """Store `profile` as its next revision; one carrying `rollout` gets its rollout's
+        state first (`immediate`: complete at once), so no regional sees it without one."""
+        plan = await self.profiles.plan(profile, actor=who.name)
+        current = plan.current.revision or 0 if plan.current else 0
+        if expect is not None and expect != current:
+            msg = (
+                f"profile {profile.name!r} is at revision {current}, not {expect}: "
+                "someone changed it; review `fleetbus profile diff` and apply again"
+            )
+            raise ConflictError(msg)
+        if plan.changed and plan.new.rollout is not None:
+            if self.rollouts is None:
+                msg = "this hub runs no rollout controller; apply the profile without `rollout`"
+                raise ConfigError(msg)
+            await self.rollouts.begin(plan.new, actor=who.name, immediate=immediate)
+        return await self.profiles.apply(profile, actor=who.name, expect_revision=current)
 
     async def _profile_rollback(self, request: DeskRequest, who: OperatorRecord) -> Done:
         name, to = _text(request.args, "name"), request.args.get("to")
         if not isinstance(to, int) or isinstance(to, bool):
             msg = "rollback needs `to`, a revision number"
             raise ConfigError(msg)
-        plan = await self.profiles.rollback(name, to, actor=who.name)
+        old = await self.profiles.get(name, to)
+        plan = await self._store(old.model_copy(update=dict.fromkeys(STAMPS)), who, None, immediate=True)
         return _plan(plan), f"profile {name}", plan.new.revision if plan.changed else None, plan.diff
 
     async def _profile_delete(self, request: DeskRequest, _who: OperatorRecord) -> Done:
@@ -331,6 +359,33 @@ class Desk:
             None,
             f"deleted at revision {profile.revision}",
         )
+
+    def _controller(self) -> Rollouts:
+        if self.rollouts is None:
+            msg = "this hub runs no rollout controller"
+            raise ConfigError(msg)
+        return self.rollouts
+
+    async def _rollout_status(self, request: DeskRequest, _who: OperatorRecord) -> Done:
+        """The newest rollout of a profile (or of `revision`), with each wave's progress as
+        the hub sees the edges now."""
+        name, revision = _text(request.args, "name"), request.args.get("revision")
+        controller = self._controller()
+        state = await controller.latest(name, revision if isinstance(revision, int) else None)
+        result: dict[str, JsonValue] = {
+            "state": state.model_dump(mode="json"),
+            "progress": [
+                p.as_json() for p in rollout.progress(state, controller.observed(state), self.clock())
+            ],
+            "exit_code": rollout.exit_code(state),
+            "at": self.clock().isoformat(),
+        }
+        return result, f"rollout {state.key}", state.revision, ""
+
+    async def _rollout_operate(self, request: DeskRequest, who: OperatorRecord) -> Done:
+        op = request.op.removeprefix("rollout.")
+        state = await self._controller().operate(_text(request.args, "name"), op, actor=who.name)
+        return {"state": state.model_dump(mode="json")}, f"rollout {state.key}", state.revision, op
 
     async def _override_set(self, request: DeskRequest, who: OperatorRecord) -> Done:
         scope, name = OverrideScope(_scope(request.args)), _text(request.args, "name")

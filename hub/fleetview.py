@@ -47,6 +47,15 @@ RECENT_EVENTS = 500  # the fleet-wide feed
 EDGE_EVENTS = 20  # per edge, for its page
 MAX_EDGES = 20_000  # edges held; records naming more are dropped (docs/dashboard.md)
 BUS_PERIOD = 0.25  # s between looks at the hub's own connection
+MIRRORED = (
+    subjects.REGIONS_BUCKET,
+    subjects.PRESENCE_BUCKET,
+    subjects.INVENTORY_BUCKET,
+    subjects.APPLIED_BUCKET,
+    subjects.PROFILES_BUCKET,
+    subjects.OVERRIDES_BUCKET,
+    subjects.SECRETS_BUCKET,
+)
 
 
 @dataclass
@@ -109,6 +118,8 @@ class FleetView:
         self.version = 0
         self.policy_version = 0  # bumped by profile and override changes
         self._changed = asyncio.Condition()
+        self.ready = asyncio.Event()  # every bucket read once (an empty view is not a fleet)
+        self._loaded: set[str] = set()
         self._compliance: dict[str, tuple[int, EdgeCompliance]] = {}
         self._next_expiry: datetime | None = None
 
@@ -197,6 +208,9 @@ class FleetView:
                 entries, seen = await bucket.snapshot()
                 for entry in entries:
                     apply(entry, entry.value)
+                self._loaded.add(name)
+                if len(self._loaded) == len(MIRRORED):
+                    self.ready.set()
                 await self._notify()
                 backoff.reset()
                 async for entry in bucket.changes(after=seen):

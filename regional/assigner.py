@@ -13,17 +13,24 @@ records arrive in order; a burst's writes go out together (`CONCURRENCY` in flig
 the bucket holds is read once at start, so a restart writes only what changed meanwhile.
 An edge that `fleetbus edge forget` removed loses its keys (the regional daemon tells the
 assigner when it finds the enrollment gone, and `forget` purges them too).
+
+A profile revision that carries `rollout` (docs/rollouts.md) is handed only as its rollout's
+state (the hub's `rollouts` bucket, replicated here) says: each edge gets the revision
+`fleetbus.core.rollout.revision_for` gives it, the new one once its wave started, the
+previous one before (copied from what the assigner saw before, or from an edge's key that
+holds it after a restart); before that state arrives, nothing; and never a revision older
+than what the edge's key holds (an edge would refuse it).
 """
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from fleetbus.core import assignment
+from fleetbus.core import assignment, rollout
 from fleetbus.core.assignment import Current, Held
 from fleetbus.core.desired import edge_groups
-from fleetbus.core.trust import STUB_OPERATION, Record, revision_of
+from fleetbus.core.trust import PUT, STUB_OPERATION, Record, revision_of
 from fleetbus.nats.bus import Bus
 from fleetbus.nats.errors import is_transient
 from fleetbus.nats.kv import Bucket, Entry, Mirror
@@ -34,15 +41,18 @@ from fleetbus.runtime.signing import stub_record
 from fleetbus.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.base import Message
+from schemas.codec import decode_body
 from schemas.enrollment import Enrollment
 from schemas.headers import KV_OPERATION, REVISION, SIGNATURE, SIGNER, STUB
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
+from schemas.rollout import RolloutState
 
 logger = log.get_logger(__name__)
 
 CONCURRENCY = 256  # writes in flight
 YIELD_EVERY = 500  # edges decided between two yields to the event loop
+KEEP_EARLIER = 4  # earlier revisions of each profile kept in memory (a rollout's previous one)
 GROUP_PREFIX = f"{OverrideScope.GROUP.value}."
 KEPT_HEADERS = (SIGNER, REVISION, SIGNATURE, STUB, KV_OPERATION)
 
@@ -61,10 +71,15 @@ class Assigner:
             Bucket(js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics), f"{GROUP_PREFIX}>"
         )
         self._edges = Mirror(Bucket(js, subjects.EDGES_BUCKET, Enrollment, metrics=metrics))
+        self._rollouts = Mirror(Bucket(js, subjects.ROLLOUTS_BUCKET, RolloutState, metrics=metrics))
         # name -> the latest record (PUT or DEL) of each profile and group override, and what
         # the decisions need of it (decoded once)
         self.profiles: dict[str, tuple[Record, Current]] = {}
         self.groups: dict[str, tuple[Record, Current]] = {}
+        self.gated: set[str] = set()  # profiles whose latest revision rolls out in waves
+        self.rollouts: dict[str, RolloutState] = {}  # `<profile>.<revision>` -> its state
+        # name -> revision -> an earlier record of the profile (what a waiting edge keeps)
+        self.earlier: dict[str, dict[int, tuple[Record, Current]]] = {}
         self.labels: dict[str, dict[str, str]] = {}  # edge -> its labels
         self.held: dict[Pair, Held] = {}
         self._dirty_profiles: set[str] = set()
@@ -78,6 +93,7 @@ class Assigner:
         self._profiles.listen(self._on_profiles)
         self._groups.listen(self._on_groups)
         self._edges.listen(self._on_edges)
+        self._rollouts.listen(self._on_rollouts)
 
     async def run(self) -> None:
         """Follow the replicas and the enrollments, and hand out what changed, until
@@ -85,10 +101,10 @@ class Assigner:
         written yet written): never the end of the regional daemon."""
         mirrors = [
             asyncio.create_task(m.run(), name=f"assigner-{m.bucket.name}")
-            for m in (self._profiles, self._groups, self._edges)
+            for m in (self._profiles, self._groups, self._edges, self._rollouts)
         ]
         try:
-            for mirror in (self._profiles, self._groups, self._edges):
+            for mirror in (self._profiles, self._groups, self._edges, self._rollouts):
                 await mirror.loaded.wait()
             while True:
                 try:
@@ -128,7 +144,16 @@ class Assigner:
         for entry in entries:
             if (record := _signed(entry)) is not None:
                 selector = entry.value.selector if entry.value is not None else None
+                if (before := self.profiles.get(entry.key)) is not None and before[1].operation == PUT:
+                    kept = self.earlier.setdefault(entry.key, {})
+                    kept[before[1].revision] = before
+                    for old in sorted(kept)[:-KEEP_EARLIER]:
+                        del kept[old]
                 self.profiles[entry.key] = (record, Current(_revision(record), record.operation, selector))
+                if entry.value is not None and entry.value.rollout is not None:
+                    self.gated.add(entry.key)
+                else:
+                    self.gated.discard(entry.key)
                 self._dirty_profiles.add(entry.key)
         self._wake.set()
 
@@ -138,6 +163,15 @@ class Assigner:
                 group = entry.key.removeprefix(GROUP_PREFIX)
                 self.groups[group] = (record, Current(_revision(record), record.operation))
                 self._dirty_groups.add(group)
+        self._wake.set()
+
+    def _on_rollouts(self, entries: Sequence[Entry[RolloutState]]) -> None:
+        for entry in entries:
+            if entry.value is None:
+                self.rollouts.pop(entry.key, None)
+            else:
+                self.rollouts[entry.key] = entry.value
+                self._dirty_profiles.add(entry.value.profile)
         self._wake.set()
 
     def _on_edges(self, entries: Sequence[Entry[Enrollment]]) -> None:
@@ -164,6 +198,7 @@ class Assigner:
             edges = set(self.labels)
             gone |= {p[0] for p in self.held} - set(self.labels)  # keys of edges gone meanwhile
         writes: dict[Pair, Write] = {}
+        await self._recall_earlier()
         for count, edge in enumerate(list(self.labels), 1):
             names = self.profiles if edge in edges else profiles
             for name in names:
@@ -184,9 +219,52 @@ class Assigner:
 
     def _decide_profile(self, edge: str, name: str, writes: dict[Pair, "Write"]) -> None:
         pair = (edge, subjects.ASSIGNED_PROFILE, name)
-        record, current = self.profiles[name]
-        if (want := assignment.for_profile(current, self.labels[edge], self.held.get(pair))) is not None:
+        labels, held = self.labels[edge], self.held.get(pair)
+        found = self._revision_for(edge, name, labels)
+        if found is None:
+            return  # nothing to hand now (a rollout keeps what the edge holds)
+        record, current = found
+        want = assignment.for_profile(current, labels, held)
+        if want is not None and (held is None or held.revision <= want.revision):
             writes[pair] = Write(want, record)
+
+    def _revision_for(self, edge: str, name: str, labels: dict[str, str]) -> tuple[Record, Current] | None:
+        """The record of `name` that `edge` should hold: the latest, unless a rollout holds
+        it back (then the one its state gives, or None: nothing yet)."""
+        latest = self.profiles[name]
+        if name not in self.gated or latest[1].operation != PUT:
+            return latest
+        state = self.rollouts.get(subjects.rollout_key(name, latest[1].revision))
+        if state is None:
+            return None  # its state is on its way (another stream): hand nothing before it
+        runs = rollout.revision_for(state, edge, labels)
+        if runs == latest[1].revision:
+            return latest
+        return self.earlier.get(name, {}).get(runs) if runs is not None else None
+
+    async def _recall_earlier(self) -> None:
+        """The previous revision of each profile under way in a rollout, if not seen since
+        the start: copied back from an edge's key that holds it."""
+        for name in self.gated:
+            latest = self.profiles[name][1]
+            state = self.rollouts.get(subjects.rollout_key(name, latest.revision))
+            previous = state.previous if state is not None else None
+            if previous is None or previous in self.earlier.get(name, {}):
+                continue
+            holder = next(
+                (
+                    p
+                    for p, h in self.held.items()
+                    if p[1:] == (subjects.ASSIGNED_PROFILE, name) and h == Held(previous, PUT)
+                ),
+                None,
+            )
+            if holder is None:
+                continue  # no edge here holds it: edges waiting for their wave get nothing yet
+            for record in await self.assigned.records(subjects.assigned_key(*holder)):
+                value = decode_body(Profile, record.body, subject=record.key)
+                current = Current(previous, PUT, value.selector)
+                self.earlier.setdefault(name, {})[previous] = (replace(record, key=name), current)
 
     def _decide_group(self, edge: str, group: str, member: bool, writes: dict[Pair, "Write"]) -> None:
         pair = (edge, subjects.ASSIGNED_GROUP, group)

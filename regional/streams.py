@@ -15,7 +15,12 @@ def replicas(region: str) -> list[StreamConfig]:
     deliver = subjects.deliver_down(subjects.region_base(region))
     return [
         replica_bucket(bucket, [source(subjects.kv_stream(bucket), HUB_DOMAIN, deliver=deliver)])
-        for bucket in (subjects.PROFILES_BUCKET, subjects.OVERRIDES_BUCKET, subjects.SEALED_BUCKET)
+        for bucket in (
+            subjects.PROFILES_BUCKET,
+            subjects.OVERRIDES_BUCKET,
+            subjects.SEALED_BUCKET,
+            subjects.ROLLOUTS_BUCKET,
+        )
     ]
 
 

@@ -17,43 +17,10 @@ from pydantic import (
 )
 
 from schemas.base import TOKEN, Message, Name
+from schemas.rollout import RolloutSpec
+from schemas.selector import LabelRequirement, LabelSelector, SelectorOperator
 
-
-class SelectorOperator(StrEnum):
-    IN = "In"
-    NOT_IN = "NotIn"
-    EXISTS = "Exists"
-    DOES_NOT_EXIST = "DoesNotExist"
-
-
-class LabelRequirement(BaseModel):
-    """One `match_expressions` entry, with Kubernetes label-selector semantics."""
-
-    model_config = ConfigDict(extra="allow")
-
-    key: Name
-    operator: SelectorOperator
-    values: list[str] = Field(default_factory=list)
-
-    @model_validator(mode="after")
-    def _values_fit_operator(self) -> "LabelRequirement":
-        needs_values = self.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN)
-        if needs_values and not self.values:
-            msg = f"operator {self.operator.value} needs at least one value"
-            raise ValueError(msg)
-        if not needs_values and self.values:
-            msg = f"operator {self.operator.value} takes no values"
-            raise ValueError(msg)
-        return self
-
-
-class LabelSelector(BaseModel):
-    """Which sites a profile targets; an empty selector matches every site."""
-
-    model_config = ConfigDict(extra="allow")
-
-    match_labels: dict[Name, str] = Field(default_factory=dict)
-    match_expressions: list[LabelRequirement] = Field(default_factory=list)
+__all__ = ["LabelRequirement", "LabelSelector", "SelectorOperator"]  # (their home: schemas.selector)
 
 
 Namespace = Annotated[str, StringConstraints(max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
@@ -225,6 +192,11 @@ class Profile(Message):
     selector: LabelSelector = Field(default_factory=LabelSelector)
     priority: int = 0
     spec: ProfileSpec = Field(default_factory=ProfileSpec)
+    rollout: RolloutSpec | None = Field(
+        default=None,
+        description="How a new revision reaches its edges: in waves with health gates (docs/rollouts.md); "
+        "without it, every edge at once.",
+    )
     description: str = ""
     revision: int | None = Field(default=None, ge=1, description="Set by the hub's KV bucket.")
     updated_by: str | None = None

@@ -13,7 +13,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from schemas.base import Message, Name
-from schemas.profile import LabelSelector
+from schemas.selector import LabelSelector
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -132,6 +132,21 @@ class WaveState(BaseModel):
     skipped: list[str] = Field(default_factory=list)
 
 
+class Step(BaseModel):
+    """One transition of a rollout, as `rollout status` lists it (also an AUDIT record)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    at: datetime
+    kind: str  # started, wave_started, wave_converged, wave_passed, edge_failed, halted, ...
+    message: str
+    wave: str | None = None
+    edge: str | None = None
+
+
+STEPS_KEPT = 64  # the newest transitions a state keeps (all of them are in AUDIT)
+
+
 class RolloutState(Message):
     """One rollout: revision `revision` of profile `profile`, replacing `previous`."""
 
@@ -151,6 +166,19 @@ class RolloutState(Message):
     paused_for: float = 0.0  # seconds the active wave spent paused (its deadlines move by that)
     paused_at: datetime | None = None
     updated_at: datetime | None = None
+    started_by: str = ""
+    reason: str = Field(
+        default="", description="why it stopped: the failures, the operator, a newer revision"
+    )
+    rollback: int | None = Field(
+        default=None,
+        ge=1,
+        description="the revision that restored the previous content (on_failure: rollback)",
+    )
+    rollback_of: int | None = Field(
+        default=None, ge=1, description="set on a rollback revision's record: the revision it rolled back"
+    )
+    steps: list[Step] = Field(default_factory=list, description=f"the newest {STEPS_KEPT} transitions")
 
     @property
     def key(self) -> str:

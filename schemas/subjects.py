@@ -44,6 +44,8 @@ SECRETS_BUCKET = "secrets"  # hub only: each secret sealed to the hub's key
 SEALED_BUCKET = "sealed"  # hub -> regional -> edge (its own key only): secrets sealed per edge
 # regional -> edge (its own keys only): the profiles and group overrides that concern each edge
 ASSIGNED_BUCKET = "assigned"
+# hub -> regional: the state of each profile revision's staged rollout (key `<profile>.<revision>`)
+ROLLOUTS_BUCKET = "rollouts"
 HUB_DESK = "fleet.hub.desk"
 
 HUB_DOMAIN = "hub"
@@ -287,6 +289,11 @@ ASSIGNED_GROUP = "group"
 def assigned_key(edge: str, kind: str, name: str) -> str:
     """Key of one record assigned to `edge` in a regional's `assigned` bucket."""
     return _tokens(edge, kind, name)
+
+
+def rollout_key(profile: str, revision: int) -> str:
+    """Key of the rollout of `profile`'s revision `revision` in the `rollouts` bucket."""
+    return _tokens(profile, str(revision))
 
 
 def assigned_to(edge: str, kind: str | None = None) -> str:

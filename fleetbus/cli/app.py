@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 import fleetbus
-from fleetbus.cli import dev, device, operators, profiles, sim, sites, view
+from fleetbus.cli import dev, device, operators, profiles, rollouts, sim, sites, view
 from fleetbus.cli.kit import Creds, HubUrl, StateDir, check_range, connect, err, out
 from fleetbus.deploy.compose import init_compose, write_compose
 from fleetbus.devfleet import identities
@@ -37,6 +37,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(dev.dev_app, name="dev")
 app.add_typer(profiles.profile_app, name="profile")
 app.add_typer(profiles.override_app, name="override")
+app.add_typer(rollouts.rollout_app, name="rollout")
 app.command("explain")(profiles.explain)
 app.command("status")(view.status)
 app.add_typer(view.watch_app, name="watch")

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.table import Table
 
+from fleetbus.cli import rollouts
 from fleetbus.cli.kit import AsJson, Creds, HubUrl, Reason, StateDir, err, out, with_client
 from fleetbus.core.selector import matches
 from fleetbus.errors import ConfigError, ConflictError
@@ -67,12 +68,17 @@ def profile_apply(
         typer.Option("--expect-revision", help="Apply only if the current revision is N (0: new).", min=0),
     ] = None,
     reason: Reason = "",
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow its rollout until done, like `rollout status --wait`.")
+    ] = False,
+    timeout: rollouts.Timeout = None,
     hub: HubUrl = None,
     _creds: Creds = None,
     state_dir: StateDir = None,
 ) -> None:
     """Validate a profile, show its diff against the current revision, publish it."""
     profile = load_document(file, Profile)  # before connecting: a bad file never reaches the hub
+    limit = rollouts.parse_timeout(timeout)
 
     async def work(fleet: FleetClient) -> tuple[Plan, int, int]:
         # The edges the hub knows now (their last inventory carries their labels).
@@ -92,6 +98,18 @@ def profile_apply(
     _report_plan(plan, dry_run=dry_run)
     would = "would select" if dry_run else "selects"
     out.print(f"profile {profile.name!r} {would} {selected} of {known} edges the hub knows now")
+    if dry_run or not wait or not plan.changed:
+        return
+    if plan.new.rollout is None:
+        out.print(f"profile {profile.name!r} has no rollout: every edge it selects gets it now")
+        return
+
+    async def follow(fleet: FleetClient) -> int:
+        return await rollouts.follow(
+            fleet, profile.name, revision=plan.new.revision, timeout=limit, as_json=False
+        )
+
+    raise typer.Exit(with_client(hub, state_dir, follow))
 
 
 @profile_app.command("ls")

@@ -29,6 +29,7 @@ from schemas.subjects import (
     HUB_DOMAIN,
     OVERRIDES_BUCKET,
     PROFILES_BUCKET,
+    ROLLOUTS_BUCKET,
     SEALED_BUCKET,
     SECRETS_BUCKET,
     kv_stream,
@@ -69,8 +70,8 @@ def _flow_control(bucket: str) -> tuple[str, ...]:
 def regional_link(region: str) -> Permissions:
     """Regional `region` at the hub (its leaf link, and its daemon's requests through it).
 
-    It may send its own heartbeats and deliveries, read the profiles and overrides buckets
-    (its replicas' sources), answer the hub's calls into its own domain and the hub's
+    It may send its own heartbeats and deliveries, read the profiles, overrides, sealed and
+    rollouts buckets (its replicas' sources), answer the hub's calls into its own domain and the hub's
     commands to its edges. It reaches no stream-management API of the hub.
     """
     base = subjects.region_base(region)
@@ -80,9 +81,11 @@ def regional_link(region: str) -> Permissions:
             *_consumer_create(HUB_DOMAIN, PROFILES_BUCKET),
             *_consumer_create(HUB_DOMAIN, OVERRIDES_BUCKET),
             *_consumer_create(HUB_DOMAIN, SEALED_BUCKET),
+            *_consumer_create(HUB_DOMAIN, ROLLOUTS_BUCKET),
             *_flow_control(PROFILES_BUCKET),
             *_flow_control(OVERRIDES_BUCKET),
             *_flow_control(SEALED_BUCKET),
+            *_flow_control(ROLLOUTS_BUCKET),
             f"{subjects.js_api_prefix(HUB_DOMAIN)}.INFO",  # the upstream probe
             "$JSC.R.*",  # answers to the hub's calls into this domain
             "_INBOX.>",  # answers to requests from the hub (commands to edges)
@@ -216,7 +219,7 @@ def viewer() -> Permissions:
 _CHANGE_API = ("DELETE", "PURGE", "RESTORE", "MSG.DELETE")
 
 # What only the hub itself writes: desired state, operators, the audit trail.
-HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET, SECRETS_BUCKET, SEALED_BUCKET)
+HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET, SECRETS_BUCKET, SEALED_BUCKET, ROLLOUTS_BUCKET)
 
 
 def admin() -> Permissions:

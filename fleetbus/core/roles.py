@@ -3,9 +3,9 @@
 Pure: a role, its regions and a request's target in, a reason to refuse (or None) out.
 
 - `admin`: everything;
-- `operator`: profiles, secrets and overrides; with regions, only overrides of edges in those
-  regions (profiles, secrets and group overrides reach every region, so a region-scoped
-  operator writes none of them);
+- `operator`: profiles (and their rollouts), secrets and overrides; with regions, only
+  overrides of edges in those regions (profiles, secrets and group overrides reach every
+  region, so a region-scoped operator writes none of them);
 - `viewer`: reads only.
 """
 
@@ -13,8 +13,12 @@ from collections.abc import Collection
 
 from schemas.desk import Role
 
-READS = frozenset({"whoami", "trust", "operator.ls", "secret.ls"})
-PROFILE_WRITES = frozenset({"profile.apply", "profile.rollback", "profile.delete", "secret.set", "secret.rm"})
+READS = frozenset({"whoami", "trust", "operator.ls", "secret.ls", "rollout.status"})
+ROLLOUT_CONTROL = frozenset({"rollout.pause", "rollout.resume", "rollout.abort", "rollout.promote"})
+PROFILE_WRITES = (
+    frozenset({"profile.apply", "profile.rollback", "profile.delete", "secret.set", "secret.rm"})
+    | ROLLOUT_CONTROL
+)
 OVERRIDE_WRITES = frozenset({"override.set", "override.remove"})
 ADMIN_ONLY = frozenset({"operator.add", "operator.revoke", "token.create", "keys.resign"})
 OPS = READS | PROFILE_WRITES | OVERRIDE_WRITES | ADMIN_ONLY

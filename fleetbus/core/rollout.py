@@ -13,28 +13,32 @@ handed, which revision an edge should run.
   (`fraction`): stable as other edges come and go, the same at every tier. The first time the
   state sees an edge its wave is fixed (`members`), so a label change does not move it.
 - **An edge runs the new revision** once its wave started (and after, whatever happens to
-  the rollout, except a rollback of its own wave); before, the previous one.
+  the rollout, except a rollback); before, the previous one. A rollback takes the whole
+  profile back: the hub stores the previous content as a new revision for every edge.
 - **The gate** of the active wave: each of its edges converged (applied the new revision),
   then `soak` seconds with none failing; failed applies, edges not converged `wave_timeout`
   after the wave started and edges going offline during the soak count as failures, and more
-  than `max_failures` halt the rollout (`on_failure: halt`) or roll the wave back
-  (`rollback`). Edges offline when the wave starts are left out (`offline: skip`), waited for
-  (`wait`), or failures (`fail`).
+  than `max_failures` halt the rollout (`on_failure: halt`) or roll it back (`rollback`).
+  Edges offline when the wave starts are left out (`offline: skip`), waited for (`wait`),
+  or failures (`fail`).
 """
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from fleetbus.core.selector import matches
 from schemas.rollout import (
     FINAL,
+    STEPS_KEPT,
     FailurePolicy,
     OfflinePolicy,
     RolloutSpec,
     RolloutState,
     RolloutStatus,
+    Step,
     WaveState,
 )
 
@@ -106,10 +110,10 @@ def revision_for(state: RolloutState, edge: str, labels: Mapping[str, str]) -> i
     """The revision `edge` should run now (None: none, a new profile it must not run yet)."""
     if state.status is RolloutStatus.COMPLETE:
         return state.revision
+    if state.status is RolloutStatus.ROLLED_BACK:
+        return state.previous  # every edge: the rollback revision carries the previous content
     wave = member_wave(state, edge, labels)
     if wave is None or wave > state.wave or state.waves[wave].started_at is None:
-        return state.previous
-    if state.status is RolloutStatus.ROLLED_BACK and wave == state.wave:
         return state.previous
     return state.revision
 
@@ -120,10 +124,10 @@ def describe(state: RolloutState, edge: str, labels: Mapping[str, str]) -> str:
     name = state.spec.waves[wave].name if wave is not None else "none"
     if state.status is RolloutStatus.COMPLETE:
         return f"rollout {state.key}: complete"
-    if wave is None or wave > state.wave or state.waves[wave].started_at is None:
-        where = "waiting" if state.status not in FINAL else f"{state.status.value} before its wave"
-    elif state.status is RolloutStatus.ROLLED_BACK and wave == state.wave:
+    if state.status is RolloutStatus.ROLLED_BACK:
         where = "rolled back"
+    elif wave is None or wave > state.wave or state.waves[wave].started_at is None:
+        where = "waiting" if state.status not in FINAL else f"{state.status.value} before its wave"
     else:
         where = "started" if wave == state.wave else "passed"
     return f"rollout {state.key} wave {name}: {where}"
@@ -149,8 +153,16 @@ def advance(
         state.status = RolloutStatus.COMPLETE
         happened.append(Transition("complete", None, f"rollout {state.key} complete"))
     if happened:
-        state.updated_at = now
+        _record(state, now, happened)
     return state, happened
+
+
+def _record(state: RolloutState, now: datetime, happened: list[Transition]) -> None:
+    state.updated_at = now
+    state.steps.extend(
+        Step(at=now, kind=t.kind, message=t.message, wave=t.wave, edge=t.edge) for t in happened
+    )
+    del state.steps[:-STEPS_KEPT]
 
 
 def _gate(
@@ -249,6 +261,7 @@ def _stop(state: RolloutState, allowed: int, happened: list[Transition]) -> None
     wave = state.spec.waves[state.wave].name
     failed = state.waves[state.wave].failed
     why = f"{len(failed)} edges failed in wave {wave} (max_failures {allowed})"
+    state.reason = why
     if state.spec.on_failure is FailurePolicy.ROLLBACK:
         state.status = RolloutStatus.ROLLED_BACK
         happened.append(Transition("rolled_back", wave, f"rollout {state.key} rolled back: {why}"))
@@ -260,37 +273,49 @@ def _stop(state: RolloutState, allowed: int, happened: list[Transition]) -> None
 # What an operator does (`fleetbus rollout pause|resume|abort|promote`)
 
 
-def pause(state: RolloutState, now: datetime) -> RolloutState:
+def pause(state: RolloutState, now: datetime, *, by: str = "") -> RolloutState:
     _must_be(state, RolloutStatus.RUNNING, "pause")
-    return state.model_copy(update={"status": RolloutStatus.PAUSED, "paused_at": now, "updated_at": now})
+    return _operated(state, now, "paused", by, status=RolloutStatus.PAUSED, paused_at=now)
 
 
-def resume(state: RolloutState, now: datetime) -> RolloutState:
+def resume(state: RolloutState, now: datetime, *, by: str = "") -> RolloutState:
     """Running again; the active wave's deadlines move by the time it spent paused."""
     _must_be(state, RolloutStatus.PAUSED, "resume")
     paused = (now - state.paused_at).total_seconds() if state.paused_at else 0.0
-    return state.model_copy(
-        update={
-            "status": RolloutStatus.RUNNING,
-            "paused_at": None,
-            "paused_for": state.paused_for + max(paused, 0.0),
-            "updated_at": now,
-        }
+    return _operated(
+        state,
+        now,
+        "resumed",
+        by,
+        status=RolloutStatus.RUNNING,
+        paused_at=None,
+        paused_for=state.paused_for + max(paused, 0.0),
     )
 
 
-def abort(state: RolloutState, now: datetime) -> RolloutState:
+def abort(state: RolloutState, now: datetime, *, by: str = "", why: str = "") -> RolloutState:
     """Stopped for good: edges keep what they run (those of started waves the new revision)."""
     if state.status in FINAL:
         msg = f"rollout {state.key} is {state.status.value} already"
         raise RolloutError(msg)
-    return state.model_copy(update={"status": RolloutStatus.ABORTED, "updated_at": now})
+    reason = why or (f"aborted by {by}" if by else "aborted")
+    return _operated(state, now, "aborted", by, status=RolloutStatus.ABORTED, reason=reason)
 
 
-def promote(state: RolloutState, now: datetime) -> RolloutState:
+def promote(state: RolloutState, now: datetime, *, by: str = "") -> RolloutState:
     """End the active wave's soak: it passes as soon as it converged."""
     _must_be(state, RolloutStatus.RUNNING, "promote")
-    return state.model_copy(update={"promoted": True, "updated_at": now})
+    return _operated(state, now, "promoted", by, promoted=True)
+
+
+def _operated(state: RolloutState, now: datetime, kind: str, by: str, **update: object) -> RolloutState:
+    """`state` with `update`, and the step an operator (`by`) made."""
+    changed = state.model_copy(update={**update, "updated_at": now}, deep=True)
+    wave = state.spec.waves[state.wave].name if state.wave < len(state.spec.waves) else None
+    who = f" by {by}" if by else ""
+    changed.steps.append(Step(at=now, kind=kind, message=f"rollout {state.key} {kind}{who}", wave=wave))
+    del changed.steps[:-STEPS_KEPT]
+    return changed
 
 
 class RolloutError(ValueError):
@@ -319,6 +344,9 @@ class WaveProgress:
     skipped: int
     failed: Mapping[str, str]  # edge -> why
     soak_left: float | None = None  # seconds, while soaking
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "failed": dict(self.failed), "line": self.line()}
 
     def line(self) -> str:
         """`early     soaking   9/10 converged, 1 failed, 0 pending, 0 offline; soak 4m12s left`"""

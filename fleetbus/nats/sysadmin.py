@@ -88,8 +88,17 @@ class ServerControl:
     async def drop_clients(self, nkey: str) -> list[int]:
         """Close every client connection authenticated as `nkey` (a revoked operator)."""
         targets = [cid for cid, user in self.connections.items() if user == nkey]
-        await asyncio.gather(*(self._call("KICK", {"cid": cid}) for cid in targets))
+        await asyncio.gather(*(self._kick(cid) for cid in targets))
         return targets
+
+    async def _kick(self, cid: int) -> None:
+        """Close client `cid`; one already gone is fine (the reload that removed its user
+        may have closed it first: the server then answers "no such client")."""
+        try:
+            await self._call("KICK", {"cid": cid})
+        except TemporaryError as exc:
+            if "no such client" not in str(exc):
+                raise
 
     async def drop(self, nkey: str) -> list[int]:
         """Close every leaf connection authenticated as `nkey`, and accepted ones of unknown

@@ -55,7 +55,7 @@ from fleetbus.nats.kv import Bucket, Entry
 from fleetbus.nats.streams import account_summary, follow_stream, read_stream
 from fleetbus.runtime import log
 from fleetbus.runtime.identity import seed_of
-from fleetbus.sdk.desk import DeskClient, Overrides, Profiles, Secrets
+from fleetbus.sdk.desk import DeskClient, Overrides, Profiles, Rollouts, Secrets
 from fleetbus.sdk.stores import OverrideStore, ProfileStore
 from schemas import subjects
 from schemas.base import Message, check_token, utcnow
@@ -146,6 +146,7 @@ class FleetClient:
         self.profiles = Profiles(ProfileStore(js), self.desk)
         self.overrides = Overrides(OverrideStore(js), self.desk)
         self.secrets = Secrets(self.desk)
+        self.rollouts = Rollouts(self.desk)
         self._secrets = Bucket(js, subjects.SECRETS_BUCKET, SecretRecord)
         self._inventory = Bucket(js, subjects.INVENTORY_BUCKET, InventorySnapshot)
         self._applied = Bucket(js, subjects.APPLIED_BUCKET, Event)

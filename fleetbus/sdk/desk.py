@@ -7,14 +7,18 @@ signs and records in its audit trail. The identity stamped on what is stored is 
 hub verified, never a name the caller gives.
 """
 
+import asyncio
 import base64
 import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import nkeys
 from pydantic import JsonValue
 
+from fleetbus.core.rollout import WaveProgress
 from fleetbus.errors import (
     ConfigError,
     ConflictError,
@@ -35,6 +39,7 @@ from schemas.desk import DeskReply, DeskRequest
 from schemas.headers import SIGNATURE
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
+from schemas.rollout import RolloutState
 
 ERRORS: dict[str, type[Exception]] = {
     "config": ConfigError,
@@ -194,3 +199,84 @@ class Secrets:
 
     async def rm(self, name: str, *, reason: str = "") -> None:
         await self.desk.call("secret.rm", reason=reason, name=name)
+
+
+@dataclass(frozen=True)
+class RolloutReport:
+    """A rollout as the hub sees it now: its state, each wave's progress, and what
+    `rollout status --wait` exits with (0 complete, 1 halted/rolled back/aborted, None:
+    under way or paused)."""
+
+    state: RolloutState
+    waves: list[WaveProgress]
+    exit_code: int | None
+    at: datetime
+
+    @property
+    def done(self) -> bool:
+        return self.exit_code is not None
+
+
+class Rollouts:
+    """Staged rollouts (docs/rollouts.md): read their progress, pause, resume, abort, promote."""
+
+    def __init__(self, desk: DeskClient) -> None:
+        self.desk = desk
+
+    async def status(self, name: str, *, revision: int | None = None) -> RolloutReport:
+        """The newest rollout of profile `name` (or of its `revision`)."""
+        args: dict[str, Any] = {"name": name} | ({"revision": revision} if revision is not None else {})
+        result = (await self.desk.call("rollout.status", **args)).result
+        waves = result.get("progress")
+        code, at = result.get("exit_code"), result.get("at")
+        return RolloutReport(
+            state=RolloutState.model_validate(result.get("state")),
+            waves=[_wave(w) for w in waves if isinstance(w, dict)] if isinstance(waves, list) else [],
+            exit_code=code if isinstance(code, int) else None,
+            at=datetime.fromisoformat(at) if isinstance(at, str) else utcnow(),
+        )
+
+    async def watch(
+        self, name: str, *, revision: int | None = None, interval: float = 1.0
+    ) -> AsyncIterator[RolloutReport]:
+        """`status` every `interval` seconds until the rollout is done (the last one included)."""
+        while True:
+            report = await self.status(name, revision=revision)
+            yield report
+            if report.done:
+                return
+            await asyncio.sleep(interval)  # a polling period
+
+    async def _operate(self, op: str, name: str, reason: str) -> RolloutState:
+        reply = await self.desk.call(f"rollout.{op}", reason=reason, name=name)
+        return RolloutState.model_validate(reply.result.get("state"))
+
+    async def pause(self, name: str, *, reason: str = "") -> RolloutState:
+        """Nothing moves (not even deadlines) until `resume`."""
+        return await self._operate("pause", name, reason)
+
+    async def resume(self, name: str, *, reason: str = "") -> RolloutState:
+        return await self._operate("resume", name, reason)
+
+    async def abort(self, name: str, *, reason: str = "") -> RolloutState:
+        """Stopped for good: edges keep what they run."""
+        return await self._operate("abort", name, reason)
+
+    async def promote(self, name: str, *, reason: str = "") -> RolloutState:
+        """The active wave's soak ends: it passes as soon as it converged."""
+        return await self._operate("promote", name, reason)
+
+
+def _wave(found: dict[str, Any]) -> WaveProgress:
+    failed = found.get("failed")
+    return WaveProgress(
+        name=str(found.get("name", "")),
+        phase=str(found.get("phase", "")),
+        members=int(found.get("members", 0)),
+        converged=int(found.get("converged", 0)),
+        pending=int(found.get("pending", 0)),
+        offline=int(found.get("offline", 0)),
+        skipped=int(found.get("skipped", 0)),
+        failed={str(k): str(v) for k, v in failed.items()} if isinstance(failed, dict) else {},
+        soak_left=found.get("soak_left"),
+    )

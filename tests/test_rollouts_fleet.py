@@ -1,0 +1,283 @@
+"""Staged rollouts on a real fleet (docs/rollouts.md): hub <- r1 <- six edges, every tier a
+real process.
+
+Each test applies a profile to all six edges at once, then a revision that rolls out in three
+waves: `canary` (the edge labelled canary=true), `early` (half of the others, chosen by the
+rollout's hash), `rest`. Every ApplyResult the edges send is collected from the hub's EVENTS
+while the test runs, so "no edge of a later wave ran the revision before its wave started" is
+checked over every apply, not only at the end; the regional's `assigned` bucket (what an
+edge's link can read) is checked too.
+"""
+
+import asyncio
+import contextlib
+import shutil
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Self
+
+import pytest
+
+from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.sdk.client import FleetClient
+from schemas import subjects
+from schemas.event import ApplyStatus, EventKind
+from schemas.profile import LabelSelector, Profile, ProfileSpec
+from schemas.rollout import RolloutSpec, RolloutState, RolloutStatus
+from tests.conftest import connect_as, hub_args, running_fleet
+from tests.fleetprobe import client_of
+from tests.helpers import CliResult, arun_cli, cli_env, eventually
+from tests.test_assigned import relabel
+
+pytestmark = pytest.mark.slow
+
+EDGES = [f"r1-e{n}" for n in range(1, 7)]
+CANARY = EDGES[0]
+NAME = "base"
+
+
+@pytest.fixture
+async def six(tmp_path: Path) -> AsyncIterator[DevFleet]:
+    async with running_fleet(tmp_path, regions=1, edges=6) as fleet:
+        await relabel(fleet, CANARY, {"canary": "true"})
+        yield fleet
+
+
+def base(marker: str, **spec: object) -> Profile:
+    plan = {
+        "waves": [
+            {"name": "canary", "selector": {"match_labels": {"canary": "true"}}},
+            {"name": "early", "percent": 50},
+            {"name": "rest", "percent": 100},
+        ],
+        "max_failures": 0,
+        "soak": 2,
+        "wave_timeout": 60,
+        **spec,
+    }
+    return Profile(
+        name=NAME,
+        selector=LabelSelector(),
+        spec=ProfileSpec(config={"marker": marker}),
+        rollout=RolloutSpec.model_validate(plan),
+    )
+
+
+class Applies:
+    """Every ApplyResult of the fleet from now on, collected while the test runs."""
+
+    def __init__(self, client: FleetClient) -> None:
+        self.client, self.events = client, []
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Self:
+        since = datetime.now().astimezone()
+
+        async def collect() -> None:
+            async for event in self.client.watch_events([EventKind.APPLY_RESULT], since=since):
+                self.events.append(event)
+
+        self.task = asyncio.create_task(collect())
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+    def first_run(self, revision: int) -> dict[str, datetime]:
+        """Each edge's first successful apply of `revision` of the profile."""
+        found: dict[str, datetime] = {}
+        for event in self.events:
+            result = event.apply_result
+            if (
+                result
+                and result.status is not ApplyStatus.FAILED
+                and result.profile_revisions.get(NAME) == revision
+            ):
+                found.setdefault(event.edge, event.observed_at)
+        return found
+
+    def ever_ran(self, revision: int) -> set[str]:
+        """The edges that ever reported `revision` in an apply, failed or not."""
+        return {
+            e.edge
+            for e in self.events
+            if e.apply_result and e.apply_result.profile_revisions.get(NAME) == revision
+        }
+
+
+async def runs(client: FleetClient, edge: str, revision: int) -> bool:
+    report = await client.report(edge)
+    result = report.apply_result if report else None
+    return bool(
+        result and result.status is not ApplyStatus.FAILED and result.profile_revisions.get(NAME) == revision
+    )
+
+
+async def all_run(client: FleetClient, edges: list[str], revision: int) -> bool:
+    return all([await runs(client, e, revision) for e in edges])
+
+
+async def status(client: FleetClient) -> RolloutState:
+    return (await client.rollouts.status(NAME)).state
+
+
+async def reaches(client: FleetClient, wanted: RolloutStatus, revision: int) -> bool:
+    state = await status(client)
+    return state.revision == revision and state.status is wanted
+
+
+async def cli(fleet: DevFleet, *args: str) -> CliResult:
+    return await arun_cli(*args, *hub_args(fleet.plan), env=cli_env(COLUMNS="200"), timeout=200)
+
+
+def in_order(applies: Applies, state: RolloutState) -> None:
+    """No edge ran the rollout's revision before its wave started."""
+    for edge, at in applies.first_run(state.revision).items():
+        wave = state.members[edge]
+        started = state.waves[wave].started_at
+        assert started is not None, f"{edge} ran {state.key} but its wave never started"
+        assert at >= started, f"{edge} ran {state.key} at {at}, before its wave started at {started}"
+
+
+async def assigned_revision(fleet: DevFleet, edge: str) -> int | None:
+    """The revision of the profile the regional hands `edge` (all its link may read)."""
+    nc = await connect_as(fleet.plan, "r1")
+    try:
+        msg = await nc.jetstream(timeout=3).get_last_msg(
+            subjects.kv_stream(subjects.ASSIGNED_BUCKET),
+            subjects.kv_subject(
+                subjects.ASSIGNED_BUCKET, subjects.assigned_key(edge, subjects.ASSIGNED_PROFILE, NAME)
+            ),
+        )
+        return int((msg.headers or {}).get("Fleetbus-Revision", "0"))
+    finally:
+        await nc.close()
+
+
+def break_driver(fleet: DevFleet, edge: str) -> Path:
+    """Make `edge`'s local driver fail every apply: its applied-state file is a directory."""
+    path = fleet.plan.site(edge).workdir / "daemon" / "applied.json"
+    path.unlink(missing_ok=True)
+    path.mkdir()
+    return path
+
+
+async def test_a_failing_canary_halts_the_rollout_and_a_rollback_restores_the_previous_content(six):
+    fleet = six
+    async with await client_of(fleet) as client, Applies(client) as applies:
+        await client.profiles.apply(base("v1").model_copy(update={"rollout": None}), reason="all at once")
+        await eventually(lambda: all_run(client, EDGES, 1), timeout=60, what="every edge runs base@1")
+
+        # Revision 2 rolls out; the canary's driver fails every apply: halted after wave 1.
+        broken = break_driver(fleet, CANARY)
+        await client.profiles.apply(base("v2"), reason="canary first")
+        await eventually(lambda: reaches(client, RolloutStatus.HALTED, 2), timeout=60, what="halted")
+        halted = await status(client)
+        assert halted.wave == 0
+        assert CANARY in halted.waves[0].failed
+        done = await cli(fleet, "rollout", "status", NAME, "--wait", "--timeout", "30s")
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert CANARY in done.stdout, done.stdout
+        assert "cannot write" in done.stdout, done.stdout
+        later = [e for e in EDGES if e != CANARY]
+        assert applies.ever_ran(2) <= {CANARY}
+        assert [await assigned_revision(fleet, e) for e in later] == [1] * len(later)
+
+        # Revision 3, on_failure rollback, the canary still failing: the whole profile goes
+        # back to the content every edge but the canary runs (revision 1's, as revision 4).
+        await client.profiles.apply(base("v3", on_failure="rollback"), reason="again")
+        await eventually(
+            lambda: reaches(client, RolloutStatus.ROLLED_BACK, 3), timeout=60, what="rolled back"
+        )
+        await eventually(lambda: _restored(client), timeout=30, what="the rollback revision recorded")
+        rolled = await status(client)
+        assert rolled.rollback == 4
+        assert rolled.previous == 1
+        shutil.rmtree(broken)  # the canary's driver works again: it runs revision 4
+        await eventually(lambda: all_run(client, EDGES, 4), timeout=60, what="every edge runs base@4")
+        restored = await client.profiles.get(NAME)
+        assert restored.spec.config == {"marker": "v1"}
+        desired, _ = await client.explain(CANARY)
+        assert desired.document["config"]["marker"] == "v1"
+        done = await cli(fleet, "rollout", "status", NAME, "--revision", "3", "--wait", "--timeout", "30s")
+        assert done.returncode == 1, done.stdout
+        assert "rolled_back" in done.stdout, done.stdout
+        assert applies.ever_ran(3) <= {CANARY}
+        assert applies.ever_ran(2) <= {CANARY}
+
+
+async def _restored(client: FleetClient) -> bool:
+    return (await client.rollouts.status(NAME, revision=3)).state.rollback is not None
+
+
+async def test_a_passing_rollout_honours_its_soak_and_operators_steer_it(six):
+    fleet = six
+    async with await client_of(fleet) as client, Applies(client) as applies:
+        await client.profiles.apply(base("v1").model_copy(update={"rollout": None}), reason="all at once")
+        await eventually(lambda: all_run(client, EDGES, 1), timeout=60, what="every edge runs base@1")
+
+        # Revision 2: three waves, a 2 s soak each; `profile apply --wait` follows it to the end.
+        path = fleet.plan.state_dir / "base.yaml"
+        path.write_text(base("v2").model_dump_json(exclude_none=True))
+        done = await cli(fleet, "profile", "apply", "-f", str(path), "--wait", "--timeout", "150s")
+        assert done.returncode == 0, done.stdout + done.stderr
+        state = await status(client)
+        assert state.status is RolloutStatus.COMPLETE
+        assert "canary     passed" in done.stdout, done.stdout
+        await eventually(lambda: all_run(client, EDGES, 2), timeout=30, what="every edge runs base@2")
+        in_order(applies, state)
+        for index, wave in enumerate(state.waves):
+            members = [e for e, w in state.members.items() if w == index]
+            assert wave.passed_at is not None
+            if members:  # a wave of edges soaked 2 s after converging before the next started
+                assert wave.converged_at is not None
+                assert (wave.passed_at - wave.converged_at).total_seconds() >= 2.0
+        assert set(state.members) == set(EDGES)
+        assert state.members[CANARY] == 0
+
+        # Revision 3 with a long soak: the canary converges and soaks; `promote` ends the soak.
+        await client.profiles.apply(base("v3", soak="10m"), reason="promote me")
+        await eventually(lambda: runs(client, CANARY, 3), timeout=60, what="the canary runs base@3")
+        await eventually(lambda: _soaking(client, 0), timeout=30, what="the canary wave soaks")
+        three = await status(client)
+        early = [e for e, w in three.members.items() if w == 1]
+        rest = [e for e, w in three.members.items() if w == 2]
+        assert [await assigned_revision(fleet, e) for e in early + rest] == [2] * len(early + rest)
+        await client.rollouts.promote(NAME, reason="looks good")
+        await eventually(lambda: all_run(client, early, 3), timeout=60, what="the early wave runs base@3")
+
+        # `pause`: the early wave's soak is over, but nothing moves while paused.
+        await client.rollouts.pause(NAME, reason="hold")
+        with pytest.raises(Exception, match="paused"):
+            await client.rollouts.promote(NAME)
+        paused = await status(client)
+        assert paused.status is RolloutStatus.PAUSED
+        assert paused.wave == 1
+        assert [await assigned_revision(fleet, e) for e in rest] == [2] * len(rest)
+        await client.rollouts.resume(NAME, reason="go on")
+        await client.rollouts.promote(NAME, reason="and on")
+        await eventually(lambda: _soaking(client, 2), timeout=60, what="the rest wave soaks")
+        await eventually(lambda: all_run(client, EDGES, 3), timeout=60, what="every edge runs base@3")
+
+        # `abort`: the last wave's soak is cut short by an abort; the rollout ends there,
+        # exit 1, and a new revision is what moves the fleet again.
+        await client.rollouts.abort(NAME, reason="enough")
+        done = await cli(fleet, "rollout", "status", NAME, "--json")
+        assert done.returncode == 0, done.stdout
+        assert '"aborted"' in done.stdout, done.stdout
+        done = await cli(fleet, "rollout", "status", NAME, "--wait")
+        assert done.returncode == 1, done.stdout
+        three = await status(client)
+        in_order(applies, three)
+        kinds = [s.kind for s in three.steps]
+        for kind in ("started", "wave_started", "wave_converged", "promoted", "paused", "resumed", "aborted"):
+            assert kind in kinds, kinds
+
+
+async def _soaking(client: FleetClient, wave: int) -> bool:
+    report = await client.rollouts.status(NAME)
+    return report.state.wave == wave and report.waves[wave].phase == "soaking"
