@@ -23,6 +23,7 @@ from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.event import ApplyStatus, EventKind
+from schemas.presence import PresenceState
 from schemas.profile import LabelSelector, Profile, ProfileSpec
 from schemas.rollout import RolloutSpec, RolloutState, RolloutStatus
 from tests.conftest import connect_as, hub_args, running_fleet
@@ -243,7 +244,15 @@ async def test_a_passing_rollout_honours_its_soak_and_operators_steer_it(six):
         await client.profiles.apply(base("v3", soak="10m"), reason="promote me")
         await eventually(lambda: runs(client, CANARY, 3), timeout=60, what="the canary runs base@3")
         await eventually(lambda: _soaking(client, 0), timeout=30, what="the canary wave soaks")
+        # The hub daemon dies mid-soak (SIGKILL) and starts again: the rollout goes on from
+        # where it was, its steps not taken twice.
+        soaking = await status(client)
+        await fleet.kill("hub", server=False, daemon=True)
+        await fleet.restart("hub", server=False, daemon=True)
+        await eventually(lambda: _soaking(client, 0), timeout=30, what="the canary wave soaking again")
         three = await status(client)
+        assert three.waves == soaking.waves
+        assert three.steps == soaking.steps
         early = [e for e, w in three.members.items() if w == 1]
         rest = [e for e, w in three.members.items() if w == 2]
         assert [await assigned_revision(fleet, e) for e in early + rest] == [2] * len(early + rest)
@@ -281,3 +290,58 @@ async def test_a_passing_rollout_honours_its_soak_and_operators_steer_it(six):
 async def _soaking(client: FleetClient, wave: int) -> bool:
     report = await client.rollouts.status(NAME)
     return report.state.wave == wave and report.waves[wave].phase == "soaking"
+
+
+async def online(client: FleetClient, edge: str, *, wanted: bool) -> bool:
+    found = [p for p in await client.presence() if p.edge == edge]
+    return bool(found) and (found[0].state is PresenceState.ONLINE) == wanted
+
+
+async def test_an_edge_offline_when_its_wave_starts_is_skipped_waited_for_or_failed(six):
+    fleet = six
+    async with await client_of(fleet) as client, Applies(client) as applies:
+        await client.profiles.apply(base("v1").model_copy(update={"rollout": None}), reason="all at once")
+        await eventually(lambda: all_run(client, EDGES, 1), timeout=60, what="every edge runs base@1")
+        link = fleet.link(CANARY)
+
+        # skip: the canary is cut off when its wave starts; the rollout goes on without it,
+        # and the canary converges to the new revision when its link returns.
+        link.cut()
+        await eventually(lambda: online(client, CANARY, wanted=False), timeout=30, what="the canary offline")
+        await client.profiles.apply(base("v2", offline="skip"), reason="skip")
+        await eventually(lambda: reaches(client, RolloutStatus.COMPLETE, 2), timeout=90, what="complete")
+        two = await status(client)
+        assert two.waves[0].skipped == [CANARY]
+        assert await all_run(client, EDGES[1:], 2)
+        assert CANARY not in applies.first_run(2)
+        link.heal()
+        await eventually(lambda: runs(client, CANARY, 2), timeout=60, what="the canary runs base@2 once back")
+
+        # wait: the wave waits for the canary; nothing else gets the revision meanwhile.
+        await eventually(lambda: online(client, CANARY, wanted=True), timeout=30, what="the canary online")
+        link.cut()
+        await eventually(lambda: online(client, CANARY, wanted=False), timeout=30, what="the canary offline")
+        await client.profiles.apply(base("v3", offline="wait"), reason="wait")
+        await eventually(lambda: _waiting_for(client, 3), timeout=30, what="the canary wave waiting")
+        assert [await assigned_revision(fleet, e) for e in EDGES[1:]] == [2] * 5
+        link.heal()
+        await eventually(lambda: reaches(client, RolloutStatus.COMPLETE, 3), timeout=90, what="complete")
+        await eventually(lambda: all_run(client, EDGES, 3), timeout=60, what="every edge runs base@3")
+        in_order(applies, await status(client))
+
+        # fail: an edge offline when its wave starts is a failure; max_failures 0 halts.
+        await eventually(lambda: online(client, CANARY, wanted=True), timeout=30, what="the canary online")
+        link.cut()
+        await eventually(lambda: online(client, CANARY, wanted=False), timeout=30, what="the canary offline")
+        await client.profiles.apply(base("v4", offline="fail"), reason="fail")
+        await eventually(lambda: reaches(client, RolloutStatus.HALTED, 4), timeout=30, what="halted")
+        four = await status(client)
+        assert four.waves[0].failed == {CANARY: "offline when its wave started"}
+        assert not applies.ever_ran(4)
+        link.heal()
+
+
+async def _waiting_for(client: FleetClient, revision: int) -> bool:
+    report = await client.rollouts.status(NAME)
+    wave = report.waves[0]
+    return report.state.revision == revision and wave.phase == "converging" and wave.offline == 1
