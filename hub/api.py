@@ -9,18 +9,22 @@ known in its reason) and `HubStatus` says since when the data is stale.
 
 from collections import Counter
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field, JsonValue
 
+from fleetbus.core import rollout
 from fleetbus.core.compliance import State
 from fleetbus.core.desired import compute, edge_groups
+from fleetbus.core.rollout import under_rollouts
 from hub.fleetview import EdgeView, FleetView
+from hub.rollouts import observed_in
 from schemas.event import Event, Severity
 from schemas.inventory import InventorySnapshot
 from schemas.presence import PresenceState
+from schemas.rollout import RolloutState
 
 UNKNOWN = "unknown"  # presence of an edge the hub has no presence record for (yet)
 
@@ -134,6 +138,38 @@ class ProfileRow(BaseModel):
     history: list[Revision]
 
 
+class WaveRow(BaseModel):
+    """One wave of a rollout, as `fleetbus rollout status` shows it."""
+
+    name: str
+    phase: str = Field(description="waiting, converging, soaking, passed, halted, rolled back, aborted")
+    members: int
+    converged: int
+    pending: int
+    offline: int
+    skipped: int
+    failed: dict[str, str] = Field(description="edge -> why it failed")
+    soak_left: float | None = Field(description="seconds of soak left, while soaking")
+    line: str
+
+
+class RolloutView(BaseModel):
+    """A profile revision's staged rollout (docs/rollouts.md): its state and each wave's progress."""
+
+    key: str
+    profile: str
+    revision: int
+    previous: int | None
+    status: str
+    reason: str
+    rollback: int | None
+    started_by: str
+    updated_at: datetime | None
+    waves: list[WaveRow]
+    steps: list[dict[str, JsonValue]]
+    exit_code: int | None = Field(description="what `rollout status --wait` exits with; null while under way")
+
+
 class ComplianceSummary(BaseModel):
     total: int
     counts: dict[str, int]
@@ -240,14 +276,18 @@ def edge_detail(fleet: FleetView, view: EdgeView) -> EdgeDetail:
     explain: list[ExplainRow] = []
     desired_hash = None
     if labels is not None:
+        profiles, notes = under_rollouts(
+            fleet.profiles.values(), fleet.current_rollouts, fleet.earlier, view.edge, labels
+        )
         desired = compute(
-            fleet.profiles.values(),
+            profiles,
             labels,
             edge=view.edge,
             groups=groups,
             overrides=fleet.overrides.values(),
             now=fleet.clock(),
             secrets=fleet.secrets,
+            notes=notes,
         )
         desired_hash = desired.hash
         explain = [ExplainRow(path=p, value=v, source=s) for p, v, s in desired.explain()]
@@ -308,6 +348,34 @@ def profiles(
             )
         )
     return out
+
+
+def rollout_view(fleet: FleetView, state: RolloutState) -> RolloutView:
+    waves = rollout.progress(state, observed_in(fleet, state), fleet.clock())
+    return RolloutView(
+        key=state.key,
+        profile=state.profile,
+        revision=state.revision,
+        previous=state.previous,
+        status=state.status.value,
+        reason=state.reason,
+        rollback=state.rollback,
+        started_by=state.started_by,
+        updated_at=state.updated_at,
+        waves=[WaveRow.model_validate(w.as_json()) for w in waves],
+        steps=[s.model_dump(mode="json") for s in reversed(state.steps)],
+        exit_code=rollout.exit_code(state),
+    )
+
+
+def rollouts(fleet: FleetView, profile: str | None = None) -> list[RolloutView]:
+    """The newest rollout of each profile (or every rollout of `profile`), newest first."""
+    if profile is None:
+        chosen = list(fleet.current_rollouts.values())
+    else:
+        chosen = [s for s in fleet.rollouts.values() if s.profile == profile]
+    chosen.sort(key=lambda s: (s.updated_at or datetime.min.replace(tzinfo=UTC), s.key), reverse=True)
+    return [rollout_view(fleet, s) for s in chosen]
 
 
 def compliance(fleet: FleetView, shown: Collection[str] | None = None) -> ComplianceSummary:

@@ -37,6 +37,7 @@ from schemas.inventory import InventorySnapshot
 from schemas.override import Override
 from schemas.presence import PresenceChange
 from schemas.profile import Profile
+from schemas.rollout import RolloutState
 from schemas.secret import SecretRecord
 
 logger = log.get_logger(__name__)
@@ -44,6 +45,7 @@ logger = log.get_logger(__name__)
 M = TypeVar("M", bound=Message)
 
 RECENT_EVENTS = 500  # the fleet-wide feed
+KEEP = 16  # earlier revisions of a profile kept (as many as the hub's bucket keeps)
 EDGE_EVENTS = 20  # per edge, for its page
 MAX_EDGES = 20_000  # edges held; records naming more are dropped (docs/dashboard.md)
 BUS_PERIOD = 0.25  # s between looks at the hub's own connection
@@ -55,6 +57,7 @@ MIRRORED = (
     subjects.PROFILES_BUCKET,
     subjects.OVERRIDES_BUCKET,
     subjects.SECRETS_BUCKET,
+    subjects.ROLLOUTS_BUCKET,
 )
 
 
@@ -114,6 +117,11 @@ class FleetView:
         self.profiles: dict[str, Profile] = {}
         self.overrides: dict[str, Override] = {}
         self.secrets: dict[str, int] = {}  # name -> current version (never a value)
+        self.rollouts: dict[str, RolloutState] = {}  # `<profile>.<revision>` -> its state
+        self.current_rollouts: dict[str, RolloutState] = {}  # profile -> its newest rollout
+        self.earlier: dict[tuple[str, int], Profile] = {}  # revisions rollouts keep edges at
+        self._wanted: set[tuple[str, int]] = set()  # ... not seen here yet: read from history
+        self._want = asyncio.Event()
         self.events: deque[tuple[int, Event]] = deque(maxlen=RECENT_EVENTS)
         self.version = 0
         self.policy_version = 0  # bumped by profile and override changes
@@ -144,6 +152,8 @@ class FleetView:
             now=self.clock(),
             known=[(view.region, view.edge)],
             secrets=self.secrets,
+            rollouts=self.current_rollouts,
+            earlier=self.earlier,
         )
         row = rows[0] if rows else EdgeCompliance(view.region, view.edge, State.UNKNOWN)
         self._compliance[view.edge] = (self.policy_version, row)
@@ -180,6 +190,8 @@ class FleetView:
             group.create_task(self._mirror(subjects.PROFILES_BUCKET, Profile, self._on_profile))
             group.create_task(self._mirror(subjects.OVERRIDES_BUCKET, Override, self._on_override))
             group.create_task(self._mirror(subjects.SECRETS_BUCKET, SecretRecord, self._on_secret))
+            group.create_task(self._mirror(subjects.ROLLOUTS_BUCKET, RolloutState, self._on_rollout))
+            group.create_task(self._recall_earlier())
             group.create_task(self._follow_events())
             group.create_task(self._watch_bus())
 
@@ -299,11 +311,51 @@ class FleetView:
         self._bump(event.edge)
 
     def _on_profile(self, record: Entry[Any], profile: Profile | None) -> None:
+        before = self.profiles.get(record.key)
+        if before is not None and before.revision is not None:
+            self.earlier[before.name, before.revision] = before
+            for old in [k for k in self.earlier if k[0] == before.name and k[1] <= before.revision - KEEP]:
+                del self.earlier[old]
         if profile is None:
             self.profiles.pop(record.key, None)
         else:
             self.profiles[record.key] = profile
         self._policy_changed()
+
+    def _on_rollout(self, record: Entry[Any], state: RolloutState | None) -> None:
+        if state is None:
+            self.rollouts.pop(record.key, None)
+            return
+        self.rollouts[record.key] = state
+        newest = self.current_rollouts.get(state.profile)
+        if newest is None or newest.revision <= state.revision:
+            self.current_rollouts[state.profile] = state
+        if state.previous is not None and (state.profile, state.previous) not in self.earlier:
+            self._wanted.add((state.profile, state.previous))
+            self._want.set()
+        self._policy_changed()
+
+    async def _recall_earlier(self) -> None:
+        """The revisions rollouts keep edges at, if this view has not seen them (it started
+        during the rollout): read from the hub's `profiles` history."""
+        bucket = Bucket(self.client.bus.jetstream(subjects.HUB_DOMAIN), subjects.PROFILES_BUCKET, Profile)
+        backoff = Backoff(0.5, cap=10.0)
+        while True:
+            await self._want.wait()
+            self._want.clear()
+            try:
+                for name in {name for name, _ in self._wanted}:
+                    for entry in await bucket.history(name):
+                        if entry.value is not None and entry.value.revision is not None:
+                            self.earlier.setdefault((name, entry.value.revision), entry.value)
+                self._wanted -= set(self.earlier)
+                self._policy_changed()
+                await self._notify()
+                backoff.reset()
+            except (*TRANSIENT, MissingError) as exc:
+                logger.warning("earlier profile revisions not read; again shortly", error=repr(exc))
+                self._want.set()
+                await backoff.wait()
 
     def _on_override(self, record: Entry[Any], override: Override | None) -> None:
         if override is None:

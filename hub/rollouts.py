@@ -92,14 +92,7 @@ class Rollouts:
 
     def observed(self, state: RolloutState) -> dict[str, Observed]:
         """What the hub knows of the edges the rollout's profile selects."""
-        if self.view is None:
-            return {}
-        profile = self.view.profiles.get(state.profile)
-        return observe(self.view.edges, state, profile, self._online)
-
-    def _online(self, view: EdgeView) -> bool:
-        presence = self.view.presence_of(view) if self.view is not None else None
-        return presence is not None and presence.state is PresenceState.ONLINE
+        return observed_in(self.view, state) if self.view is not None else {}
 
     # Starting (the desk, before it stores the revision)
 
@@ -303,6 +296,17 @@ class Rollouts:
 
 def _step(at: datetime, kind: str, message: str) -> Step:
     return Step(at=at, kind=kind, message=message)
+
+
+def observed_in(fleet: FleetView, state: RolloutState) -> dict[str, Observed]:
+    """`observe` on the hub's view: its edges, the profile's latest revision, presence as
+    the dashboard shows it (stale and unreachable are not online)."""
+
+    def online(view: EdgeView) -> bool:
+        presence = fleet.presence_of(view)
+        return presence is not None and presence.state is PresenceState.ONLINE
+
+    return observe(fleet.edges, state, fleet.profiles.get(state.profile), online)
 
 
 def observe(

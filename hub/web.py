@@ -193,6 +193,16 @@ def _profile_routes(fleet: FleetView) -> APIRouter:
             ]
         return api.profiles(fleet, history, shown_regions(request))
 
+    @router.get("/api/rollouts", response_model=list[api.RolloutView], tags=["profiles"])
+    async def list_rollouts(request: Request, profile: str | None = None) -> list[api.RolloutView]:
+        """The newest staged rollout of each profile (with `profile`: every rollout of it the
+        hub keeps), newest first: its state and each wave's progress, as `fleetbus rollout
+        status` shows them. Not for a token of some regions only (a rollout spans every
+        region): 403."""
+        if shown_regions(request) is not None:
+            raise HTTPException(403, "a rollout spans every region; a token of some regions does not show it")
+        return api.rollouts(fleet, profile)
+
     @router.get("/api/compliance", response_model=api.ComplianceSummary, tags=["profiles"])
     async def get_compliance(request: Request) -> api.ComplianceSummary:
         return api.compliance(fleet, shown_regions(request))

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from fleetbus.core import rollout
 from fleetbus.core.rollout import Observed, RolloutError
 from schemas.authoring import unknown_keys
+from schemas.profile import Profile, ProfileSpec
 from schemas.rollout import RolloutSpec, RolloutState, RolloutStatus
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
@@ -411,3 +412,31 @@ def test_progress_says_where_each_wave_is():
     assert rollout.progress(halted, looked, now)[0].phase == "halted"
     assert rollout.exit_code(halted) == 1
     assert rollout.exit_code(state.model_copy(update={"status": RolloutStatus.COMPLETE})) == 0
+
+
+def test_under_rollouts_an_edge_runs_what_its_wave_gives_it_and_explain_says_why():
+    def base(revision: int, marker: str) -> Profile:
+        return Profile(name="base", revision=revision, spec=ProfileSpec(config={"m": marker}), rollout=spec())
+
+    other = Profile(name="other", revision=3)
+    latest, previous = base(NEW, "new"), base(OLD, "old")
+    edges = fleet(20)
+    state, _ = rollout.advance(
+        rollout.start("base", NEW, OLD, spec(), T0),
+        observe(edges, rollout.start("base", NEW, OLD, spec(), T0)),
+        T0,
+    )
+    earlier = {("base", OLD): previous}
+    runs, why = rollout.under_rollouts([latest, other], {"base": state}, earlier, "e0", edges["e0"])
+    assert runs == [latest, other]
+    assert why == {"base": "rollout base#7 wave canary: started"}
+    runs, why = rollout.under_rollouts([latest, other], {"base": state}, earlier, "e5", edges["e5"])
+    assert runs == [previous, other]
+    assert why["base"].endswith(": waiting")
+    # A new profile (no previous revision): an edge whose wave has not started runs none.
+    fresh = rollout.start("base", NEW, None, spec(), T0)
+    runs, _ = rollout.under_rollouts([latest], {"base": fresh}, {}, "e5", edges["e5"])
+    assert runs == []
+    # A state of another revision (an older rollout) holds nothing back.
+    older = state.model_copy(update={"revision": OLD - 1})
+    assert rollout.under_rollouts([latest], {"base": older}, earlier, "e5", edges["e5"])[0] == [latest]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Self
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.sdk.client import FleetClient
@@ -26,10 +27,12 @@ from schemas.event import ApplyStatus, EventKind
 from schemas.presence import PresenceState
 from schemas.profile import LabelSelector, Profile, ProfileSpec
 from schemas.rollout import RolloutSpec, RolloutState, RolloutStatus
+from tests.browser import OUTPUT, chromium
 from tests.conftest import connect_as, hub_args, running_fleet
 from tests.fleetprobe import client_of
 from tests.helpers import CliResult, arun_cli, cli_env, eventually
 from tests.test_assigned import relabel
+from tests.test_dashboard import dashboard
 
 pytestmark = pytest.mark.slow
 
@@ -184,6 +187,7 @@ async def test_a_failing_canary_halts_the_rollout_and_a_rollback_restores_the_pr
         assert done.returncode == 1, done.stdout + done.stderr
         assert CANARY in done.stdout, done.stdout
         assert "cannot write" in done.stdout, done.stdout
+        await dashboard_shows(fleet, "base#2", "halted", [CANARY, "cannot write"])
         later = [e for e in EDGES if e != CANARY]
         assert applies.ever_ran(2) <= {CANARY}
         assert [await assigned_revision(fleet, e) for e in later] == [1] * len(later)
@@ -209,6 +213,26 @@ async def test_a_failing_canary_halts_the_rollout_and_a_rollback_restores_the_pr
         assert "rolled_back" in done.stdout, done.stdout
         assert applies.ever_ran(3) <= {CANARY}
         assert applies.ever_ran(2) <= {CANARY}
+
+
+async def dashboard_shows(fleet: DevFleet, key: str, status: str, texts: list[str]) -> None:
+    """The dashboard's page of the profile's rollouts shows rollout `key` as `status`, with `texts`."""
+    async with chromium() as browser:
+        await asyncio.to_thread(browser.get, fleet.login_url)
+        await asyncio.to_thread(browser.get, dashboard(fleet) + f"#/rollouts/{NAME}")
+
+        def card() -> str | None:
+            found = browser.find_elements(
+                By.CSS_SELECTOR, f'div.rollout[data-rollout="{key}"][data-status="{status}"]'
+            )
+            return found[0].text if found else None
+
+        async def shown() -> bool:
+            text = await asyncio.to_thread(card)
+            return text is not None and all(t in text for t in texts)
+
+        await eventually(shown, timeout=20, what=f"the dashboard showing {key} {status}")
+        await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / f"rollout-{status}.png"))
 
 
 async def _restored(client: FleetClient) -> bool:
@@ -256,6 +280,14 @@ async def test_a_passing_rollout_honours_its_soak_and_operators_steer_it(six):
         early = [e for e, w in three.members.items() if w == 1]
         rest = [e for e, w in three.members.items() if w == 2]
         assert [await assigned_revision(fleet, e) for e in early + rest] == [2] * len(early + rest)
+        # `explain` says why: the early edges run revision 2 while their wave waits, and the
+        # hub counts them converged to that.
+        desired, _ = await client.explain(early[0])
+        assert desired.document["config"]["marker"] == "v2"
+        sources = {source for _path, _value, source in desired.explain()}
+        assert "profile base@2 (rollout base#3 wave early: waiting)" in sources, sources
+        rows = {row.edge: row.state.value for row in await client.compliance()}
+        assert rows == dict.fromkeys(EDGES, "converged")
         await client.rollouts.promote(NAME, reason="looks good")
         await eventually(lambda: all_run(client, early, 3), timeout=60, what="the early wave runs base@3")
 

@@ -17,9 +17,11 @@ from enum import StrEnum
 from typing import Any
 
 from fleetbus.core.desired import compute
+from fleetbus.core.rollout import Earlier, under_rollouts
 from schemas.event import ApplyStatus, Event
 from schemas.override import Override
 from schemas.profile import Profile
+from schemas.rollout import RolloutState
 
 
 class State(StrEnum):
@@ -64,17 +66,24 @@ def assess(
     now: datetime,
     known: Iterable[tuple[str, str]] = (),
     secrets: Mapping[str, int] | None = None,
+    rollouts: Mapping[str, RolloutState] | None = None,
+    earlier: Earlier | None = None,
 ) -> list[EdgeCompliance]:
     """One row per edge (reported, or in `known` as (region, edge)), sorted by region, edge.
-    `secrets`: the current version of each secret (what a converged edge has pinned)."""
+    `secrets`: the current version of each secret (what a converged edge has pinned);
+    `rollouts`, `earlier`: profiles' rollouts under way, and the revisions they hold edges at
+    (`fleetbus.core.rollout.under_rollouts`)."""
     profiles, overrides = list(profiles), list(overrides)
     rows: dict[tuple[str, str], EdgeCompliance] = {}
     for report in reports:
         result = report.apply_result
         if result is None:
             continue
+        chosen = profiles
+        if rollouts:
+            chosen, _ = under_rollouts(profiles, rollouts, earlier or {}, report.edge, result.labels)
         desired = compute(
-            profiles,
+            chosen,
             result.labels,
             edge=report.edge,
             groups=result.groups,

@@ -135,9 +135,11 @@ def compute(
     overrides: Iterable[Override] = (),
     now: datetime,
     secrets: Mapping[str, int] | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> DesiredState:
     """The effective desired state of `edge`; pure: same inputs, same result and hash.
-    `secrets` (name -> version): pin each `secretRef` to that version (`fleetbus.core.secrets`)."""
+    `secrets` (name -> version): pin each `secretRef` to that version (`fleetbus.core.secrets`).
+    `notes` (profile name -> why): said beside that profile's layer (a rollout holding it back)."""
     chosen = sorted((p for p in profiles if matches(p.selector, labels)), key=lambda p: (p.priority, p.name))
     provenance: dict[Path, str] = {}
     origins: dict[str, str] = {}
@@ -148,9 +150,10 @@ def compute(
         {}, {"components": {}, "config": {}}, source=DEFAULTS, provenance=provenance
     )
     for profile in chosen:
-        document = apply_tracked(
-            document, profile_layer(profile), source=profile_source(profile), provenance=provenance
-        )
+        source = profile_source(profile)
+        if notes and profile.name in notes:
+            source = f"{source} ({notes[profile.name]})"
+        document = apply_tracked(document, profile_layer(profile), source=source, provenance=provenance)
     applied = applicable_overrides(overrides, edge=edge, groups=groups, now=now)
     for override in applied:
         document = apply_tracked(

@@ -24,12 +24,13 @@ handed, which revision an edge should run.
 """
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from fleetbus.core.selector import matches
+from schemas.profile import Profile
 from schemas.rollout import (
     FINAL,
     STEPS_KEPT,
@@ -131,6 +132,38 @@ def describe(state: RolloutState, edge: str, labels: Mapping[str, str]) -> str:
     else:
         where = "started" if wave == state.wave else "passed"
     return f"rollout {state.key} wave {name}: {where}"
+
+
+Earlier = Mapping[tuple[str, int], Profile]  # (name, revision) -> that revision of the profile
+
+
+def under_rollouts(
+    profiles: Iterable[Profile],
+    rollouts: Mapping[str, RolloutState],
+    earlier: Earlier,
+    edge: str,
+    labels: Mapping[str, str],
+) -> tuple[list[Profile], dict[str, str]]:
+    """The profile revisions `edge` should run while rollouts are under way, and why, per
+    profile held back or moved on by one (for `explain`).
+
+    `profiles` are the latest revisions; `rollouts` each profile's rollout state, used only
+    if it is the latest revision's. An edge whose wave has not started runs the previous
+    revision (from `earlier`; a profile it should not run yet is left out)."""
+    chosen, why = [], {}
+    for profile in profiles:
+        state = rollouts.get(profile.name)
+        if profile.rollout is None or state is None or state.revision != profile.revision:
+            chosen.append(profile)
+            continue
+        runs = revision_for(state, edge, labels)
+        why[profile.name] = describe(state, edge, labels)
+        if runs == profile.revision:
+            chosen.append(profile)
+        elif runs is not None:
+            # Not kept here (older than the bucket's history): the latest stands in, and says so.
+            chosen.append(earlier.get((profile.name, runs), profile))
+    return chosen, why
 
 
 def advance(

@@ -38,6 +38,7 @@ from pydantic import JsonValue
 
 from fleetbus.core.compliance import EdgeCompliance, assess
 from fleetbus.core.desired import DesiredState, compute, edge_groups
+from fleetbus.core.rollout import Earlier, under_rollouts
 from fleetbus.core.views import EdgePresence, EdgeStatus, edge_presence, fleet_status
 from fleetbus.errors import (
     ConfigError,
@@ -65,6 +66,8 @@ from schemas.enrollment import AdmissionCommand, AdmissionReply
 from schemas.event import Event
 from schemas.inventory import InventorySnapshot
 from schemas.presence import PresenceChange, PresenceState
+from schemas.profile import Profile
+from schemas.rollout import RolloutState
 from schemas.secret import SecretRecord
 from schemas.subjects import HUB_DOMAIN
 
@@ -276,27 +279,54 @@ class FleetClient:
             groups = edge_groups(home, labels) if home else []
         profiles = await self.profiles.all()
         overrides = [o.override for o in await self.overrides.all()]
+        rollouts, earlier = await self._rollouts(profiles)
+        chosen, notes = under_rollouts(profiles, rollouts, earlier, edge, labels)
         desired = compute(
-            profiles,
+            chosen,
             labels,
             edge=edge,
             groups=groups,
             overrides=overrides,
             now=now or utcnow(),
             secrets=await self.secret_versions(),
+            notes=notes,
         )
         return desired, report
+
+    async def _rollouts(self, profiles: list[Profile]) -> tuple[dict[str, RolloutState], Earlier]:
+        """The rollout state of each profile whose latest revision rolls out in waves, and
+        the earlier revisions those keep edges at (docs/rollouts.md)."""
+        rollouts: dict[str, RolloutState] = {}
+        earlier: dict[tuple[str, int], Profile] = {}
+        bucket = Bucket(self._js, subjects.ROLLOUTS_BUCKET, RolloutState)
+        for profile in profiles:
+            if profile.rollout is None or profile.revision is None:
+                continue
+            try:
+                entry = await bucket.get(subjects.rollout_key(profile.name, profile.revision))
+            except MissingError:
+                return {}, {}  # a hub without rollouts
+            if entry is None or entry.value is None:
+                continue
+            rollouts[profile.name] = entry.value
+            if entry.value.previous is not None:
+                for old in await self.profiles.history(profile.name):
+                    earlier[profile.name, old.revision or 0] = old
+        return rollouts, earlier
 
     async def compliance(self, *, now: datetime | None = None) -> list[EdgeCompliance]:
         """Per reporting edge: converged / pending / failed (see `fleetbus.core.compliance`)."""
         profiles = await self.profiles.all()
         overrides = [o.override for o in await self.overrides.all()]
+        rollouts, earlier = await self._rollouts(profiles)
         return assess(
             profiles,
             overrides,
             await self.reports(),
             now=now or utcnow(),
             secrets=await self.secret_versions(),
+            rollouts=rollouts,
+            earlier=earlier,
         )
 
     # Inventory, presence and events: the hub's live view of the fleet.
@@ -579,7 +609,17 @@ class FleetClient:
         known = {(p.region, p.edge) for p in presence} | {(i.region, i.edge) for i in inventory}
         profiles = await self.profiles.all()
         overrides = [o.override for o in await self.overrides.all()]
-        compliance = assess(profiles, overrides, await self.reports(), now=now or utcnow(), known=known)
+        rollouts, earlier = await self._rollouts(profiles)
+        compliance = assess(
+            profiles,
+            overrides,
+            await self.reports(),
+            now=now or utcnow(),
+            known=known,
+            secrets=await self.secret_versions(),
+            rollouts=rollouts,
+            earlier=earlier,
+        )
         return fleet_status(presence, compliance, inventory)
 
 

@@ -42,13 +42,17 @@ function connect() {
   source.addEventListener("edges", (e) => {
     for (const row of JSON.parse(e.data)) rows.set(row.edge, row);
     schedule(false);
+    if (page() === "rollouts") refreshRollouts();
   });
   source.addEventListener("regions", (e) => { regions = JSON.parse(e.data); schedule(false); });
   source.addEventListener("events", (e) => {
     events = JSON.parse(e.data).reverse().concat(events).slice(0, MAX_EVENTS);
     schedule(false);
   });
-  source.addEventListener("profiles", () => { if (page() === "profiles") renderProfiles(); });
+  source.addEventListener("profiles", () => {
+    if (page() === "profiles") renderProfiles();
+    if (page() === "rollouts") renderRollouts();
+  });
   source.onerror = () => { feedUp = false; renderLive(); };
 }
 
@@ -66,6 +70,7 @@ function page() {
   const hash = location.hash || "#/";
   if (hash.startsWith("#/edge/")) return "edge";
   if (hash.startsWith("#/profiles")) return "profiles";
+  if (hash.startsWith("#/rollouts")) return "rollouts";
   if (hash.startsWith("#/events")) return "events";
   if (hash.startsWith("#/audit")) return "audit";
   return "fleet";
@@ -77,6 +82,7 @@ function route() {
   for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.page === p);
   if (p === "edge") renderEdge(decodeURIComponent(location.hash.slice("#/edge/".length)));
   if (p === "profiles") renderProfiles();
+  if (p === "rollouts") renderRollouts();
   if (p === "audit") renderAudit();
   render(true);
 }
@@ -306,6 +312,40 @@ async function renderProfiles() {
       <p>${esc(p.description)}</p><p class="muted">selector <code>${esc(JSON.stringify(p.selector))}</code> · updated by ${esc(p.updated_by)} ${esc(ago(p.updated_at))}</p>
       <div class="bar">${bar}</div>${running}
       <details><summary>history (${p.history.length} kept)</summary><table class="grid"><thead><tr><th>revision</th><th>by</th><th>when</th></tr></thead><tbody>${history}</tbody></table></details></div>`;
+  }).join("");
+}
+
+// Rollouts page: the newest rollout of each profile (#/rollouts), or every rollout of one
+// profile (#/rollouts/<name>): waves with their counts, failing edges, the newest steps.
+
+let rolloutsDue = null;
+function refreshRollouts() {  // edges converging change the counts: at most every 2 s
+  if (rolloutsDue) return;
+  rolloutsDue = setTimeout(() => { rolloutsDue = null; if (page() === "rollouts") renderRollouts(); }, 2000);
+}
+
+async function renderRollouts() {
+  const box = $("#rollouts");
+  const name = decodeURIComponent(location.hash.slice("#/rollouts/".length));
+  const query = location.hash.startsWith("#/rollouts/") && name ? `?profile=${encodeURIComponent(name)}` : "";
+  let list;
+  try { list = await getJSON(`/api/rollouts${query}`); } catch (err) { box.textContent = err.message; return; }
+  if (!list.length) { box.innerHTML = `<div class="card muted">no rollouts: a profile with <code>rollout</code> rolls out in waves (docs/rollouts.md)</div>`; return; }
+  box.innerHTML = list.map((r) => {
+    const waves = r.waves.map((w) => {
+      const failed = Object.entries(w.failed).map(([e, why]) => `<li><a href="#/edge/${encodeURIComponent(e)}">${esc(e)}</a>: ${esc(why)}</li>`).join("");
+      const left = w.soak_left !== null ? ` · soak ${Math.ceil(w.soak_left)} s left` : "";
+      return `<tr class="wave-${esc(w.phase.replace(" ", "-"))}" data-wave="${esc(w.name)}"><td>${esc(w.name)}</td><td>${esc(w.phase)}${left}</td>` +
+        `<td>${w.converged}/${w.members}</td><td>${Object.keys(w.failed).length}</td><td>${w.pending}</td><td>${w.offline}</td><td>${w.skipped}</td>` +
+        `<td>${failed ? `<ul>${failed}</ul>` : ""}</td></tr>`;
+    }).join("");
+    const steps = r.steps.slice(0, 20).map((s) => `<tr><td title="${esc(s.at)}">${esc(ago(s.at))}</td><td>${esc(s.kind)}</td><td>${esc(s.message)}</td></tr>`).join("");
+    const kept = r.previous ? ` · edges waiting keep revision ${r.previous}` : "";
+    const back = r.rollback ? ` · rolled back by revision ${r.rollback}` : "";
+    return `<div class="card rollout" data-rollout="${esc(r.key)}" data-status="${esc(r.status)}"><h2><a href="#/rollouts/${encodeURIComponent(r.profile)}">${esc(r.key)}</a> <span class="muted">${esc(r.status)}</span></h2>
+      <p>${esc(r.reason)}</p><p class="muted">started by ${esc(r.started_by)}${kept}${back} · updated ${esc(ago(r.updated_at))}</p>
+      <table class="grid"><thead><tr><th>wave</th><th>phase</th><th>converged</th><th>failed</th><th>pending</th><th>offline</th><th>skipped</th><th>failing edges</th></tr></thead><tbody>${waves}</tbody></table>
+      <details><summary>steps (newest first)</summary><table class="grid"><tbody>${steps}</tbody></table></details></div>`;
   }).join("");
 }
 
