@@ -334,11 +334,11 @@ class Desk:
                 "someone changed it; review `fleetbus profile diff` and apply again"
             )
             raise ConflictError(msg)
+        if self.rollouts is not None:
+            return await self.rollouts.store(profile, actor=who.name, expect=current, immediate=immediate)
         if plan.changed and plan.new.rollout is not None:
-            if self.rollouts is None:
-                msg = "this hub runs no rollout controller; apply the profile without `rollout`"
-                raise ConfigError(msg)
-            await self.rollouts.begin(plan.new, actor=who.name, immediate=immediate)
+            msg = "this hub runs no rollout controller; apply the profile without `rollout`"
+            raise ConfigError(msg)
         return await self.profiles.apply(profile, actor=who.name, expect_revision=current)
 
     async def _profile_rollback(self, request: DeskRequest, who: OperatorRecord) -> Done:
@@ -495,7 +495,10 @@ class Desk:
             raise ConfigError(msg)
         profiles = [p.name for p in await self.profiles.all()]
         for name in profiles:
-            await self.profiles.resign(name, actor=who.name)
+            if self.rollouts is not None:
+                await self.rollouts.resign(name, actor=who.name)
+            else:
+                await self.profiles.resign(name, actor=who.name)
         overrides = [o.key for o in await self.overrides.all()]
         for key in overrides:
             await self.overrides.resign(key)

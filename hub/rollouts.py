@@ -18,6 +18,7 @@ complete at once; a newer revision of the profile, or its deletion, ends the rol
 """
 
 import asyncio
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
@@ -29,7 +30,7 @@ from fleetbus.nats.bus import JetStream
 from fleetbus.nats.errors import is_transient
 from fleetbus.nats.kv import Bucket, Entry
 from fleetbus.runtime import log
-from fleetbus.sdk.documents import STAMPS
+from fleetbus.sdk.documents import STAMPS, Plan
 from fleetbus.sdk.stores import ProfileStore
 from hub.fleetview import EdgeView, FleetView
 from schemas import subjects
@@ -39,11 +40,12 @@ from schemas.desk import AuditRecord
 from schemas.event import ApplyStatus
 from schemas.presence import PresenceState
 from schemas.profile import Profile
-from schemas.rollout import FINAL, RolloutState, RolloutStatus, Step
+from schemas.rollout import FINAL, STEPS_KEPT, RolloutState, RolloutStatus, Step
 
 logger = log.get_logger(__name__)
 
 TICK = 1.0  # s: the longest the controller goes without looking (deadlines and soaks end on time)
+GAP = 0.2  # s: the shortest between two looks (a view changing all the time is looked at 5 times a second)
 ACTOR = "rollout-controller"
 
 
@@ -62,29 +64,50 @@ class Rollouts:
         self.view: FleetView | None = None  # set by the hub daemon; no view, no advancing
         self.states: dict[str, Entry[RolloutState]] = {}  # key -> its last stored entry
         self.loaded = False
-        self._lock = asyncio.Lock()  # one change at a time: the loop, the desk
+        self._lock = asyncio.Lock()  # one change of a state at a time: the loop, the desk
+        # Per profile: storing a revision and its state (the desk, a rollback, a re-sign) is
+        # one step nothing else of that profile's interleaves with.
+        self._writing: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._kept: set[str] = set()  # final states of a profile gone: looked at once
 
     # Reading
 
     async def load(self) -> None:
+        """Read every state; what this object stored meanwhile (a newer sequence) stays."""
         entries, _ = await self.bucket.snapshot()
-        self.states = {e.key: e for e in entries if e.value is not None}
+        for entry in entries:
+            have = self.states.get(entry.key)
+            if have is not None and have.revision >= entry.revision:
+                continue
+            if entry.value is None:
+                self.states.pop(entry.key, None)
+            else:
+                self.states[entry.key] = entry
         self.loaded = True
 
     async def _ensure_loaded(self) -> None:
         if not self.loaded:
             await self.load()
 
+    def _current(self, key: str) -> RolloutState | None:
+        entry = self.states.get(key)
+        return entry.value if entry is not None else None
+
     async def latest(self, profile: str, revision: int | None = None) -> RolloutState:
-        """The rollout of `profile`'s `revision`, or its newest; `MissingError` if none."""
+        """The rollout of `profile`'s `revision`, or its newest (a rollback's own record left
+        out: the newest is the one it rolled back); `MissingError` if none."""
         await self._ensure_loaded()
         if revision is not None:
-            entry = self.states.get(subjects.rollout_key(profile, revision))
-            if entry is None or entry.value is None:
+            state = self._current(subjects.rollout_key(profile, revision))
+            if state is None:
                 msg = f"profile {profile!r} has no rollout of revision {revision}"
                 raise MissingError(msg)
-            return entry.value
-        found = [e.value for e in self.states.values() if e.value is not None and e.value.profile == profile]
+            return state
+        found = [
+            e.value
+            for e in self.states.values()
+            if e.value is not None and e.value.profile == profile and e.value.rollback_of is None
+        ]
         if not found:
             msg = f"profile {profile!r} has no rollout (only profiles with `rollout` have one)"
             raise MissingError(msg)
@@ -94,22 +117,69 @@ class Rollouts:
         """What the hub knows of the edges the rollout's profile selects."""
         return observed_in(self.view, state) if self.view is not None else {}
 
-    # Starting (the desk, before it stores the revision)
+    # Storing revisions (the desk; a rollback)
 
-    async def begin(self, profile: Profile, *, actor: str, immediate: bool = False) -> RolloutState:
-        """The rollout of `profile` (the revision about to be stored): its previous revision
-        is the one edges keep meanwhile. `immediate`: complete at once (a rollback)."""
+    async def store(
+        self,
+        profile: Profile,
+        *,
+        actor: str,
+        expect: int,
+        immediate: bool = False,
+        rollback_of: RolloutState | None = None,
+    ) -> Plan:
+        """Store `profile` as its next revision (compare-and-set on `expect`). One carrying
+        `rollout` gets its rollout's state first, stamped with the revision's `updated_at`
+        (`immediate`: complete at once), so no regional sees the revision without it; if the
+        revision is not stored after all, the state goes again."""
         await self._ensure_loaded()
+        async with self._writing[profile.name]:
+            return await self._store_revision(
+                profile, actor=actor, expect=expect, immediate=immediate, rollback_of=rollback_of
+            )
+
+    async def _store_revision(
+        self,
+        profile: Profile,
+        *,
+        actor: str,
+        expect: int,
+        immediate: bool = False,
+        rollback_of: RolloutState | None = None,
+    ) -> Plan:
+        """`store`, its caller holding the profile's writing lock."""
+        now = self.clock()
+        plan = await self.profiles.plan(profile, actor=actor, at=now)
+        if not plan.changed:
+            return plan
+        state = None
+        if plan.new.rollout is not None:
+            state = await self._begin(plan.new, actor, immediate=immediate, rollback_of=rollback_of)
+        try:
+            stored = await self.profiles.apply(profile, actor=actor, expect_revision=expect, at=now)
+        except BaseException:
+            if state is not None:
+                await self._void(state, "its revision was not stored")
+            raise
+        if state is not None and not stored.changed:
+            await self._void(state, "its revision was not stored")
+        return stored
+
+    async def _begin(
+        self, profile: Profile, actor: str, *, immediate: bool, rollback_of: RolloutState | None
+    ) -> RolloutState:
         if profile.rollout is None or profile.revision is None:
             msg = f"profile {profile.name!r} has no rollout, or no revision yet"
             raise ValueError(msg)
         now = self.clock()
         async with self._lock:
-            previous = await self._previous(profile.name)
+            previous = rollback_of.previous if rollback_of else await self._previous(profile.name)
             state = rollout.start(profile.name, profile.revision, previous, profile.rollout, now)
-            state.started_by = actor
+            state.started_by, state.stamp = actor, profile.updated_at
             if immediate:
                 state.status, state.wave = RolloutStatus.COMPLETE, len(state.spec.waves)
+            if rollback_of is not None:
+                state.rollback_of = rollback_of.revision
             kind = "complete" if immediate else "started"
             state.steps.append(_step(now, kind, f"rollout {state.key} {kind} by {actor}"))
             await self._store(state)
@@ -122,12 +192,51 @@ class Rollouts:
             current = await self.profiles.get(name)
         except MissingError:
             return None
-        entry = self.states.get(subjects.rollout_key(name, current.revision or 0))
-        if entry is not None and entry.value is not None and entry.value.status is not RolloutStatus.COMPLETE:
-            return entry.value.previous
+        state = self._current(subjects.rollout_key(name, current.revision or 0))
+        if state is not None and state.rolls_out(current) and state.status is not RolloutStatus.COMPLETE:
+            return state.previous
         return current.revision
 
-    # Operators (through the desk)
+    async def resign(self, name: str, *, actor: str) -> Profile:
+        """`ProfileStore.resign` of a profile (a key rotation), its rollout carried over to
+        the new revision: the same waves, members and status (a halted revision stays
+        halted under its new number)."""
+        await self._ensure_loaded()
+        async with self._writing[name]:
+            current = await self.profiles.get(name)
+            if current.rollout is None or current.revision is None:
+                return await self.profiles.resign(name, actor=actor)
+            now = self.clock()
+            revision = max(current.revision, await self.profiles.last_revision(name)) + 1
+            before = self._current(subjects.rollout_key(name, current.revision))
+            async with self._lock:
+                if before is not None and before.rolls_out(current):
+                    carried = before.model_copy(update={"revision": revision, "stamp": now}, deep=True)
+                    message = f"rollout {before.key} carried over to {name}#{revision} (re-signed)"
+                else:
+                    carried = rollout.start(name, revision, current.revision, current.rollout, now)
+                    carried.status, carried.wave = RolloutStatus.COMPLETE, len(carried.waves)
+                    carried.stamp = now
+                    message = f"rollout {name}#{revision} complete: the same content re-signed"
+                carried.steps.append(_step(now, "resigned", message))
+                del carried.steps[:-STEPS_KEPT]
+                await self._store(carried)
+            try:
+                return await self.profiles.resign(name, actor=actor, at=now)
+            except BaseException:
+                await self._void(carried, "its revision was not stored")
+                raise
+
+    async def _void(self, state: RolloutState, why: str) -> None:
+        """Remove the state of a revision that was never stored (a leftover would otherwise
+        name a revision number the next apply reuses)."""
+        key = subjects.rollout_key(state.profile, state.revision)
+        async with self._lock:
+            await self.bucket.delete(key)
+            self.states.pop(key, None)
+        logger.info("rollout state removed", key=state.key, why=why)
+
+    # Operators (through the desk, which audits them)
 
     async def operate(self, name: str, op: str, *, actor: str) -> RolloutState:
         """pause, resume, abort or promote the newest rollout of profile `name`."""
@@ -144,13 +253,14 @@ class Rollouts:
             except RolloutError as exc:
                 raise ConflictError(str(exc)) from None
             await self._store(changed)
-        await self._audit(changed, op, changed.steps[-1].message, actor=actor)
+        logger.info("rollout", key=changed.key, kind=op, actor=actor)
         return changed
 
     # The loop
 
     async def run(self) -> None:
-        """Advance every running rollout on each change of the view, at least every `TICK`."""
+        """Advance every running rollout on each change of the view (at most every `GAP`),
+        at least every `TICK`."""
         view = self.view
         if view is None:
             msg = "the rollout controller runs on the hub's view of the fleet"
@@ -163,97 +273,134 @@ class Rollouts:
                 await self.step()
             except Exception as exc:
                 log_fn = logger.warning if is_transient(exc) else logger.exception
-                log_fn("rollouts not advanced; again shortly", error=repr(exc))
-                self.loaded = False  # read the states again (a conflict: someone else wrote)
+                log_fn("rollouts not read; again shortly", error=repr(exc))
+                self.loaded = False
+            await asyncio.sleep(GAP)  # a rate limit
             version = await view.changed_since(version, TICK)
 
     async def step(self) -> None:
+        """Look at every rollout; one that fails (a write refused, a restore impossible) is
+        logged and looked at again next time, never holding up the others."""
         for key in list(self.states):
-            entry = self.states.get(key)
-            if entry is None or entry.value is None:
-                continue
-            state = entry.value
-            if state.status is RolloutStatus.ROLLED_BACK and state.rollback is None:
-                await self._roll_back(state)
-            elif state.status not in FINAL:
-                await self._advance(key)
+            try:
+                await self._step(key)
+            except Exception as exc:
+                log_fn = logger.warning if is_transient(exc) else logger.exception
+                log_fn("rollout not advanced; again shortly", key=key, error=repr(exc))
+                if isinstance(exc, ConflictError):
+                    self.loaded = False  # another writer: read the states again
 
-    def _current(self, key: str) -> RolloutState | None:
-        entry = self.states.get(key)
-        return entry.value if entry is not None else None
+    async def _step(self, key: str) -> None:
+        state = self._current(key)
+        if state is None or key in self._kept:
+            return
+        profile = self.view.profiles.get(state.profile) if self.view is not None else None
+        if profile is None or not state.rolls_out(profile):
+            await self._settle(key)
+        elif state.status is RolloutStatus.ROLLED_BACK:
+            if state.rollback is None and not state.restore_failed:
+                await self._roll_back(key)
+        elif state.status not in FINAL:
+            await self._advance(key)
+
+    async def _settle(self, key: str) -> None:
+        """A state whose revision the view does not hold: the view is behind, a newer
+        revision or a delete superseded it (a running rollout ends), or its revision was
+        never stored (a leftover of a failed apply: it goes)."""
+        state = self._current(key)
+        if state is None:
+            return
+        async with self._writing[state.profile]:  # an apply under way finishes first
+            last = await self.profiles.last_revision(state.profile)
+            try:
+                current: Profile | None = await self.profiles.get(state.profile)
+            except MissingError:
+                current = None
+            if current is not None and state.rolls_out(current):
+                return  # the view is behind
+            if state.revision > last or (current is not None and current.revision == state.revision):
+                await self._void(state, "its revision was never stored")
+                return
+            if state.status in FINAL:
+                self._kept.add(key)
+                return
+            newer = (
+                f"superseded by {state.profile}#{current.revision}" if current else "the profile is deleted"
+            )
+            async with self._lock:
+                state = self._current(key) or state
+                ended = rollout.abort(state, self.clock(), why=newer)
+                await self._store(ended)
+        await self._audit(ended, "superseded", f"rollout {state.key} ended: {newer}")
 
     async def _advance(self, key: str) -> None:
         async with self._lock:  # the state as stored now (an operator may have changed it)
             state = self._current(key)
             if state is None or state.status in FINAL:
                 return
-            profile = self.view.profiles.get(state.profile) if self.view is not None else None
-            started = state.waves[0].started_at is not None if state.waves else False
-            if profile is None and not started:
-                return  # a new profile not stored yet (or its apply failed): nothing to advance
-            if profile is None or (profile.revision or 0) > state.revision:
-                newer = (
-                    f"superseded by {state.profile}#{profile.revision}"
-                    if profile
-                    else "the profile is deleted"
-                )
-                ended = rollout.abort(state, self.clock(), why=newer)
-                await self._store(ended)
-                happened = [Transition("superseded", None, f"rollout {state.key} ended: {newer}")]
-            elif (profile.revision or 0) < state.revision:
-                return  # the revision is not stored yet (or its apply failed): nothing to advance
-            else:
-                ended, happened = rollout.advance(state, self.observed(state), self.clock())
-                if not happened:
-                    return
-                await self._store(ended)
+            ended, happened = rollout.advance(state, self.observed(state), self.clock())
+            if not happened and ended.members == state.members:
+                return
+            await self._store(ended)
         for transition in happened:
             logger.info("rollout", key=ended.key, kind=transition.kind, message=transition.message)
             await self._audit(ended, transition.kind, transition.message, transition=transition)
         if ended.status is RolloutStatus.ROLLED_BACK:
-            await self._roll_back(ended)
+            await self._roll_back(key)
 
-    async def _roll_back(self, state: RolloutState) -> None:
+    async def _roll_back(self, key: str) -> None:
         """Store the previous revision's content again as a new revision (or delete a new
-        profile), its state complete at once; record it on the rolled-back state."""
-        current = self.view.profiles.get(state.profile) if self.view is not None else None
-        if current is not None and (current.revision or 0) != state.revision:
-            restored, message = (
-                current.revision or 0,
-                f"not restored: revision {current.revision} replaced it first",
+        profile), its state complete at once; record on the rolled-back state which revision
+        restored it, or why none could."""
+        state = self._current(key)
+        if state is None:
+            return
+        async with self._writing[state.profile]:
+            restored, failed, message = await self._restore(state)
+            async with self._lock:
+                now_state = self._current(key) or state
+                done = now_state.model_copy(
+                    update={"rollback": restored, "restore_failed": failed}, deep=True
+                )
+                done.steps.append(_step(self.clock(), "restored" if restored else "not_restored", message))
+                del done.steps[:-STEPS_KEPT]
+                await self._store(done)
+        await self._audit(done, "restored" if restored else "not_restored", message)
+
+    async def _restore(self, state: RolloutState) -> tuple[int | None, str, str]:
+        """(the restoring revision, why none, what happened)."""
+        try:
+            latest = await self.profiles.get(state.profile)
+        except MissingError:
+            return (
+                None,
+                "the profile is deleted",
+                f"rollout {state.key}: not restored, the profile is deleted",
             )
-        elif state.previous is None:
-            deleted = await self.profiles.delete(state.profile)
-            restored, message = (deleted.revision or state.revision) + 1, "the new profile deleted"
-        else:
+        if latest.revision != state.revision:
+            why = f"revision {latest.revision} replaced it first"
+            return None, why, f"rollout {state.key}: not restored, {why}"
+        if state.previous is None:
+            deleted = await self.profiles.delete(state.profile, expect_revision=state.revision)
+            restored = (deleted.revision or state.revision) + 1
+            return restored, "", f"rollout {state.key}: the new profile deleted (revision {restored})"
+        try:
             previous = await self.profiles.get(state.profile, state.previous)
-            content = previous.model_copy(update=dict.fromkeys(STAMPS))
-            plan = await self.profiles.plan(content, actor=ACTOR)
-            if content.rollout is not None:
-                back = rollout.start(
-                    state.profile, plan.new.revision or 0, state.revision, content.rollout, self.clock()
-                )
-                back.status, back.wave, back.rollback_of = (
-                    RolloutStatus.COMPLETE,
-                    len(back.waves),
-                    state.revision,
-                )
-                back.started_by = ACTOR
-                async with self._lock:
-                    await self._store(back)
-            stored = await self.profiles.apply(content, actor=ACTOR, expect_revision=state.revision)
-            restored = stored.new.revision or 0 if stored.changed else state.revision
-            message = (
-                f"revision {restored} restores revision {state.previous}'s content on every edge"
-                if stored.changed
-                else f"revision {state.revision} has revision {state.previous}'s content already"
+        except MissingError:
+            why = f"revision {state.previous} is no longer in the hub's history: apply its content again"
+            return None, why, f"rollout {state.key}: not restored, {why}"
+        content = previous.model_copy(update=dict.fromkeys(STAMPS))
+        stored = await self._store_revision(
+            content, actor=ACTOR, expect=state.revision, immediate=True, rollback_of=state
+        )
+        if not stored.changed:
+            return (
+                state.revision,
+                "",
+                f"revision {state.revision} has revision {state.previous}'s content already",
             )
-        async with self._lock:
-            stored_state = self.states[subjects.rollout_key(state.profile, state.revision)].value or state
-            done = stored_state.model_copy(update={"rollback": restored}, deep=True)
-            done.steps.append(_step(self.clock(), "restored", f"rollout {state.key}: {message}"))
-            await self._store(done)
-        await self._audit(done, "restored", message)
+        restored = stored.new.revision or 0
+        return restored, "", f"revision {restored} restores revision {state.previous}'s content on every edge"
 
     # Writing
 
@@ -268,20 +415,14 @@ class Rollouts:
             self.loaded = False
             raise
         self.states[key] = Entry(key, state, sequence, self.clock())
+        self._kept.discard(key)
 
     async def _audit(
-        self,
-        state: RolloutState,
-        kind: str,
-        message: str,
-        *,
-        actor: str = ACTOR,
-        transition: Transition | None = None,
+        self, state: RolloutState, kind: str, message: str, *, transition: Transition | None = None
     ) -> None:
         record = AuditRecord(
             at=self.clock(),
-            actor=actor,
-            role="" if actor == ACTOR else "operator",
+            actor=ACTOR,
             op=f"rollout.{kind}",
             target=f"rollout {state.key}",
             revision=state.revision,
@@ -303,8 +444,10 @@ def observed_in(fleet: FleetView, state: RolloutState) -> dict[str, Observed]:
     the dashboard shows it (stale and unreachable are not online)."""
 
     def online(view: EdgeView) -> bool:
+        # Unreachable: the hub cannot hear the edge's region, which says nothing of the edge
+        # (a blip of the hub's link must not fail a soak); stale and offline are not online.
         presence = fleet.presence_of(view)
-        return presence is not None and presence.state is PresenceState.ONLINE
+        return presence is not None and presence.state in (PresenceState.ONLINE, PresenceState.UNREACHABLE)
 
     return observe(fleet.edges, state, fleet.profiles.get(state.profile), online)
 

@@ -25,7 +25,7 @@ than what the edge's key holds (an edge would refuse it).
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetbus.core import assignment, rollout
 from fleetbus.core.assignment import Current, Held
@@ -47,6 +47,9 @@ from schemas.headers import KV_OPERATION, REVISION, SIGNATURE, SIGNER, STUB
 from schemas.override import Override, OverrideScope
 from schemas.profile import Profile
 from schemas.rollout import RolloutState
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 logger = log.get_logger(__name__)
 
@@ -77,6 +80,7 @@ class Assigner:
         self.profiles: dict[str, tuple[Record, Current]] = {}
         self.groups: dict[str, tuple[Record, Current]] = {}
         self.gated: set[str] = set()  # profiles whose latest revision rolls out in waves
+        self.stamps: dict[str, datetime | None] = {}  # profile -> its latest's `updated_at`
         self.rollouts: dict[str, RolloutState] = {}  # `<profile>.<revision>` -> its state
         # name -> revision -> an earlier record of the profile (what a waiting edge keeps)
         self.earlier: dict[str, dict[int, tuple[Record, Current]]] = {}
@@ -150,6 +154,7 @@ class Assigner:
                     for old in sorted(kept)[:-KEEP_EARLIER]:
                         del kept[old]
                 self.profiles[entry.key] = (record, Current(_revision(record), record.operation, selector))
+                self.stamps[entry.key] = entry.value.updated_at if entry.value is not None else None
                 if entry.value is not None and entry.value.rollout is not None:
                     self.gated.add(entry.key)
                 else:
@@ -218,6 +223,8 @@ class Assigner:
             await self._write(writes)
 
     def _decide_profile(self, edge: str, name: str, writes: dict[Pair, "Write"]) -> None:
+        if name not in self.profiles:
+            return  # a rollout's state came first (the desk writes it before the revision)
         pair = (edge, subjects.ASSIGNED_PROFILE, name)
         labels, held = self.labels[edge], self.held.get(pair)
         found = self._revision_for(edge, name, labels)
@@ -235,8 +242,10 @@ class Assigner:
         if name not in self.gated or latest[1].operation != PUT:
             return latest
         state = self.rollouts.get(subjects.rollout_key(name, latest[1].revision))
-        if state is None:
-            return None  # its state is on its way (another stream): hand nothing before it
+        if state is None or (state.stamp is not None and state.stamp != self.stamps.get(name)):
+            # Its state is on its way (another stream), or this one is not its (a leftover
+            # of an apply that failed, under the same number): hand nothing before it.
+            return None
         runs = rollout.revision_for(state, edge, labels)
         if runs == latest[1].revision:
             return latest

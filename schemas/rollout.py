@@ -8,12 +8,15 @@ what the hub's rollout controller keeps per rollout and decides with
 import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from schemas.base import Message, Name
 from schemas.selector import LabelSelector
+
+if TYPE_CHECKING:
+    from schemas.profile import Profile
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -72,7 +75,7 @@ class RolloutSpec(BaseModel):
         default=0, description='failed edges tolerated per wave: a number, or a share such as "5%"'
     )
     soak: Seconds = 0.0
-    wave_timeout: Seconds = 1800.0
+    wave_timeout: Annotated[float, BeforeValidator(seconds), Field(gt=0)] = 1800.0
     offline: OfflinePolicy = OfflinePolicy.SKIP
     on_failure: FailurePolicy = FailurePolicy.HALT
 
@@ -179,6 +182,16 @@ class RolloutState(Message):
         default=None, ge=1, description="set on a rollback revision's record: the revision it rolled back"
     )
     steps: list[Step] = Field(default_factory=list, description=f"the newest {STEPS_KEPT} transitions")
+    stamp: datetime | None = Field(
+        default=None,
+        description="the `updated_at` of the revision it rolls out: a state naming a revision whose "
+        "record says otherwise is not that revision's (a leftover of an apply that failed)",
+    )
+    restore_failed: str = Field(default="", description="why a rollback could not restore the content")
+
+    def rolls_out(self, profile: "Profile") -> bool:
+        """Whether this is the rollout of `profile` (its revision, as stored)."""
+        return self.revision == profile.revision and (self.stamp is None or self.stamp == profile.updated_at)
 
     @property
     def key(self) -> str:

@@ -12,6 +12,8 @@ edge's link can read) is checked too.
 import asyncio
 import contextlib
 import shutil
+import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
@@ -21,6 +23,7 @@ import pytest
 from selenium.webdriver.common.by import By
 
 from fleetbus.devfleet.supervisor import DevFleet
+from fleetbus.errors import ConflictError
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
 from schemas.event import ApplyStatus, EventKind
@@ -31,7 +34,7 @@ from tests.browser import OUTPUT, chromium
 from tests.conftest import connect_as, hub_args, running_fleet
 from tests.fleetprobe import client_of
 from tests.helpers import CliResult, arun_cli, cli_env, eventually
-from tests.test_assigned import relabel
+from tests.test_assigned import relabel, writes
 from tests.test_dashboard import dashboard
 
 pytestmark = pytest.mark.slow
@@ -175,11 +178,16 @@ async def test_a_failing_canary_halts_the_rollout_and_a_rollback_restores_the_pr
     async with await client_of(fleet) as client, Applies(client) as applies:
         await client.profiles.apply(base("v1").model_copy(update={"rollout": None}), reason="all at once")
         await eventually(lambda: all_run(client, EDGES, 1), timeout=60, what="every edge runs base@1")
+        await client.profiles.apply(base("v2"), reason="in waves")
+        await eventually(
+            lambda: reaches(client, RolloutStatus.COMPLETE, 2), timeout=90, what="base#2 complete"
+        )
+        await eventually(lambda: all_run(client, EDGES, 2), timeout=60, what="every edge runs base@2")
 
-        # Revision 2 rolls out; the canary's driver fails every apply: halted after wave 1.
+        # Revision 3 rolls out; the canary's driver fails every apply: halted after wave 1.
         broken = break_driver(fleet, CANARY)
-        await client.profiles.apply(base("v2"), reason="canary first")
-        await eventually(lambda: reaches(client, RolloutStatus.HALTED, 2), timeout=60, what="halted")
+        await client.profiles.apply(base("v3"), reason="canary first")
+        await eventually(lambda: reaches(client, RolloutStatus.HALTED, 3), timeout=60, what="halted")
         halted = await status(client)
         assert halted.wave == 0
         assert CANARY in halted.waves[0].failed
@@ -187,32 +195,40 @@ async def test_a_failing_canary_halts_the_rollout_and_a_rollback_restores_the_pr
         assert done.returncode == 1, done.stdout + done.stderr
         assert CANARY in done.stdout, done.stdout
         assert "cannot write" in done.stdout, done.stdout
-        await dashboard_shows(fleet, "base#2", "halted", [CANARY, "cannot write"])
+        await dashboard_shows(fleet, "base#3", "halted", [CANARY, "cannot write"])
         later = [e for e in EDGES if e != CANARY]
-        assert applies.ever_ran(2) <= {CANARY}
-        assert [await assigned_revision(fleet, e) for e in later] == [1] * len(later)
+        assert [await assigned_revision(fleet, e) for e in later] == [2] * len(later)
 
-        # Revision 3, on_failure rollback, the canary still failing: the whole profile goes
-        # back to the content every edge but the canary runs (revision 1's, as revision 4).
-        await client.profiles.apply(base("v3", on_failure="rollback"), reason="again")
+        # Revision 4, on_failure rollback, the canary still failing: the whole profile goes
+        # back to the content every edge but the canary runs: revision 2's (a halted
+        # revision is never "previous"), stored as revision 5, its rollout complete at once.
+        await client.profiles.apply(base("v4", on_failure="rollback"), reason="again")
         await eventually(
-            lambda: reaches(client, RolloutStatus.ROLLED_BACK, 3), timeout=60, what="rolled back"
+            lambda: reaches(client, RolloutStatus.ROLLED_BACK, 4), timeout=60, what="rolled back"
         )
-        await eventually(lambda: _restored(client), timeout=30, what="the rollback revision recorded")
+        await eventually(lambda: _restored(client, 4), timeout=30, what="the rollback revision recorded")
         rolled = await status(client)
-        assert rolled.rollback == 4
-        assert rolled.previous == 1
-        shutil.rmtree(broken)  # the canary's driver works again: it runs revision 4
-        await eventually(lambda: all_run(client, EDGES, 4), timeout=60, what="every edge runs base@4")
-        restored = await client.profiles.get(NAME)
-        assert restored.spec.config == {"marker": "v1"}
-        desired, _ = await client.explain(CANARY)
-        assert desired.document["config"]["marker"] == "v1"
-        done = await cli(fleet, "rollout", "status", NAME, "--revision", "3", "--wait", "--timeout", "30s")
+        assert rolled.rollback == 5
+        assert rolled.previous == 2
+        restoring = (await client.rollouts.status(NAME, revision=5)).state
+        assert (restoring.status, restoring.rollback_of) == (RolloutStatus.COMPLETE, 4)
+        done = await cli(fleet, "rollout", "status", NAME, "--wait", "--timeout", "30s")
         assert done.returncode == 1, done.stdout
-        assert "rolled_back" in done.stdout, done.stdout
+        assert "base#4 rolled_back" in done.stdout, done.stdout
+        assert "revision 5 restores" in done.stdout, done.stdout
+        shutil.rmtree(broken)  # the canary's driver works again: it runs revision 5
+        await eventually(lambda: all_run(client, EDGES, 5), timeout=60, what="every edge runs base@5")
+        restored = await client.profiles.get(NAME)
+        assert restored.spec.config == {"marker": "v2"}
+        desired, _ = await client.explain(CANARY)
+        assert desired.document["config"]["marker"] == "v2"
         assert applies.ever_ran(3) <= {CANARY}
-        assert applies.ever_ran(2) <= {CANARY}
+        assert applies.ever_ran(4) <= {CANARY}
+        in_order(applies, await _state(client, 2))
+
+
+async def _state(client: FleetClient, revision: int) -> RolloutState:
+    return (await client.rollouts.status(NAME, revision=revision)).state
 
 
 async def dashboard_shows(fleet: DevFleet, key: str, status: str, texts: list[str]) -> None:
@@ -235,8 +251,8 @@ async def dashboard_shows(fleet: DevFleet, key: str, status: str, texts: list[st
         await asyncio.to_thread(browser.save_screenshot, str(OUTPUT / f"rollout-{status}.png"))
 
 
-async def _restored(client: FleetClient) -> bool:
-    return (await client.rollouts.status(NAME, revision=3)).state.rollback is not None
+async def _restored(client: FleetClient, revision: int) -> bool:
+    return (await _state(client, revision)).rollback is not None
 
 
 async def test_a_passing_rollout_honours_its_soak_and_operators_steer_it(six):
@@ -291,9 +307,9 @@ async def test_a_passing_rollout_honours_its_soak_and_operators_steer_it(six):
         await client.rollouts.promote(NAME, reason="looks good")
         await eventually(lambda: all_run(client, early, 3), timeout=60, what="the early wave runs base@3")
 
-        # `pause`: the early wave's soak is over, but nothing moves while paused.
+        # `pause` is refused nothing, `promote` while paused is; `resume` and on.
         await client.rollouts.pause(NAME, reason="hold")
-        with pytest.raises(Exception, match="paused"):
+        with pytest.raises(ConflictError, match="paused"):
             await client.rollouts.promote(NAME)
         paused = await status(client)
         assert paused.status is RolloutStatus.PAUSED
@@ -317,11 +333,48 @@ async def test_a_passing_rollout_honours_its_soak_and_operators_steer_it(six):
         kinds = [s.kind for s in three.steps]
         for kind in ("started", "wave_started", "wave_converged", "promoted", "paused", "resumed", "aborted"):
             assert kind in kinds, kinds
+        # Across the hub daemon's crash, no step was taken twice.
+        taken = Counter((s.kind, s.wave) for s in three.steps if s.kind.startswith("wave_"))
+        assert max(taken.values()) == 1, taken
+
+        # A pause holds a wave whose soak ends meanwhile: revision 4 soaks 2 s per wave; the
+        # canary's wave is paused while soaking, and for 4 s (twice the soak) nothing moves.
+        await client.profiles.apply(base("v4", soak="2s"), reason="pause me")
+        await eventually(lambda: _soaking(client, 0, revision=4), timeout=60, what="base#4 canary soaking")
+        await client.rollouts.pause(NAME, reason="hold the soak")
+        until = time.monotonic() + 4.0
+        while time.monotonic() < until:  # an observation window: nothing may move in it
+            held = await status(client)
+            assert (held.status, held.wave) == (RolloutStatus.PAUSED, 0), held.steps[-1]
+        assert [await assigned_revision(fleet, e) for e in early + rest] == [3] * len(early + rest)
+        await client.rollouts.resume(NAME, reason="go on")
+        await eventually(
+            lambda: reaches(client, RolloutStatus.COMPLETE, 4), timeout=90, what="base#4 complete"
+        )
+        four = await status(client)
+        soaked = four.waves[0].passed_at - four.waves[0].converged_at  # type: ignore[operator]
+        assert soaked.total_seconds() >= 2.0 + 4.0, soaked  # the soak, and the pause on top
+
+        # A new profile that rolls out: edges of waves not started get nothing of it.
+        fresh = base("fresh").model_copy(update={"name": "fresh"})
+        await client.profiles.apply(fresh, reason="new, in waves")
+        await eventually(lambda: _complete(client, "fresh"), timeout=90, what="fresh complete")
+        assert (await writes(fleet)).get("failed", 0) == 0
 
 
-async def _soaking(client: FleetClient, wave: int) -> bool:
+async def _soaking(client: FleetClient, wave: int, *, revision: int | None = None) -> bool:
     report = await client.rollouts.status(NAME)
+    if revision is not None and report.state.revision != revision:
+        return False
     return report.state.wave == wave and report.waves[wave].phase == "soaking"
+
+
+async def _complete(client: FleetClient, name: str) -> bool:
+    report = await client.rollouts.status(name)
+    if report.state.status is not RolloutStatus.COMPLETE:
+        return False
+    found = [await client.report(e) for e in EDGES]
+    return all(r and r.apply_result and r.apply_result.profile_revisions.get(name) == 1 for r in found)
 
 
 async def online(client: FleetClient, edge: str, *, wanted: bool) -> bool:

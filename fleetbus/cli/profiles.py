@@ -98,15 +98,17 @@ def profile_apply(
     _report_plan(plan, dry_run=dry_run)
     would = "would select" if dry_run else "selects"
     out.print(f"profile {profile.name!r} {would} {selected} of {known} edges the hub knows now")
-    if dry_run or not wait or not plan.changed:
+    if dry_run or not wait:
         return
-    if plan.new.rollout is None:
+    # Unchanged: follow the current revision's rollout (a re-run waits for what runs).
+    stored = plan.new if plan.changed else plan.current
+    if stored is None or stored.rollout is None:
         out.print(f"profile {profile.name!r} has no rollout: every edge it selects gets it now")
         return
 
     async def follow(fleet: FleetClient) -> int:
         return await rollouts.follow(
-            fleet, profile.name, revision=plan.new.revision, timeout=limit, as_json=False
+            fleet, profile.name, revision=stored.revision, timeout=limit, as_json=False
         )
 
     raise typer.Exit(with_client(hub, state_dir, follow))

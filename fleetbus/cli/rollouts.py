@@ -9,15 +9,16 @@ errors listed), 124 when `--timeout` passed first. `profile apply --wait` waits 
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Annotated
 
 import typer
 
 from fleetbus.cli.kit import AsJson, Creds, HubUrl, Reason, StateDir, err, out, with_client
-from fleetbus.errors import ConfigError
+from fleetbus.errors import ConfigError, TemporaryError
 from fleetbus.sdk.client import FleetClient
 from fleetbus.sdk.desk import RolloutReport
-from schemas.rollout import seconds
+from schemas.rollout import RolloutStatus, seconds
 
 rollout_app = typer.Typer(
     help="Staged rollouts of profile revisions: progress, pause, resume, abort, promote.",
@@ -54,7 +55,8 @@ def report_json(report: RolloutReport) -> dict[str, object]:
 
 def _header(report: RolloutReport) -> str:
     state = report.state
-    previous = f" (edges waiting keep revision {state.previous})" if state.previous else ""
+    under_way = state.status in (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+    previous = f" (edges waiting keep revision {state.previous})" if state.previous and under_way else ""
     reason = f": {state.reason}" if state.reason else ""
     return f"rollout {state.key} {state.status.value}{reason}{previous}"
 
@@ -65,12 +67,27 @@ def _failures(report: RolloutReport) -> list[str]:
     ]
 
 
+RECENT = 5  # steps `status` prints (--json has every step the state keeps)
+
+
 def print_report(report: RolloutReport) -> None:
     out.print(_header(report), highlight=False, markup=False)
     for wave in report.waves:
         out.print(f"  {wave.line()}", highlight=False, markup=False)
-    if report.state.rollback is not None:
-        out.print(f"  rolled back: revision {report.state.rollback} restores the previous content")
+    print_outcome(report)
+    if report.state.steps:
+        out.print("recent steps:")
+        for step in report.state.steps[-RECENT:]:
+            out.print(f"  {step.at:%Y-%m-%d %H:%M:%S} {step.message}", highlight=False, markup=False)
+
+
+def print_outcome(report: RolloutReport) -> None:
+    """How a rollback went, and the failing edges with their errors."""
+    state = report.state
+    if state.rollback is not None:
+        out.print(f"  rolled back: revision {state.rollback} restores the previous content")
+    elif state.restore_failed:
+        out.print(f"  not rolled back: {state.restore_failed}", highlight=False, markup=False)
     failures = _failures(report)
     if failures:
         out.print("failing edges:")
@@ -84,24 +101,30 @@ async def follow(
     """Follow the rollout, printing what changed; the exit code (124: `timeout` passed)."""
     deadline = time.monotonic() + timeout if timeout is not None else None
     shown: list[str] = []
+    report: RolloutReport | None = None
     while True:
-        report = await fleet.rollouts.status(name, revision=revision)
-        lines = [_header(report), *(w.line() for w in report.waves)]
-        if not as_json and lines != shown:
-            out.print(f"[{report.at:%H:%M:%S}] {lines[0]}", highlight=False, markup=False)
-            for line in lines[1:]:
-                out.print(f"  {line}", highlight=False, markup=False)
-            shown = lines
-        if report.done:
-            if as_json:
-                out.print_json(json.dumps(report_json(report)))
-            else:
-                print_report(report) if report.exit_code else None
-            return report.exit_code or 0
+        try:
+            report = await fleet.rollouts.status(name, revision=revision)
+        except TemporaryError as exc:  # the hub restarting: keep waiting, within the deadline
+            err.print(f"{exc}; asking again", highlight=False, markup=False)
+        if report is not None:
+            # A change of phase or counts is shown, not each second of a soak's countdown.
+            unchanged = [replace(w, soak_left=None).line() for w in report.waves]
+            if not as_json and [_header(report), *unchanged] != shown:
+                out.print(f"[{report.at:%H:%M:%S}] {_header(report)}", highlight=False, markup=False)
+                for wave in report.waves:
+                    out.print(f"  {wave.line()}", highlight=False, markup=False)
+                shown = [_header(report), *unchanged]
+            if report.done:
+                if as_json:
+                    out.print_json(json.dumps(report_json(report)))
+                else:
+                    print_outcome(report)
+                return report.exit_code or 0
         if deadline is not None and time.monotonic() >= deadline:
-            if as_json:
+            if as_json and report is not None:
                 out.print_json(json.dumps(report_json(report)))
-            err.print(f"rollout {report.state.key} not done within --timeout; it goes on at the hub")
+            err.print(f"rollout of {name!r} not done within --timeout; it goes on at the hub")
             return TIMED_OUT
         await asyncio.sleep(POLL)  # a polling period
 
@@ -120,6 +143,9 @@ def rollout_status(
     """The newest rollout of a profile: each wave's progress (converged, failed, pending,
     offline, soak left) and the failing edges; with --wait, until it is done."""
     limit = parse_timeout(timeout)
+    if limit is not None and not wait:
+        msg = "--timeout is how long --wait waits: give --wait too"
+        raise ConfigError(msg)
 
     async def work(fleet: FleetClient) -> int:
         if wait:

@@ -153,7 +153,7 @@ def under_rollouts(
     chosen, why = [], {}
     for profile in profiles:
         state = rollouts.get(profile.name)
-        if profile.rollout is None or state is None or state.revision != profile.revision:
+        if profile.rollout is None or state is None or not state.rolls_out(profile):
             chosen.append(profile)
             continue
         runs = revision_for(state, edge, labels)
@@ -176,9 +176,11 @@ def advance(
     state = state.model_copy(deep=True)
     happened: list[Transition] = []
     spec = state.spec
+    joined = []
     for edge, seen in observed.items():
         if edge not in state.members and (wave := wave_of(spec, state.key, edge, seen.labels)) is not None:
             state.members[edge] = wave
+            joined.append(edge)
     while state.wave < len(spec.waves):
         if not _gate(state, observed, now, happened):
             break
@@ -187,6 +189,8 @@ def advance(
         happened.append(Transition("complete", None, f"rollout {state.key} complete"))
     if happened:
         _record(state, now, happened)
+    elif joined:
+        state.updated_at = now  # new members: stored too (a member's wave is fixed from here)
     return state, happened
 
 
@@ -410,7 +414,8 @@ def progress(state: RolloutState, observed: Mapping[str, Observed], now: datetim
         phase = _phase(state, index, at)
         if phase == "soaking" and at.converged_at is not None:
             end = at.converged_at + timedelta(seconds=state.spec.soak + state.paused_for)
-            soak_left = max((end - now).total_seconds(), 0.0)
+            stopped = state.paused_at if state.status is RolloutStatus.PAUSED and state.paused_at else now
+            soak_left = max((end - stopped).total_seconds(), 0.0)
         found.append(
             WaveProgress(
                 wave.name,

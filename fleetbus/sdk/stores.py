@@ -84,14 +84,21 @@ class ProfileStore:
         msg = f"profile {name!r} has no revision {revision} in the hub's history (kept: {kept})"
         raise MissingError(msg)
 
-    async def plan(self, profile: Profile, *, actor: str) -> Plan:
+    async def plan(self, profile: Profile, *, actor: str, at: datetime | None = None) -> Plan:
         current, _ = await self._current(profile.name)
-        return await self._plan(profile, current, actor=actor)
+        return await self._plan(profile, current, actor=actor, at=at)
 
-    async def _plan(self, profile: Profile, current: Profile | None, *, actor: str) -> Plan:
+    async def _plan(
+        self, profile: Profile, current: Profile | None, *, actor: str, at: datetime | None = None
+    ) -> Plan:
         last = current.revision or 0 if current else await self._last_revision(profile.name)
-        new = profile.model_copy(update={"revision": last + 1, "updated_by": actor, "updated_at": utcnow()})
+        stamp = {"revision": last + 1, "updated_by": actor, "updated_at": at or utcnow()}
+        new = profile.model_copy(update=stamp)
         return Plan(current=current, new=new, diff=diff(current, new))
+
+    async def last_revision(self, name: str) -> int:
+        """Highest revision ever stored under `name`, deletes included."""
+        return await self._last_revision(name)
 
     async def _last_revision(self, name: str) -> int:
         """Highest revision ever stored under `name`, deletes included (a re-created profile
@@ -104,9 +111,17 @@ class ProfileStore:
             default=0,
         )
 
-    async def apply(self, profile: Profile, *, actor: str, expect_revision: int | None = None) -> Plan:
+    async def apply(
+        self,
+        profile: Profile,
+        *,
+        actor: str,
+        expect_revision: int | None = None,
+        at: datetime | None = None,
+    ) -> Plan:
         """Store `profile` as the next revision, unless unchanged. Compare-and-set: raises
-        `ConflictError` if `expect_revision` is not the current one or a writer got in first."""
+        `ConflictError` if `expect_revision` is not the current one or a writer got in first.
+        `at`: the revision's `updated_at` (default now), what its rollout's state names."""
         current, sequence = await self._current(profile.name)
         current_revision = current.revision or 0 if current else 0
         if expect_revision is not None and expect_revision != current_revision:
@@ -115,7 +130,7 @@ class ProfileStore:
                 "someone changed it; review `fleetbus profile diff` and apply again"
             )
             raise ConflictError(msg)
-        plan = await self._plan(profile, current, actor=actor)
+        plan = await self._plan(profile, current, actor=actor, at=at)
         if not plan.changed:
             return plan
         try:
@@ -132,7 +147,7 @@ class ProfileStore:
         old = await self.get(name, to)
         return await self.apply(old.model_copy(update=dict.fromkeys(STAMPS)), actor=actor)
 
-    async def resign(self, name: str, *, actor: str) -> Profile:
+    async def resign(self, name: str, *, actor: str, at: datetime | None = None) -> Profile:
         """Store the current content of `name` again as the next revision: signed with the
         signer this store has now (a key rotation), whatever signed it before."""
         current, sequence = await self._current(name)
@@ -140,12 +155,19 @@ class ProfileStore:
             msg = f"no profile named {name!r}"
             raise MissingError(msg)
         revision = max(current.revision or 0, await self._last_revision(name)) + 1
-        new = current.model_copy(update={"revision": revision, "updated_by": actor, "updated_at": utcnow()})
+        new = current.model_copy(
+            update={"revision": revision, "updated_by": actor, "updated_at": at or utcnow()}
+        )
         await self.bucket.update(name, new, last=sequence, revision=revision)
         return new
 
-    async def delete(self, name: str) -> Profile:
+    async def delete(self, name: str, *, expect_revision: int | None = None) -> Profile:
+        """A signed delete; with `expect_revision`, only if that is the current revision
+        (`ConflictError` otherwise)."""
         profile = await self.get(name)
+        if expect_revision is not None and profile.revision != expect_revision:
+            msg = f"profile {name!r} is at revision {profile.revision}, not {expect_revision}"
+            raise ConflictError(msg)
         await self.bucket.delete(name, revision=await self._last_revision(name) + 1)
         return profile
 
