@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/ingest.py
 	$(PY) benchmarks/footprint.py
 	$(PY) benchmarks/fanout.py
+	$(PY) benchmarks/rollout.py
 	$(PY) benchmarks/heal.py
 
 schemas: $(STAMP)

@@ -10,8 +10,7 @@ carries the new revision; per edge, the time from the apply call to that arrival
 The same with `--real` real edges per region (each its own nats-server and edge daemon, behind
 two leaf hops). Prints p50/p99/max per fleet, and per edge when its regional's assigner had
 handed it the new revision (stored in the regional's `assigned` bucket): a real edge's replica
-sources it from there; hollow edges read the region's replica directly, so for them this stage
-is the assigner's load and latency, not on their path.
+sources it from there, and hollow edges read their keys there, so it is on every edge's path.
 
 While the fleet of `--idle-at` hollow edges is otherwise idle, the CPU of the hub's and the
 regionals' servers and daemons is measured over `--idle-window` seconds, once per heartbeat

@@ -6,16 +6,19 @@ edge daemon's code:
 
 - enrolls with the regional (`edge.enrollment.enroll`), then heartbeats it every
   `heartbeat_interval` (`send_heartbeats`, marked `thin`);
-- follows its desired state in the regional's replicas of `profiles` and `overrides`,
-  recomputes it with `fleetbus.core.desired` when a profile or one of its own or its groups'
-  overrides changed, applies it through the `null` driver and reports the ApplyResult
+- follows its desired state: the profiles its regional hands it (its own keys of the
+  regional's `assigned` bucket, which a real edge's replica sources: so a staged rollout
+  reaches it wave by wave, like a real edge) and its own and its groups' overrides in the
+  regional's replica of `overrides`; recomputes it with `fleetbus.core.desired` when one of
+  them changed, applies it through the `null` driver and reports the ApplyResult
   (`edge.reconciler.Reconciler`);
 - reports each ApplyResult and publishes inventory snapshots (`edge.inventory`) into the
   regional's EVENTS and INVENTORY through its outbox subjects, which those streams bind.
 
-What is shared: the replicas are watched once per process (`DesiredInputs`), not once per
-edge: nats-py runs a 4 Hz timer per watch (its ordered consumers' flow control), which for
-3 watches x 1,000 edges was most of a process's CPU (measured with py-spy; benchmarks/
+What is shared: `assigned` and the replica of `overrides` are watched once per process
+(`DesiredInputs(handed=True)`, which indexes `assigned` by edge), not once per edge:
+nats-py runs a 4 Hz timer per watch (its ordered consumers' flow control), which for 3
+watches x 1,000 edges was most of a process's CPU (measured with py-spy; benchmarks/
 RESULTS.md). Up to `edges_per_connection` edges share one NATS connection; edges start at
 `start_rate` per second so a regional is not stormed. What is not real: no workload, no
 local streams (so no backlog to measure), host facts read once per process.
@@ -165,7 +168,7 @@ async def run_edges(
     cancelled; one failing stops them all (the daemon then exits and says why)."""
     links = await _connections(settings, first, metrics)
     host = await asyncio.to_thread(host_facts, settings.state_dir)
-    inputs = DesiredInputs(first, metrics, guard=verifier_of(settings, metrics))
+    inputs = DesiredInputs(first, metrics, guard=verifier_of(settings, metrics), handed=True)
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(inputs.run(), name="desired-inputs")

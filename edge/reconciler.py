@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from edge.drivers import Drift, Driver, DriverError
+from fleetbus.core import assignment
 from fleetbus.core import secrets as secret_refs
 from fleetbus.core.desired import DesiredState, compute
 from fleetbus.core.selector import matches
@@ -64,11 +65,31 @@ class DesiredInputs:
     """
 
     def __init__(
-        self, bus: Bus, metrics: DaemonMetrics, *, guard: Verifier | None = None, sealed: bool = False
+        self,
+        bus: Bus,
+        metrics: DaemonMetrics,
+        *,
+        guard: Verifier | None = None,
+        sealed: bool = False,
+        handed: bool = False,
     ) -> None:
-        self._profiles = Mirror(
-            Bucket(bus.js, subjects.PROFILES_BUCKET, Profile, metrics=metrics, guard=guard)
-        )
+        """`handed`: profiles from the regional's `assigned` bucket, each edge its own keys
+        (`profiles_of`), as the regional hands them (hollow edges, which share one mirror);
+        else from this site's replica of `profiles`."""
+        self.handed = handed
+        self._by_edge: dict[str, dict[str, Profile]] = {}  # handed: edge -> name -> profile
+        if handed:
+            self._profiles = Mirror(
+                Bucket(bus.js, subjects.ASSIGNED_BUCKET, Profile, metrics=metrics, guard=guard),
+                f"*.{subjects.ASSIGNED_PROFILE}.*",  # every edge's profile keys
+            )
+            self._profiles.listen(self._index)  # before the listeners below: they read it
+            if guard is not None:
+                guard.signed_as = assignment.origin
+        else:
+            self._profiles = Mirror(
+                Bucket(bus.js, subjects.PROFILES_BUCKET, Profile, metrics=metrics, guard=guard)
+            )
         self._overrides = Mirror(
             Bucket(bus.js, subjects.OVERRIDES_BUCKET, Override, metrics=metrics, guard=guard)
         )
@@ -83,12 +104,28 @@ class DesiredInputs:
             )
         self.loaded = asyncio.Event()
         self._listeners: list[Callable[[Changed], None]] = []
+        # handed: who listens for each edge's keys of `assigned` (a burst of a rollout's wave
+        # or a fan-out touches one key per edge: each hears only its own, not the whole burst)
+        self._edge_listeners: dict[str, list[Callable[[Changed], None]]] = {}
         for mirror in [*self._mirrors, *([self._sealed] if self._sealed else [])]:
             mirror.listen(self._listener(mirror.bucket.name))
 
     @property
     def profiles(self) -> dict[str, Profile]:
         return self._profiles.values
+
+    def profiles_of(self, edge: str) -> dict[str, Profile]:
+        """The profiles `edge` holds: its own keys of `assigned` (handed), else all of them."""
+        return self._by_edge.get(edge, {}) if self.handed else self._profiles.values
+
+    def _index(self, entries: Sequence[Entry[Profile]]) -> None:
+        for entry in entries:
+            edge, _, name = entry.key.partition(f".{subjects.ASSIGNED_PROFILE}.")
+            held = self._by_edge.setdefault(edge, {})
+            if entry.value is None:
+                held.pop(name, None)
+            else:
+                held[name] = entry.value
 
     @property
     def overrides(self) -> dict[str, Override]:
@@ -110,8 +147,11 @@ class DesiredInputs:
         self._sealed_task = asyncio.create_task(self._sealed.run(), name="mirror-sealed")
         self._sealed_task.add_done_callback(_log_stop)
 
-    def listen(self, listener: Callable[[Changed], None]) -> None:
+    def listen(self, listener: Callable[[Changed], None], *, edge: str | None = None) -> None:
+        """Hear each burst of changes; with `edge` (handed), of `assigned` only that edge's keys."""
         self._listeners.append(listener)
+        if edge is not None and self.handed:
+            self._edge_listeners.setdefault(edge, []).append(listener)
 
     async def run(self) -> None:
         """Mirror both buckets until cancelled; raise what ended a mirror."""
@@ -133,8 +173,17 @@ class DesiredInputs:
         return lambda entries: self._heard(bucket, entries)
 
     def _heard(self, bucket: str, entries: Sequence[Entry[Any]]) -> None:
-        if self.loaded.is_set():  # the first loads are told as one, with `()`
+        if not self.loaded.is_set():  # the first loads are told as one, with `()`
+            return
+        if bucket != subjects.ASSIGNED_BUCKET:
             self._tell({(bucket, e.key) for e in entries})
+            return
+        by_edge: dict[str, set[tuple[str, str]]] = {}
+        for entry in entries:
+            by_edge.setdefault(entry.key.split(".", 1)[0], set()).add((bucket, entry.key))
+        for edge, changed in by_edge.items():
+            for listener in self._edge_listeners.get(edge, ()):
+                listener(changed)
 
     def _tell(self, changed: Changed) -> None:
         for listener in self._listeners:
@@ -186,7 +235,7 @@ class Reconciler:
         if guard is not None:
             guard.on_refused = self.refused  # reported upstream as alerts
             guard.selects = self.stub_selects
-        self.inputs.listen(self._heard)
+        self.inputs.listen(self._heard, edge=self.edge)
         self._mine = {
             (subjects.OVERRIDES_BUCKET, subjects.override_key(OverrideScope.EDGE.value, edge)),
             *(
@@ -208,7 +257,7 @@ class Reconciler:
 
     @property
     def profiles(self) -> dict[str, Profile]:
-        return self.inputs.profiles
+        return self.inputs.profiles_of(self.edge)
 
     @property
     def overrides(self) -> dict[str, Override]:
@@ -217,7 +266,13 @@ class Reconciler:
     def _heard(self, changed: Changed) -> None:
         """Inputs changed: wake up if a profile or one of this edge's overrides did (or at load).
         (A full edge's replica holds no other overrides; a shared mirror holds the region's.)"""
-        if not changed or any(b == subjects.PROFILES_BUCKET or (b, k) in self._mine for b, k in changed):
+        mine = f"{self.edge}."  # its keys of `assigned` (a hollow edge's handed profiles)
+        if not changed or any(
+            b == subjects.PROFILES_BUCKET
+            or (b, k) in self._mine
+            or (b == subjects.ASSIGNED_BUCKET and k.startswith(mine))
+            for b, k in changed
+        ):
             self._changed.set()
 
     async def run(self) -> None:

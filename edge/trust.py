@@ -58,4 +58,7 @@ def verifier_of(settings: EdgeSettings | HollowSettings, metrics: DaemonMetrics)
     if isinstance(settings, EdgeSettings):  # hollow edges take no tokens
         token = read_token(settings.enroll_token, settings.enroll_token_file)
     keys = (*check_keys(settings.trusted_keys, field="trusted_keys"), *pinned_keys(state, token))
-    return Verifier(keys, state=state / REVISIONS, metrics=metrics)
+    # Hollow edges keep what they took in memory only: a process of a thousand of them would
+    # otherwise write every edge's kept records once per burst (most of its CPU in a fan-out).
+    kept = state / REVISIONS if isinstance(settings, EdgeSettings) else None
+    return Verifier(keys, state=kept, metrics=metrics)

@@ -277,3 +277,23 @@ def test_no_string_makes_token_checking_raise_anything_but_token_error(text):
     with contextlib.suppress(apitoken.TokenError):
         apitoken.check(text, {"UX"}, datetime.now(UTC))
         pytest.fail("a string that is no token was taken")
+
+
+def test_a_copy_in_assigned_verifies_as_the_hubs_record_it_copies_and_is_kept_per_edge(hub, stranger):
+    """What a hollow edge reads: `assigned` copies, judged as the `profiles` records the hub
+    signed (`assignment.origin`), each edge's key kept apart (so two edges of a rollout at
+    different revisions are not each other's replay)."""
+    verifier = Verifier([hub.key_id])
+    verifier.signed_as = assignment.origin
+    copy = lambda signer, edge, revision: record(  # noqa: E731
+        signer, revision=revision, as_bucket="assigned", as_key=f"{edge}.profile.base"
+    )
+    assert verifier.accept(copy(hub, "e1", 7))
+    assert verifier.accept(copy(hub, "e2", 6))  # e2 waits for its wave: not a replay of e1's 7
+    assert not verifier.accept(copy(hub, "e1", 6))  # e1 going back is
+    assert not verifier.accept(copy(stranger, "e3", 8))
+    # Signed for another key than the one it is copied under: refused.
+    moved = record(hub, key="other", as_bucket="assigned", as_key="e1.profile.base")
+    assert not verifier.accept(moved)
+    assert assignment.origin(Record("assigned", "e1.group.tills", "PUT", b"", {})).key == "group.tills"
+    assert assignment.origin(Record("assigned", "e1.group.tills", "PUT", b"", {})).bucket == "overrides"

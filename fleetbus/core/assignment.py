@@ -18,10 +18,11 @@ Pure: the shell (`regional.assigner`) reads the regional's replicas and writes t
 """
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fleetbus.core.selector import matches
-from fleetbus.core.trust import DELETE, PUT, STUB_OPERATION
+from fleetbus.core.trust import DELETE, PUT, STUB_OPERATION, Record
+from schemas import subjects
 from schemas.profile import LabelSelector
 
 
@@ -41,6 +42,21 @@ class Held:
 
     revision: int
     operation: str
+
+
+def origin(record: Record) -> Record:
+    """A record of `assigned` as the hub signed it: `<edge>.profile.<name>` is the hub's
+    `profiles` record `<name>`, `<edge>.group.<group>` its `overrides` record `group.<group>`
+    (what an edge's replica stores it as, by a subject transform; a reader of `assigned`
+    itself, a hollow edge, verifies it as that). Any other record: as it is."""
+    if record.bucket != subjects.ASSIGNED_BUCKET:
+        return record
+    _edge, kind, name = [*record.key.split(".", 2), "", ""][:3]
+    if kind == subjects.ASSIGNED_PROFILE and name:
+        return replace(record, bucket=subjects.PROFILES_BUCKET, key=name)
+    if kind == subjects.ASSIGNED_GROUP and name:
+        return replace(record, bucket=subjects.OVERRIDES_BUCKET, key=f"{subjects.ASSIGNED_GROUP}.{name}")
+    return record
 
 
 def for_profile(current: Current, labels: Mapping[str, str], held: Held | None) -> Held | None:

@@ -164,7 +164,8 @@ def gateway() -> Permissions:
 
 def simulator(region: str, site: str) -> Permissions:
     """A simulator of hollow edges in `region` (`fleetbus sim`, one connection for all of
-    them): the subjects of every edge of the region, and reads of the region's buckets. A
+    them): the subjects of every edge of the region, and reads of the region's buckets
+    (its `assigned` too: every edge's keys). A
     dev and test identity; a real thin edge is an edge (`edge_link`)."""
     return Permissions(
         publish=(
@@ -178,6 +179,15 @@ def simulator(region: str, site: str) -> Permissions:
             f"$JS.API.CONSUMER.CREATE.{kv_stream(OVERRIDES_BUCKET)}.>",
             f"$JS.API.DIRECT.GET.{kv_stream(PROFILES_BUCKET)}.>",
             f"$JS.API.DIRECT.GET.{kv_stream(OVERRIDES_BUCKET)}.>",
+            # The profiles the regional hands each of its edges (every edge's keys).
+            f"$JS.API.STREAM.INFO.{kv_stream(ASSIGNED_BUCKET)}",
+            f"$JS.API.CONSUMER.CREATE.{kv_stream(ASSIGNED_BUCKET)}",
+            f"$JS.API.CONSUMER.CREATE.{kv_stream(ASSIGNED_BUCKET)}.>",
+            f"$JS.API.DIRECT.GET.{kv_stream(ASSIGNED_BUCKET)}.>",
+            # Flow control of its watches (a fan-out to thousands of edges of `assigned` needs it).
+            *_flow_control(ASSIGNED_BUCKET),
+            *_flow_control(PROFILES_BUCKET),
+            *_flow_control(OVERRIDES_BUCKET),
             # How far the regional's copy of the hollow edges' streams is (their uplinks).
             f"$JS.API.STREAM.MSG.GET.{subjects.INVENTORY_STREAM}",
             f"$JS.API.STREAM.MSG.GET.{subjects.EVENTS_STREAM}",
