@@ -323,8 +323,15 @@ class FleetView:
         self._policy_changed()
 
     def _on_rollout(self, record: Entry[Any], state: RolloutState | None) -> None:
-        if state is None:
-            self.rollouts.pop(record.key, None)
+        if state is None:  # a state removed (its revision was never stored)
+            gone = self.rollouts.pop(record.key, None)
+            if gone is not None:
+                kept = [s for s in self.rollouts.values() if s.profile == gone.profile]
+                if kept:
+                    self.current_rollouts[gone.profile] = max(kept, key=lambda s: s.revision)
+                else:
+                    self.current_rollouts.pop(gone.profile, None)
+                self._policy_changed()
             return
         self.rollouts[record.key] = state
         newest = self.current_rollouts.get(state.profile)

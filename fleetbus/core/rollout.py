@@ -161,7 +161,7 @@ def under_rollouts(
         if runs == profile.revision:
             chosen.append(profile)
         elif runs is not None:
-            # Not kept here (older than the bucket's history): the latest stands in, and says so.
+            # Not in `earlier` (older than the history kept): the latest stands in for it.
             chosen.append(earlier.get((profile.name, runs), profile))
     return chosen, why
 

@@ -25,7 +25,7 @@ from fleetbus.errors import ConfigError, ConflictError, MissingError
 from fleetbus.nats.bus import JetStream
 from fleetbus.nats.kv import Bucket
 from fleetbus.runtime.signing import Signer, Verifier
-from fleetbus.sdk.documents import STAMPS, Plan, diff
+from fleetbus.sdk.documents import Plan, diff
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.override import Override, OverrideScope, OverrideTarget
@@ -141,11 +141,6 @@ class ProfileStore:
             msg = f"profile {profile.name!r} changed while applying (now at revision {now}); apply again"
             raise ConflictError(msg) from exc
         return plan
-
-    async def rollback(self, name: str, to: int, *, actor: str) -> Plan:
-        """Apply revision `to`'s content again, as a new revision."""
-        old = await self.get(name, to)
-        return await self.apply(old.model_copy(update=dict.fromkeys(STAMPS)), actor=actor)
 
     async def resign(self, name: str, *, actor: str, at: datetime | None = None) -> Profile:
         """Store the current content of `name` again as the next revision: signed with the
