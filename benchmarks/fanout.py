@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from benchmarks.common import CpuWindow, admin_creds, append_results, connect_as, summary, table
@@ -52,6 +53,16 @@ async def all_reported(client: FleetClient, edges: int) -> bool:
     """Whether the hub's `applied` bucket holds an ApplyResult of every edge."""
     info = await client._js.stream_info(subjects.kv_stream(subjects.APPLIED_BUCKET))
     return info.state.messages >= edges
+
+
+async def watch_applied(client: FleetClient) -> JetStreamContext.PushSubscription:
+    """A subscription to the ApplyResults the hub's `applied` bucket receives from now on."""
+    return await client._js.subscribe(
+        subjects.kv_subject(subjects.APPLIED_BUCKET),
+        stream=subjects.kv_stream(subjects.APPLIED_BUCKET),
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.NEW,
+    )
 
 
 async def handed(fleet: DevFleet, began: float, revision: int | None) -> list[float]:
@@ -84,12 +95,7 @@ async def fan_out(
 ) -> tuple[list[float], list[float]]:
     """Apply a new revision; per edge, seconds until the hub holds its ApplyResult for it,
     and seconds until its regional handed it the revision."""
-    sub = await client._js.subscribe(
-        subjects.kv_subject(subjects.APPLIED_BUCKET),
-        stream=subjects.kv_stream(subjects.APPLIED_BUCKET),
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.NEW,
-    )
+    sub = await watch_applied(client)
     try:
         began, began_wall = time.monotonic(), time.time()
         plan = await client.profiles.apply(

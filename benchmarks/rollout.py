@@ -26,17 +26,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from nats.js.api import DeliverPolicy
 
 from benchmarks.common import admin_creds, append_results, summary, table
-from benchmarks.fanout import PROFILE, REGIONS, all_reported, fan_out
+from benchmarks.fanout import PROFILE, REGIONS, all_reported, fan_out, watch_applied
 from fleetbus.devfleet.hollow import plan_hollow
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
 from fleetbus.runtime import log
 from fleetbus.sdk.client import FleetClient
-from schemas import subjects
 from schemas.codec import decode_body
 from schemas.event import ApplyStatus, Event
 from schemas.profile import Profile, ProfileSpec
@@ -63,12 +61,7 @@ async def roll_out(
 ) -> tuple[RolloutState, dict[str, datetime]]:
     """Apply a revision that rolls out in waves; its final state, and each edge's first
     apply of it (the edge's clock)."""
-    sub = await client._js.subscribe(
-        subjects.kv_subject(subjects.APPLIED_BUCKET),
-        stream=subjects.kv_stream(subjects.APPLIED_BUCKET),
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.NEW,
-    )
+    sub = await watch_applied(client)
     try:
         profile = Profile(name=PROFILE, spec=ProfileSpec(config={"round": "waves"}), rollout=spec(soak))
         plan = await client.profiles.apply(profile, reason="benchmark")
