@@ -1,18 +1,27 @@
 """The hub daemon: owns the profile and override buckets (their one writer: `hub.desk`),
 gathers the fleet's events, inventory and presence (by sourcing), and tracks which regionals
-it can hear."""
+it can hear.
+
+A clustered hub runs one daemon beside each node (docs/clustering.md). What only one may do
+at a time (the desk, the rollout controller, the sealer, regions' presence, the sources of
+the streams it fills) runs in the daemon holding the hub's lease; the view of the fleet, the
+dashboard and the API run in every one."""
 
 import asyncio
 import socket
 from collections import Counter
+from dataclasses import replace
 
+from fleetbus.core.lease import Held
 from fleetbus.core.presence import PresencePolicy, PresenceTracker, Transition
 from fleetbus.daemon.lifecycle import Daemon
 from fleetbus.nats import forget
 from fleetbus.nats.bus import Msg
+from fleetbus.nats.lease import Lease
 from fleetbus.nats.liveness import PresenceBoard
 from fleetbus.nats.provisioning import BucketSpec, ensure_bucket
 from fleetbus.nats.replication import SiteFollower, SourcedStream, watch_limits
+from fleetbus.nats.streams import StreamConfig
 from fleetbus.runtime import apitoken, log
 from fleetbus.runtime.identity import load as load_identity
 from fleetbus.runtime.metrics import DaemonMetrics
@@ -38,6 +47,7 @@ BUCKETS = (
     BucketSpec(subjects.SEALED_BUCKET, description="Per edge: its secrets, sealed to its key."),
     BucketSpec(subjects.ROLLOUTS_BUCKET, description="Staged rollouts: one state per profile revision."),
 )
+HUB_LEASE = "hub"  # the key of the lease the active hub daemon holds
 
 
 async def run(settings: HubSettings) -> None:
@@ -52,89 +62,147 @@ async def run(settings: HubSettings) -> None:
 
 async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
     async with Daemon(settings, tier=Tier.HUB) as daemon:
+        hub = Hub(daemon, settings)
+        daemon.bus.reconnect_listeners.append(hub.server_restarted)
+        daemon.on_start(hub.provision)
+        daemon.add_task("hello", hub.hello_again)
+        daemon.add_task("lease", lambda: hub.lease.hold(hub.duties))
+        daemon.add_task("limits", hub.limits)
+        if listener is not None:
+            _dashboard(daemon, settings, listener, hub.view)
+        try:
+            await daemon.run()
+        finally:
+            await hub.desk.close()
+
+
+class Hub:
+    """The hub daemon's parts: what every daemon of a clustered hub runs, and the duties of
+    the one holding the lease (`duties`)."""
+
+    def __init__(self, daemon: Daemon, settings: HubSettings) -> None:
+        self.daemon, self.settings = daemon, settings
         js, metrics = daemon.bus.js, daemon.metrics
-        events = SourcedStream(js, streams.events_stream(), metrics, deliver=streams.region_deliver)
-        inventory = SourcedStream(js, streams.inventory_bucket(), metrics, per_site=streams.inventory_source)
-        presence = SourcedStream(js, streams.presence_bucket(), metrics, per_site=streams.presence_source)
-        applied = SourcedStream(js, streams.applied_bucket(), metrics)
-        follower = SiteFollower([events, inventory, presence], kick=settings.heal_acceleration)
+        self.js, self.metrics = js, metrics
+        copies = settings.replicas
+        self.events = SourcedStream(
+            js, _replicated(streams.events_stream(), copies), metrics, deliver=streams.region_deliver
+        )
+        self.inventory = SourcedStream(
+            js, _replicated(streams.inventory_bucket(), copies), metrics, per_site=streams.inventory_source
+        )
+        self.presence = SourcedStream(
+            js, _replicated(streams.presence_bucket(), copies), metrics, per_site=streams.presence_source
+        )
+        self.applied = SourcedStream(js, _replicated(streams.applied_bucket(), copies), metrics)
         signer = Signer(load_identity(settings.signing_key)) if settings.signing_key else None
-        desk = Desk(daemon.bus, settings, metrics, signer)
-        view = _rollouts(daemon, settings, desk)
-        daemon.bus.reconnect_listeners.append(follower.server_back)  # its server restarted
-        server_back = asyncio.Event()
-        daemon.bus.reconnect_listeners.append(server_back.set)
-
-        async def hello_again() -> None:
-            """Say hello again each time the hub's own server is back: a restart shorter than
-            a regional's probe period is otherwise noticed by no one below, and the
-            regionals' replicas of the hub's buckets (sourced through consumers that died
-            with the server) would wait for nats-server's own retry."""
-            while True:
-                await server_back.wait()
-                server_back.clear()
-                await daemon.bus.announce(subjects.hub_hello())
-
-        async def still_known(change: Transition) -> bool:
-            """False for a region forgotten (`fleetbus region forget`) while its record would
-            still change (stale, then offline): not written back. Its next first heartbeat is."""
-            return change.previous is None or await forget.is_recorded(
-                js, subjects.REGIONS_BUCKET, change.site
-            )
-
-        regions = PresenceBoard(
+        self.desk = Desk(daemon.bus, settings, metrics, signer)
+        self.view, self.rollouts = _rollouts(daemon, settings, self.desk)
+        self.sealer = _sealer(daemon, settings, signer)
+        self.lease = Lease(
+            js, subjects.LEASES_BUCKET, HUB_LEASE, settings.node or settings.site, metrics=metrics
+        )
+        # The active daemon's, while it is: a new one each time this daemon takes the lease,
+        # so the first beat of each region re-adds (a no-op) and kicks its sources.
+        self.follower: SiteFollower | None = None
+        self.server_back = asyncio.Event()
+        daemon.bus.reconnect_listeners.append(self.server_back.set)
+        self.regions = PresenceBoard(
             js,
             subjects.REGIONS_BUCKET,
             PresenceTracker(PresencePolicy(offline_after=settings.region_offline_after)),
             metrics=metrics,
-            keep=still_known,
+            keep=self.still_known,
         )
 
-        async def on_regional_heartbeat(beat: Heartbeat, msg: Msg) -> None:
-            if msg.subject != subjects.regional_heartbeat(beat.site) or beat.tier != Tier.REGIONAL:
-                metrics.heartbeats_rejected.labels(reason="mismatch").inc()
-                return
-            regions.heard(beat.site, beat.interval_seconds)
-            if await follower.follow(beat):
-                metrics.peers_heard.set(len(follower.heard))
+    async def provision(self) -> None:
+        copies = self.settings.replicas
+        for bucket in BUCKETS:
+            await ensure_bucket(self.js, replace(bucket, replicas=copies))
+        leases = BucketSpec(
+            subjects.LEASES_BUCKET,
+            replicas=copies,
+            ttl=self.lease.policy.ttl,
+            description="Who holds each hub lease (docs/clustering.md).",
+        )
+        await ensure_bucket(self.js, leases)
+        await self.desk.provision()
+        await self.daemon.bus.subscribe(subjects.regional_heartbeats(), Heartbeat, self.on_regional_heartbeat)
 
-        async def provision() -> None:
-            for bucket in BUCKETS:
-                await ensure_bucket(js, bucket)
-            for stream in follower.streams:
-                await stream.ensure(keep_sources=True)
-            await applied.ensure()
-            await regions.restore()
-            await desk.provision()
-            await daemon.bus.subscribe(subjects.regional_heartbeats(), Heartbeat, on_regional_heartbeat)
-            # Regionals that started first beat now instead of one interval from now: until the
-            # hub hears a region, it has not added that region's sources (nothing of it shows).
-            await daemon.bus.nc.publish(subjects.hub_hello(), b"")
-
-        daemon.add_task("hello", hello_again)
-
-        async def limits() -> None:
-            await watch_limits(
-                js,
-                [s.name for s in [*follower.streams, applied]],
-                metrics,
-                superseded_ok=[inventory.name, presence.name, applied.name],
-            )
-
-        daemon.on_start(provision)
-        _sealer(daemon, settings, signer)
-        daemon.add_task("presence", regions.run)
-        daemon.add_task("limits", limits)
-        if listener is not None:
-            _dashboard(daemon, settings, listener, view)
+    async def duties(self, held: Held) -> None:
+        """What only the daemon holding the hub's lease does, until it no longer holds it."""
+        logger.info("active hub daemon", node=self.lease.holder, lease_revision=held.revision)
+        follower = SiteFollower(
+            [self.events, self.inventory, self.presence], kick=self.settings.heal_acceleration
+        )
         try:
-            await daemon.run()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.desk.serve(), name="desk")
+                for stream in follower.streams:
+                    await stream.ensure(keep_sources=True)
+                await self.applied.ensure()
+                await self.regions.restore()
+                self.follower = follower
+                group.create_task(self.rollouts.run(), name="rollouts")
+                group.create_task(self.regions.run(), name="presence")
+                if self.sealer is not None:
+                    group.create_task(self.sealer.run(), name="sealer")
+                # Regionals beat now instead of one interval from now: until the hub hears a
+                # region, it has not added that region's sources (nothing of it shows).
+                await self.daemon.bus.nc.publish(subjects.hub_hello(), b"")
         finally:
-            await desk.close()
+            self.follower = None
+
+    async def on_regional_heartbeat(self, beat: Heartbeat, msg: Msg) -> None:
+        if msg.subject != subjects.regional_heartbeat(beat.site) or beat.tier != Tier.REGIONAL:
+            self.metrics.heartbeats_rejected.labels(reason="mismatch").inc()
+            return
+        follower = self.follower
+        if follower is None:  # another daemon of a clustered hub is the active one
+            return
+        self.regions.heard(beat.site, beat.interval_seconds)
+        if await follower.follow(beat):
+            self.metrics.peers_heard.set(len(follower.heard))
+
+    def server_restarted(self) -> None:
+        """Its own server is back, maybe from a crash (`SiteFollower.server_back`)."""
+        if self.follower is not None:
+            self.follower.server_back()
+
+    async def hello_again(self) -> None:
+        """Say hello again each time the hub's own server is back: a restart shorter than a
+        regional's probe period is otherwise noticed by no one below, and the regionals'
+        replicas of the hub's buckets (sourced through consumers that died with the server)
+        would wait for nats-server's own retry."""
+        while True:
+            await self.server_back.wait()
+            self.server_back.clear()
+            await self.daemon.bus.announce(subjects.hub_hello())
+
+    async def still_known(self, change: Transition) -> bool:
+        """False for a region forgotten (`fleetbus region forget`) while its record would
+        still change (stale, then offline): not written back. Its next first heartbeat is."""
+        return change.previous is None or await forget.is_recorded(
+            self.js, subjects.REGIONS_BUCKET, change.site
+        )
+
+    async def limits(self) -> None:
+        await watch_limits(
+            self.js,
+            [s.name for s in (self.events, self.inventory, self.presence, self.applied)],
+            self.metrics,
+            superseded_ok=[self.inventory.name, self.presence.name, self.applied.name],
+        )
 
 
-def _rollouts(daemon: Daemon, settings: HubSettings, desk: Desk) -> FleetView:
-    """The hub's view of the fleet (the dashboard's too), and the rollout controller on it."""
+def _replicated(config: StreamConfig, replicas: int) -> StreamConfig:
+    config.num_replicas = replicas
+    return config
+
+
+def _rollouts(daemon: Daemon, settings: HubSettings, desk: Desk) -> tuple[FleetView, Rollouts]:
+    """The hub's view of the fleet (the dashboard's too), and the rollout controller on it
+    (run by the active daemon only)."""
     view = FleetView(
         FleetClient(daemon.bus, settings.nats_url),
         on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
@@ -142,17 +210,15 @@ def _rollouts(daemon: Daemon, settings: HubSettings, desk: Desk) -> FleetView:
     rollouts = Rollouts(daemon.bus.js, desk.profiles)
     rollouts.view, desk.rollouts = view, rollouts
     daemon.add_task("fleet-view", view.run)
-    daemon.add_task("rollouts", rollouts.run)
-    return view
+    return view, rollouts
 
 
-def _sealer(daemon: Daemon, settings: HubSettings, signer: Signer | None) -> None:
+def _sealer(daemon: Daemon, settings: HubSettings, signer: Signer | None) -> Sealer | None:
     """Secrets, sealed to each edge whose desired state references them (none without a key)."""
     if signer is None:
-        return
+        return None
     guard = Verifier([signer.key_id, *settings.trusted_keys], track=False)
-    sealer = Sealer(daemon.bus, signer, guard, daemon.metrics)
-    daemon.add_task("sealer", sealer.run)
+    return Sealer(daemon.bus, signer, guard, daemon.metrics)
 
 
 def _dashboard(daemon: Daemon, settings: HubSettings, listener: socket.socket, view: FleetView) -> None:

@@ -16,6 +16,7 @@ operators' permissions at the hub's server leave them out (`fleetbus.core.permis
 """
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from fleetbus.core import roles, rollout
 from fleetbus.core import secrets as secret_refs
 from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedError
 from fleetbus.nats.bus import Bus, Msg
+from fleetbus.nats.errors import TRANSIENT
 from fleetbus.nats.kv import Bucket
 from fleetbus.nats.provisioning import ensure_stream
 from fleetbus.nats.streams import local_stream
@@ -140,7 +142,9 @@ class Desk:
         }
 
     async def provision(self) -> None:
-        await ensure_stream(self.bus.js, audit_stream())
+        audit = audit_stream()
+        audit.num_replicas = self.settings.replicas
+        await ensure_stream(self.bus.js, audit)
         if self.files is not None:
             await asyncio.to_thread(self.files.registry)  # a clear error now if it is unreadable
         if self.settings.system_creds is not None and self.control is None:
@@ -152,13 +156,22 @@ class Desk:
                 ca=self.settings.nats_ca,
             )
             await self.control.start()
-        await self.bus.nc.subscribe(subjects.HUB_DESK, queue="desk", cb=self.on_request)
         if self.signer is None:
             logger.warning(
                 "UNSIGNED desired state: the hub has no signing key; verifying edges refuse what it writes"
             )
         if self.insecure:
             logger.warning("INSECURE desk: unsigned requests are taken as an admin's (debugging only)")
+
+    async def serve(self) -> None:
+        """Answer requests until cancelled: only the daemon holding the hub's lease does
+        (docs/clustering.md#leases), so one desk at a time writes."""
+        sub = await self.bus.nc.subscribe(subjects.HUB_DESK, queue="desk", cb=self.on_request)
+        try:
+            await asyncio.Event().wait()  # until the lease is lost or the daemon stops
+        finally:
+            with contextlib.suppress(*TRANSIENT):
+                await sub.unsubscribe()
 
     async def close(self) -> None:
         if self.control is not None:

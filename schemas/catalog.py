@@ -14,6 +14,7 @@ from schemas.enrollment import (
 from schemas.event import Event
 from schemas.heartbeat import Heartbeat
 from schemas.inventory import InventorySnapshot
+from schemas.lease import Lease
 from schemas.override import Override
 from schemas.presence import PresenceChange
 from schemas.profile import Profile
@@ -41,4 +42,5 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     AuditRecord,
     SecretRecord,
     SealedBundle,
+    Lease,
 )

@@ -46,6 +46,8 @@ SEALED_BUCKET = "sealed"  # hub -> regional -> edge (its own key only): secrets 
 ASSIGNED_BUCKET = "assigned"
 # hub -> regional: the state of each profile revision's staged rollout (key `<profile>.<revision>`)
 ROLLOUTS_BUCKET = "rollouts"
+# hub only: who does what only one hub daemon may do (key `hub`; docs/clustering.md#leases)
+LEASES_BUCKET = "leases"
 HUB_DESK = "fleet.hub.desk"
 
 HUB_DOMAIN = "hub"

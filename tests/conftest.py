@@ -132,10 +132,11 @@ async def running_fleet(
     *,
     mqtt: bool = False,
     client_tls: bool = False,
+    hub_nodes: int = 1,
 ) -> AsyncIterator[DevFleet]:
     """Servers, a link proxy on every leaf link, and every tier's daemon as a real process."""
-    ports = iter(free_ports(ports_needed(regions, edges, mqtt=mqtt, links=True)))
-    plan = plan_fleet(tmp_path / "fleet", regions, edges, ports, mqtt=mqtt, links=True)
+    ports = iter(free_ports(ports_needed(regions, edges, mqtt=mqtt, links=True, hub_nodes=hub_nodes)))
+    plan = plan_fleet(tmp_path / "fleet", regions, edges, ports, mqtt=mqtt, links=True, hub_nodes=hub_nodes)
     fleet = DevFleet(
         plan, heartbeat_interval=1.0, progress=lambda _line: None, settings=settings, client_tls=client_tls
     )

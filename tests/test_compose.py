@@ -130,7 +130,7 @@ def test_compose_topology_matches_what_fleetbus_dev_renders(tmp_path):
     ports = itertools.count(20000)
     plan = plan_fleet(tmp_path, len(EDGE_COUNTS), 0, ports, mqtt=True, links=True, edge_counts=EDGE_COUNTS)
     by_leaf = {s.server.leaf_port: s.name for s in plan.sites if s.server.leaf_port}
-    by_link = {s.link_port: by_leaf[s.link_target] for s in plan.sites if s.link_port and s.link_target}
+    by_link = {link.port: by_leaf[link.target] for s in plan.sites for link in s.links}
 
     def dev_site(_host: str, port: int) -> str:
         return by_leaf.get(port) or by_link[port]  # straight to the leaf port, or via a link proxy

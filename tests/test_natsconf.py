@@ -88,3 +88,40 @@ def test_the_permission_table_in_the_docs_is_the_one_the_servers_get():
         "docs/security.md's permission table is stale: replace it with permissions.markdown(), "
         "as the paragraph above it says"
     )
+
+
+def test_a_clustered_hub_renders_routes_with_a_login_and_tls(tmp_path: Path):
+    plan = identities.secure(plan_fleet(tmp_path, 1, 1, iter(range(20000, 20100)), links=True, hub_nodes=3))
+    nodes = plan.nodes("hub")
+    assert [n.key for n in nodes] == ["hub-n1", "hub-n2", "hub-n3"]
+    regional = plan.site("r1")
+    # The regional's leaf remote lists every node, each through its own proxy.
+    assert [link.node for link in regional.links] == ["hub-n1", "hub-n2", "hub-n3"]
+    assert [link.target for link in regional.links] == [n.server.leaf_port for n in nodes]
+    assert len(regional.server.upstream) == 3
+    for node in nodes:
+        path = NatsServer(node.server, node.workdir).write_config()
+        text = path.read_text()
+        assert f'server_name: "{node.key}"' in text
+        assert 'domain: "hub"' in text  # one domain for the whole cluster
+        cluster = text.split("cluster {")[1].split("\nleafnodes")[0]
+        assert "authorization { user:" in cluster
+        assert "verify: true" in cluster
+        own = f"127.0.0.1:{node.server.cluster.port}" if node.server.cluster else "?"
+        assert own not in cluster.split("routes:")[1].split("\n")[0]  # no route to itself
+        # Every node shares the site's identity directory, its own config and store.
+        assert node.creds_path == nodes[0].creds_path
+        assert node.workdir != nodes[0].workdir or node is nodes[0]
+        result = subprocess.run(
+            [str(find_binary()), "-t", "-c", str(path)], capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, result.stderr
+    settings = nodes[1].daemon_settings(1.0)
+    assert settings["node"] == "hub-n2"
+    assert settings["replicas"] == 3
+    # Its own node first, then the others: it moves to one while its own is down.
+    assert str(settings["nats_url"]).split(",") == [
+        nodes[1].server.client_url,
+        nodes[0].server.client_url,
+        nodes[2].server.client_url,
+    ]

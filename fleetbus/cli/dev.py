@@ -66,9 +66,18 @@ def dev_up(
             "links and MQTT always do); clients verify with the fleet CA (`dev creds`).",
         ),
     ] = False,
+    hub_nodes: Annotated[
+        int,
+        typer.Option(
+            "--hub-nodes",
+            help="Run the hub as a JetStream cluster of this many nodes (3 survives losing one), "
+            "a daemon beside each; buckets and streams are replicated on every node.",
+        ),
+    ] = 1,
 ) -> None:
     """Start hub, regionals and edges (servers + daemons) in the foreground; Ctrl-C stops all."""
     check_range("--regions", regions, 1, 50)
+    check_range("--hub-nodes", hub_nodes, 1, 5)
     check_range("--edges", edges, 0, 500)
     if heartbeat_interval <= 0:
         raise ConfigError(f"--heartbeat-interval must be > 0, got {heartbeat_interval}")
@@ -77,14 +86,15 @@ def dev_up(
     fleet_state.refuse_if_running(directory)
     if fresh:
         start_fresh(directory)
-    count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt, links=True)
+    count = fleet_plan.ports_needed(regions, edges, mqtt=mqtt, links=True, hub_nodes=hub_nodes)
     if base_port is not None:
         check_range("--base-port", base_port, 1024, 65535 - count)
         ports = iter(range(base_port, base_port + count))
     else:
         ports = iter(free_ports(count))
-    plan = fleet_plan.plan_fleet(directory, regions, edges, ports, mqtt=mqtt, links=True)
-    out.print(f"starting dev fleet in {directory}: 1 hub, {regions} region(s) x {edges} edge(s)")
+    plan = fleet_plan.plan_fleet(directory, regions, edges, ports, mqtt=mqtt, links=True, hub_nodes=hub_nodes)
+    hub = "1 hub" if hub_nodes == 1 else f"1 hub of {hub_nodes} nodes"
+    out.print(f"starting dev fleet in {directory}: {hub}, {regions} region(s) x {edges} edge(s)")
     if insecure:
         warn_insecure()
         if client_tls:
@@ -134,8 +144,8 @@ def _print_fleet(record: fleet_state.FleetRecord) -> None:
 def _print_urls(record: fleet_state.FleetRecord) -> None:
     """Every URL of every site on a line of its own: whole, and clickable, at 80 columns."""
     for s in record.sites:
-        where = "" if s.tier == "hub" else f" in {s.region}" if s.tier == "edge" else ""
-        out.print(f"[bold]{s.name}[/] ({s.tier}{where})", highlight=False)
+        where = f" in {s.region}" if s.tier == "edge" else f", node of {s.name}" if s.node else ""
+        out.print(f"[bold]{s.node or s.name}[/] ({s.tier}{where})", highlight=False)
         for what, url in s.urls():
             out.print(f"  {what:<12}{url}", highlight=False, soft_wrap=True)
 
@@ -178,7 +188,7 @@ def dev_status(
             table.add_column(col)
         for h in health:
             table.add_row(
-                h.site.name,
+                h.site.node or h.site.name,
                 h.site.tier,
                 h.site.region,
                 "[green]ok[/]" if h.server_ok else "[red]down[/]",
@@ -267,6 +277,18 @@ SiteArg = Annotated[
     ),
 ]
 ProcessSiteArg = Annotated[str, typer.Argument(help="Site id: hub, a region (r1) or an edge (r1-e1).")]
+NodeOpt = Annotated[
+    int | None,
+    typer.Option("--node", help="Of a clustered hub (`dev up --hub-nodes`), only node N (1-based).", min=1),
+]
+LinkNodeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--node",
+        help="With SITE = hub of a clustered hub: every regional's link to its node N (1-based).",
+        min=1,
+    ),
+]
 
 
 def _control(state_dir: Path | None, request: dict[str, object]) -> dict[str, object]:
@@ -287,7 +309,7 @@ def _print_links(reply: dict[str, object]) -> None:
     links = reply.get("links")
     for link in links if isinstance(links, list) else []:
         table.add_row(
-            str(link["name"]).removesuffix(" uplink"),
+            str(link["name"]).replace(" uplink", ""),
             _link_state(link),
             f"{link['delay_ms']:g}" if link["delay_ms"] else "-",
             f"{link['rate_kbps']:g}" if link["rate_kbps"] else "-",
@@ -309,42 +331,52 @@ def link_show(state_dir: StateDir = None) -> None:
 
 
 @link_app.command("cut")
-def link_cut(site: SiteArg, state_dir: StateDir = None) -> None:
+def link_cut(site: SiteArg, node: LinkNodeOpt = None, state_dir: StateDir = None) -> None:
     """Drop the link: open connections are reset, new ones refused until `heal`."""
-    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "cut"}))
+    _print_links(_control(state_dir, {"op": "link", "site": site, "node": node, "action": "cut"}))
 
 
 @link_app.command("blackhole")
-def link_blackhole(site: SiteArg, state_dir: StateDir = None) -> None:
+def link_blackhole(site: SiteArg, node: LinkNodeOpt = None, state_dir: StateDir = None) -> None:
     """Drop the link silently: nothing passes and no one is told (sockets stay open), as on a
     real WAN failure; the servers notice only when their pings go unanswered. Until `heal`."""
-    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "blackhole"}))
+    _print_links(_control(state_dir, {"op": "link", "site": site, "node": node, "action": "blackhole"}))
 
 
 @link_app.command("heal")
-def link_heal(site: SiteArg, state_dir: StateDir = None) -> None:
+def link_heal(site: SiteArg, node: LinkNodeOpt = None, state_dir: StateDir = None) -> None:
     """Let the link through again, with no delay or throttle."""
-    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "heal"}))
+    _print_links(_control(state_dir, {"op": "link", "site": site, "node": node, "action": "heal"}))
 
 
 @link_app.command("delay")
 def link_delay(
     ms: Annotated[float, typer.Argument(help="Milliseconds added each way (0: none).", min=0)],
     site: SiteArg,
+    node: LinkNodeOpt = None,
     state_dir: StateDir = None,
 ) -> None:
     """Add latency to every byte, each way."""
-    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "delay", "value": ms}))
+    request: dict[str, object] = {"op": "link", "site": site, "node": node, "action": "delay", "value": ms}
+    _print_links(_control(state_dir, request))
 
 
 @link_app.command("throttle")
 def link_throttle(
     kbps: Annotated[float, typer.Argument(help="KiB/s each way (0: unlimited).", min=0)],
     site: SiteArg,
+    node: LinkNodeOpt = None,
     state_dir: StateDir = None,
 ) -> None:
     """Cap the link's bandwidth, each way."""
-    _print_links(_control(state_dir, {"op": "link", "site": site, "action": "throttle", "value": kbps}))
+    request: dict[str, object] = {
+        "op": "link",
+        "site": site,
+        "node": node,
+        "action": "throttle",
+        "value": kbps,
+    }
+    _print_links(_control(state_dir, request))
 
 
 ServerOnly = Annotated[bool, typer.Option("--server", help="Only the site's nats-server.")]
@@ -353,21 +385,32 @@ DaemonOnly = Annotated[bool, typer.Option("--daemon", help="Only the site's daem
 
 @dev_app.command("kill")
 def dev_kill(
-    site: ProcessSiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
+    site: ProcessSiteArg,
+    server: ServerOnly = False,
+    daemon: DaemonOnly = False,
+    node: NodeOpt = None,
+    state_dir: StateDir = None,
 ) -> None:
     """SIGKILL a site's daemon and nats-server (or one of them); they stay down until `restart`."""
-    _processes("kill", site, server=server, daemon=daemon, state_dir=state_dir, done="killed (SIGKILL)")
+    _processes("kill", site, (server, daemon, node), state_dir=state_dir, done="killed (SIGKILL)")
 
 
 @dev_app.command("restart")
 def dev_restart(
-    site: ProcessSiteArg, server: ServerOnly = False, daemon: DaemonOnly = False, state_dir: StateDir = None
+    site: ProcessSiteArg,
+    server: ServerOnly = False,
+    daemon: DaemonOnly = False,
+    node: NodeOpt = None,
+    state_dir: StateDir = None,
 ) -> None:
     """Start a site's processes again (stopping them first if they run); waits until healthy."""
-    _processes("restart", site, server=server, daemon=daemon, state_dir=state_dir, done="restarted, healthy")
+    _processes("restart", site, (server, daemon, node), state_dir=state_dir, done="restarted, healthy")
 
 
-def _processes(op: str, site: str, *, server: bool, daemon: bool, state_dir: Path | None, done: str) -> None:
-    reply = _control(state_dir, {"op": op, "site": site, "server": server, "daemon": daemon})
+def _processes(
+    op: str, site: str, which: tuple[bool, bool, int | None], *, state_dir: Path | None, done: str
+) -> None:
+    server, daemon, node = which
+    reply = _control(state_dir, {"op": op, "site": site, "server": server, "daemon": daemon, "node": node})
     names = reply.get("processes")
     out.print(f"{done}: {', '.join(map(str, names if isinstance(names, list) else []))}")

@@ -112,7 +112,7 @@ def hub_url(hub: str | None, state_dir: Path | None) -> str:
         return hub
     if env := os.environ.get(HUB_URL_ENV):
         return env
-    return _dev_fleet(state_dir).hub.client_url
+    return _dev_fleet(state_dir).hub_url
 
 
 def hub_creds(url: str, state_dir: Path | None) -> Path | None:
@@ -136,7 +136,7 @@ def _dev_fleet_of(url: str, state_dir: Path | None) -> state.FleetRecord | None:
     """The dev fleet running in `state_dir` (or the default one) if its hub is `url`."""
     with contextlib.suppress(ConfigError):
         record = state.running_fleet(state_dir or state.default_state_dir())
-        if record is not None and record.hub.client_url == url:
+        if record is not None and url in (record.hub_url, record.hub.client_url):
             return record
     return None
 

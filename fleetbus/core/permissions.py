@@ -27,6 +27,7 @@ from schemas import subjects
 from schemas.subjects import (
     ASSIGNED_BUCKET,
     HUB_DOMAIN,
+    LEASES_BUCKET,
     OVERRIDES_BUCKET,
     PROFILES_BUCKET,
     ROLLOUTS_BUCKET,
@@ -229,7 +230,7 @@ def viewer() -> Permissions:
 _CHANGE_API = ("DELETE", "PURGE", "RESTORE", "MSG.DELETE")
 
 # What only the hub itself writes: desired state, operators, the audit trail.
-HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET, SECRETS_BUCKET, SEALED_BUCKET, ROLLOUTS_BUCKET)
+HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET, SECRETS_BUCKET, SEALED_BUCKET, ROLLOUTS_BUCKET, LEASES_BUCKET)
 
 
 def admin() -> Permissions:

@@ -225,6 +225,11 @@ ROWS: list[tuple[str, list[tuple[str, str, list[tuple[str, str]]]]]] = [
             ),
             ("Sites heard, per regional and hub", "short", [("fleetbus_peers_heard", "{{instance}}")]),
             (
+                "Hub daemon holding the lease (1: the active one)",
+                "short",
+                [('fleetbus_lease_held{lease="hub"}', "{{instance}}")],
+            ),
+            (
                 "Enrollments",
                 "short",
                 [(f"sum by (outcome) (increase(fleetbus_enrollments_total[{WINDOW}]))", "{{outcome}}")],

@@ -86,18 +86,27 @@ class ControlServer:
         if op == "links":
             return {"links": [link.state().as_dict() for link in self.fleet.links.values()]}
         site = str(request.get("site", ""))
+        node = request.get("node")
+        if node is not None and not isinstance(node, int):
+            msg = f"node must be a number, not {node!r}"
+            raise ConfigError(msg)
         if op == "link":
-            return {"links": [self._link(link, request) for link in self._links(site)]}
+            return {"links": [self._link(link, request) for link in self._links(site, node)]}
         if op in ("kill", "restart"):
             which = {"server": bool(request.get("server")), "daemon": bool(request.get("daemon"))}
             act = self.fleet.kill if op == "kill" else self.fleet.restart
-            logger.info("fault control", op=op, site=site, **which)
-            return {"processes": await act(site, **which)}
+            logger.info("fault control", op=op, site=site, node=node, **which)
+            return {"processes": await act(site, node=node, **which)}
         msg = f"unknown op {op!r}"
         raise ConfigError(msg)
 
-    def _links(self, site: str) -> list[LinkProxy]:
-        return list(self.fleet.links.values()) if site == "all" else [self.fleet.link(site)]
+    def _links(self, site: str, node: int | None) -> list[LinkProxy]:
+        if node is not None:
+            return self.fleet.node_links(self.fleet.node_key(site, node)).links
+        if site == "all":
+            return list(self.fleet.links.values())
+        self.fleet.link(site)  # an unknown site, or one without a proxy, is named as such
+        return self.fleet.links_of(site)
 
     def _link(self, link: LinkProxy, request: dict[str, Any]) -> dict[str, object]:
         action = request.get("action")

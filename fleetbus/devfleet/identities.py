@@ -26,6 +26,9 @@ SITE_KEY = "site"
 # What an MQTT client that presents no credentials is taken for (docs/security.md#devices).
 DEVICES_USER = "devices"
 JOIN_USER = "join"
+# A clustered site's route login (its nodes present and accept it; kept beside its identity).
+ROUTES_USER = "route"
+ROUTES_SECRET_FILE = "routes.password"  # noqa: S105 - a file name
 DEVICES = permissions.gateway()
 
 
@@ -170,7 +173,13 @@ def authorize(
             viewers={VIEWER: ids.viewer.public_key} if site.tier is Tier.HUB else {},
             trusted_keys=(ids.signing.public_key,) if site.tier is Tier.EDGE else (),
         )
-        sites.append(replace(site, server=site.server.model_copy(update={"auth": auth})))
+        update: dict[str, object] = {"auth": auth}
+        if site.server.cluster is not None:
+            password = identity.ensure_secret(site.creds_path.parent / ROUTES_SECRET_FILE)
+            update["cluster"] = site.server.cluster.model_copy(
+                update={"user": ROUTES_USER, "password": password}
+            )
+        sites.append(replace(site, server=site.server.model_copy(update=update)))
     return replace(plan, sites=tuple(sites))
 
 

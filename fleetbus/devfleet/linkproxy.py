@@ -211,3 +211,39 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     writer.transport.abort()
+
+
+class LinkSet:
+    """A site's links to every node of a clustered upstream, cut, healed and shaped as one
+    (`DevFleet.link`); each is still its own `LinkProxy` (`dev link cut hub --node 2`)."""
+
+    def __init__(self, links: list[LinkProxy]) -> None:
+        self.links = links
+
+    @property
+    def is_cut(self) -> bool:
+        return all(link.is_cut for link in self.links)
+
+    @property
+    def is_blackholed(self) -> bool:
+        return all(link.is_blackholed for link in self.links)
+
+    @property
+    def connections(self) -> int:
+        return sum(link.connections for link in self.links)
+
+    def shape(self, *, delay_ms: float | None = None, rate_kbps: float | None = None) -> None:
+        for link in self.links:
+            link.shape(delay_ms=delay_ms, rate_kbps=rate_kbps)
+
+    def cut(self) -> None:
+        for link in self.links:
+            link.cut()
+
+    def blackhole(self) -> None:
+        for link in self.links:
+            link.blackhole()
+
+    def heal(self) -> None:
+        for link in self.links:
+            link.heal()

@@ -77,13 +77,32 @@ class Authorization(BaseModel):
     trusted_keys: tuple[str, ...] = ()
 
 
+class Cluster(BaseModel):
+    """A clustered site's routes: its nodes form one JetStream cluster (one domain, streams
+    replicated across the nodes: docs/clustering.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(description="The cluster's name: the site's id.")
+    port: int = Field(ge=1, le=65535, description="This node's route port.")
+    routes: tuple[str, ...] = Field(description="nats-route:// URLs of every node (its own is skipped).")
+    # The route login every node presents and accepts: TLS alone would let any holder of a
+    # certificate of the fleet CA (every site has one) join the cluster. None: no login
+    # (--insecure).
+    user: str | None = None
+    password: str | None = None
+
+
 class ServerSpec(BaseModel):
     """Everything that differs between two sites' nats-server configs."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: SiteId = Field(description="server_name; also the JetStream domain.")
+    name: SiteId = Field(description="The site: its JetStream domain; server_name unless clustered.")
     tier: Tier
+    # A clustered site's node (`hub-n2`): its server_name; None for a site of one server.
+    node: str | None = None
+    cluster: Cluster | None = None
     store_dir: PurePath
     host: str = "127.0.0.1"
     client_port: int = Field(ge=1, le=65535)
@@ -118,6 +137,10 @@ class ServerSpec(BaseModel):
     def domain(self) -> str:
         return self.name
 
+    @property
+    def server_name(self) -> str:
+        return self.node or self.name
+
     @model_validator(mode="after")
     def _shape_fits_tier(self) -> "ServerSpec":
         if self.tier is Tier.HUB and self.upstream:
@@ -144,6 +167,10 @@ class ServerSpec(BaseModel):
 
     @property
     def health_url(self) -> str:
+        """Healthy: JetStream runs; a cluster's node also has its meta leader and is current
+        on every stream it holds (so a node restarted in a rolling restart caught up)."""
+        if self.cluster is not None:
+            return f"http://{self.host}:{self.http_port}/healthz"
         return f"http://{self.host}:{self.http_port}/healthz?js-enabled-only=true"
 
 
@@ -200,13 +227,53 @@ def _client_tls(auth: Authorization | None) -> list[str]:
     ]
 
 
+def _cluster(spec: ServerSpec, bind: str) -> list[str]:
+    cluster = spec.cluster
+    if cluster is None:
+        return []
+    own = f":{cluster.port}"
+    routes = ", ".join(_q(_route_url(r, cluster)) for r in cluster.routes if not r.endswith(own))
+    lines = [
+        "",
+        f"# Node {spec.server_name} of the {cluster.name!r} cluster: one JetStream domain, its streams",
+        "# replicated over these routes (docs/clustering.md).",
+        "cluster {",
+        f"  name: {_q(cluster.name)}",
+        f"  listen: {_q(f'{bind}:{cluster.port}')}",
+        "  # Nodes find each other only through these routes, never by gossip from outside.",
+        "  no_advertise: true",
+        f"  routes: [{routes}]",
+    ]
+    if cluster.user and cluster.password:
+        lines += [
+            "  # Every node presents and accepts this login: a certificate of the fleet CA alone",
+            "  # (every site has one) must not make a server a node of this cluster.",
+            f"  authorization {{ user: {_q(cluster.user)}, password: {_q(cluster.password)}, timeout: 2 }}",
+        ]
+    if spec.auth and spec.auth.tls:
+        lines += [
+            "  # TLS both ways; each node verifies the other's certificate.",
+            *_tls_block(spec.auth.tls, "  ", verify=True),
+        ]
+    lines.append("}")
+    return lines
+
+
+def _route_url(url: str, cluster: Cluster) -> str:
+    """`url` with the cluster's login in it (nats-route://user:password@host:port)."""
+    if not (cluster.user and cluster.password):
+        return url
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{cluster.user}:{cluster.password}@{rest}"
+
+
 def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
     """Config text for `spec`. `listen_host` overrides the bind address (0.0.0.0 in containers)."""
     bind = listen_host or spec.host
     lines = [
         f"# nats-server for fleetbus {spec.tier.value} site {spec.name!r}.",
         "# Rendered by fleetbus from the site's settings; change those and render again.",
-        f"server_name: {_q(spec.name)}",
+        f"server_name: {_q(spec.server_name)}",
         f"listen: {_q(f'{bind}:{spec.client_port}')}",
         *_client_tls(spec.auth),
         f"http: {_q(f'{bind}:{spec.http_port}')}",
@@ -230,6 +297,7 @@ def render(spec: ServerSpec, *, listen_host: str | None = None) -> str:
         f"  limits {{ default_max_consumers: {spec.max_consumers_per_stream} }}",
         "}",
     ]
+    lines += _cluster(spec, bind)
     if spec.leaf_port is not None or spec.upstream:
         lines += ["", "leafnodes {"]
         if spec.leaf_port is not None:

@@ -98,7 +98,7 @@ class NatsServer(SupervisedProcess):
         self.workdir = workdir
         self.config_path = workdir / "nats-server.conf"
         super().__init__(
-            name=f"nats-server {spec.name}",
+            name=f"nats-server {spec.server_name}",
             argv=[str(binary or find_binary()), "-c", str(self.config_path)],
             health_url=spec.health_url,
             log_path=workdir / "nats-server.log",

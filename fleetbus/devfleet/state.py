@@ -53,6 +53,7 @@ class SiteRecord:
     creds: str | None = None  # the site's identity (nkey seed file), None if insecure
     ca: str | None = None  # the fleet CA, which verifies this site's certificate; None if insecure
     client_tls: bool = False  # its client port takes only TLS (`dev up --client-tls`)
+    node: str | None = None  # a clustered site's node (`hub-n2`); None for a site of one server
 
     @property
     def mqtt_url(self) -> str | None:
@@ -89,6 +90,16 @@ class FleetRecord:
     @property
     def hub(self) -> SiteRecord:
         return next(s for s in self.sites if s.tier == "hub")
+
+    @property
+    def hub_url(self) -> str:
+        """What clients dial: the hub's client URL, or every node's, comma-separated."""
+        return ",".join(s.client_url for s in self.hubs)
+
+    @property
+    def hubs(self) -> list[SiteRecord]:
+        """Every node of the hub (one unless clustered: `dev up --hub-nodes 3`)."""
+        return [s for s in self.sites if s.tier == "hub"]
 
     def save(self) -> None:
         path = Path(self.state_dir) / STATE_FILE

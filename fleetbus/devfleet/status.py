@@ -23,6 +23,7 @@ class SiteHealth:
     def as_dict(self) -> dict[str, Any]:
         return {
             "site": self.site.name,
+            "node": self.site.node,
             "tier": self.site.tier,
             "region": self.site.region,
             "healthy": self.ok,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from fleetbus.devfleet import identities
 from fleetbus.devfleet.control import ControlServer
 from fleetbus.devfleet.hollow import HollowPlan
-from fleetbus.devfleet.linkproxy import LinkProxy
+from fleetbus.devfleet.linkproxy import LinkProxy, LinkSet
 from fleetbus.devfleet.netutil import http_get
 from fleetbus.devfleet.plan import HOST, FleetPlan, SitePlan
 from fleetbus.devfleet.process import SupervisedProcess
@@ -29,11 +29,14 @@ from fleetbus.devfleet.servers import NatsServer, check_ports_free
 from fleetbus.devfleet.state import STATE_FILE, FleetRecord, SiteRecord
 from fleetbus.errors import ConfigError, ServerError
 from fleetbus.runtime import log
+from fleetbus.runtime.backoff import Backoff
+from fleetbus.runtime.retry import retry
 from fleetbus.runtime.settings import DaemonSettings
 from fleetbus.sdk.client import FleetClient
 from schemas.heartbeat import Tier
 
 DASHBOARD_LOGIN = 30 * 24 * 3600  # s the login URL `dev up` prints stays valid
+DESK_WAIT = 60.0  # s `dev up` waits for the hub's desk to answer
 LINKS_BACK = 15.0  # s a restart waits for the restarted server's leaf links
 LINK_POLL = 0.1  # s between two looks at its /leafz
 HTTP_OK = 200
@@ -98,8 +101,9 @@ class DevFleet:
         self.settings = settings or {}  # extra daemon settings per tier (e.g. presence windows)
         self.stagger = stagger
         self.progress = progress
-        self.servers = {s.name: NatsServer(s.server, s.workdir) for s in plan.sites}
-        self.daemons = {s.name: self._daemon(s) for s in plan.sites}
+        # By `SitePlan.key`: the site, or a clustered site's node (`hub-n2`).
+        self.servers = {s.key: NatsServer(s.server, s.workdir) for s in plan.sites}
+        self.daemons = {s.key: self._daemon(s) for s in plan.sites}
         self.hollow = {
             h.name: self._process(f"hollow edges {h.name}", "edge.hollow", h.workdir, h.health_url)
             for h in self.hollow_plan
@@ -107,17 +111,23 @@ class DevFleet:
         self.ready = False  # every process started once; from then on fleet.json is kept current
         for proc in self._processes():
             proc.on_start = self._started
-        # A proxy on the uplink of every site planned with one (`plan_fleet(links=True)`).
+        # A proxy on the uplink of every site planned with one (`plan_fleet(links=True)`):
+        # `r1` for r1's link to a hub of one server; `r1>hub-n2` for its link to node 2.
         self.links = {
-            s.name: LinkProxy(HOST, s.link_port, target=(HOST, s.link_target), name=f"{s.name} uplink")
+            (s.name if len(s.links) == 1 else f"{s.name}>{link.node}"): LinkProxy(
+                HOST,
+                link.port,
+                target=(HOST, link.target),
+                name=f"{s.name} uplink" if len(s.links) == 1 else f"{s.name} uplink to {link.node}",
+            )
             for s in plan.sites
-            if s.link_port is not None and s.link_target is not None
+            for link in s.links
         }
         self._supervisors: list[asyncio.Task[None]] = []
         self.control_path: Path | None = None  # the control socket, while `run_foreground` serves it
 
     def _daemon(self, site: SitePlan) -> SupervisedProcess:
-        name = f"{site.tier.value} daemon {site.name}"
+        name = f"{site.tier.value} daemon {site.key}"
         return self._process(name, site.tier.value, site.workdir, site.daemon_health_url)
 
     def _process(self, name: str, module: str, workdir: "Path", health_url: str) -> SupervisedProcess:
@@ -152,7 +162,7 @@ class DevFleet:
             (site.workdir / "daemon.toml").write_text(toml_text(values))
         began = time.monotonic()
         await asyncio.gather(
-            *(self._start_staggered(i, self.daemons[s.name]) for i, s in enumerate(self.plan.sites))
+            *(self._start_staggered(i, self.daemons[s.key]) for i, s in enumerate(self.plan.sites))
         )
         self.progress(f"  daemons     {len(self.daemons)} healthy in {time.monotonic() - began:.1f}s")
         self.dashboard_token = await self._dashboard_token()
@@ -187,10 +197,11 @@ class DevFleet:
     async def _start_tier(self, tier: Tier) -> None:
         sites = self.plan.by_tier(tier)
         for site in sites:
-            if site.name in self.links:
-                await self.links[site.name].start()
+            for link in self.links_of(site.name):
+                await link.start()
         began = time.monotonic()
-        await asyncio.gather(*(self._start_staggered(i, self.servers[s.name]) for i, s in enumerate(sites)))
+        # A cluster's nodes start together: each is healthy only once they elected a leader.
+        await asyncio.gather(*(self._start_staggered(i, self.servers[s.key]) for i, s in enumerate(sites)))
         self.progress(
             f"  {tier.value:<11} {len(sites)} nats-server(s) healthy in {time.monotonic() - began:.1f}s"
         )
@@ -208,60 +219,111 @@ class DevFleet:
         self._supervisors.clear()
         await asyncio.gather(*(p.stop() for p in [*self.hollow.values(), *self.daemons.values()]))
         for tier in (Tier.EDGE, Tier.REGIONAL, Tier.HUB):
-            await asyncio.gather(*(self.servers[s.name].stop() for s in self.plan.by_tier(tier)))
+            await asyncio.gather(*(self.servers[s.key].stop() for s in self.plan.by_tier(tier)))
         await asyncio.gather(*(link.stop() for link in self.links.values()))
 
     # Fault controls: the same calls back `fleetbus dev link|kill|restart` and the tests.
 
-    def link(self, site: str) -> LinkProxy:
-        """The proxy on `site`'s uplink (the link to the tier above)."""
-        if site not in self.links:
+    def links_of(self, site: str, *, node: str | None = None) -> list[LinkProxy]:
+        """The proxies on `site`'s uplink (one per upstream node), or, for a clustered site
+        and one of its nodes, every link that reaches that node."""
+        if node is not None:
+            return [p for key, p in self.links.items() if key.endswith(f">{node}")]
+        return [p for key, p in self.links.items() if key.split(">")[0] == site]
+
+    def link(self, site: str) -> LinkProxy | LinkSet:
+        """The proxy on `site`'s uplink (the link to the tier above); to a clustered hub,
+        the set of its links to every node, acting as one."""
+        found = self.links_of(site)
+        if not found:
             self._site(site)  # an unknown site is named as such
-            known = ", ".join(self.links) or "none (started without link proxies)"
+            known = (
+                ", ".join(sorted({k.split(">")[0] for k in self.links}))
+                or "none (started without link proxies)"
+            )
             msg = f"site {site!r} has no uplink proxy (the hub has no uplink); sites with one: {known}"
             raise ConfigError(msg)
-        return self.links[site]
+        return found[0] if len(found) == 1 and site in self.links else LinkSet(found)
 
-    def processes(self, site: str, *, server: bool = True, daemon: bool = True) -> list[SupervisedProcess]:
-        """`site`'s nats-server and/or daemon (both when neither is chosen)."""
-        self._site(site)
+    def node_links(self, node: str) -> LinkSet:
+        """Every link that reaches the clustered site's node `node` (`hub-n2`)."""
+        self._node(node)
+        return LinkSet(self.links_of("", node=node))
+
+    def processes(
+        self, site: str, *, server: bool = True, daemon: bool = True, node: int | None = None
+    ) -> list[SupervisedProcess]:
+        """`site`'s nats-server and/or daemon (both when neither is chosen); of a clustered
+        site, its node `node` (1-based), or of every node."""
+        keys = self._keys(site, node)
         if not server and not daemon:
             server = daemon = True
-        return [p for p, chosen in ((self.daemons[site], daemon), (self.servers[site], server)) if chosen]
+        chosen = [(self.daemons[k], daemon) for k in keys] + [(self.servers[k], server) for k in keys]
+        return [p for p, wanted in chosen if wanted]
 
-    async def kill(self, site: str, *, server: bool = True, daemon: bool = True) -> list[str]:
+    def node_key(self, site: str, node: int) -> str:
+        """The name of the clustered `site`'s node `node` (1-based): `hub-n2`."""
+        nodes = self._site_nodes(site)
+        if nodes[0].server.cluster is None:
+            msg = f"site {site!r} is not clustered: --node is for a hub started with --hub-nodes"
+            raise ConfigError(msg)
+        return self._keys(site, node)[0]
+
+    def _keys(self, site: str, node: int | None) -> list[str]:
+        nodes = self._site_nodes(site)
+        if node is None:
+            return [s.key for s in nodes]
+        if len(nodes) == 1 and node == 1:
+            return [nodes[0].key]
+        if not 1 <= node <= len(nodes) or nodes[0].server.cluster is None:
+            msg = f"site {site!r} has {len(nodes)} node(s): --node takes 1..{len(nodes)}"
+            raise ConfigError(msg)
+        return [nodes[node - 1].key]
+
+    async def kill(
+        self, site: str, *, server: bool = True, daemon: bool = True, node: int | None = None
+    ) -> list[str]:
         """SIGKILL `site`'s processes, as a crash would; they stay down until `restart`."""
-        procs = self.processes(site, server=server, daemon=daemon)
+        procs = self.processes(site, server=server, daemon=daemon, node=node)
         for proc in procs:
             await proc.kill(restart=False)
         return [p.name for p in procs]
 
-    async def restart(self, site: str, *, server: bool = True, daemon: bool = True) -> list[str]:
-        """Stop (SIGTERM) what runs and start `site`'s processes again: server first, then
-        its links (a command that follows reaches through them)."""
-        procs = self.processes(site, server=server, daemon=daemon)
+    async def restart(
+        self, site: str, *, server: bool = True, daemon: bool = True, node: int | None = None
+    ) -> list[str]:
+        """Stop (SIGTERM) what runs and start `site`'s processes again: servers first, then
+        their links (a command that follows reaches through them), then the daemons."""
+        procs = self.processes(site, server=server, daemon=daemon, node=node)
         for proc in procs:
             await proc.stop()
-        for proc in reversed(procs):  # the server, then the daemon that uses it
-            await proc.start()
-            if proc is self.servers[site]:
-                await self._links_back(site)
+        servers = {id(self.servers[k]): k for k in self._keys(site, node)}
+        restarted = [p for p in procs if id(p) in servers]
+        await asyncio.gather(*(p.start() for p in restarted))  # a cluster's nodes need each other
+        for proc in restarted:
+            await self._links_back(servers[id(proc)])
+        for proc in procs:
+            if id(proc) not in servers:
+                await proc.start()
         return [p.name for p in procs]
 
-    async def _links_back(self, site: str, timeout: float = LINKS_BACK) -> None:
-        """Until `site`'s restarted server holds a leaf link to each neighbour that can
+    async def _links_back(self, key: str, timeout: float = LINKS_BACK) -> None:
+        """Until the restarted server `key` holds a leaf link to each neighbour that can
         reach it (its server running, the link's proxy passing traffic), as its `/leafz`
-        counts them; after `timeout`, go on (they reconnect by themselves) and say so."""
-        plan = self._site(site)
-        neighbours = [(s.name, site) for s in self.plan.sites if s.upstream == site]
-        if plan.upstream:
-            neighbours.append((site, plan.upstream))
+        counts them; after `timeout`, go on (they reconnect by themselves) and say so.
+        A regional links to one node of a clustered hub: a hub node counts none."""
+        plan = self._site(key)
+        site = plan.name
         expected = 0
-        for lower, upper in neighbours:
-            other = upper if lower == site else lower
-            link = self.links.get(lower)
-            passing = link is None or not (link.is_cut or link.is_blackholed)
-            expected += int(passing and self.servers[other].running)
+        if plan.server.cluster is None:
+            for lower in (s for s in self.plan.sites if s.upstream == site):
+                passing = [p for p in self.links_of(lower.name) if not (p.is_cut or p.is_blackholed)]
+                reachable = passing or not self.links_of(lower.name)
+                expected += int(bool(reachable) and self.servers[lower.key].running)
+        if plan.upstream:
+            passing = [p for p in self.links_of(site) if not (p.is_cut or p.is_blackholed)]
+            up = any(self.servers[s.key].running for s in self.plan.nodes(plan.upstream))
+            expected += int((bool(passing) or not self.links_of(site)) and up)
         url = f"http://{HOST}:{plan.server.http_port}/leafz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -270,7 +332,7 @@ class DevFleet:
                 if status == HTTP_OK and json.loads(body).get("leafnodes", 0) >= expected:
                     return
             await asyncio.sleep(LINK_POLL)  # the poll interval
-        self.progress(f"  {site}: not every leaf link is back {timeout:g}s after the restart")
+        self.progress(f"  {key}: not every leaf link is back {timeout:g}s after the restart")
 
     def crashes(self) -> dict[str, int]:
         """Exits nobody asked for, per process (a kill or a stop is asked for)."""
@@ -284,12 +346,19 @@ class DevFleet:
             return None
         creds = identities.operator_creds(self.plan.state_dir)
         ca = identities.ca_cert(self.plan.state_dir)
-        async with await FleetClient.connect(hub.server.client_url, creds=creds, ca=ca) as admin:
-            reply = await admin.desk.call(
-                "token.create",
-                reason="dev up: the local admin's login",
-                role="admin",
-                expires_seconds=DASHBOARD_LOGIN,
+        url = ",".join(s.server.client_url for s in self.plan.nodes(hub.name))
+        async with await FleetClient.connect(url, creds=creds, ca=ca) as admin:
+            # A clustered hub's desk answers once one of its daemons took the hub's lease.
+            reply = await retry(
+                lambda: admin.desk.call(
+                    "token.create",
+                    reason="dev up: the local admin's login",
+                    role="admin",
+                    expires_seconds=DASHBOARD_LOGIN,
+                ),
+                what="the hub's desk",
+                backoff=Backoff(0.2, cap=2.0),
+                deadline=time.monotonic() + DESK_WAIT,
             )
         return str(reply.result["token"])
 
@@ -297,9 +366,21 @@ class DevFleet:
         try:
             return self.plan.site(name)
         except KeyError:
-            known = ", ".join(s.name for s in self.plan.sites)
+            known = ", ".join(dict.fromkeys(s.name for s in self.plan.sites))
             msg = f"no site {name!r} in this dev fleet; sites: {known}"
             raise ConfigError(msg) from None
+
+    def _site_nodes(self, name: str) -> list[SitePlan]:
+        self._site(name)
+        return self.plan.nodes(self.plan.site(name).name)
+
+    def _node(self, key: str) -> SitePlan:
+        for site in self.plan.sites:
+            if site.key == key and site.server.cluster is not None:
+                return site
+        nodes = ", ".join(s.key for s in self.plan.sites if s.server.cluster is not None) or "none"
+        msg = f"no clustered node {key!r} in this dev fleet; nodes: {nodes}"
+        raise ConfigError(msg)
 
     def record(self, *, ready: bool) -> FleetRecord:
         sites = [
@@ -312,12 +393,13 @@ class DevFleet:
                 daemon_health_url=s.daemon_health_url,
                 leaf_url=s.server.leaf_url,
                 mqtt_port=s.server.mqtt_port,
-                server_pid=self.servers[s.name].pid,
-                daemon_pid=self.daemons[s.name].pid,
+                server_pid=self.servers[s.key].pid,
+                daemon_pid=self.daemons[s.key].pid,
                 dashboard_url=s.dashboard_url,
                 creds=None if self.insecure else str(s.creds_path),
                 ca=str(s.server.auth.tls.ca) if s.server.auth and s.server.auth.tls else None,
                 client_tls=bool(s.server.auth and s.server.auth.client_tls),
+                node=s.server.node,
             )
             for s in self.plan.sites
         ]

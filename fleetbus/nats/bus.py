@@ -338,8 +338,9 @@ async def connect(
         bus = Bus(Client(), url=url, source=source, metrics=metrics)
         try:
             await bus.nc.connect(
-                url,
+                servers(url),
                 name=name,
+                dont_randomize=True,  # the site's own server first (a clustered hub's node)
                 allow_reconnect=False,  # this first attempt; set below once connected
                 max_reconnect_attempts=-1,
                 # Typed int in nats-py but used as seconds: reconnect quickly to the local server.
@@ -366,6 +367,12 @@ async def connect(
         if metrics:
             metrics.nats_connected.set(1)
         return bus
+
+
+def servers(url: str) -> list[str]:
+    """The servers a URL names: one, or a clustered hub's nodes separated by commas (as the
+    `nats` CLI takes them); a client moves to another when one fails."""
+    return [part.strip() for part in url.split(",") if part.strip()]
 
 
 RECONNECT_WAIT = 0.5  # seconds between a client's connection attempts
@@ -400,7 +407,7 @@ async def connect_within(
     try:
         await asyncio.wait_for(
             bus.nc.connect(
-                url,
+                servers(url),
                 name=name,
                 allow_reconnect=True,
                 max_reconnect_attempts=FIRST_CONNECT_TRIES - 1,

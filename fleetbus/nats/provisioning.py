@@ -34,6 +34,8 @@ class BucketSpec:
     history: int = 1
     description: str = ""
     max_bytes: int = BUCKET_MAX_BYTES
+    replicas: int = 1  # copies in a clustered site (3 on a 3-node hub)
+    ttl: float | None = None  # s a record is kept (leases); None: until replaced
 
     def config(self) -> KeyValueConfig:
         return KeyValueConfig(
@@ -42,6 +44,8 @@ class BucketSpec:
             description=self.description,
             max_bytes=self.max_bytes,
             direct=True,
+            replicas=self.replicas,
+            ttl=self.ttl,
         )
 
 
@@ -89,7 +93,13 @@ async def ensure_stream(js: JetStreamContext, config: StreamConfig) -> str:
     try:
         await js.stream_info(config.name or "")
     except NotFoundError:
-        await js.add_stream(config)
+        try:
+            await js.add_stream(config)
+        except BadRequestError:
+            # Another daemon of a clustered site created it first with a config of its own
+            # (an older release's): make it this one's.
+            await js.update_stream(config)
+            return "updated"
         logger.info("stream created", stream=config.name)
         return "created"
     await js.update_stream(config)
@@ -109,6 +119,8 @@ async def ensure_bucket(js: JetStreamContext, spec: BucketSpec) -> str:
         config.description = spec.description or config.description
         config.max_bytes = spec.max_bytes
         config.allow_direct = True
+        config.num_replicas = spec.replicas
+        config.max_age = spec.ttl or 0
         await js.update_stream(config)
         return "updated"
     return "ensured"

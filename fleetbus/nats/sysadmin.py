@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fleetbus.errors import TemporaryError
-from fleetbus.nats.bus import Bus, Msg, connect
+from fleetbus.nats.bus import Bus, Msg, connect, servers
 from fleetbus.runtime import log
 
 logger = log.get_logger(__name__)
@@ -40,8 +40,10 @@ class ServerControl:
         cls, url: str, creds: Path, *, name: str, source: str, ca: Path | None = None
     ) -> "ServerControl":
         """A control of the server at `url`, on a connection of its own as the system user
-        in `creds` (closed by `close`)."""
-        return cls(await connect(url, name=name, source=source, creds=creds, ca=ca))
+        in `creds` (closed by `close`); of a clustered site's servers, the first: this
+        daemon's own."""
+        own = servers(url)[0]
+        return cls(await connect(own, name=name, source=source, creds=creds, ca=ca))
 
     async def close(self) -> None:
         await self.bus.close()

@@ -7,6 +7,7 @@ apart for nats-py.
 """
 
 import os
+import secrets
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,17 @@ def ensure(directory: Path, name: str) -> Identity:
         with os.fdopen(fd, "w") as out:
             out.write(generate_seed() + "\n")
     return load(path, name=name)
+
+
+def ensure_secret(path: Path) -> str:
+    """A random password kept in `path` (mode 0600), generated on first use: a clustered
+    site's route login, which every node of it presents and accepts."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(24) + "\n")
+    return path.read_text().strip()
 
 
 def load(path: Path, *, name: str | None = None) -> Identity:

@@ -28,6 +28,12 @@ class DaemonMetrics:
         self.nats_connected = Gauge(
             "fleetbus_nats_connected", "1 while connected to the site's own nats-server.", registry=r
         )
+        self.lease_held = Gauge(
+            "fleetbus_lease_held",
+            "1 while this daemon holds the lease (a clustered hub's active daemon: docs/clustering.md).",
+            ["lease"],
+            registry=r,
+        )
         self.peers_heard = Gauge(
             "fleetbus_peers_heard", "Sites of the tier below that sent at least one heartbeat.", registry=r
         )

@@ -31,7 +31,13 @@ class DaemonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
 
     site: SiteId = Field(description="This site's id; also its JetStream domain.")
-    nats_url: str = Field(default="nats://127.0.0.1:4222", description="The site's own server.")
+    nats_url: str = Field(
+        default="nats://127.0.0.1:4222",
+        description=(
+            "The site's own server. A clustered hub's daemon: its own node first, then the "
+            "others, comma-separated (it moves to another node while its own is down)."
+        ),
+    )
     nats_creds: Path | None = Field(
         default=None,
         description=(
@@ -126,6 +132,20 @@ class HubSettings(DaemonSettings):
     desk_insecure: bool = Field(
         default=False,
         description="Take unsigned write requests as an admin's (an --insecure dev fleet; debugging only).",
+    )
+    node: str | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "A clustered hub's node this daemon runs beside (`hub-n2`; unique per daemon): the "
+            "name it holds the hub's lease under (docs/clustering.md). None: the site's id."
+        ),
+    )
+    replicas: int = Field(
+        default=1,
+        ge=1,
+        le=5,
+        description="Copies of each hub bucket and stream: 3 on a 3-node hub (docs/clustering.md).",
     )
 
 
