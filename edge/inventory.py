@@ -12,7 +12,6 @@ upstream (`evicted_unforwarded`, counted since the daemon started).
 """
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -31,6 +30,7 @@ from fleetbus.nats.bus import Bus
 from fleetbus.nats.errors import TRANSIENT
 from fleetbus.runtime import log
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.tasks import wait_event
 from schemas import subjects
 from schemas.base import utcnow
 from schemas.codec import load_json
@@ -267,7 +267,6 @@ class InventoryPublisher:
             except TRANSIENT as exc:  # the local server is restarting: try at the next scan
                 logger.warning("cannot collect or store inventory; retrying", error=repr(exc))
             wait = min(self.scan_interval, max(0.0, sent_at + self.interval - time.monotonic()))
-            with contextlib.suppress(TimeoutError):
-                # The scan period, cut short by poke(): how often the edge looks for changes.
-                await asyncio.wait_for(self._wake.wait(), wait)
+            # The scan period, cut short by poke(): how often the edge looks for changes.
+            await wait_event(self._wake, wait)
             self._wake.clear()

@@ -39,7 +39,7 @@ from edge.drivers.local import LocalDriver
 from fleetbus.devfleet.netutil import free_ports
 from fleetbus.devfleet.plan import FleetPlan, plan_fleet, ports_needed
 from fleetbus.devfleet.supervisor import DevFleet
-from fleetbus.errors import MissingError
+from fleetbus.errors import MissingError, TemporaryError
 from fleetbus.runtime import log
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
@@ -81,12 +81,20 @@ class FleetShape:
 
 
 def fleet_shape(plan: FleetPlan) -> FleetShape:
+    """What a schedule may act on; a clustered hub's nodes are killed one by one (`hub-n2`)."""
     edges = [s.name for s in plan.by_tier(Tier.EDGE)]
     return FleetShape(
         edges=edges,
         uplinks=[s.name for s in plan.sites if s.tier is not Tier.HUB],
-        sites=[s.name for s in plan.sites],
+        sites=[s.key for s in plan.sites],
     )
+
+
+def hub_writable(down: dict[str, str], shape: FleetShape) -> bool:
+    """Whether the hub takes writes: its server runs, or, clustered, a majority of its nodes'."""
+    nodes = [s for s in shape.sites if s == "hub" or s.startswith("hub-n")]
+    stopped = [s for s in nodes if down.get(s) in ("server", "both")]
+    return len(stopped) * 2 < len(nodes)
 
 
 def make_schedule(seed: int, steps: int, shape: FleetShape, *, blackholes: bool = True) -> list[Step]:
@@ -101,7 +109,7 @@ def make_schedule(seed: int, steps: int, shape: FleetShape, *, blackholes: bool 
     down: dict[str, str] = {}  # site -> which of its processes: server | daemon | both
     schedule: list[Step] = []
     for _ in range(steps):
-        hub_up = down.get("hub") not in ("server", "both")
+        hub_up = hub_writable(down, shape)
         choices: list[tuple[str, float]] = [("facts", 2.0)]
         if hub_up:
             choices += [("profile", 2.0), ("override", 1.5), ("unoverride", 0.5)]
@@ -165,6 +173,7 @@ class Outcome:
     schedule: list[Step]
     faults: int = 0
     acked: dict[str, set[str]] = field(default_factory=dict)  # edge -> event ids its stream acked
+    unanswered: int = 0  # hub writes the hub did not acknowledge (its desk down or failing over)
     converge_s: float | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -185,7 +194,18 @@ class Runner:
         self.fleet, self.client, self.outcome = fleet, client, outcome
 
     async def apply(self, step: Step) -> None:
-        fleet, client = self.fleet, self.client
+        if step.action in ("profile", "override", "unoverride"):
+            try:
+                await self._write(step)
+            except TemporaryError:
+                # Not acknowledged (the hub's daemon down, a clustered hub failing over): it
+                # may or may not be stored; the check compares with what the hub holds.
+                self.outcome.unanswered += 1
+            return
+        await self._act(step)
+
+    async def _write(self, step: Step) -> None:
+        client = self.client
         if step.action == "profile":
             name, version = step.arg.split("@")
             await client.profiles.apply(profile_for(name, version))
@@ -196,7 +216,10 @@ class Runner:
         elif step.action == "unoverride":
             with contextlib.suppress(MissingError):  # nothing to remove is fine
                 await client.overrides.remove(OverrideScope.EDGE, step.site)
-        elif step.action == "facts":
+
+    async def _act(self, step: Step) -> None:
+        fleet = self.fleet
+        if step.action == "facts":
             set_facts(fleet, step.site, {"rack": int(step.arg)})
         elif step.action == "event":
             site = fleet.plan.site(step.site)
@@ -222,12 +245,14 @@ class Runner:
     async def heal_everything(self) -> None:
         for link in self.fleet.links.values():
             link.heal()
+        hubs = [self.fleet.servers[s.key] for s in self.fleet.plan.by_tier(Tier.HUB)]
+        await asyncio.gather(*(s.start() for s in hubs if not s.running))  # a cluster's nodes need each other
         for site in self.fleet.plan.sites:  # servers first, hub first; then daemons
-            server = self.fleet.servers[site.name]
+            server = self.fleet.servers[site.key]
             if not server.running:
                 await server.start()
         for site in self.fleet.plan.sites:
-            daemon = self.fleet.daemons[site.name]
+            daemon = self.fleet.daemons[site.key]
             if not daemon.running:
                 await daemon.start()
 
@@ -278,15 +303,20 @@ async def run_seed(
     converge_timeout: float = 120.0,
     progress: Any = print,
     blackholes: bool = True,
+    hub_nodes: int = 1,
 ) -> Outcome:
-    ports = iter(free_ports(ports_needed(REGIONS, EDGES_PER_REGION, mqtt=False, links=True)))
-    plan = plan_fleet(workdir / f"seed-{seed}", REGIONS, EDGES_PER_REGION, ports, links=True)
+    ports = iter(
+        free_ports(ports_needed(REGIONS, EDGES_PER_REGION, mqtt=False, links=True, hub_nodes=hub_nodes))
+    )
+    plan = plan_fleet(
+        workdir / f"seed-{seed}", REGIONS, EDGES_PER_REGION, ports, links=True, hub_nodes=hub_nodes
+    )
     outcome = Outcome(seed, make_schedule(seed, steps, fleet_shape(plan), blackholes=blackholes))
     fleet = DevFleet(plan, heartbeat_interval=1.0, progress=lambda _l: None, settings=FLEET_SETTINGS)
     await fleet.start()
     try:
         # Persistent: the schedule kills and restarts the hub's server under this client.
-        hub_url = plan.site("hub").server.client_url
+        hub_url = ",".join(s.server.client_url for s in plan.by_tier(Tier.HUB))
         async with await FleetClient.connect(hub_url, persistent=True, creds=admin_creds(plan)) as client:
             runner = Runner(fleet, client, outcome)
             await eventually(lambda: _all_reported(client, plan), timeout=60, what="every edge reported")
@@ -313,7 +343,8 @@ async def run_seed(
     shown = f"{outcome.converge_s:.2f}s" if outcome.converge_s is not None else "never"
     progress(
         f"seed {seed}: {len(outcome.schedule)} steps, {outcome.faults} faults, "
-        f"{sum(map(len, outcome.acked.values()))} events acked; converged {shown} after the final heal"
+        f"{sum(map(len, outcome.acked.values()))} events acked, {outcome.unanswered} hub writes "
+        f"unanswered; converged {shown} after the final heal"
     )
     return outcome
 
@@ -338,6 +369,9 @@ async def main() -> int:
     parser.add_argument("--converge-timeout", type=float, default=180.0)
     parser.add_argument("--print-schedule", action="store_true", help="print the schedule and exit")
     parser.add_argument(
+        "--hub-nodes", type=int, default=1, help="3: a clustered hub, its nodes killed one by one"
+    )
+    parser.add_argument(
         "--faults", choices=("cut", "cut,blackhole"), default="cut,blackhole", help="how links fail"
     )
     args = parser.parse_args()
@@ -347,12 +381,20 @@ async def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleetbus-soak-") as tmp:
         for seed in seeds_from(args):
             if args.print_schedule:
-                plan = plan_fleet(Path(tmp), REGIONS, EDGES_PER_REGION, iter(range(20000, 21000)), links=True)
+                ports = iter(range(20000, 21000))
+                plan = plan_fleet(
+                    Path(tmp), REGIONS, EDGES_PER_REGION, ports, links=True, hub_nodes=args.hub_nodes
+                )
                 schedule = make_schedule(seed, args.steps, fleet_shape(plan), blackholes=blackholes)
                 print("\n".join(str(s) for s in schedule))
                 continue
             outcome = await run_seed(
-                seed, args.steps, Path(tmp), converge_timeout=args.converge_timeout, blackholes=blackholes
+                seed,
+                args.steps,
+                Path(tmp),
+                converge_timeout=args.converge_timeout,
+                blackholes=blackholes,
+                hub_nodes=args.hub_nodes,
             )
             if not outcome.ok:
                 failed.append(outcome)

@@ -154,10 +154,12 @@ def files_holding(fleet: DevFleet, needle: bytes) -> set[str]:
     return found
 
 
-async def client_of(fleet: DevFleet, creds: Path | None = None) -> FleetClient:
-    """A client of the fleet's hub as `creds` (default: the fleet's admin), verifying its CA."""
+async def client_of(fleet: DevFleet, creds: Path | None = None, *, persistent: bool = False) -> FleetClient:
+    """A client of the fleet's hub (every node of a clustered one) as `creds` (default: the
+    fleet's admin), verifying its CA; `persistent`: it outlives a node's or the hub's restart."""
     return await FleetClient.connect(
-        fleet.plan.site("hub").server.client_url,
+        ",".join(s.server.client_url for s in fleet.plan.nodes("hub")),
         creds=creds or identities.operator_creds(fleet.plan.state_dir),
         ca=identities.ca_cert(fleet.plan.state_dir),
+        persistent=persistent,
     )

@@ -12,6 +12,8 @@ pytestmark = pytest.mark.slow
 
 CI_SEEDS = (11, 23, 42)
 CI_STEPS = 30
+# A clustered hub (docs/clustering.md): its nodes' servers and daemons are killed one by one.
+CI_CLUSTER_SEEDS = (10, 23)  # each kills a hub node's server and a hub daemon
 
 
 @pytest.mark.parametrize("seed", CI_SEEDS)
@@ -19,6 +21,17 @@ async def test_fleet_converges_and_loses_nothing_after_a_random_fault_schedule(s
     outcome = await run_seed(seed, CI_STEPS, tmp_path, converge_timeout=120)
     print(f"seed {seed}: {outcome.faults} faults, converged {outcome.converge_s}s after the final heal")
     assert outcome.faults > 0
+    assert outcome.ok, outcome.replay_text()
+
+
+@pytest.mark.parametrize("seed", CI_CLUSTER_SEEDS)
+async def test_a_clustered_hub_converges_and_loses_nothing_after_a_random_fault_schedule(seed, tmp_path):
+    outcome = await run_seed(seed, CI_STEPS, tmp_path, converge_timeout=120, hub_nodes=3)
+    print(f"seed {seed} (3 hub nodes): {outcome.faults} faults, converged {outcome.converge_s}s")
+    assert outcome.faults > 0
+    assert any(s.action == "kill" and s.site.startswith("hub-n") for s in outcome.schedule), (
+        outcome.replay_text()
+    )
     assert outcome.ok, outcome.replay_text()
 
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fleetbus.core.lease import Held, LeasePolicy
 from fleetbus.nats.bus import connect
-from fleetbus.nats.lease import Lease
+from fleetbus.nats.lease import Lease, transient
 from fleetbus.nats.provisioning import BucketSpec, ensure_bucket
 from tests.conftest import Chain
 
@@ -141,3 +141,11 @@ async def _until(probe: Callable[[], bool], timeout: float = 10.0) -> None:
     while not probe():
         assert loop.time() < deadline, "timed out"
         await asyncio.sleep(0.02)  # a poll interval
+
+
+def test_duties_failing_transiently_are_taken_up_again_others_stop_the_daemon() -> None:
+    assert transient(TimeoutError())
+    # A task group's failures (the hub's duties run in one) count when every one is transient.
+    assert transient(ExceptionGroup("duties", [TimeoutError(), ExceptionGroup("inner", [TimeoutError()])]))
+    assert not transient(ExceptionGroup("duties", [TimeoutError(), ValueError("a bug")]))
+    assert not transient(ValueError("a bug"))

@@ -270,6 +270,8 @@ class DevFleet:
         return self._keys(site, node)[0]
 
     def _keys(self, site: str, node: int | None) -> list[str]:
+        if node is None and any(s.key == site != s.name for s in self.plan.sites):
+            return [site]  # a clustered site's node, by its name (`hub-n2`)
         nodes = self._site_nodes(site)
         if node is None:
             return [s.key for s in nodes]

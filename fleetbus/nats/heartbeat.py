@@ -13,6 +13,7 @@ from datetime import datetime
 from nats.errors import Error as NatsError
 
 from fleetbus.nats.bus import Bus, Msg
+from fleetbus.runtime.tasks import wait_event
 from schemas.base import utcnow
 from schemas.heartbeat import Heartbeat, Tier
 
@@ -59,8 +60,7 @@ async def send_heartbeats(
                 )
                 await bus.publish(subject, beat)
                 seq += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), interval)  # the heartbeat period itself
+            await wait_event(wake, interval)  # the heartbeat period itself
             wake.clear()
     finally:
         if subscription is not None:

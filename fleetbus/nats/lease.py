@@ -26,6 +26,14 @@ from schemas.lease import Lease as LeaseRecord
 logger = log.get_logger(__name__)
 
 
+def transient(exc: BaseException) -> bool:
+    """A failure worth running the duties again for: a transient NATS error, or a task
+    group's failures that all are."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(transient(e) for e in exc.exceptions)
+    return isinstance(exc, TRANSIENT)
+
+
 class Lease:
     def __init__(
         self,
@@ -97,13 +105,13 @@ class Lease:
             wait = self.policy.next_try(now, held)
             done, _ = await asyncio.wait({work}, timeout=wait)
             if done:
-                try:
-                    work.result()
-                except TRANSIENT as exc:  # its server or a stream's leader was away: again
-                    logger.warning("duties failed; taking them up again", lease=self.key, error=repr(exc))
+                failure = work.exception()
+                if failure is not None and not transient(failure):
+                    raise failure  # the daemon's task guard reports it and stops the daemon
+                if failure is not None:  # its server or a stream's leader was away: again
+                    logger.warning("duties failed; taking them up again", lease=self.key, error=repr(failure))
                     await asyncio.sleep(self.policy.every)  # back-off before the retry
-                    return
-                return  # the duties ended by themselves: hold the lease again (a failure raised above)
+                return
             sent = self.clock()
             if not held.valid(sent):
                 return

@@ -55,7 +55,10 @@ class PresenceBoard:
         self.writes = 0
 
     async def restore(self, prefix: str = ">") -> int:
-        """Resume the sites recorded under `prefix` in the bucket; returns how many."""
+        """Resume the sites recorded under `prefix` in the bucket; returns how many. Changes
+        queued before are dropped: the bucket is the truth now (a hub daemon taking the lease
+        again after another held it)."""
+        self._queue.clear()
         restored = 0
         for change in await Bucket(self.js, self.bucket, PresenceChange, metrics=self.metrics).values(prefix):
             self.tracker.restore(change.edge or change.region, change.state, change.last_seen)
