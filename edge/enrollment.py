@@ -26,6 +26,9 @@ from schemas.base import utcnow
 from schemas.enrollment import Enrollment, EnrollmentReply, JoinReply, JoinRequest
 
 logger = log.get_logger(__name__)
+# s an enrollment request waits for the regional: longer than its answer takes while a
+# thousand edges start at once, so a slow answer is not asked for again (and again).
+ENROLL_TIMEOUT = 5.0
 
 MARKER = "enrolled.json"
 JOINED = "joined.json"  # the token was redeemed: this edge's key is admitted
@@ -56,7 +59,7 @@ async def enroll(
     while True:
         try:
             reply = await bus.request(
-                subjects.edge_enroll(region, edge), request, EnrollmentReply, timeout=2.0
+                subjects.edge_enroll(region, edge), request, EnrollmentReply, timeout=ENROLL_TIMEOUT
             )
         except (*TRANSIENT, DecodeError) as exc:
             logger.info("regional not answering enrollment yet; retrying", region=region, error=repr(exc))

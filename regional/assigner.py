@@ -204,12 +204,19 @@ class Assigner:
             gone |= {p[0] for p in self.held} - set(self.labels)  # keys of edges gone meanwhile
         writes: dict[Pair, Write] = {}
         await self._recall_earlier()
-        for count, edge in enumerate(list(self.labels), 1):
+        # Only a changed profile or group concerns every edge; an edge enrolled or relabelled
+        # concerns itself (2,500 edges enrolling one by one once cost a pass over all of them
+        # each: most of a regional daemon's CPU while a large hollow fleet started).
+        every = bool(profiles or groups)
+        for count, edge in enumerate(
+            list(self.labels) if every else [e for e in edges if e in self.labels], 1
+        ):
             names = self.profiles if edge in edges else profiles
             for name in names:
                 self._decide_profile(edge, name, writes)
-            member = set(edge_groups(self.region, self.labels[edge]))
-            for group in self.groups if edge in edges else groups:
+            chosen = self.groups if edge in edges else groups
+            member = set(edge_groups(self.region, self.labels[edge])) if chosen else set()
+            for group in chosen:
                 self._decide_group(edge, group, group in member, writes)
             if count % YIELD_EVERY == 0:
                 await asyncio.sleep(0)  # thousands of edges: let the mirrors and heartbeats run
