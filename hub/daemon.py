@@ -46,6 +46,7 @@ BUCKETS = (
     BucketSpec(subjects.SECRETS_BUCKET, history=4, description="Secrets, each sealed to the hub's key."),
     BucketSpec(subjects.SEALED_BUCKET, description="Per edge: its secrets, sealed to its key."),
     BucketSpec(subjects.ROLLOUTS_BUCKET, description="Staged rollouts: one state per profile revision."),
+    BucketSpec(subjects.OPERATORS_BUCKET, description="Operators added at run time, by name."),
 )
 HUB_LEASE = "hub"  # the key of the lease the active hub daemon holds
 
@@ -68,6 +69,7 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         daemon.add_task("hello", hub.hello_again)
         daemon.add_task("lease", lambda: hub.lease.hold(hub.duties))
         daemon.add_task("limits", hub.limits)
+        daemon.add_task("operators", hub.desk.follow_operators)
         if listener is not None:
             _dashboard(daemon, settings, listener, hub.view)
         try:

@@ -28,12 +28,12 @@ from fleetbus.core import secrets as secret_refs
 from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedError
 from fleetbus.nats.bus import Bus, Msg
 from fleetbus.nats.errors import TRANSIENT
-from fleetbus.nats.kv import Bucket
+from fleetbus.nats.kv import Bucket, Mirror
 from fleetbus.nats.provisioning import ensure_stream
 from fleetbus.nats.streams import local_stream
 from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import apitoken, log, signing
-from fleetbus.runtime.admission import Operators, hub_files
+from fleetbus.runtime.admission import AdmissionFiles, Operators, hub_files
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.sealing import MAX_SECRET, SealError
 from fleetbus.runtime.settings import HubSettings
@@ -117,6 +117,7 @@ class Desk:
         self.control: ServerControl | None = None
         self.rollouts: Rollouts | None = None  # the hub daemon's rollout controller
         self.presence = Bucket(js, subjects.PRESENCE_BUCKET, PresenceChange)
+        self.operators = Bucket(js, subjects.OPERATORS_BUCKET, OperatorRecord)
         self.nonces: dict[str, datetime] = {}
         self.handlers: dict[str, Callable[[DeskRequest, OperatorRecord], Awaitable[Done]]] = {
             "whoami": self._whoami,
@@ -146,7 +147,11 @@ class Desk:
         audit.num_replicas = self.settings.replicas
         await ensure_stream(self.bus.js, audit)
         if self.files is not None:
-            await asyncio.to_thread(self.files.registry)  # a clear error now if it is unreadable
+            kept = await asyncio.to_thread(self.files.registry)  # a clear error now if it is unreadable
+            if kept.operators and not await self.operators.keys():
+                # Operators added before they were kept in the bucket: the bucket takes them.
+                for name, record in kept.operators.items():
+                    await self.operators.put(name, record)
         if self.settings.system_creds is not None and self.control is None:
             self.control = await ServerControl.connect(
                 self.settings.nats_url,
@@ -162,6 +167,27 @@ class Desk:
             )
         if self.insecure:
             logger.warning("INSECURE desk: unsigned requests are taken as an admin's (debugging only)")
+
+    async def follow_operators(self) -> None:
+        """In every hub daemon: make its own server admit the operators the `operators`
+        bucket holds (a clustered hub's desk writes them there; each node has its own files),
+        and close revoked ones' connections to it."""
+        files, control = self.files, self.control
+        if files is None or control is None:
+            return
+        mirror = Mirror(self.operators)
+        changed = asyncio.Event()
+        mirror.listen(lambda _c: changed.set())
+        following = asyncio.create_task(mirror.run(), name="operators-mirror")
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                await _render_operators(files, control, Operators(operators=dict(mirror.values)))
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
 
     async def serve(self) -> None:
         """Answer requests until cancelled: only the daemon holding the hub's lease does
@@ -180,7 +206,10 @@ class Desk:
     # Authentication
 
     async def _registry(self) -> Operators:
-        return await asyncio.to_thread(self.files.registry) if self.files else Operators()
+        """The operators added at run time: the `operators` bucket, the truth for every node."""
+        if self.files is None:
+            return Operators()
+        return Operators(operators={record.name: record for record in await self.operators.values()})
 
     async def _operator(self, key: str) -> OperatorRecord | None:
         if key in self.bootstrap:
@@ -483,6 +512,10 @@ class Desk:
         except Exception:
             await asyncio.to_thread(self.files.write, before)
             raise
+        # The truth for every node: each hub daemon renders it for its own server.
+        for name, record in registry.operators.items():
+            if before.operators.get(name) != record:
+                await self.operators.put(name, record)
 
     async def _operator_revoke(self, request: DeskRequest, _who: OperatorRecord) -> Done:
         name = _text(request.args, "name")
@@ -648,3 +681,19 @@ def _plan(plan: Plan) -> dict[str, JsonValue]:
         "new": plan.new.model_dump(mode="json"),
         "diff": plan.diff,
     }
+
+
+async def _render_operators(
+    files: AdmissionFiles[Operators], control: ServerControl, registry: Operators
+) -> None:
+    """Make this daemon's own server admit `registry`'s operators (if its files say otherwise)
+    and close revoked operators' connections to it."""
+    if registry == await asyncio.to_thread(files.registry):
+        return
+    await asyncio.to_thread(files.write, registry)
+    await control.reload()
+    for record in registry.operators.values():
+        if record.revoked_at is not None:
+            await control.drop_clients(record.public_key)
+    admitted = sorted(name for name, record in registry.operators.items() if record.revoked_at is None)
+    logger.info("operators admitted here", operators=admitted)

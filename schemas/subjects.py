@@ -48,6 +48,9 @@ ASSIGNED_BUCKET = "assigned"
 ROLLOUTS_BUCKET = "rollouts"
 # hub only: who does what only one hub daemon may do (key `hub`; docs/clustering.md#leases)
 LEASES_BUCKET = "leases"
+# hub only: the operators added at run time (key: the operator's name), which every hub
+# daemon renders into its own server's admission files (docs/clustering.md)
+OPERATORS_BUCKET = "operators"
 HUB_DESK = "fleet.hub.desk"
 
 HUB_DOMAIN = "hub"

@@ -33,6 +33,7 @@ from schemas import (
 from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.inventory import AppliedState, HostFacts, LinkState, StreamBacklog
+from schemas.lease import Lease
 from schemas.profile import LabelRequirement, SelectorOperator
 from schemas.secret import SealedBundle, SealedSecret, SecretRecord
 
@@ -350,6 +351,12 @@ sealed_bundles = st.builds(
         ids, st.builds(SealedSecret, version=st.integers(1, 2**31), box=st.text(max_size=40)), max_size=3
     ),
 )
+leases = st.builds(
+    Lease,
+    holder=st.text(min_size=1, max_size=12),
+    since=times,
+    ttl_seconds=st.floats(0.1, 60),
+)
 
 BY_TYPE = {
     Profile: profiles,
@@ -373,4 +380,5 @@ BY_TYPE = {
     AuditRecord: audit_records,
     SecretRecord: secret_records,
     SealedBundle: sealed_bundles,
+    Lease: leases,
 }

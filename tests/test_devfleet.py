@@ -77,7 +77,10 @@ def test_dev_fleet_up_status_ctrl_c_restart_keeps_data_and_down(tmp_path: Path):
         info = run_cli("info", "--state-dir", str(state_dir))
         assert info.returncode == 0, info.stderr
         assert "domain 'hub'" in info.stdout
-        assert "inventory, overrides, presence, profiles, regions" in info.stdout
+        listed = " ".join(info.stdout.split()).split("buckets: ")[1]  # as wrapped at 80 columns
+        assert {"inventory", "overrides", "presence", "profiles", "regions", "leases"} <= set(
+            listed.split(", ")
+        )
         assert_dev_creds_work(state_dir)
 
         async def put_probe() -> int:

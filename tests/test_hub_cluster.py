@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Self
 
+import nats
 import pytest
 from nats.aio.client import Client
 
@@ -29,9 +30,9 @@ from schemas.base import utcnow
 from schemas.event import Event
 from schemas.headers import envelope
 from schemas.profile import LabelSelector, Profile, ProfileSpec
-from tests.conftest import connect_as, running_fleet
+from tests.conftest import admin_creds, connect_as, running_fleet
 from tests.fleetprobe import PROBE_KIND, client_of, stream_ids
-from tests.helpers import eventually
+from tests.helpers import arun_cli, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -283,7 +284,7 @@ async def lease_holders(fleet: DevFleet) -> list[str]:
     return holding
 
 
-async def test_lease_failover_link_cut_and_rolling_restart(cluster: DevFleet) -> None:
+async def test_lease_failover_link_cut_and_rolling_restart(cluster: DevFleet, tmp_path: Path) -> None:
     fleet = cluster
     seen: list[list[str]] = []
 
@@ -316,6 +317,11 @@ async def test_lease_failover_link_cut_and_rolling_restart(cluster: DevFleet) ->
         ]
         assert sum(1 for r in audited if r.get("revision") == revision) == 1, audited
 
+        # An operator added through the (new) holder's desk is admitted by every node, and
+        # once revoked, refused by every node.
+        await operator_everywhere(fleet, tmp_path, admitted=True)
+        await operator_everywhere(fleet, tmp_path, admitted=False)
+
         # Cut every link to the node each regional is connected to: they go on through the others.
         used = await _linked_nodes(fleet)
         for key in used:
@@ -335,6 +341,36 @@ async def test_lease_failover_link_cut_and_rolling_restart(cluster: DevFleet) ->
             await restarting
             other = next(n for n in hubs(fleet) if n.key != node.key)
             await converged(fleet, other, marker, client)
+
+
+async def operator_everywhere(fleet: DevFleet, tmp_path: Path, *, admitted: bool) -> None:
+    """Add (`admitted`) or revoke the operator `night-shift` at the hub's desk, then wait
+    until every hub node admits (or refuses) its key."""
+    hub = ",".join(n.server.client_url for n in hubs(fleet))
+    args: tuple[str, ...] = ("operator", "add", "night-shift", "--role", "viewer", "--out", str(tmp_path))
+    if not admitted:
+        args = ("operator", "revoke", "night-shift")
+    done = await arun_cli(*args, "--reason", "test", "--hub", hub, "--creds", str(admin_creds(fleet.plan)))
+    assert done.returncode == 0, done.stderr
+    seed = tmp_path / "night-shift.nk"
+
+    async def every_node() -> bool:
+        for node in hubs(fleet):
+            try:
+                nc = await nats.connect(
+                    node.server.client_url, nkeys_seed=str(seed), allow_reconnect=False, connect_timeout=2
+                )
+            except Exception:  # refused (or not yet admitted)
+                if admitted:
+                    return False
+                continue
+            await nc.close()
+            if not admitted:
+                return False
+        return True
+
+    what = "every hub node admitting" if admitted else "every hub node refusing"
+    await eventually(every_node, timeout=20, what=f"{what} the operator night-shift")
 
 
 async def _other_holder(fleet: DevFleet, old: str) -> str | None:

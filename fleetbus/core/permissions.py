@@ -28,6 +28,7 @@ from schemas.subjects import (
     ASSIGNED_BUCKET,
     HUB_DOMAIN,
     LEASES_BUCKET,
+    OPERATORS_BUCKET,
     OVERRIDES_BUCKET,
     PROFILES_BUCKET,
     ROLLOUTS_BUCKET,
@@ -230,7 +231,15 @@ def viewer() -> Permissions:
 _CHANGE_API = ("DELETE", "PURGE", "RESTORE", "MSG.DELETE")
 
 # What only the hub itself writes: desired state, operators, the audit trail.
-HUB_OWNED = (PROFILES_BUCKET, OVERRIDES_BUCKET, SECRETS_BUCKET, SEALED_BUCKET, ROLLOUTS_BUCKET, LEASES_BUCKET)
+HUB_OWNED = (
+    PROFILES_BUCKET,
+    OVERRIDES_BUCKET,
+    SECRETS_BUCKET,
+    SEALED_BUCKET,
+    ROLLOUTS_BUCKET,
+    LEASES_BUCKET,
+    OPERATORS_BUCKET,
+)
 
 
 def admin() -> Permissions:
