@@ -8,6 +8,7 @@ the streams it fills) runs in the daemon holding the hub's lease; the view of th
 dashboard and the API run in every one."""
 
 import asyncio
+import contextlib
 import socket
 from collections import Counter
 from dataclasses import replace
@@ -49,6 +50,7 @@ BUCKETS = (
     BucketSpec(subjects.OPERATORS_BUCKET, description="Operators added at run time, by name."),
 )
 HUB_LEASE = "hub"  # the key of the lease the active hub daemon holds
+BEATS_QUEUED = 10_000  # regionals' heartbeats waiting for the active daemon's duties
 
 
 async def run(settings: HubSettings) -> None:
@@ -97,16 +99,18 @@ class Hub:
             js, _replicated(streams.presence_bucket(), copies), metrics, per_site=streams.presence_source
         )
         self.applied = SourcedStream(js, _replicated(streams.applied_bucket(), copies), metrics)
-        signer = Signer(load_identity(settings.signing_key)) if settings.signing_key else None
-        self.desk = Desk(daemon.bus, settings, metrics, signer)
-        self.view, self.rollouts = _rollouts(daemon, settings, self.desk)
-        self.sealer = _sealer(daemon, settings, signer)
+        self.signer = Signer(load_identity(settings.signing_key)) if settings.signing_key else None
+        self.desk = Desk(daemon.bus, settings, metrics, self.signer)
+        self.view = _view(daemon, settings)
         self.lease = Lease(
             js, subjects.LEASES_BUCKET, HUB_LEASE, settings.node or settings.site, metrics=metrics
         )
         # The active daemon's, while it is: a new one each time this daemon takes the lease,
         # so the first beat of each region re-adds (a no-op) and kicks its sources.
         self.follower: SiteFollower | None = None
+        # Regionals' heartbeats, handled by the active daemon's duties (so losing the lease
+        # stops their source kicks too); None while another daemon is the active one.
+        self.beats: asyncio.Queue[Heartbeat] | None = None
         self.server_back = asyncio.Event()
         daemon.bus.reconnect_listeners.append(self.server_back.set)
         self.regions = PresenceBoard(
@@ -137,6 +141,10 @@ class Hub:
         follower = SiteFollower(
             [self.events, self.inventory, self.presence], kick=self.settings.heal_acceleration
         )
+        # New each term: what they read in an earlier term may be stale by now.
+        rollouts = Rollouts(self.js, self.desk.profiles)
+        rollouts.view, self.desk.rollouts = self.view, rollouts
+        sealer = _sealer(self.daemon, self.settings, self.signer)
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.desk.serve(), name="desk")
@@ -144,27 +152,34 @@ class Hub:
                     await stream.ensure(keep_sources=True)
                 await self.applied.ensure()
                 await self.regions.restore()
-                self.follower = follower
-                group.create_task(self.rollouts.run(), name="rollouts")
+                self.follower, self.beats = follower, asyncio.Queue(maxsize=BEATS_QUEUED)
+                group.create_task(self._heard(follower, self.beats), name="regional heartbeats")
+                group.create_task(rollouts.run(), name="rollouts")
                 group.create_task(self.regions.run(), name="presence")
-                if self.sealer is not None:
-                    group.create_task(self.sealer.run(), name="sealer")
+                if sealer is not None:
+                    group.create_task(sealer.run(), name="sealer")
                 # Regionals beat now instead of one interval from now: until the hub hears a
                 # region, it has not added that region's sources (nothing of it shows).
                 await self.daemon.bus.nc.publish(subjects.hub_hello(), b"")
         finally:
-            self.follower = None
+            self.follower, self.beats = None, None
+
+    async def _heard(self, follower: SiteFollower, beats: "asyncio.Queue[Heartbeat]") -> None:
+        while True:
+            beat = await beats.get()
+            self.regions.heard(beat.site, beat.interval_seconds)
+            if await follower.follow(beat):
+                self.metrics.peers_heard.set(len(follower.heard))
 
     async def on_regional_heartbeat(self, beat: Heartbeat, msg: Msg) -> None:
         if msg.subject != subjects.regional_heartbeat(beat.site) or beat.tier != Tier.REGIONAL:
             self.metrics.heartbeats_rejected.labels(reason="mismatch").inc()
             return
-        follower = self.follower
-        if follower is None:  # another daemon of a clustered hub is the active one
+        beats = self.beats
+        if beats is None:  # another daemon of a clustered hub is the active one
             return
-        self.regions.heard(beat.site, beat.interval_seconds)
-        if await follower.follow(beat):
-            self.metrics.peers_heard.set(len(follower.heard))
+        with contextlib.suppress(asyncio.QueueFull):  # the next beat of that region comes soon
+            beats.put_nowait(beat)
 
     def server_restarted(self) -> None:
         """Its own server is back, maybe from a crash (`SiteFollower.server_back`)."""
@@ -202,17 +217,15 @@ def _replicated(config: StreamConfig, replicas: int) -> StreamConfig:
     return config
 
 
-def _rollouts(daemon: Daemon, settings: HubSettings, desk: Desk) -> tuple[FleetView, Rollouts]:
-    """The hub's view of the fleet (the dashboard's too), and the rollout controller on it
-    (run by the active daemon only)."""
+def _view(daemon: Daemon, settings: HubSettings) -> FleetView:
+    """The hub's view of the fleet: the dashboard's, and the rollout controller's (run by the
+    active daemon only)."""
     view = FleetView(
         FleetClient(daemon.bus, settings.nats_url),
         on_undecodable=lambda schema: daemon.metrics.decode_errors.labels(kind=schema).inc(),
     )
-    rollouts = Rollouts(daemon.bus.js, desk.profiles)
-    rollouts.view, desk.rollouts = view, rollouts
     daemon.add_task("fleet-view", view.run)
-    return view, rollouts
+    return view
 
 
 def _sealer(daemon: Daemon, settings: HubSettings, signer: Signer | None) -> Sealer | None:

@@ -25,7 +25,7 @@ from pydantic import JsonValue, ValidationError
 
 from fleetbus.core import roles, rollout
 from fleetbus.core import secrets as secret_refs
-from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedError
+from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedError, TemporaryError
 from fleetbus.nats.bus import Bus, Msg
 from fleetbus.nats.errors import TRANSIENT
 from fleetbus.nats.kv import Bucket, Mirror
@@ -52,6 +52,7 @@ from schemas.profile import Profile
 from schemas.secret import SecretRecord
 
 logger = log.get_logger(__name__)
+OPERATORS_RETRY = 1.0  # s before a hub daemon tries again to make its server admit the operators
 
 FRESH = timedelta(minutes=2)  # how far a request's issued_at may be from the hub's clock
 ANONYMOUS = "anonymous"
@@ -183,7 +184,14 @@ class Desk:
             while True:
                 await changed.wait()
                 changed.clear()
-                await _render_operators(files, control, Operators(operators=dict(mirror.values)))
+                try:
+                    await _render_operators(files, control, Operators(operators=dict(mirror.values)))
+                except (TemporaryError, *TRANSIENT) as exc:
+                    # Its own server is down (this daemon goes on through another node): the
+                    # files are written; its server reads them when it starts. Try again.
+                    logger.warning("operators not admitted here yet; retrying", error=repr(exc))
+                    await asyncio.sleep(OPERATORS_RETRY)  # a retry interval
+                    changed.set()
         finally:
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -509,6 +517,12 @@ class Desk:
         await asyncio.to_thread(self.files.write, registry)
         try:
             await self.control.reload()
+        except TemporaryError as exc:
+            # This daemon's own node is down (it goes on through another): that server reads
+            # the files when it starts; the other nodes render the bucket below.
+            logger.warning(
+                "own hub node not reloaded; it reads the operators when it starts", error=repr(exc)
+            )
         except Exception:
             await asyncio.to_thread(self.files.write, before)
             raise

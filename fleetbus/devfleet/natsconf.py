@@ -85,7 +85,7 @@ class Cluster(BaseModel):
 
     name: str = Field(description="The cluster's name: the site's id.")
     port: int = Field(ge=1, le=65535, description="This node's route port.")
-    routes: tuple[str, ...] = Field(description="nats-route:// URLs of every node (its own is skipped).")
+    routes: tuple[str, ...] = Field(description="nats-route:// URLs of every node, its own included.")
     # The route login every node presents and accepts: TLS alone would let any holder of a
     # certificate of the fleet CA (every site has one) join the cluster. None: no login
     # (--insecure).
@@ -231,8 +231,9 @@ def _cluster(spec: ServerSpec, bind: str) -> list[str]:
     cluster = spec.cluster
     if cluster is None:
         return []
-    own = f":{cluster.port}"
-    routes = ", ".join(_q(_route_url(r, cluster)) for r in cluster.routes if not r.endswith(own))
+    # Every node's route, its own too: nats-server drops a route to itself (by server id), so
+    # the same list serves every node, wherever the nodes run and whatever ports they use.
+    routes = ", ".join(_q(_route_url(r, cluster)) for r in cluster.routes)
     lines = [
         "",
         f"# Node {spec.server_name} of the {cluster.name!r} cluster: one JetStream domain, its streams",

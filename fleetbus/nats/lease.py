@@ -8,7 +8,6 @@ without a renewal the server confirmed). Then it tries again.
 """
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Coroutine
 
@@ -16,10 +15,11 @@ from nats.js import JetStreamContext
 
 from fleetbus.core.lease import Held, LeasePolicy
 from fleetbus.errors import ConflictError
-from fleetbus.nats.errors import TRANSIENT
+from fleetbus.nats.errors import TRANSIENT, is_transient
 from fleetbus.nats.kv import Bucket
 from fleetbus.runtime import log
 from fleetbus.runtime.metrics import DaemonMetrics
+from fleetbus.runtime.tasks import cancel_and_wait
 from schemas.base import utcnow
 from schemas.lease import Lease as LeaseRecord
 
@@ -31,7 +31,7 @@ def transient(exc: BaseException) -> bool:
     group's failures that all are."""
     if isinstance(exc, BaseExceptionGroup):
         return all(transient(e) for e in exc.exceptions)
-    return isinstance(exc, TRANSIENT)
+    return is_transient(exc)
 
 
 class Lease:
@@ -67,9 +67,13 @@ class Lease:
             try:
                 await self._keep(work, held)
             finally:
-                work.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await work
+                # A cancellation can be swallowed once (CPython gh-86296): cancel until the
+                # duties end, and fail the daemon if they outlive the margin.
+                if await cancel_and_wait([work], timeout=self.policy.margin):
+                    msg = f"the duties of lease {self.key} did not stop within {self.policy.margin} s"
+                    raise RuntimeError(msg)
+                if not work.cancelled() and work.exception() is not None:
+                    logger.debug("duties ended with", error=repr(work.exception()))
                 self._set(None)
             logger.warning("lease lost: duties stopped", lease=self.key, holder=self.holder)
 

@@ -148,6 +148,17 @@ class HubSettings(DaemonSettings):
         description="Copies of each hub bucket and stream: 3 on a 3-node hub (docs/clustering.md).",
     )
 
+    @model_validator(mode="after")
+    def _clustered_daemons_are_named(self) -> "HubSettings":
+        if self.replicas > 1 and self.node is None:
+            msg = (
+                "node: a clustered hub's daemons (replicas > 1) each need their own name, the node "
+                'they run beside (node = "hub-n2"): two daemons under one name would take the '
+                "hub's lease from each other"
+            )
+            raise ValueError(msg)
+        return self
+
 
 class RegionalSettings(DaemonSettings):
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Regional -> hub, s.")
