@@ -69,7 +69,12 @@ async def _run(settings: HubSettings, listener: socket.socket | None) -> None:
         daemon.bus.reconnect_listeners.append(hub.server_restarted)
         daemon.on_start(hub.provision)
         daemon.add_task("hello", hub.hello_again)
-        daemon.add_task("lease", lambda: hub.lease.hold(hub.duties))
+        if settings.replicas > 1:
+            daemon.add_task("lease", lambda: hub.lease.hold(hub.duties))
+        else:
+            # A hub of one server has no other daemon to hand its duties to: a lease could only
+            # take them away (a renewal late while the daemon is busy) and make its desk miss.
+            daemon.add_task("duties", lambda: hub.lease.hold_alone(hub.duties))
         daemon.add_task("limits", hub.limits)
         daemon.add_task("operators", hub.desk.follow_operators)
         if listener is not None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 class LeasePolicy:
     # Failover takes up to ttl + every (+ the server's expiry lag: 0.4 s measured); a holder
     # whose renewals fail for ttl - margin (its server gone, a stream leader elected) stops.
-    ttl: float = 2.5  # s the server keeps a record its holder stopped renewing
+    ttl: float = 3.5  # s the server keeps a record its holder stopped renewing
     every: float = 0.5  # s between renewals (and between a contender's tries)
     margin: float = 0.5  # s before the deadline at which a holder stops acting
 

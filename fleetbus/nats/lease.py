@@ -8,6 +8,7 @@ without a renewal the server confirmed). Then it tries again.
 """
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Coroutine
 
@@ -76,6 +77,20 @@ class Lease:
                     logger.debug("duties ended with", error=repr(work.exception()))
                 self._set(None)
             logger.warning("lease lost: duties stopped", lease=self.key, holder=self.holder)
+
+    async def hold_alone(self, duties: Callable[[Held], Coroutine[object, object, None]]) -> None:
+        """Run `duties` for as long as the daemon runs, without a lease (the only daemon of
+        its site); taken up again after a transient failure, like `hold`'s."""
+        held = Held(revision=0, until=math.inf)
+        self._set(held)
+        while True:
+            try:
+                await duties(held)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                logger.warning("duties failed; taking them up again", lease=self.key, error=repr(exc))
+            await asyncio.sleep(self.policy.every)  # back-off before the retry
 
     def _set(self, held: Held | None) -> None:
         self.held = held
