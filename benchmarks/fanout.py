@@ -368,9 +368,8 @@ async def run_fleet(
         began = time.monotonic()
         await fleet.start()
         try:
-            hub_url = ",".join(s.server.client_url for s in plan.nodes("hub"))
             async with await FleetClient.connect(
-                hub_url, creds=None if insecure else admin_creds(plan)
+                plan.hub_url, creds=None if insecure else admin_creds(plan)
             ) as client:
                 await eventually(
                     lambda: all_reported(client, edges), timeout=args.timeout, what=f"{edges} edges reporting"

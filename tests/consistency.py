@@ -316,7 +316,7 @@ async def run_seed(
     await fleet.start()
     try:
         # Persistent: the schedule kills and restarts the hub's server under this client.
-        hub_url = ",".join(s.server.client_url for s in plan.by_tier(Tier.HUB))
+        hub_url = plan.hub_url
         async with await FleetClient.connect(hub_url, persistent=True, creds=admin_creds(plan)) as client:
             runner = Runner(fleet, client, outcome)
             await eventually(lambda: _all_reported(client, plan), timeout=60, what="every edge reported")

@@ -158,7 +158,7 @@ async def client_of(fleet: DevFleet, creds: Path | None = None, *, persistent: b
     """A client of the fleet's hub (every node of a clustered one) as `creds` (default: the
     fleet's admin), verifying its CA; `persistent`: it outlives a node's or the hub's restart."""
     return await FleetClient.connect(
-        ",".join(s.server.client_url for s in fleet.plan.nodes("hub")),
+        fleet.plan.hub_url,
         creds=creds or identities.operator_creds(fleet.plan.state_dir),
         ca=identities.ca_cert(fleet.plan.state_dir),
         persistent=persistent,

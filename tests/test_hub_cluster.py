@@ -346,7 +346,7 @@ async def test_lease_failover_link_cut_and_rolling_restart(cluster: DevFleet, tm
 async def operator_everywhere(fleet: DevFleet, tmp_path: Path, *, admitted: bool) -> None:
     """Add (`admitted`) or revoke the operator `night-shift` at the hub's desk, then wait
     until every hub node admits (or refuses) its key."""
-    hub = ",".join(n.server.client_url for n in hubs(fleet))
+    hub = fleet.plan.hub_url
     args: tuple[str, ...] = ("operator", "add", "night-shift", "--role", "viewer", "--out", str(tmp_path))
     if not admitted:
         args = ("operator", "revoke", "night-shift")

@@ -153,6 +153,11 @@ class FleetPlan:
                 return site
         raise KeyError(name)
 
+    @property
+    def hub_url(self) -> str:
+        """What a client of the hub dials: its client URL, or every node's, comma-separated."""
+        return ",".join(s.server.client_url for s in self.by_tier(Tier.HUB))
+
     def nodes(self, name: str) -> list[SitePlan]:
         """Every server of the site `name`: one, or a cluster's nodes."""
         return [s for s in self.sites if s.name == name]

@@ -319,13 +319,10 @@ class DevFleet:
         expected = 0
         if plan.server.cluster is None:
             for lower in (s for s in self.plan.sites if s.upstream == site):
-                passing = [p for p in self.links_of(lower.name) if not (p.is_cut or p.is_blackholed)]
-                reachable = passing or not self.links_of(lower.name)
-                expected += int(bool(reachable) and self.servers[lower.key].running)
+                expected += int(self._uplink_passes(lower.name) and self.servers[lower.key].running)
         if plan.upstream:
-            passing = [p for p in self.links_of(site) if not (p.is_cut or p.is_blackholed)]
             up = any(self.servers[s.key].running for s in self.plan.nodes(plan.upstream))
-            expected += int((bool(passing) or not self.links_of(site)) and up)
+            expected += int(self._uplink_passes(site) and up)
         url = f"http://{HOST}:{plan.server.http_port}/leafz"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -335,6 +332,11 @@ class DevFleet:
                     return
             await asyncio.sleep(LINK_POLL)  # the poll interval
         self.progress(f"  {key}: not every leaf link is back {timeout:g}s after the restart")
+
+    def _uplink_passes(self, site: str) -> bool:
+        """Whether `site`'s uplink lets traffic through: no proxy, or one not cut or blackholed."""
+        proxies = self.links_of(site)
+        return not proxies or any(not (p.is_cut or p.is_blackholed) for p in proxies)
 
     def crashes(self) -> dict[str, int]:
         """Exits nobody asked for, per process (a kill or a stop is asked for)."""
@@ -348,8 +350,7 @@ class DevFleet:
             return None
         creds = identities.operator_creds(self.plan.state_dir)
         ca = identities.ca_cert(self.plan.state_dir)
-        url = ",".join(s.server.client_url for s in self.plan.nodes(hub.name))
-        async with await FleetClient.connect(url, creds=creds, ca=ca) as admin:
+        async with await FleetClient.connect(self.plan.hub_url, creds=creds, ca=ca) as admin:
             # A clustered hub's desk answers once one of its daemons took the hub's lease.
             reply = await retry(
                 lambda: admin.desk.call(

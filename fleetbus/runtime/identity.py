@@ -9,6 +9,7 @@ apart for nats-py.
 import os
 import secrets
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,22 +53,24 @@ def public_key(seed: str) -> str:
 def ensure(directory: Path, name: str) -> Identity:
     """The identity `name` in `directory`, generated there on first use (seed mode 0600)."""
     path = directory / f"{name}{SEED_SUFFIX}"
-    if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(generate_seed() + "\n")
+    _create_private(path, generate_seed)
     return load(path, name=name)
+
+
+def _create_private(path: Path, make: Callable[[], str]) -> None:
+    """Write `make()` to `path` (mode 0600, its directory created) unless it exists."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(make() + "\n")
 
 
 def ensure_secret(path: Path) -> str:
     """A random password kept in `path` (mode 0600), generated on first use: a clustered
     site's route login, which every node of it presents and accepts."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(24) + "\n")
+    _create_private(path, lambda: secrets.token_hex(24))
     return path.read_text().strip()
 
 
