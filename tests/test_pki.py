@@ -28,6 +28,12 @@ def test_a_site_certificate_is_issued_by_the_fleet_ca_for_the_hosts_it_is_dialle
         pki.ensure_site_cert(ca, tmp_path / "r1", "r1", ("127.0.0.1",)).cert.read_bytes()
         == files.cert.read_bytes()
     )
+    # Issued again for a host it does not name (a cluster's node added), naming them all.
+    wider = pki.ensure_site_cert(ca, tmp_path / "r1", "r1", ("127.0.0.1", "nats-hub-n2"))
+    names = x509.load_pem_x509_certificate(wider.cert.read_bytes()).extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert names.value.get_values_for_type(x509.DNSName) == ["nats-hub-n2"]
     other = pki.ensure_ca(tmp_path / "other")
     again = pki.ensure_site_cert(other, tmp_path / "r1", "r1", ("127.0.0.1",))
     x509.load_pem_x509_certificate(again.cert.read_bytes()).verify_directly_issued_by(

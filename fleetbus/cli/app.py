@@ -19,7 +19,7 @@ import typer
 import fleetbus
 from fleetbus.cli import dev, device, operators, profiles, rollouts, sim, sites, view
 from fleetbus.cli.kit import Creds, HubUrl, StateDir, check_range, connect, err, out
-from fleetbus.deploy.compose import init_compose, write_compose
+from fleetbus.deploy.compose import HA_NODES, compose_file, init_compose, private_dir, write_compose
 from fleetbus.devfleet import identities
 from fleetbus.devfleet import state as fleet_state
 from fleetbus.errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, ConflictError, FleetbusError, exit_code
@@ -133,22 +133,37 @@ def _write_files(what: str, write: Callable[[], list[Path]]) -> None:
 def compose_render(
     root: Annotated[Path, typer.Option("--root", help="Repository root to write into.")] = Path(),
 ) -> None:
-    """Render docker-compose.yml and the monitoring configs (committed, no secrets)."""
+    """Render docker-compose.yml, docker-compose.ha.yml (a 3-node hub) and the monitoring
+    configs (committed, no secrets)."""
     _write_files(f"compose files under {root}", lambda: write_compose(root))
 
 
 @compose_app.command("init")
 def compose_init(
     root: Annotated[Path, typer.Option("--root", help="Repository root to write into.")] = Path(),
+    hub_nodes: Annotated[
+        int,
+        typer.Option(
+            "--hub-nodes",
+            help=f"1: docker-compose.yml's fleet (deploy/compose/); {HA_NODES}: docker-compose.ha.yml's "
+            "(deploy/compose-ha/, a fleet of its own).",
+        ),
+    ] = 1,
 ) -> None:
     """Make the container fleet's CA, keys and certificates (kept if there) and write each
     site's nats-server config, admission files and daemon settings under deploy/compose/
     (not committed); then `docker compose up`."""
-    _write_files(f"the compose fleet's sites under {root}", lambda: init_compose(root))
+    if hub_nodes not in (1, HA_NODES):
+        msg = f"--hub-nodes {hub_nodes}: the compose files have a hub of 1 or {HA_NODES} nodes; pick one"
+        raise ConfigError(msg)
+    _write_files(f"the compose fleet's sites under {root}", lambda: init_compose(root, hub_nodes=hub_nodes))
+    private, file = private_dir(hub_nodes), compose_file(hub_nodes)
+    hubs = ",".join(f"nats://localhost:{4222 + n}" for n in range(hub_nodes))
+    project = "fleetbus" if hub_nodes == 1 else "fleetbus-ha"
     out.print(
-        "the operator's key: deploy/compose/operators/admin.nk; the CA: deploy/compose/pki/ca.pem; e.g. "
-        "fleetbus --hub nats://localhost:4222 --creds deploy/compose/operators/admin.nk "
-        "--ca deploy/compose/pki/ca.pem status",
+        f"next: docker compose -p {project} -f {file} up --build; "
+        f"the operator's key: {private}/operators/admin.nk, the CA: {private}/pki/ca.pem; "
+        f"e.g. fleetbus --hub {hubs} --creds {private}/operators/admin.nk --ca {private}/pki/ca.pem status",
         soft_wrap=True,
     )
 

@@ -66,9 +66,10 @@ def simulator_creds(state_dir: Path, region: str) -> Path:
     return simulator_workdir(state_dir, region) / "identity" / f"{SITE_KEY}{identity.SEED_SUFFIX}"
 
 
-def _hosts(site: SitePlan) -> tuple[str, ...]:
-    """What the tier below may dial to reach `site` (directly or through a proxy here)."""
-    return (site.server.host, "localhost", site.name)
+def _hosts(plan: FleetPlan, site: SitePlan) -> tuple[str, ...]:
+    """What the tier below (and a cluster's other nodes) may dial to reach `site` (directly or
+    through a proxy here): every node's host, for a site whose nodes share one certificate."""
+    return tuple(dict.fromkeys([*(n.server.host for n in plan.nodes(site.name)), "localhost", site.name]))
 
 
 def ensure_identities(plan: FleetPlan) -> FleetIdentities:
@@ -83,7 +84,9 @@ def ensure_identities(plan: FleetPlan) -> FleetIdentities:
             s.region: identity.load(_ensure(simulator_creds(plan.state_dir, s.region)))
             for s in plan.by_tier(Tier.REGIONAL)
         },
-        tls={s.name: pki.ensure_site_cert(ca, s.creds_path.parent, s.name, _hosts(s)) for s in plan.sites},
+        tls={
+            s.name: pki.ensure_site_cert(ca, s.creds_path.parent, s.name, _hosts(plan, s)) for s in plan.sites
+        },
         systems={s.name: identity.load(_ensure(s.system_creds_path)) for s in plan.sites if _has_system(s)},
         signing=identity.load(_ensure(plan.by_tier(Tier.HUB)[0].signing_key_path)),
     )

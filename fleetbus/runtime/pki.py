@@ -128,24 +128,44 @@ def _identified(cert: x509.Certificate) -> bool:
     return True
 
 
-def ensure_site_cert(ca_cert: Path, directory: Path, site: str, hosts: tuple[str, ...]) -> CertFiles:
-    """`site`'s certificate for `hosts` (IP addresses or DNS names), its key generated in
-    `directory`; issued again when missing, expiring within 30 days, from another CA, or
-    without the key identifiers strict X.509 verification requires (issued before they were)."""
-    files = CertFiles(directory / "tls.pem", directory / "tls-key.pem", ca_cert)
-    ca, ca_key = _load_ca(ca_cert)
-    if files.cert.exists() and files.key.exists():
-        current = x509.load_pem_x509_certificate(files.cert.read_bytes())
-        remaining = current.not_valid_after_utc - _now()
-        if _issued_by(current, ca) and remaining > dt.timedelta(days=30) and _identified(current):
-            return files
-    key = _new_key()
+def _general(hosts: tuple[str, ...]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     for host in hosts:
         try:
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
+    return names
+
+
+def _names(cert: x509.Certificate) -> set[x509.GeneralName]:
+    """The names `cert` is valid for (its subject alternative names)."""
+    try:
+        return set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return set()
+
+
+def ensure_site_cert(ca_cert: Path, directory: Path, site: str, hosts: tuple[str, ...]) -> CertFiles:
+    """`site`'s certificate for `hosts` (IP addresses or DNS names), its key generated in
+    `directory`; issued again when missing, expiring within 30 days, from another CA, not
+    naming every host, or without the key identifiers strict X.509 verification requires
+    (issued before they were)."""
+    files = CertFiles(directory / "tls.pem", directory / "tls-key.pem", ca_cert)
+    ca, ca_key = _load_ca(ca_cert)
+    if files.cert.exists() and files.key.exists():
+        current = x509.load_pem_x509_certificate(files.cert.read_bytes())
+        remaining = current.not_valid_after_utc - _now()
+        fresh = remaining > dt.timedelta(days=30)
+        if (
+            _issued_by(current, ca)
+            and fresh
+            and _identified(current)
+            and _names(current) >= set(_general(hosts))
+        ):
+            return files
+    key = _new_key()
+    names = _general(hosts)
     now = _now()
     cert = (
         x509.CertificateBuilder()
