@@ -28,6 +28,7 @@ from fleetbus.runtime.identity import load as load_identity
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.settings import HubSettings
 from fleetbus.runtime.signing import Signer, Verifier
+from fleetbus.runtime.tasks import wait_event
 from fleetbus.sdk.client import FleetClient
 from hub import api, streams, web
 from hub.desk import Desk
@@ -51,6 +52,9 @@ BUCKETS = (
 )
 HUB_LEASE = "hub"  # the key of the lease the active hub daemon holds
 BEATS_QUEUED = 10_000  # regionals' heartbeats waiting for the active daemon's duties
+# Pauses (s) before each hello once the hub's server is back: at 0, 1, 2, 4 and 8 s, past a
+# leaf link's reconnect (every 1 s, `ServerSpec.leaf_reconnect`) and its TLS handshake.
+HELLO_AFTER_RESTART = (0.0, 1.0, 1.0, 2.0, 4.0)
 
 
 async def run(settings: HubSettings) -> None:
@@ -195,11 +199,17 @@ class Hub:
         """Say hello again each time the hub's own server is back: a restart shorter than a
         regional's probe period is otherwise noticed by no one below, and the regionals'
         replicas of the hub's buckets (sourced through consumers that died with the server)
-        would wait for nats-server's own retry."""
+        would wait for nats-server's own retry (10 s to more than 30 s, measured:
+        tests/test_dashboard.py). Several times (`HELLO_AFTER_RESTART`): this daemon is
+        usually back on the server before the regionals' leaf links are, and a hello
+        published before a link is up does not reach that regional."""
         while True:
             await self.server_back.wait()
-            self.server_back.clear()
-            await self.daemon.bus.announce(subjects.hub_hello())
+            for pause in HELLO_AFTER_RESTART:
+                self.server_back.clear()
+                if await wait_event(self.server_back, pause):
+                    break  # back again meanwhile: start over
+                await self.daemon.bus.announce(subjects.hub_hello())
 
     async def still_known(self, change: Transition) -> bool:
         """False for a region forgotten (`fleetbus region forget`) while its record would

@@ -100,14 +100,19 @@ async def follow_stream(
     metrics: DaemonMetrics | None = None,
 ) -> AsyncGenerator[M, None]:
     """The enveloped `cls` messages of `stream` under `subject`: first the latest per subject
-    (or, with `since`, every one from then on), then each new one, until the caller stops."""
-    policy = DeliverPolicy.BY_START_TIME if since else DeliverPolicy.LAST_PER_SUBJECT
+    (or, with `since`, every one from then on), then each new one, until the caller stops.
+
+    With `since`, the follow starts from the stream sequence `since` begins at, not from the
+    time: nats-py re-creates an ordered consumer (after a gap, or a server restart) from the
+    next sequence but keeps the start time in its request, which the server refuses (error
+    10094), and a follow by time would hear nothing more."""
+    if since is None:
+        policy, config = DeliverPolicy.LAST_PER_SUBJECT, ConsumerConfig()
+    else:
+        start = await first_seq_since(js, stream, subject, since)
+        policy, config = DeliverPolicy.BY_START_SEQUENCE, ConsumerConfig(opt_start_seq=start)
     sub = await js.subscribe(
-        subject,
-        stream=stream,
-        ordered_consumer=True,
-        deliver_policy=policy,
-        config=ConsumerConfig(opt_start_time=since),
+        subject, stream=stream, ordered_consumer=True, deliver_policy=policy, config=config
     )
     try:
         async for msg in sub.messages:
@@ -119,6 +124,32 @@ async def follow_stream(
                 logger.warning("undecodable message skipped", subject=msg.subject, reason=exc.reason)
     finally:
         with contextlib.suppress(NatsError):  # the connection may already be closed
+            await sub.unsubscribe()
+
+
+READ_TIMEOUT = 5.0  # s: for the first message of a stream the server says it holds
+
+
+async def first_seq_since(js: JetStreamContext, stream: str, subject: str, since: datetime) -> int:
+    """The sequence of the first message of `stream` under `subject` stored at or after
+    `since` (or the next sequence the stream will use, if there is none yet)."""
+    sub = await js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.BY_START_TIME,
+        config=ConsumerConfig(opt_start_time=since),
+    )
+    try:
+        info = await sub.consumer_info()
+        delivered = info.delivered
+        if info.num_pending == 0 and not (delivered and delivered.consumer_seq):
+            # Nothing delivered yet: the consumer's position is where `since` begins.
+            return (delivered.stream_seq if delivered and delivered.stream_seq else 0) + 1
+        first = await sub.next_msg(timeout=READ_TIMEOUT)
+        return first.metadata.sequence.stream
+    finally:
+        with contextlib.suppress(NatsError):
             await sub.unsubscribe()
 
 
