@@ -25,6 +25,7 @@ local streams (so no backlog to measure), host facts read once per process.
 """
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 
@@ -104,7 +105,7 @@ class HollowEdge:
             metrics=self.metrics,
             on_applied=inventory.poke,
             inputs=self.inputs,
-            event_subject=lambda kind: subjects.outbox_event(region, edge, kind),
+            event_subject=functools.cache(lambda kind: subjects.outbox_event(region, edge, kind)),
         )
         await enroll(
             self.bus,

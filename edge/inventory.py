@@ -131,17 +131,28 @@ def material(snapshot: InventorySnapshot) -> str:
     messages wait upstream (those move all the time and are refreshed every interval). But a
     backlog appearing or clearing counts, and so does an eviction: a loss is reported as soon
     as it is seen. (Not for INVENTORY's own backlog: publishing a snapshot creates it.)"""
-    data = snapshot.model_dump(mode="json", exclude={"seq", "observed_at", "received_at", "backlog"})
-    data["host"].pop("disk_free_bytes", None)
-    if data.get("kubernetes"):
-        data["kubernetes"].pop("read_at", None)
+    # Serialised by pydantic (a fifth of the cost of dumping to dicts and json.dumps, which
+    # was 8 % of a hollow-edge process during a fan-out: py-spy). Key order is the model's
+    # and the documents' own: an equal snapshot with its labels or facts in another order
+    # would only count as a change once.
+    rest = snapshot.model_dump_json(
+        exclude={
+            "seq": True,
+            "observed_at": True,
+            "received_at": True,
+            "backlog": True,
+            "devices": True,
+            "host": {"disk_free_bytes"},
+            "kubernetes": {"read_at"},
+        }
+    )
     # Devices: which exist, online or not, their status; not counters and readings.
-    data["devices"] = [(d.id, d.online, d.last_status) for d in snapshot.devices]
-    data["backlog"] = {
+    devices = [(d.id, d.online, d.last_status) for d in snapshot.devices]
+    backlog = {
         b.stream: (b.evicted, b.evicted_unforwarded, b.pending > 0 and b.stream != subjects.INVENTORY_STREAM)
         for b in snapshot.backlog
     }
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(rest.encode() + json.dumps([devices, backlog], sort_keys=True).encode()).hexdigest()
 
 
 class LinkView(Protocol):

@@ -35,7 +35,7 @@ from fleetbus.runtime.backoff import Backoff
 from fleetbus.runtime.metrics import DaemonMetrics
 from fleetbus.runtime.sealing import SealError
 from fleetbus.runtime.signing import Verifier
-from fleetbus.runtime.tasks import cancel_and_wait
+from fleetbus.runtime.tasks import cancel_and_wait, wait_event
 from schemas import subjects
 from schemas.base import Message, utcnow
 from schemas.codec import decode_body
@@ -298,6 +298,9 @@ class Reconciler:
             elif retry_at is None or due:  # schedule the next retry; other wake-ups keep it
                 retry_at = time.monotonic() + self._retry.next_delay()
             timeout = _earliest(self._next_expiry(), retry_at)
+            if not watchers:  # inputs shared with other edges (hollow ones): nothing to watch here
+                await wait_event(self._changed, timeout)
+                continue
             changed = asyncio.create_task(self._changed.wait())
             await _first_of([changed], watchers, timeout=timeout)
 

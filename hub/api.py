@@ -19,6 +19,7 @@ from fleetbus.core import rollout
 from fleetbus.core.compliance import State
 from fleetbus.core.desired import compute, edge_groups
 from fleetbus.core.rollout import under_rollouts
+from fleetbus.core.views import EdgePresence
 from hub.fleetview import EdgeView, FleetView
 from hub.rollouts import observed_in
 from schemas.event import Event, Severity
@@ -191,18 +192,32 @@ def hub_status(fleet: FleetView) -> HubStatus:
     )
 
 
+def shown_presence(fleet: FleetView, presence: EdgePresence | None) -> tuple[PresenceFilter, str]:
+    """What an edge's row says of its presence, and why: `unknown` while the hub hears nothing."""
+    if presence is None:
+        return PresenceFilter.UNKNOWN, ""
+    shown, reason = PresenceFilter(presence.state.value), presence.reason
+    if not fleet.hub.connected:
+        reason = f"the hub hears nothing (lost its nats-server); last known {shown.value}: {reason}"
+        shown = PresenceFilter.UNKNOWN
+    return shown, reason
+
+
+def counts(fleet: FleetView) -> Counter[tuple[str, str]]:
+    """How many edges' rows say each (presence, compliance), without making the rows."""
+    return Counter(
+        (shown_presence(fleet, fleet.presence_of(v))[0].value, fleet.compliance_of(v).state.value)
+        for v in _views(fleet, None)
+    )
+
+
 def edge_row(fleet: FleetView, view: EdgeView) -> EdgeRow:
     presence = fleet.presence_of(view)
     compliance = fleet.compliance_of(view)
     snap = view.inventory
     seen = [t for t in (presence.last_seen if presence else None, snap.observed_at if snap else None) if t]
     backlog = snap.backlog if snap else []
-    shown, reason = PresenceFilter.UNKNOWN, ""
-    if presence is not None:
-        shown, reason = PresenceFilter(presence.state.value), presence.reason
-        if not fleet.hub.connected:
-            reason = f"the hub hears nothing (lost its nats-server); last known {shown.value}: {reason}"
-            shown = PresenceFilter.UNKNOWN
+    shown, reason = shown_presence(fleet, presence)
     link = snap.link if snap else None
     uplink = UNKNOWN
     if link is not None and shown is PresenceFilter.ONLINE:

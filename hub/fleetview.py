@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-from fleetbus.core.compliance import EdgeCompliance, State, assess
+from fleetbus.core.compliance import DesiredMemo, EdgeCompliance, State, assess
 from fleetbus.core.views import EdgePresence, edge_presence
 from fleetbus.errors import MissingError
 from fleetbus.nats.errors import TRANSIENT
@@ -129,6 +129,9 @@ class FleetView:
         self.ready = asyncio.Event()  # every bucket read once (an empty view is not a fleet)
         self._loaded: set[str] = set()
         self._compliance: dict[str, tuple[int, EdgeCompliance]] = {}
+        # Desired states shared by edges alike (`assess`), for the policy version they were of.
+        self._memo: DesiredMemo = {}
+        self._memo_version = -1
         self._next_expiry: datetime | None = None
 
     # Reading
@@ -144,6 +147,8 @@ class FleetView:
         cached = self._compliance.get(view.edge)
         if cached is not None and cached[0] == self.policy_version:
             return cached[1]
+        if self._memo_version != self.policy_version:  # what the memo's desired states were of
+            self._memo, self._memo_version = {}, self.policy_version
         reports = [view.report] if view.report else []
         rows = assess(
             self.profiles.values(),
@@ -154,6 +159,7 @@ class FleetView:
             secrets=self.secrets,
             rollouts=self.current_rollouts,
             earlier=self.earlier,
+            memo=self._memo,
         )
         row = rows[0] if rows else EdgeCompliance(view.region, view.edge, State.UNKNOWN)
         self._compliance[view.edge] = (self.policy_version, row)

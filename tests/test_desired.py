@@ -7,12 +7,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetbus.core.compliance import DesiredMemo, assess
 from fleetbus.core.desired import compute, content_hash
 from fleetbus.core.mergepatch import apply, apply_tracked, leaves
 from fleetbus.core.selector import matches
+from schemas.event import ApplyResult, ApplyStatus, Event, Severity
 from schemas.override import Override, OverrideScope, OverrideTarget
 from schemas.profile import Component, LabelRequirement, LabelSelector, Profile, ProfileSpec, SelectorOperator
-from tests.strategies import json_values, labels, profiles
+from tests.strategies import ids, json_values, labels, overrides, profiles
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 
@@ -171,3 +173,63 @@ def test_hash_is_canonical():
     assert content_hash({"a": 1, "b": {"c": [1, 2]}}) == content_hash({"b": {"c": [1, 2]}, "a": 1})
     assert content_hash({"a": 1}) != content_hash({"a": 2})
     assert content_hash({"a": 1}).startswith("sha256:")
+
+
+ALIKE = [{"env": "dev"}, {"env": "prod", "tier": "a"}]  # labels edges share (memo hits)
+EDGES, GROUPS = ["r1-e1", "r1-e2", "r2-e1"], ["g1", "g2"]
+overrides_here = st.builds(
+    Override,
+    target=st.one_of(
+        st.builds(OverrideTarget, scope=st.just(OverrideScope.EDGE), name=st.sampled_from(EDGES)),
+        st.builds(OverrideTarget, scope=st.just(OverrideScope.GROUP), name=st.sampled_from(GROUPS)),
+    ),
+    patch=st.dictionaries(st.sampled_from(["config", "x"]), json_values, max_size=2),
+    owner=st.just("ops"),
+    reason=st.just("test"),
+    created_at=st.just(NOW - timedelta(hours=1)),
+    expires_at=st.none() | st.just(NOW - timedelta(minutes=1)) | st.just(NOW + timedelta(hours=1)),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(profiles, max_size=4, unique_by=lambda p: p.name),
+    st.lists(overrides | overrides_here, max_size=3),
+    st.lists(
+        st.tuples(
+            st.sampled_from(EDGES),
+            st.sampled_from(ALIKE) | labels,
+            st.lists(st.sampled_from(GROUPS) | ids, max_size=2, unique=True),
+        ),
+        max_size=6,
+    ),
+)
+def test_compliance_with_a_memo_is_compliance_without(profile_list, override_list, edges):
+    """The hub's view shares desired states between edges alike (`assess(memo=)`): edge by
+    edge with one memo, every row is what assess computes without it."""
+    reports = [
+        Event(
+            id=f"{n}",
+            kind="apply_result",
+            region=edge.split("-")[0],
+            edge=edge,
+            observed_at=NOW,
+            severity=Severity.INFO,
+            message="",
+            apply_result=ApplyResult(
+                desired_hash="sha256:x",
+                profile_revisions={},
+                status=ApplyStatus.APPLIED,
+                driver="null",
+                duration_seconds=0,
+                labels=edge_labels,
+                groups=groups,
+            ),
+        )
+        for n, (edge, edge_labels, groups) in enumerate(edges)
+    ]
+    memo: DesiredMemo = {}
+    for report in reports:
+        alone = assess(profile_list, override_list, [report], now=NOW)
+        shared = assess(profile_list, override_list, [report], now=NOW, memo=memo)
+        assert shared == alone

@@ -16,12 +16,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from fleetbus.core.desired import compute
+from fleetbus.core.desired import DesiredState, applicable_overrides, compute
 from fleetbus.core.rollout import Earlier, under_rollouts
 from schemas.event import ApplyStatus, Event
 from schemas.override import Override
 from schemas.profile import Profile
 from schemas.rollout import RolloutState
+
+# Desired states by (profiles chosen with their revisions, labels, overrides that apply): see
+# `assess`.
+DesiredMemo = dict[tuple[Any, ...], DesiredState]
 
 
 class State(StrEnum):
@@ -68,11 +72,14 @@ def assess(
     secrets: Mapping[str, int] | None = None,
     rollouts: Mapping[str, RolloutState] | None = None,
     earlier: Earlier | None = None,
+    memo: DesiredMemo | None = None,
 ) -> list[EdgeCompliance]:
     """One row per edge (reported, or in `known` as (region, edge)), sorted by region, edge.
     `secrets`: the current version of each secret (what a converged edge has pinned);
     `rollouts`, `earlier`: profiles' rollouts under way, and the revisions they hold edges at
-    (`fleetbus.core.rollout.under_rollouts`)."""
+    (`fleetbus.core.rollout.under_rollouts`). `memo`: desired states already computed with
+    these same profiles, overrides, secrets and rollouts (the caller empties it when one of
+    them changes): edges with the same labels, profile revisions and overrides share one."""
     profiles, overrides = list(profiles), list(overrides)
     rows: dict[tuple[str, str], EdgeCompliance] = {}
     for report in reports:
@@ -82,15 +89,27 @@ def assess(
         chosen = profiles
         if rollouts:
             chosen, _ = under_rollouts(profiles, rollouts, earlier or {}, report.edge, result.labels)
-        desired = compute(
-            chosen,
-            result.labels,
-            edge=report.edge,
-            groups=result.groups,
-            overrides=overrides,
-            now=now,
-            secrets=secrets,
-        )
+        desired, key = None, None
+        if memo is not None:
+            applied = applicable_overrides(overrides, edge=report.edge, groups=result.groups, now=now)
+            key = (
+                tuple((p.name, p.revision or p.model_dump_json()) for p in chosen),
+                tuple(sorted(result.labels.items())),
+                tuple((o.target.scope, o.target.name, o.created_at) for o in applied),
+            )
+            desired = memo.get(key)
+        if desired is None:
+            desired = compute(
+                chosen,
+                result.labels,
+                edge=report.edge,
+                groups=result.groups,
+                overrides=overrides,
+                now=now,
+                secrets=secrets,
+            )
+            if memo is not None and key is not None:
+                memo[key] = desired
         if result.desired_hash != desired.hash:
             state = State.PENDING
         elif result.status is ApplyStatus.FAILED:

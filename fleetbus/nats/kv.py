@@ -39,6 +39,7 @@ from nats.js.errors import NotFoundError as NatsNotFoundError
 from fleetbus.core import trust
 from fleetbus.core.trust import Record
 from fleetbus.errors import ConfigError, ConflictError, DecodeError, MissingError
+from fleetbus.nats.delivery import messages as delivered
 from fleetbus.nats.errors import is_transient
 from fleetbus.runtime import log
 from fleetbus.runtime.backoff import Backoff
@@ -212,7 +213,7 @@ class Bucket(Generic[M]):
             headers_only=headers_only or None,
         )
         try:
-            messages = aiter(sub.messages)
+            messages = aiter(delivered(sub))
             while True:
                 msg = await asyncio.wait_for(anext(messages), READ_STALL)
                 found.append(msg)
@@ -368,7 +369,7 @@ class Bucket(Generic[M]):
             config=ConsumerConfig(opt_start_seq=after + 1),
         )
         try:
-            async for msg in sub.messages:
+            async for msg in delivered(sub):
                 yield self._entry(msg), msg.metadata.num_pending
         finally:
             with contextlib.suppress(NatsError):

@@ -30,6 +30,7 @@ from nats.js.api import (
 from nats.js.errors import NotFoundError
 
 from fleetbus.errors import DecodeError
+from fleetbus.nats.delivery import messages
 from fleetbus.runtime import log
 from fleetbus.runtime.metrics import DaemonMetrics
 from schemas import subjects
@@ -115,7 +116,7 @@ async def follow_stream(
         subject, stream=stream, ordered_consumer=True, deliver_policy=policy, config=config
     )
     try:
-        async for msg in sub.messages:
+        async for msg in messages(sub):
             try:
                 yield open_envelope(cls, msg.data, msg.headers, subject=msg.subject)
             except DecodeError as exc:
@@ -170,7 +171,7 @@ async def read_stream(
         info = await sub.consumer_info()  # a push consumer: what it holds may be on its way already
         if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
             return found
-        async for msg in sub.messages:
+        async for msg in messages(sub):
             try:
                 found.append(decode_body(cls, msg.data, subject=msg.subject))
             except DecodeError as exc:

@@ -352,12 +352,12 @@ class HollowSettings(DaemonSettings):
     edges: int = Field(default=100, ge=0, le=20000, description="How many hollow edges this process runs.")
     first: int = Field(default=1, ge=1, description="Number of the first hollow edge (ids <region>-h<n>).")
     edges_per_connection: int = Field(
-        default=100, ge=1, le=5000, description="Hollow edges sharing one NATS connection."
+        default=1000, ge=1, le=5000, description="Hollow edges sharing one NATS connection."
     )
     start_rate: float = Field(default=200.0, gt=0, description="Hollow edges started per second.")
     heartbeat_interval: float = Field(default=5.0, gt=0, description="Edge -> regional, s.")
     inventory_interval: float = Field(default=60.0, gt=0, description="Inventory at least this often, s.")
-    inventory_scan_interval: float = Field(default=5.0, gt=0, description="Look for changes this often, s.")
+    inventory_scan_interval: float = Field(default=60.0, gt=0, description="Look for changes this often, s.")
     labels: dict[str, str] = Field(default_factory=dict, description="Labels of every hollow edge.")
     trusted_keys: list[str] = Field(
         default_factory=list,
