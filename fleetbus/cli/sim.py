@@ -31,7 +31,7 @@ def sim(
     heartbeat_interval: Annotated[float, typer.Option(help="Heartbeat period of every site, s.")] = 5.0,
     edges_per_connection: Annotated[
         int, typer.Option(help="Hollow edges sharing one NATS connection.")
-    ] = 100,
+    ] = 1000,
     start_rate: Annotated[float, typer.Option(help="Hollow edges started per second, per region.")] = 200.0,
     fresh: Fresh = False,
 ) -> None:
