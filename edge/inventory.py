@@ -131,8 +131,9 @@ def material(snapshot: InventorySnapshot) -> str:
     messages wait upstream (those move all the time and are refreshed every interval). But a
     backlog appearing or clearing counts, and so does an eviction: a loss is reported as soon
     as it is seen. (Not for INVENTORY's own backlog: publishing a snapshot creates it.)"""
-    # Serialised by pydantic (a fifth of the cost of dumping to dicts and json.dumps, which
-    # was 8 % of a hollow-edge process during a fan-out: py-spy). Key order is the model's
+    # Serialised by pydantic: 7.6 µs instead of 10.8 µs through dicts and json.dumps for a
+    # small snapshot (this was 8 % of a hollow-edge process during a fan-out: py-spy; larger
+    # snapshots gain more). Key order is the model's
     # and the documents' own: an equal snapshot with its labels or facts in another order
     # would only count as a change once.
     rest = snapshot.model_dump_json(

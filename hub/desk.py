@@ -17,6 +17,7 @@ operators' permissions at the hub's server leave them out (`fleetbus.core.permis
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -29,7 +30,7 @@ from fleetbus.errors import ConfigError, ConflictError, MissingError, RefusedErr
 from fleetbus.nats.bus import Bus, Msg
 from fleetbus.nats.errors import TRANSIENT
 from fleetbus.nats.kv import Bucket, Mirror
-from fleetbus.nats.provisioning import ensure_stream
+from fleetbus.nats.provisioning import BucketSpec, ensure_bucket, ensure_stream
 from fleetbus.nats.streams import local_stream
 from fleetbus.nats.sysadmin import ServerControl
 from fleetbus.runtime import apitoken, log, signing
@@ -44,7 +45,7 @@ from hub.rollouts import Rollouts
 from schemas import subjects
 from schemas.base import check_token, utcnow
 from schemas.codec import JSON, encode_body
-from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
+from schemas.desk import AuditRecord, DeskNonce, DeskReply, DeskRequest, OperatorRecord, Role
 from schemas.headers import SIGNATURE, open_envelope
 from schemas.override import OverrideScope
 from schemas.presence import PresenceChange
@@ -55,6 +56,7 @@ logger = log.get_logger(__name__)
 OPERATORS_RETRY = 1.0  # s before a hub daemon tries again to make its server admit the operators
 
 FRESH = timedelta(minutes=2)  # how far a request's issued_at may be from the hub's clock
+NONCES_KEPT = 2 * FRESH + timedelta(seconds=10)  # past any request still fresh, clocks apart too
 ANONYMOUS = "anonymous"
 DAY = 24 * 3600
 
@@ -119,7 +121,7 @@ class Desk:
         self.rollouts: Rollouts | None = None  # the hub daemon's rollout controller
         self.presence = Bucket(js, subjects.PRESENCE_BUCKET, PresenceChange)
         self.operators = Bucket(js, subjects.OPERATORS_BUCKET, OperatorRecord)
-        self.nonces: dict[str, datetime] = {}
+        self.nonces = Bucket(js, subjects.NONCES_BUCKET, DeskNonce)
         self.handlers: dict[str, Callable[[DeskRequest, OperatorRecord], Awaitable[Done]]] = {
             "whoami": self._whoami,
             "trust": self._trust,
@@ -147,6 +149,13 @@ class Desk:
         audit = audit_stream()
         audit.num_replicas = self.settings.replicas
         await ensure_stream(self.bus.js, audit)
+        nonces = BucketSpec(
+            subjects.NONCES_BUCKET,
+            replicas=self.settings.replicas,
+            ttl=NONCES_KEPT.total_seconds(),
+            description="Nonces of the desk requests seen lately: a replay is refused by every hub daemon.",
+        )
+        await ensure_bucket(self.bus.js, nonces)
         if self.files is not None:
             kept = await asyncio.to_thread(self.files.registry)  # a clear error now if it is unreadable
             if kept.operators and not await self.operators.keys():
@@ -247,17 +256,23 @@ class Desk:
                 f"the request was issued at {request.issued_at.isoformat()}, more than {FRESH} from the "
                 "hub's clock: check both clocks"
             )
-        for nonce, at in list(self.nonces.items()):
-            if now - at > 2 * FRESH:
-                del self.nonces[nonce]
-        if request.nonce in self.nonces:
-            msg = "a replayed request (its nonce was seen before)"
-            raise DeniedError(msg)
-        self.nonces[request.nonce] = now
+        await self._first_seen(request, now)
         record = await self._operator(request.operator)
         if record is None:
             raise DeniedError(f"{request.operator} is not an operator the hub knows (or it was revoked)")
         return record
+
+    async def _first_seen(self, request: DeskRequest, now: datetime) -> None:
+        """Record the request's nonce, or refuse the request if it was seen: in the replicated
+        `nonces` bucket, created only if absent, so every daemon of a clustered hub (the one
+        holding the lease after a failover too) refuses a replay. Kept `NONCES_KEPT`, longer
+        than a request stays fresh."""
+        key = hashlib.sha256(request.nonce.encode()).hexdigest()
+        try:
+            await self.nonces.update(key, DeskNonce(operator=request.operator, seen_at=now), last=0)
+        except ConflictError:
+            msg = "a replayed request (its nonce was seen before)"
+            raise DeniedError(msg) from None
 
     # The request loop
 

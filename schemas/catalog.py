@@ -1,7 +1,7 @@
 """The list of message types: what `schema export` writes and the golden tests cover."""
 
 from schemas.base import Message
-from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord
+from schemas.desk import AuditRecord, DeskNonce, DeskReply, DeskRequest, OperatorRecord
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.enrollment import (
     AdmissionCommand,
@@ -38,6 +38,7 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
     DeviceCredentials,
     DeskRequest,
     DeskReply,
+    DeskNonce,
     OperatorRecord,
     AuditRecord,
     SecretRecord,

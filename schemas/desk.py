@@ -36,6 +36,17 @@ class DeskRequest(Message):
     reason: str = Field(default="", max_length=1000, description="Why (`--reason`); kept in the audit trail.")
 
 
+class DeskNonce(Message):
+    """A desk request's nonce, seen: in the hub's `nonces` bucket under the nonce's SHA-256
+    (hex), kept for twice the time a request stays fresh. Stored with create-only semantics,
+    so a request replayed at any daemon of a clustered hub, even after a failover, is refused."""
+
+    SCHEMA: ClassVar[str] = "fleet.desk.nonce"
+
+    operator: str = Field(default="", description="The public nkey (U…) that signed the request.")
+    seen_at: AwareDatetime = Field(description="When the hub first saw it (the hub's clock).")
+
+
 class DeskReply(Message):
     """The hub desk's answer: done (with its result) or why not."""
 

@@ -51,6 +51,9 @@ LEASES_BUCKET = "leases"
 # hub only: the operators added at run time (key: the operator's name), which every hub
 # daemon renders into its own server's admission files (docs/clustering.md)
 OPERATORS_BUCKET = "operators"
+# hub only: the nonces of desk requests seen lately (key: the nonce's SHA-256), so that no hub
+# daemon takes a replayed request (docs/security.md#one-writer)
+NONCES_BUCKET = "nonces"
 HUB_DESK = "fleet.hub.desk"
 
 HUB_DOMAIN = "hub"

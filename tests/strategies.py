@@ -30,7 +30,7 @@ from schemas import (
     Severity,
     Tier,
 )
-from schemas.desk import AuditRecord, DeskReply, DeskRequest, OperatorRecord, Role
+from schemas.desk import AuditRecord, DeskNonce, DeskReply, DeskRequest, OperatorRecord, Role
 from schemas.device import DeviceCommand, DeviceCommandReply, DeviceCredentials
 from schemas.inventory import AppliedState, HostFacts, LinkState, StreamBacklog
 from schemas.lease import Lease
@@ -304,6 +304,7 @@ desk_requests = st.builds(
     nonce=st.text(min_size=8, max_size=64),
     reason=st.text(max_size=20),
 )
+desk_nonces = st.builds(DeskNonce, operator=st.text(max_size=56), seen_at=times)
 desk_replies = st.builds(
     DeskReply,
     ok=st.booleans(),
@@ -376,6 +377,7 @@ BY_TYPE = {
     DeviceCredentials: device_credentials,
     DeskRequest: desk_requests,
     DeskReply: desk_replies,
+    DeskNonce: desk_nonces,
     OperatorRecord: operator_records,
     AuditRecord: audit_records,
     SecretRecord: secret_records,

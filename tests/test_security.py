@@ -8,6 +8,7 @@ refusal cannot come from a wrong subject name.
 """
 
 import asyncio
+import base64
 import contextlib
 import secrets
 import socket
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiomqtt
 import nats
+import nkeys
 import pytest
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -30,6 +32,10 @@ from fleetbus.errors import HubUnreachableError
 from fleetbus.runtime import identity, pki
 from fleetbus.sdk.client import FleetClient
 from schemas import subjects
+from schemas.base import utcnow
+from schemas.codec import decode_body
+from schemas.desk import DeskReply, DeskRequest
+from schemas.headers import SIGNATURE, envelope
 from schemas.profile import Profile
 from schemas.subjects import OVERRIDES_BUCKET, PROFILES_BUCKET, kv_stream
 from tests.conftest import admin_creds, connect_as, device_login, fleet_tls, hub_args, running_fleet
@@ -478,6 +484,39 @@ async def test_the_viewer_reads_every_bucket_and_changes_nothing(attack):
     ):
         assert await viewer.publish_refused(subject), subject
     assert await _stream_subjects(viewer.nc, profiles) == before
+
+
+async def test_a_captured_desk_request_is_refused_when_replayed_even_by_a_restarted_hub(attack):
+    """Someone who captured an operator's signed request (say, on a client port without TLS)
+    sends it again: the desk refuses it as a replay, and still does after the hub daemon
+    restarts (the nonces are in the hub's `nonces` bucket; a failover of a clustered hub is
+    the same case: another daemon reads the same bucket). Kept in the daemon's memory, the
+    restarted daemon took it."""
+    creds = identities.operator_creds(attack.plan.state_dir, identities.VIEWER)
+    viewer = await attack.at("hub", creds=creds, inbox="viewer")
+    signer = nkeys.from_seed(identity.load(creds).seed().encode())
+    request = DeskRequest(
+        op="whoami",
+        operator=signer.public_key.decode(),
+        issued_at=utcnow(),
+        nonce=secrets.token_hex(16),
+    )
+    body, headers = envelope(request, source="/test")
+    headers[SIGNATURE] = base64.b64encode(signer.sign(body)).decode()
+
+    async def send() -> DeskReply:
+        msg = await viewer.nc.request(subjects.HUB_DESK, body, headers=headers, timeout=5)
+        return decode_body(DeskReply, msg.data, subject=subjects.HUB_DESK)
+
+    assert (await send()).ok
+    again = await send()
+    assert not again.ok
+    assert "replayed" in (again.error or "")
+    await attack.fleet.kill("hub", server=False, daemon=True)
+    await attack.fleet.restart("hub", server=False, daemon=True)
+    after = await eventually(send, timeout=20, what="the restarted hub's desk answering")
+    assert not after.ok
+    assert "replayed" in (after.error or "")
 
 
 # --- a device on the store LAN ---------------------------------------------------------------
