@@ -148,11 +148,11 @@ def _topology(configs: dict[str, str], site_of: Callable[[str, int], str]) -> di
     return out
 
 
-@HUBS
-def test_compose_topology_matches_what_fleetbus_dev_renders(tmp_path, hub_nodes):
-    ports = itertools.count(20000)
-    plan = plan_fleet(
-        tmp_path,
+def _dev_plan(state_dir: Path, first_port: int, hub_nodes: int) -> FleetPlan:
+    """What `fleetbus dev up` plans for the compose fleet's sites (with link proxies)."""
+    ports = itertools.count(first_port)
+    return plan_fleet(
+        state_dir,
         len(EDGE_COUNTS),
         0,
         ports,
@@ -161,6 +161,11 @@ def test_compose_topology_matches_what_fleetbus_dev_renders(tmp_path, hub_nodes)
         edge_counts=EDGE_COUNTS,
         hub_nodes=hub_nodes,
     )
+
+
+@HUBS
+def test_compose_topology_matches_what_fleetbus_dev_renders(tmp_path, hub_nodes):
+    plan = _dev_plan(tmp_path, 20000, hub_nodes)
     by_port = {s.server.leaf_port: s.key for s in plan.sites if s.server.leaf_port}
     by_port |= {link.port: by_port[link.target] for s in plan.sites for link in s.links}
     by_port |= {s.server.cluster.port: s.key for s in plan.sites if s.server.cluster}
@@ -230,18 +235,7 @@ def test_compose_has_the_identities_and_permissions_of_the_dev_fleet(tmp_path, h
     root = tmp_path / "compose"
     init_compose(root, hub_nodes=hub_nodes)
     compose = identities.secure(compose_plan(root, hub_nodes), client_tls=True)  # the keys init made
-    ports = itertools.count(21000)
-    dev_plan = plan_fleet(
-        tmp_path / "dev",
-        len(EDGE_COUNTS),
-        0,
-        ports,
-        mqtt=True,
-        links=True,
-        edge_counts=EDGE_COUNTS,
-        hub_nodes=hub_nodes,
-    )
-    dev = identities.secure(dev_plan, client_tls=True)
+    dev = identities.secure(_dev_plan(tmp_path / "dev", 21000, hub_nodes), client_tls=True)
     assert _auth_shape(compose) == _auth_shape(dev)
     regional = _auth_shape(compose)["r1"]
     assert regional["admits"] == ["r1-e1", "r1-e2"]

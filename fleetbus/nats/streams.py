@@ -19,6 +19,7 @@ from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.api import (
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
@@ -131,9 +132,11 @@ async def follow_stream(
 READ_TIMEOUT = 5.0  # s: for the first message of a stream the server says it holds
 
 
-async def first_seq_since(js: JetStreamContext, stream: str, subject: str, since: datetime) -> int:
-    """The sequence of the first message of `stream` under `subject` stored at or after
-    `since` (or the next sequence the stream will use, if there is none yet)."""
+async def _from_time(
+    js: JetStreamContext, stream: str, subject: str, since: datetime
+) -> tuple[JetStreamContext.PushSubscription, ConsumerInfo, bool]:
+    """An ordered push consumer of `stream` under `subject` from `since`, and whether it has
+    nothing to deliver (none pending, none delivered yet: what it holds may be on its way)."""
     sub = await js.subscribe(
         subject,
         stream=stream,
@@ -143,9 +146,20 @@ async def first_seq_since(js: JetStreamContext, stream: str, subject: str, since
     )
     try:
         info = await sub.consumer_info()
-        delivered = info.delivered
-        if info.num_pending == 0 and not (delivered and delivered.consumer_seq):
-            # Nothing delivered yet: the consumer's position is where `since` begins.
+    except BaseException:
+        with contextlib.suppress(NatsError):
+            await sub.unsubscribe()
+        raise
+    return sub, info, info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq)
+
+
+async def first_seq_since(js: JetStreamContext, stream: str, subject: str, since: datetime) -> int:
+    """The sequence of the first message of `stream` under `subject` stored at or after
+    `since` (or the next sequence the stream will use, if there is none yet)."""
+    sub, info, empty = await _from_time(js, stream, subject, since)
+    try:
+        if empty:  # the consumer's position is where `since` begins
+            delivered = info.delivered
             return (delivered.stream_seq if delivered and delivered.stream_seq else 0) + 1
         first = await sub.next_msg(timeout=READ_TIMEOUT)
         return first.metadata.sequence.stream
@@ -159,17 +173,10 @@ async def read_stream(
 ) -> list[M]:
     """Every `cls` stored in `stream` under `subject` from `since` to now (bodies that are
     not one are skipped): a bounded read, not a follow."""
-    sub = await js.subscribe(
-        subject,
-        stream=stream,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.BY_START_TIME,
-        config=ConsumerConfig(opt_start_time=since),
-    )
+    sub, _info, empty = await _from_time(js, stream, subject, since)
     found: list[M] = []
     try:
-        info = await sub.consumer_info()  # a push consumer: what it holds may be on its way already
-        if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+        if empty:
             return found
         async for msg in messages(sub):
             try:
